@@ -1,0 +1,92 @@
+# isle - GNU Makefile. `make` builds build/libisle.so; `make demo`, `make test`,
+# `make bench`, `make path` (shell exports for using isle from this checkout).
+
+LUAJIT ?= luajit
+CC ?= cc
+LUAJIT_INC ?= $(shell pkg-config --cflags luajit 2>/dev/null || echo -I/usr/include/luajit-2.1)
+LUAJIT_LIB ?= $(shell pkg-config --libs luajit 2>/dev/null || echo -lluajit-5.1)
+CFLAGS ?= -O2 -g
+WARN := -Wall -Wextra -Werror -std=c11 -D_GNU_SOURCE
+PIC := -fPIC -pthread
+ROOT := $(abspath .)
+BUILD := build
+SRCS := csrc/clock.c csrc/msg.c csrc/task.c csrc/mbox.c csrc/sig.c csrc/isle.c
+HDRS := csrc/isle.h csrc/internal.h
+CORE_SRCS := csrc/clock.c csrc/msg.c csrc/task.c csrc/mbox.c csrc/sig.c
+CTESTS := $(patsubst test/c/%.c,%,$(wildcard test/c/test_*.c))
+LUA_TESTS := $(sort $(wildcard test/test_*.lua))
+# OpenResty's luajit2, unpacked into a private prefix (it conflicts with Debian's luajit).
+LJ2_ROOT := $(BUILD)/luajit2
+LJ2 := $(LJ2_ROOT)/usr/bin/luajit
+LJ2_ENV := LD_LIBRARY_PATH=$(ROOT)/$(LJ2_ROOT)/usr/lib/x86_64-linux-gnu
+
+export LUA_PATH := $(ROOT)/lua/?.lua;$(ROOT)/lua/?/init.lua;$(ROOT)/ffi/?.lua;$(ROOT)/test/?.lua;;
+export LUA_CPATH := $(ROOT)/$(BUILD)/?.so;;
+
+DEB_PKGS := luajit libluajit-5.1-dev lua-unit
+.PHONY: all deps demo test test-c test-lua test-lj2 test-sanitize bench path clean luajit2
+
+all: $(BUILD)/libisle.so
+
+$(BUILD)/libisle.so: $(SRCS) $(HDRS) | $(BUILD)
+	$(CC) $(CFLAGS) $(WARN) $(PIC) $(LUAJIT_INC) -shared -o $@ $(SRCS) $(LUAJIT_LIB) -lm
+
+$(BUILD):
+	mkdir -p $(BUILD)
+
+# Installs what is missing when run as root; otherwise prints the command.
+deps:
+	@missing=""; for p in $(DEB_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	  else echo "missing packages; run: sudo apt-get install -y$$missing"; exit 1; fi; \
+	fi
+
+luajit2: $(LJ2)
+$(LJ2):
+	@mkdir -p $(LJ2_ROOT)/debs
+	cd $(LJ2_ROOT)/debs && apt-get download luajit2 libluajit2-5.1-2 libluajit2-5.1-common
+	for f in $(LJ2_ROOT)/debs/*.deb; do dpkg -x $$f $(LJ2_ROOT); done
+	@test -x $@
+
+path:
+	@echo 'export LUA_PATH="$(ROOT)/lua/?.lua;$(ROOT)/lua/?/init.lua;$(ROOT)/ffi/?.lua;$${LUA_PATH:-;}"'
+	@echo 'export LUA_CPATH="$(ROOT)/$(BUILD)/?.so;$${LUA_CPATH:-;}"'
+
+demo: deps all
+	$(LUAJIT) examples/demo.lua
+
+$(BUILD)/test_%: test/c/test_%.c $(CORE_SRCS) $(HDRS) test/c/check.h | $(BUILD)
+	$(CC) $(CFLAGS) $(WARN) -pthread -Icsrc -o $@ $< $(CORE_SRCS) -lm
+
+test-c: $(addprefix $(BUILD)/,$(CTESTS))
+	@for t in $(CTESTS); do echo "== C $$t"; $(BUILD)/$$t || exit 1; done
+
+# The C core under ThreadSanitizer and AddressSanitizer (clang or gcc).
+test-sanitize: | $(BUILD)
+	@for san in thread address; do for t in $(CTESTS); do \
+	  echo "== C $$t under $$san sanitizer"; \
+	  $(CC) -O1 -g -fsanitize=$$san -fno-omit-frame-pointer $(WARN) -pthread -Icsrc \
+	    -o $(BUILD)/$$t-$$san test/c/$$t.c $(CORE_SRCS) -lm || exit 1; \
+	  $(BUILD)/$$t-$$san || exit 1; done; done
+
+test-lua: all
+	@$(LUAJIT) -v
+	@for t in $(LUA_TESTS); do echo "== $$t"; $(LUAJIT) $$t -o text || exit 1; done
+
+test-lj2: all $(LJ2)
+	$(MAKE) --no-print-directory test-lua LUAJIT="env $(LJ2_ENV) $(ROOT)/$(LJ2)"
+
+# Everything: deps, the C core (plain and sanitized), the Lua suites on the
+# chosen LuaJIT and, unless LUAJIT was given, on OpenResty's luajit2 too.
+test: deps all test-c test-sanitize test-lua
+ifeq ($(origin LUAJIT),file)
+test: test-lj2
+endif
+
+bench: deps all
+	$(LUAJIT) bench/run.lua
+
+clean:
+	rm -rf $(BUILD)

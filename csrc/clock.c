@@ -1,0 +1,71 @@
+/* clock.c - monotonic time, deadlines and the bounded spin used before parking. */
+#include "internal.h"
+
+#include <math.h>
+
+/* Spin budget before a waiter parks. ~60 µs is what a parked thread takes to
+ * wake on an idle vCPU here, so spinning about that long turns most
+ * back-to-back round trips into sub-microsecond hand-offs, and an idle
+ * thread pays it once before it sleeps. */
+static _Atomic double spin_budget = 50e-6;
+
+void isle_set_spin(double seconds)
+{
+    if (!(seconds >= 0)) seconds = 0;
+    if (seconds > 0.01) seconds = 0.01;
+    atomic_store(&spin_budget, seconds);
+}
+
+double isle_get_spin(void) { return atomic_load(&spin_budget); }
+
+double isle_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+struct timespec isle_deadline(double timeout)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    if (timeout > 1e9) timeout = 1e9;
+    double whole = floor(timeout);
+    ts.tv_sec += (time_t)whole;
+    ts.tv_nsec += (long)((timeout - whole) * 1e9);
+    if (ts.tv_nsec >= 1000000000L) {
+        ts.tv_sec += 1;
+        ts.tv_nsec -= 1000000000L;
+    }
+    return ts;
+}
+
+int isle_cond_init(pthread_cond_t *cv)
+{
+    pthread_condattr_t attr;
+    int rc = pthread_condattr_init(&attr);
+    if (rc) return rc;
+    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+    rc = pthread_cond_init(cv, &attr);
+    pthread_condattr_destroy(&attr);
+    return rc;
+}
+
+int isle_spin_until(const atomic_int *word, double timeout)
+{
+    int v = atomic_load_explicit(word, memory_order_acquire);
+    if (v) return v;
+    double budget = atomic_load_explicit(&spin_budget, memory_order_relaxed);
+    if (timeout >= 0 && timeout < budget) budget = timeout;
+    if (budget <= 0) return v;
+    double end = isle_now() + budget;
+    for (;;) {
+        /* Read the clock only every 64 probes: it costs more than a probe. */
+        for (int i = 0; i < 64; i++) {
+            isle_cpu_relax();
+            v = atomic_load_explicit(word, memory_order_acquire);
+            if (v) return v;
+        }
+        if (isle_now() >= end) return v;
+    }
+}

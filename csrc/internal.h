@@ -1,0 +1,46 @@
+/* internal.h - shared by the core's translation units; not part of the API. */
+#ifndef ISLE_INTERNAL_H
+#define ISLE_INTERNAL_H
+
+#include "isle.h"
+#include <pthread.h>
+#include <stdatomic.h>
+#include <time.h>
+
+/* A pause instruction for spin loops: it lets the sibling hyperthread run and
+ * keeps the loop from flooding the memory bus. */
+static inline void isle_cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
+
+/* Absolute CLOCK_MONOTONIC deadline `timeout` seconds from now. Condition
+ * variables are created with CLOCK_MONOTONIC so wall-clock jumps do not
+ * shorten or stretch waits. */
+struct timespec isle_deadline(double timeout);
+int isle_cond_init(pthread_cond_t *cv);
+
+/* Spin until `*word != 0` or the budget (seconds, capped by `timeout` when
+ * timeout >= 0) runs out. Returns the last value read. Bounded: a caller
+ * that finds nothing parks afterwards, so idle threads cost no CPU. */
+int isle_spin_until(const atomic_int *word, double timeout);
+
+/* Signal block internals. */
+typedef struct isle_sig_impl {
+    isle_sig pub;           /* must stay first: the FFI sees only this */
+    atomic_int refs;
+    isle_mbox *mbox;        /* woken on requests, may be NULL */
+    struct isle_intr *ids;  /* interrupt ids of this state (registry lock) */
+} isle_sig_impl;
+
+void isle_sig_retain(isle_sig *s);
+void isle_sig_attach_mbox(isle_sig *s, isle_mbox *mb);
+void isle_mbox_retain(isle_mbox *mb);
+/* Move a notice onto its subscriber's done list (ownership passes). */
+void isle_mbox_post_done(isle_done *d);
+
+#endif

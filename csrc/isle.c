@@ -1,0 +1,265 @@
+/* isle.c - an isle: a thread owning one fresh lua_State that runs the Lua
+ * worker loop (lua/isle/worker.lua) over the isle's mailbox.
+ *
+ * References: the owner's handle, the thread itself (until it ends) and every
+ * looked-up handle each hold one; the isle is freed when the last goes.
+ * The registry (live isles by id and name) has its own lock, taken before
+ * any other lock of the core.
+ */
+#include "internal.h"
+
+#include <lauxlib.h>
+#include <lua.h>
+#include <lualib.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct isle {
+    atomic_int refs;
+    int64_t id;
+    char *name;
+    char *path, *cpath;
+    char *boot;
+    size_t boot_len;
+    isle_mbox *mbox;
+    isle_sig *sig;
+    isle_task *init;
+    pthread_t thread;
+    pthread_mutex_t join_mu;  /* serialises join/detach */
+    int joined, detached;     /* join_mu */
+    atomic_int closing;
+    atomic_int close_mode;
+    isle *rnext;              /* registry list (registry lock) */
+};
+
+static pthread_mutex_t reg_lock = PTHREAD_MUTEX_INITIALIZER;
+static isle *reg_head;
+static int64_t reg_next_id = 1;
+static atomic_int live_threads;
+
+static void reg_remove_locked(isle *i)
+{
+    for (isle **pp = &reg_head; *pp; pp = &(*pp)->rnext)
+        if (*pp == i) { *pp = i->rnext; i->rnext = NULL; return; }
+}
+
+static void isle_free(isle *i)
+{
+    pthread_mutex_lock(&reg_lock);
+    reg_remove_locked(i);
+    pthread_mutex_unlock(&reg_lock);
+    isle_task_release(i->init);
+    isle_sig_free(i->sig);
+    isle_mbox_free(i->mbox);
+    pthread_mutex_destroy(&i->join_mu);
+    free(i->name);
+    free(i->path);
+    free(i->cpath);
+    free(i->boot);
+    free(i);
+}
+
+void isle_retain(isle *i) { atomic_fetch_add_explicit(&i->refs, 1, memory_order_relaxed); }
+
+void isle_release(isle *i)
+{
+    if (!i) return;
+    if (atomic_fetch_sub_explicit(&i->refs, 1, memory_order_acq_rel) == 1) isle_free(i);
+}
+
+int64_t isle_id(const isle *i) { return i->id; }
+const char *isle_name(const isle *i) { return i->name ? i->name : ""; }
+isle_mbox *isle_mailbox(isle *i) { return i->mbox; }
+isle_sig *isle_signal(isle *i) { return i->sig; }
+isle_task *isle_init_task(isle *i) { return i->init; }
+int isle_is_closed(const isle *i) { return atomic_load(&i->closing); }
+int isle_close_mode(const isle *i) { return atomic_load(&i->close_mode); }
+int isle_live_count(void) { return atomic_load(&live_threads); }
+
+const char *isle_boot(isle *i, size_t *len)
+{
+    *len = i->boot_len;
+    return i->boot;
+}
+
+/* Bootstrap failures are reported as raw text, tagged 'C' so the Lua side
+ * can tell them from results its own encoder wrote (tagged otherwise). */
+static void fail_init(isle *i, const char *msg)
+{
+    size_t n = strlen(msg);
+    char *buf = malloc(n + 1);
+    if (!buf) {
+        isle_task_complete(i->init, ISLE_TASK_FAILED, NULL, 0);
+        return;
+    }
+    buf[0] = 'C';
+    memcpy(buf + 1, msg, n);
+    isle_task_complete(i->init, ISLE_TASK_FAILED, buf, n + 1);
+    free(buf);
+}
+
+static int run_worker(lua_State *L)
+{
+    isle *i = lua_touserdata(L, 1);
+    lua_getglobal(L, "package");
+    lua_pushstring(L, i->path);
+    lua_setfield(L, -2, "path");
+    lua_pushstring(L, i->cpath);
+    lua_setfield(L, -2, "cpath");
+    lua_pop(L, 1);
+    lua_getglobal(L, "require");
+    lua_pushliteral(L, "isle.worker");
+    lua_call(L, 1, 1);
+    lua_getfield(L, -1, "main");
+    /* The address travels as a number: exact for user-space pointers, and
+     * it spares the state a lightuserdata range. */
+    lua_pushnumber(L, (lua_Number)(uintptr_t)i);
+    lua_call(L, 1, 0);
+    return 0;
+}
+
+static void *isle_thread(void *arg)
+{
+    isle *i = arg;
+    lua_State *L = luaL_newstate();
+    if (!L) {
+        fail_init(i, "cannot create a Lua state: not enough memory");
+    } else {
+        luaL_openlibs(L);
+        if (lua_cpcall(L, run_worker, i) != 0) {
+            const char *msg = lua_tostring(L, -1);
+            char line[512];
+            snprintf(line, sizeof line, "isle worker failed: %s", msg ? msg : "(no message)");
+            /* After init the worker has nobody to report to but stderr. */
+            if (isle_task_state(i->init) >= ISLE_TASK_DONE)
+                fprintf(stderr, "isle %lld: %s\n", (long long)i->id, line);
+            fail_init(i, line);
+        }
+        lua_close(L);
+    }
+    /* Whatever the worker left queued ends CLOSED now, not at free time, so
+     * no caller waits on a thread that is gone. */
+    atomic_store(&i->closing, 1);
+    isle_mbox_close(i->mbox);
+    isle_msg *msgs;
+    isle_done *done;
+    while (isle_mbox_wait(i->mbox, 0, &msgs, &done) == ISLE_OK) {
+        for (isle_msg *m = msgs; m; m = m->next)
+            if (m->task) isle_task_complete(m->task, ISLE_TASK_CLOSED, NULL, 0);
+        isle_msg_free_list(msgs);
+        isle_done_free_list(done);
+    }
+    fail_init(i, "isle ended before its init ran"); /* no-op if init completed */
+    pthread_mutex_lock(&reg_lock);
+    reg_remove_locked(i);
+    pthread_mutex_unlock(&reg_lock);
+    atomic_fetch_sub(&live_threads, 1);
+    isle_release(i);
+    return NULL;
+}
+
+static char *dup_or_empty(const char *s) { return strdup(s ? s : ""); }
+
+isle *isle_spawn(const isle_config *cfg, int *err)
+{
+    *err = ISLE_ENOMEM;
+    isle *i = calloc(1, sizeof(*i));
+    if (!i) return NULL;
+    atomic_init(&i->refs, 2); /* the owner and the thread */
+    if (pthread_mutex_init(&i->join_mu, NULL)) { free(i); return NULL; }
+    i->path = dup_or_empty(cfg->path);
+    i->cpath = dup_or_empty(cfg->cpath);
+    i->name = cfg->name && cfg->name[0] ? strdup(cfg->name) : NULL;
+    i->boot = malloc(cfg->boot_len ? cfg->boot_len : 1);
+    i->mbox = isle_mbox_new(cfg->capacity ? cfg->capacity : 1024, 0);
+    i->sig = isle_sig_new();
+    i->init = isle_task_new();
+    if (!i->path || !i->cpath || (cfg->name && cfg->name[0] && !i->name) || !i->boot
+        || !i->mbox || !i->sig || !i->init)
+        goto fail;
+    if (cfg->boot_len) memcpy(i->boot, cfg->boot, cfg->boot_len);
+    i->boot_len = cfg->boot_len;
+    isle_sig_attach_mbox(i->sig, i->mbox);
+
+    pthread_mutex_lock(&reg_lock);
+    if (i->name)
+        for (isle *o = reg_head; o; o = o->rnext)
+            if (o->name && strcmp(o->name, i->name) == 0) {
+                pthread_mutex_unlock(&reg_lock);
+                *err = ISLE_EINVAL;
+                goto fail;
+            }
+    i->id = reg_next_id++;
+    i->rnext = reg_head;
+    reg_head = i;
+    atomic_fetch_add(&live_threads, 1);
+    int rc = pthread_create(&i->thread, NULL, isle_thread, i);
+    if (rc) {
+        reg_remove_locked(i);
+        atomic_fetch_sub(&live_threads, 1);
+    }
+    pthread_mutex_unlock(&reg_lock);
+    if (rc) goto fail;
+    *err = ISLE_OK;
+    return i;
+fail:
+    i->joined = 1;
+    isle_free(i);
+    return NULL;
+}
+
+static isle *lookup(int64_t id, const char *name)
+{
+    pthread_mutex_lock(&reg_lock);
+    isle *found = NULL;
+    for (isle *i = reg_head; i; i = i->rnext) {
+        if (atomic_load(&i->closing)) continue;
+        if (name ? (i->name && strcmp(i->name, name) == 0) : i->id == id) {
+            isle_retain(i);
+            found = i;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&reg_lock);
+    return found;
+}
+
+isle *isle_lookup_id(int64_t id) { return lookup(id, NULL); }
+isle *isle_lookup_name(const char *name) { return name ? lookup(0, name) : NULL; }
+
+static void request_stop(isle *i, int cancel)
+{
+    if (cancel) atomic_store(&i->close_mode, 1);
+    if (atomic_exchange(&i->closing, 1) == 0) {
+        pthread_mutex_lock(&reg_lock);
+        reg_remove_locked(i);
+        pthread_mutex_unlock(&reg_lock);
+    }
+    isle_mbox_close(i->mbox);
+    /* In cancel mode running tasks must stop too: the worker sees the flag. */
+    if (cancel) isle_sig_raise(i->sig);
+}
+
+void isle_close(isle *i, int cancel)
+{
+    request_stop(i, cancel);
+    if (pthread_equal(pthread_self(), i->thread)) return;
+    pthread_mutex_lock(&i->join_mu);
+    if (!i->joined && !i->detached) {
+        pthread_join(i->thread, NULL);
+        i->joined = 1;
+    }
+    pthread_mutex_unlock(&i->join_mu);
+}
+
+void isle_abandon(isle *i)
+{
+    request_stop(i, 0);
+    pthread_mutex_lock(&i->join_mu);
+    if (!i->joined && !i->detached) {
+        pthread_detach(i->thread);
+        i->detached = 1;
+    }
+    pthread_mutex_unlock(&i->join_mu);
+}

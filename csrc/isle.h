@@ -1,0 +1,200 @@
+/*
+ * isle.h - the C core of isle: threads, bounded mailboxes of byte messages,
+ * one-shot completion slots, interrupt flags and Lua state bootstrap.
+ *
+ * The core moves bytes and flags. It never serializes a Lua value and never
+ * touches a Lua state it did not create; the Lua API (lua/isle.lua) does the
+ * rest through the FFI. ffi/isle/cdef.lua mirrors this header declaration by
+ * declaration (test/test_cdef.lua checks sizes and values against it).
+ *
+ * Lock order (a thread never holds two of these except in this order):
+ *   registry lock  ->  task lock  ->  mailbox lock
+ * Nothing here runs Lua code while holding a lock, so a Lua finalizer can
+ * never run inside a core critical section.
+ */
+#ifndef ISLE_H
+#define ISLE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Return codes. */
+enum {
+    ISLE_OK = 0,
+    ISLE_ETIMEOUT = 1, /* the wait ended before anything arrived */
+    ISLE_EBUSY = 2,    /* the mailbox is full and the caller would not wait */
+    ISLE_ECLOSED = 3,  /* the mailbox or isle is closed */
+    ISLE_ENOMEM = 4,
+    ISLE_EINVAL = 5,
+    ISLE_ENOENT = 6    /* no such id */
+};
+
+/* Task states. QUEUED and RUNNING are live; the others are final. */
+enum {
+    ISLE_TASK_QUEUED = 0,
+    ISLE_TASK_RUNNING = 1,
+    ISLE_TASK_DONE = 2,
+    ISLE_TASK_FAILED = 3,
+    ISLE_TASK_CANCELLED = 4,
+    ISLE_TASK_CLOSED = 5
+};
+
+/* Interrupt modes (isle_sig_interrupt). */
+enum {
+    ISLE_INTR_CLEAR = 0,
+    ISLE_INTR_ONCE = 1,
+    ISLE_INTR_ALWAYS = 2
+};
+
+typedef struct isle_msg isle_msg;
+typedef struct isle_task isle_task;
+typedef struct isle_mbox isle_mbox;
+typedef struct isle_sig isle_sig;
+typedef struct isle isle;
+typedef struct isle_done isle_done;
+
+/* A message: header and payload in one allocation. The payload is opaque. */
+struct isle_msg {
+    isle_msg *next;   /* intrusive link while queued or in a taken batch */
+    isle_task *task;  /* completion slot, or NULL for one-way messages */
+    int32_t kind;     /* meaning is the sender's and receiver's business */
+    int32_t flags;
+    size_t len;
+    char *data;       /* points just past the header */
+};
+
+/* A completion notice: `task` ended and its subscriber `mbox` is told.
+ * Holds a reference to the task until freed with isle_done_free_list. */
+struct isle_done {
+    isle_done *next;
+    isle_task *task;
+    isle_mbox *mbox;  /* the subscriber (private to the core) */
+};
+
+/*
+ * Per-state signal block. `flag` is what compiled checkpoints read (through
+ * a plain pointer load kept in the loop by a store through `scratch`); it is
+ * nonzero while anything is pending for the state. `seq` counts requests so
+ * the owner can tell a new request from one it already handled.
+ */
+struct isle_sig {
+    volatile int32_t flag;
+    int32_t scratch;
+};
+
+/* ---- clock and spinning ---------------------------------------------- */
+double isle_now(void);                 /* monotonic seconds */
+void isle_set_spin(double seconds);    /* spin budget before parking, process-wide */
+double isle_get_spin(void);
+
+/* ---- messages ---------------------------------------------------------- */
+/* Copies `len` bytes of `data`; retains `task` if not NULL. NULL on ENOMEM. */
+isle_msg *isle_msg_new(int32_t kind, isle_task *task, const char *data, size_t len);
+void isle_msg_free(isle_msg *m);          /* accepts NULL; releases the task */
+void isle_msg_free_list(isle_msg *head);  /* frees a taken batch */
+
+/* ---- completion slots ---------------------------------------------------- */
+isle_task *isle_task_new(void);          /* state QUEUED, one reference */
+void isle_task_retain(isle_task *t);
+void isle_task_release(isle_task *t);    /* accepts NULL */
+int isle_task_state(const isle_task *t);
+/* QUEUED -> RUNNING, remembering the signal block of the state that runs it
+ * so that a cancel can reach a compiled loop. Returns 0 if the task already
+ * ended (cancelled while queued): the runner must then skip it. */
+int isle_task_start(isle_task *t, isle_sig *sig);
+/* First completion wins (returns 1), later ones return 0. Copies the bytes.
+ * A task that never started may complete straight from QUEUED. */
+int isle_task_complete(isle_task *t, int state, const char *data, size_t len);
+/* 1 when the task has ended, 0 on timeout (timeout < 0 waits forever). */
+int isle_task_wait(isle_task *t, double timeout);
+const char *isle_task_result(isle_task *t, size_t *len);
+/* Ask to be told through `mb` (isle_mbox_wait's `done` list) when `t` ends;
+ * any number of mailboxes may subscribe. Returns 0 if it has already ended
+ * (nothing will be posted), 1 if subscribed, -1 on ENOMEM. */
+int isle_task_subscribe(isle_task *t, isle_mbox *mb);
+void isle_done_free_list(isle_done *head);  /* releases the tasks too */
+/* Request cancellation. A queued task ends CANCELLED at once; a running one
+ * gets its cancel flag and its state's signal raised. Returns the state seen. */
+int isle_task_cancel(isle_task *t);
+int isle_task_cancelled(const isle_task *t);  /* the cancel flag */
+
+/* ---- mailboxes ------------------------------------------------------------- */
+/* A bounded multi-producer queue of messages plus an unbounded list of
+ * completed tasks its owner subscribed to. With `with_fd` an eventfd becomes
+ * readable whenever something arrives (for host event loops). */
+isle_mbox *isle_mbox_new(size_t capacity, int with_fd);
+void isle_mbox_free(isle_mbox *mb);   /* accepts NULL; queued tasks end CLOSED */
+/* timeout 0: do not wait (EBUSY when full); < 0: wait for room forever. */
+int isle_mbox_push(isle_mbox *mb, isle_msg *m, double timeout);
+/* Takes every queued message and every completion notice after one wake-up.
+ * ISLE_OK: something was taken, or a wake (isle_mbox_wake, or the close
+ * itself, once) ended the wait with both lists empty. Otherwise, when the
+ * timeout runs out: ISLE_ECLOSED if the mailbox is closed, else
+ * ISLE_ETIMEOUT. A closed mailbox still delivers notices, so a consumer
+ * draining after close can keep waiting for the tasks it awaits; with
+ * timeout 0 it learns ISLE_ECLOSED at once. The caller frees the messages
+ * (isle_msg_free_list) and the notices (isle_done_free_list). */
+int isle_mbox_wait(isle_mbox *mb, double timeout, isle_msg **msgs, isle_done **done);
+void isle_mbox_close(isle_mbox *mb);  /* wakes every waiter; later pushes fail */
+int isle_mbox_is_closed(isle_mbox *mb);
+size_t isle_mbox_count(isle_mbox *mb);
+int isle_mbox_fd(isle_mbox *mb);      /* -1 without eventfd */
+void isle_mbox_wake(isle_mbox *mb);   /* make the current or next wait return */
+
+/* ---- signal blocks and interrupt ids ---------------------------------- */
+isle_sig *isle_sig_new(void);
+void isle_sig_free(isle_sig *s);      /* accepts NULL; drops its ids */
+/* Register an interrupt target of `s` (the state itself or one coroutine).
+ * Ids are never reused within a process. */
+int64_t isle_intr_new(isle_sig *s);
+void isle_intr_free(int64_t id);
+/* Set the mode of `id` and raise its state's flag. ISLE_ENOENT if unknown. */
+int isle_intr_set(int64_t id, int mode);
+/* Read the mode of `id`; a ONCE mode is consumed. -1 if unknown. */
+int isle_intr_take(int64_t id);
+void isle_sig_raise(isle_sig *s);     /* set the flag: "look at your requests" */
+void isle_sig_lower(isle_sig *s);
+
+/* ---- isles ------------------------------------------------------------------ */
+typedef struct isle_config {
+    const char *name;       /* may be NULL */
+    size_t capacity;        /* mailbox bound */
+    const char *path;       /* package.path for the new state */
+    const char *cpath;      /* package.cpath */
+    const char *boot;       /* opaque bytes handed to the worker */
+    size_t boot_len;
+} isle_config;
+
+/* Starts the thread. The returned handle holds one reference (the owner's).
+ * NULL on failure with *err set (ISLE_ENOMEM, ISLE_EINVAL for a name in use). */
+isle *isle_spawn(const isle_config *cfg, int *err);
+void isle_retain(isle *i);
+void isle_release(isle *i);           /* accepts NULL */
+int64_t isle_id(const isle *i);
+const char *isle_name(const isle *i); /* "" when unnamed */
+isle_mbox *isle_mailbox(isle *i);
+isle_sig *isle_signal(isle *i);
+const char *isle_boot(isle *i, size_t *len);
+isle_task *isle_init_task(isle *i);   /* ends when init ran (or failed) */
+/* Retained handles of live isles, NULL when none (or closed). */
+isle *isle_lookup_id(int64_t id);
+isle *isle_lookup_name(const char *name);
+/* Stop accepting work and join. cancel != 0: queued tasks end CLOSED instead
+ * of running, and running ones get a cancel request. Idempotent; from the
+ * isle's own thread it only requests the stop. */
+void isle_close(isle *i, int cancel);
+/* For a collected owner: request the stop, never block; the thread frees
+ * itself when done. */
+void isle_abandon(isle *i);
+int isle_is_closed(const isle *i);
+int isle_close_mode(const isle *i);   /* 0 drain, 1 cancel */
+int isle_live_count(void);            /* isles whose thread has not ended */
+
+#ifdef __cplusplus
+}
+#endif
+#endif

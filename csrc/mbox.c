@@ -1,0 +1,212 @@
+/* mbox.c - bounded multi-producer mailbox plus a list of completion notices.
+ *
+ * One mutex guards both lists. `pending` mirrors "something to take" so the
+ * consumer can spin on it without the lock before parking; producers only
+ * signal when a consumer is actually parked. A consumer takes everything in
+ * one go, so one wake-up may stand for many messages and completions.
+ */
+#include "internal.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+struct isle_mbox {
+    atomic_int refs;
+    atomic_int pending;    /* 1 while a message, a notice or a wake is waiting */
+    pthread_mutex_t mu;
+    pthread_cond_t ready;  /* consumer waits here */
+    pthread_cond_t room;   /* producers wait here for space */
+    isle_msg *head, *tail;
+    isle_done *done_head, *done_tail;
+    atomic_size_t count;
+    size_t capacity;
+    int parked;            /* consumers in cond_wait */
+    int blocked;           /* producers in cond_wait */
+    int woken;             /* isle_mbox_wake was called */
+    atomic_int closed;
+    int efd;
+    int efd_armed;         /* the eventfd holds an unread wake-up */
+};
+
+isle_mbox *isle_mbox_new(size_t capacity, int with_fd)
+{
+    if (capacity == 0) return NULL;
+    isle_mbox *mb = calloc(1, sizeof(*mb));
+    if (!mb) return NULL;
+    mb->efd = -1;
+    if (pthread_mutex_init(&mb->mu, NULL)) goto fail_mu;
+    if (isle_cond_init(&mb->ready)) goto fail_ready;
+    if (isle_cond_init(&mb->room)) goto fail_room;
+    if (with_fd) {
+        mb->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+        if (mb->efd < 0) goto fail_fd;
+    }
+    atomic_init(&mb->refs, 1);
+    mb->capacity = capacity;
+    return mb;
+fail_fd:
+    pthread_cond_destroy(&mb->room);
+fail_room:
+    pthread_cond_destroy(&mb->ready);
+fail_ready:
+    pthread_mutex_destroy(&mb->mu);
+fail_mu:
+    free(mb);
+    return NULL;
+}
+
+void isle_mbox_retain(isle_mbox *mb)
+{
+    atomic_fetch_add_explicit(&mb->refs, 1, memory_order_relaxed);
+}
+
+void isle_mbox_free(isle_mbox *mb)
+{
+    if (!mb) return;
+    if (atomic_fetch_sub_explicit(&mb->refs, 1, memory_order_acq_rel) != 1) return;
+    /* Nothing will ever take these: their tasks end CLOSED, exactly once. */
+    for (isle_msg *m = mb->head; m; m = m->next)
+        if (m->task) isle_task_complete(m->task, ISLE_TASK_CLOSED, NULL, 0);
+    isle_msg_free_list(mb->head);
+    isle_done_free_list(mb->done_head);
+    if (mb->efd >= 0) close(mb->efd);
+    pthread_cond_destroy(&mb->room);
+    pthread_cond_destroy(&mb->ready);
+    pthread_mutex_destroy(&mb->mu);
+    free(mb);
+}
+
+/* Called with mu held after adding something for the consumer. */
+static void signal_consumer(isle_mbox *mb)
+{
+    atomic_store_explicit(&mb->pending, 1, memory_order_release);
+    if (mb->parked) pthread_cond_signal(&mb->ready);
+    if (mb->efd >= 0 && !mb->efd_armed) {
+        uint64_t one = 1;
+        /* EAGAIN only when the counter is saturated: it is readable anyway. */
+        ssize_t rc = write(mb->efd, &one, sizeof(one));
+        (void)rc;
+        mb->efd_armed = 1;
+    }
+}
+
+int isle_mbox_push(isle_mbox *mb, isle_msg *m, double timeout)
+{
+    int rc = ISLE_OK;
+    struct timespec dl = {0, 0};
+    if (timeout > 0) dl = isle_deadline(timeout);
+    pthread_mutex_lock(&mb->mu);
+    while (!atomic_load(&mb->closed) && atomic_load(&mb->count) >= mb->capacity) {
+        if (timeout == 0) { rc = ISLE_EBUSY; goto out; }
+        mb->blocked++;
+        int w = timeout > 0 ? pthread_cond_timedwait(&mb->room, &mb->mu, &dl)
+                            : pthread_cond_wait(&mb->room, &mb->mu);
+        mb->blocked--;
+        if (w == ETIMEDOUT && atomic_load(&mb->count) >= mb->capacity
+            && !atomic_load(&mb->closed)) {
+            rc = ISLE_EBUSY;
+            goto out;
+        }
+    }
+    if (atomic_load(&mb->closed)) { rc = ISLE_ECLOSED; goto out; }
+    m->next = NULL;
+    if (mb->tail) mb->tail->next = m;
+    else mb->head = m;
+    mb->tail = m;
+    atomic_fetch_add(&mb->count, 1);
+    signal_consumer(mb);
+out:
+    pthread_mutex_unlock(&mb->mu);
+    return rc;
+}
+
+void isle_mbox_post_done(isle_done *d)
+{
+    isle_mbox *mb = d->mbox;
+    d->next = NULL;
+    pthread_mutex_lock(&mb->mu);
+    if (mb->done_tail) mb->done_tail->next = d;
+    else mb->done_head = d;
+    mb->done_tail = d;
+    signal_consumer(mb);
+    pthread_mutex_unlock(&mb->mu);
+    isle_mbox_free(mb); /* the subscription's reference */
+}
+
+void isle_mbox_wake(isle_mbox *mb)
+{
+    pthread_mutex_lock(&mb->mu);
+    mb->woken = 1;
+    signal_consumer(mb);
+    pthread_mutex_unlock(&mb->mu);
+}
+
+static int has_work(isle_mbox *mb)
+{
+    return mb->head || mb->done_head || mb->woken;
+}
+
+int isle_mbox_wait(isle_mbox *mb, double timeout, isle_msg **msgs, isle_done **done)
+{
+    *msgs = NULL;
+    *done = NULL;
+    if (timeout != 0) isle_spin_until(&mb->pending, timeout);
+    struct timespec dl = {0, 0};
+    if (timeout > 0) dl = isle_deadline(timeout);
+    int rc = ISLE_OK;
+    pthread_mutex_lock(&mb->mu);
+    while (!has_work(mb)) {
+        if (timeout == 0) {
+            rc = atomic_load(&mb->closed) ? ISLE_ECLOSED : ISLE_ETIMEOUT;
+            goto out;
+        }
+        mb->parked++;
+        int w = timeout > 0 ? pthread_cond_timedwait(&mb->ready, &mb->mu, &dl)
+                            : pthread_cond_wait(&mb->ready, &mb->mu);
+        mb->parked--;
+        if (w == ETIMEDOUT && !has_work(mb)) {
+            rc = atomic_load(&mb->closed) ? ISLE_ECLOSED : ISLE_ETIMEOUT;
+            goto out;
+        }
+    }
+    *msgs = mb->head;
+    *done = mb->done_head;
+    mb->head = mb->tail = NULL;
+    mb->done_head = mb->done_tail = NULL;
+    mb->woken = 0;
+    atomic_store(&mb->count, 0);
+    if (mb->blocked) pthread_cond_broadcast(&mb->room);
+out:
+    atomic_store_explicit(&mb->pending, 0, memory_order_relaxed);
+    if (mb->efd >= 0 && mb->efd_armed) {
+        uint64_t v;
+        ssize_t r = read(mb->efd, &v, sizeof(v));
+        (void)r;
+        mb->efd_armed = 0;
+    }
+    pthread_mutex_unlock(&mb->mu);
+    return rc;
+}
+
+void isle_mbox_close(isle_mbox *mb)
+{
+    pthread_mutex_lock(&mb->mu);
+    atomic_store(&mb->closed, 1);
+    mb->woken = 1; /* a parked consumer returns at once and sees the close */
+    atomic_store(&mb->pending, 1);
+    pthread_cond_broadcast(&mb->ready);
+    pthread_cond_broadcast(&mb->room);
+    if (mb->efd >= 0 && !mb->efd_armed) {
+        uint64_t one = 1;
+        ssize_t rc = write(mb->efd, &one, sizeof(one));
+        (void)rc;
+        mb->efd_armed = 1;
+    }
+    pthread_mutex_unlock(&mb->mu);
+}
+
+int isle_mbox_is_closed(isle_mbox *mb) { return atomic_load(&mb->closed); }
+size_t isle_mbox_count(isle_mbox *mb) { return atomic_load(&mb->count); }
+int isle_mbox_fd(isle_mbox *mb) { return mb->efd; }

@@ -1,0 +1,213 @@
+/* task.c - one-shot completion slots shared by a caller and a worker.
+ *
+ * `state` is atomic so waiters can spin on it without the lock; every
+ * transition happens under `mu` so that waking, subscribing and cancelling
+ * see one order of events. The slot is freed when the last reference goes:
+ * the caller's handle, the queued message and each pending notice hold one.
+ */
+#include "internal.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+struct isle_task {
+    atomic_int refs;
+    atomic_int state;
+    atomic_int cancel;
+    atomic_int ended;      /* 0/1 mirror of "state is final", spun on by waiters */
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int waiters;           /* threads parked in isle_task_wait (mu) */
+    isle_sig *sig;         /* state running the task, retained while RUNNING (mu) */
+    isle_done *subs;       /* pending notices, each holding a task ref (mu) */
+    char *result;
+    size_t result_len;
+};
+
+static int is_final(int state) { return state >= ISLE_TASK_DONE; }
+
+isle_task *isle_task_new(void)
+{
+    isle_task *t = calloc(1, sizeof(*t));
+    if (!t) return NULL;
+    if (pthread_mutex_init(&t->mu, NULL)) goto fail_mu;
+    if (isle_cond_init(&t->cv)) goto fail_cv;
+    atomic_init(&t->refs, 1);
+    atomic_init(&t->state, ISLE_TASK_QUEUED);
+    return t;
+fail_cv:
+    pthread_mutex_destroy(&t->mu);
+fail_mu:
+    free(t);
+    return NULL;
+}
+
+void isle_task_retain(isle_task *t)
+{
+    atomic_fetch_add_explicit(&t->refs, 1, memory_order_relaxed);
+}
+
+void isle_task_release(isle_task *t)
+{
+    if (!t) return;
+    if (atomic_fetch_sub_explicit(&t->refs, 1, memory_order_acq_rel) != 1) return;
+    /* Last reference: nobody else can reach the slot any more. Pending
+     * notices hold references, so `subs` is empty here. */
+    isle_sig_free(t->sig);
+    free(t->result);
+    pthread_cond_destroy(&t->cv);
+    pthread_mutex_destroy(&t->mu);
+    free(t);
+}
+
+int isle_task_state(const isle_task *t)
+{
+    return atomic_load_explicit(&t->state, memory_order_acquire);
+}
+
+int isle_task_cancelled(const isle_task *t)
+{
+    return atomic_load_explicit(&t->cancel, memory_order_acquire);
+}
+
+int isle_task_start(isle_task *t, isle_sig *sig)
+{
+    int started = 0;
+    pthread_mutex_lock(&t->mu);
+    if (atomic_load(&t->state) == ISLE_TASK_QUEUED) {
+        atomic_store(&t->state, ISLE_TASK_RUNNING);
+        if (sig) {
+            isle_sig_retain(sig);
+            t->sig = sig;
+            /* Cancelled between queueing and starting: make the state look. */
+            if (atomic_load(&t->cancel)) isle_sig_raise(sig);
+        }
+        started = 1;
+    }
+    pthread_mutex_unlock(&t->mu);
+    return started;
+}
+
+/* The one way a task ends. Called with `mu` held and the task not final;
+ * hands back what must be released once the lock is dropped. */
+static void finish_locked(isle_task *t, int state, char *data, size_t len,
+                          isle_sig **sig, isle_done **subs)
+{
+    t->result = data;
+    t->result_len = len;
+    *sig = t->sig;
+    *subs = t->subs;
+    t->sig = NULL;
+    t->subs = NULL;
+    atomic_store_explicit(&t->state, state, memory_order_release);
+    atomic_store_explicit(&t->ended, 1, memory_order_release);
+    if (t->waiters) pthread_cond_broadcast(&t->cv);
+}
+
+static void after_finish(isle_sig *sig, isle_done *subs)
+{
+    while (subs) {
+        isle_done *next = subs->next;
+        isle_mbox_post_done(subs);
+        subs = next;
+    }
+    isle_sig_free(sig);
+}
+
+int isle_task_complete(isle_task *t, int state, const char *data, size_t len)
+{
+    if (!is_final(state)) return 0;
+    char *copy = NULL;
+    if (len) {
+        copy = malloc(len);
+        if (copy) memcpy(copy, data, len);
+        else { state = ISLE_TASK_FAILED; len = 0; } /* read back as a "memory" error */
+    }
+    isle_sig *sig = NULL;
+    isle_done *subs = NULL;
+    pthread_mutex_lock(&t->mu);
+    int won = !is_final(atomic_load(&t->state));
+    if (won) finish_locked(t, state, copy, len, &sig, &subs);
+    pthread_mutex_unlock(&t->mu);
+    if (!won) free(copy);
+    else after_finish(sig, subs);
+    return won;
+}
+
+int isle_task_wait(isle_task *t, double timeout)
+{
+    if (isle_spin_until(&t->ended, timeout)) return 1;
+    if (timeout == 0) return 0;
+    struct timespec dl = {0, 0};
+    if (timeout > 0) dl = isle_deadline(timeout);
+    int ended;
+    pthread_mutex_lock(&t->mu);
+    while (!(ended = atomic_load(&t->ended))) {
+        t->waiters++;
+        int rc = timeout > 0 ? pthread_cond_timedwait(&t->cv, &t->mu, &dl)
+                             : pthread_cond_wait(&t->cv, &t->mu);
+        t->waiters--;
+        if (rc) { ended = atomic_load(&t->ended); break; }
+    }
+    pthread_mutex_unlock(&t->mu);
+    return ended;
+}
+
+const char *isle_task_result(isle_task *t, size_t *len)
+{
+    if (!atomic_load_explicit(&t->ended, memory_order_acquire)) {
+        if (len) *len = 0;
+        return NULL;
+    }
+    if (len) *len = t->result_len;
+    return t->result;
+}
+
+int isle_task_subscribe(isle_task *t, isle_mbox *mb)
+{
+    if (atomic_load_explicit(&t->ended, memory_order_acquire)) return 0;
+    isle_done *d = malloc(sizeof(*d));
+    if (!d) return -1;
+    int subscribed = 0;
+    pthread_mutex_lock(&t->mu);
+    if (!atomic_load(&t->ended)) {
+        isle_task_retain(t);
+        isle_mbox_retain(mb);
+        d->task = t;
+        d->mbox = mb;
+        d->next = t->subs;
+        t->subs = d;
+        subscribed = 1;
+    }
+    pthread_mutex_unlock(&t->mu);
+    if (!subscribed) free(d);
+    return subscribed;
+}
+
+void isle_done_free_list(isle_done *head)
+{
+    while (head) {
+        isle_done *next = head->next;
+        isle_task_release(head->task);
+        free(head);
+        head = next;
+    }
+}
+
+int isle_task_cancel(isle_task *t)
+{
+    isle_sig *sig = NULL;
+    isle_done *subs = NULL;
+    pthread_mutex_lock(&t->mu);
+    int state = atomic_load(&t->state);
+    if (!is_final(state)) atomic_store(&t->cancel, 1);
+    if (state == ISLE_TASK_RUNNING && t->sig) isle_sig_raise(t->sig);
+    /* A queued task ends here, through the same path as any completion, so
+     * its waiters and subscribers are told exactly once; the worker will
+     * find it ended and skip it. */
+    if (state == ISLE_TASK_QUEUED)
+        finish_locked(t, ISLE_TASK_CANCELLED, NULL, 0, &sig, &subs);
+    pthread_mutex_unlock(&t->mu);
+    if (state == ISLE_TASK_QUEUED) after_finish(sig, subs);
+    return state;
+}

@@ -1,0 +1,127 @@
+-- The C API of libisle for the FFI, declaration by declaration as in
+-- csrc/isle.h, and the loader of the library. The only place that calls
+-- ffi.cdef or ffi.load for isle (test/test_cdef.lua checks it against the header).
+local ffi = require("ffi")
+local os = require("os")
+
+ffi.cdef[[
+enum {
+    ISLE_OK = 0, ISLE_ETIMEOUT = 1, ISLE_EBUSY = 2, ISLE_ECLOSED = 3,
+    ISLE_ENOMEM = 4, ISLE_EINVAL = 5, ISLE_ENOENT = 6
+};
+enum {
+    ISLE_TASK_QUEUED = 0, ISLE_TASK_RUNNING = 1, ISLE_TASK_DONE = 2,
+    ISLE_TASK_FAILED = 3, ISLE_TASK_CANCELLED = 4, ISLE_TASK_CLOSED = 5
+};
+enum { ISLE_INTR_CLEAR = 0, ISLE_INTR_ONCE = 1, ISLE_INTR_ALWAYS = 2 };
+
+typedef struct isle_msg isle_msg;
+typedef struct isle_task isle_task;
+typedef struct isle_mbox isle_mbox;
+typedef struct isle_sig isle_sig;
+typedef struct isle isle;
+typedef struct isle_done isle_done;
+
+struct isle_msg {
+    isle_msg *next;
+    isle_task *task;
+    int32_t kind;
+    int32_t flags;
+    size_t len;
+    char *data;
+};
+struct isle_done {
+    isle_done *next;
+    isle_task *task;
+    isle_mbox *mbox;
+};
+struct isle_sig {
+    volatile int32_t flag;
+    int32_t scratch;
+};
+
+double isle_now(void);
+void isle_set_spin(double seconds);
+double isle_get_spin(void);
+
+isle_msg *isle_msg_new(int32_t kind, isle_task *task, const char *data, size_t len);
+void isle_msg_free(isle_msg *m);
+void isle_msg_free_list(isle_msg *head);
+
+isle_task *isle_task_new(void);
+void isle_task_retain(isle_task *t);
+void isle_task_release(isle_task *t);
+int isle_task_state(const isle_task *t);
+int isle_task_start(isle_task *t, isle_sig *sig);
+int isle_task_complete(isle_task *t, int state, const char *data, size_t len);
+int isle_task_wait(isle_task *t, double timeout);
+const char *isle_task_result(isle_task *t, size_t *len);
+int isle_task_subscribe(isle_task *t, isle_mbox *mb);
+void isle_done_free_list(isle_done *head);
+int isle_task_cancel(isle_task *t);
+int isle_task_cancelled(const isle_task *t);
+
+isle_mbox *isle_mbox_new(size_t capacity, int with_fd);
+void isle_mbox_free(isle_mbox *mb);
+int isle_mbox_push(isle_mbox *mb, isle_msg *m, double timeout);
+int isle_mbox_wait(isle_mbox *mb, double timeout, isle_msg **msgs, isle_done **done);
+void isle_mbox_close(isle_mbox *mb);
+int isle_mbox_is_closed(isle_mbox *mb);
+size_t isle_mbox_count(isle_mbox *mb);
+int isle_mbox_fd(isle_mbox *mb);
+void isle_mbox_wake(isle_mbox *mb);
+
+isle_sig *isle_sig_new(void);
+void isle_sig_free(isle_sig *s);
+int64_t isle_intr_new(isle_sig *s);
+void isle_intr_free(int64_t id);
+int isle_intr_set(int64_t id, int mode);
+int isle_intr_take(int64_t id);
+void isle_sig_raise(isle_sig *s);
+void isle_sig_lower(isle_sig *s);
+
+typedef struct isle_config {
+    const char *name;
+    size_t capacity;
+    const char *path;
+    const char *cpath;
+    const char *boot;
+    size_t boot_len;
+} isle_config;
+
+isle *isle_spawn(const isle_config *cfg, int *err);
+void isle_retain(isle *i);
+void isle_release(isle *i);
+int64_t isle_id(const isle *i);
+const char *isle_name(const isle *i);
+isle_mbox *isle_mailbox(isle *i);
+isle_sig *isle_signal(isle *i);
+const char *isle_boot(isle *i, size_t *len);
+isle_task *isle_init_task(isle *i);
+isle *isle_lookup_id(int64_t id);
+isle *isle_lookup_name(const char *name);
+void isle_close(isle *i, int cancel);
+void isle_abandon(isle *i);
+int isle_is_closed(const isle *i);
+int isle_close_mode(const isle *i);
+int isle_live_count(void);
+]]
+
+-- Find libisle.so the way require finds C modules (package.cpath, which
+-- `make path` sets), then ISLE_LIB, then the system library path. Every state
+-- of the process resolves to the same loaded library.
+local function locate()
+    local env = os.getenv("ISLE_LIB")
+    if env and env ~= "" then return env end
+    local found = package.searchpath("libisle", package.cpath)
+    return found or "isle"
+end
+
+local path = locate()
+local ok, lib = pcall(ffi.load, path)
+if not ok then
+    error("isle: cannot load the C library (" .. path .. "): " .. tostring(lib)
+        .. "; build it with `make` and add build/?.so to package.cpath (`make -s path`)", 0)
+end
+
+return { C = lib, path = path }

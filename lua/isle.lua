@@ -1,0 +1,182 @@
+-- isle: isolated LuaJIT states on their own threads.
+--
+--   local isle = require("isle")
+--   local h = isle.spawn{ init = function() function add(a, b) return a + b end end }
+--   print(h:call("add", 1, 2))   --> 3
+--
+-- See docs/API.md for every function and its errors.
+local ffi = require("ffi")
+local debug = require("debug")
+local string = require("string")
+local runtime = require("isle.runtime")
+local codec = require("isle.codec")
+local errors = require("isle.errors")
+local handle = require("isle.handle")
+local task = require("isle.task")
+local libs = require("isle.libs")
+local table = require("table")
+
+local C = runtime.C
+local type, error, tostring, tonumber, select, pcall, ipairs, next =
+    type, error, tostring, tonumber, select, pcall, ipairs, next
+
+local isle = { _VERSION = "0.1.0" }
+
+isle.Handle = handle.Handle
+isle.Task = task.Task
+
+-- Directories this module and the FFI layer were loaded from: put in front
+-- of package.path inside every isle so that require("isle") works there
+-- however the host found it.
+local function module_dirs()
+    local dirs = {}
+    for _, mod in ipairs({ "isle", "isle.cdef" }) do
+        local file = package.searchpath(mod, package.path)
+        if file then
+            local dir = file:match("^(.*)/[^/]*$") or "."
+            if mod == "isle.cdef" then dir = dir:match("^(.*)/isle$") or dir end
+            dirs[#dirs + 1] = dir .. "/?.lua;" .. dir .. "/?/init.lua"
+        end
+    end
+    return table.concat(dirs, ";")
+end
+local isle_path = module_dirs()
+
+local function bad_opt(name, what, got)
+    error("isle.spawn: option '" .. name .. "' must be " .. what .. " (got " .. got .. ")", 3)
+end
+
+local function check_libs(libs)
+    if libs == nil then return true end
+    if libs == true or libs == false then return libs end
+    if type(libs) ~= "table" then bad_opt("libs", "true, false or a list of library names", type(libs)) end
+    local list = {}
+    for i, name in ipairs(libs) do
+        if type(name) ~= "string" then bad_opt("libs", "a list of names", type(name) .. " at [" .. i .. "]") end
+        if not libs.ALWAYS[name] and not libs.OPTIONAL[name] then
+            error("isle.spawn: unknown library '" .. name .. "' in option 'libs'", 3)
+        end
+        list[#list + 1] = name
+    end
+    return list
+end
+
+-- Starts an isle. Raises on bad options and on init failure (with the
+-- isle-side traceback); the isle's thread is gone by then.
+function isle.spawn(opts)
+    if opts == nil then opts = {} end
+    if type(opts) ~= "table" then
+        error("bad argument #1 to 'spawn' (table or nil expected, got " .. type(opts) .. ")", 2)
+    end
+    for k in next, opts do
+        if k ~= "init" and k ~= "args" and k ~= "name" and k ~= "libs" and k ~= "capacity" then
+            error("isle.spawn: unknown option '" .. tostring(k) .. "'", 2)
+        end
+    end
+    local spec = { libs = check_libs(opts.libs) }
+    local init = opts.init
+    if type(init) == "string" then
+        spec.init_code = init
+    elseif type(init) == "function" then
+        local ok, shipped = pcall(codec.check, init, "init")
+        if not ok then error(errors.from_codec(shipped) or shipped, 2) end
+        spec.init_fn = shipped[1]
+    elseif init ~= nil then
+        bad_opt("init", "a function without upvalues or a chunk string", type(init))
+    end
+    local args = opts.args
+    if args ~= nil and type(args) ~= "table" then bad_opt("args", "a list", type(args)) end
+    local name = opts.name
+    if name ~= nil and (type(name) ~= "string" or name == "") then bad_opt("name", "a non-empty string", type(name)) end
+    local capacity = opts.capacity or 1024
+    if type(capacity) ~= "number" or capacity < 1 or capacity % 1 ~= 0 or capacity > 2 ^ 31 then
+        bad_opt("capacity", "a positive integer", tostring(capacity))
+    end
+
+    local enc = runtime.enc
+    enc:reset()
+    enc:encode(spec)
+    local nargs = args and (args.n or #args) or 0
+    local ok, e = pcall(codec.put_values, enc, "args", 1, nargs, unpack(args or {}, 1, nargs))
+    if not ok then
+        enc:reset()
+        error(errors.from_codec(e) or e, 2)
+    end
+    local boot, boot_len = enc:ref()
+    local cfg = ffi.new("isle_config", {
+        name = name, capacity = capacity,
+        path = isle_path .. ";" .. package.path, cpath = package.cpath,
+        boot = boot, boot_len = boot_len,
+    })
+    local errp = ffi.new("int[1]")
+    local p = C.isle_spawn(cfg, errp)
+    if p == nil then
+        if errp[0] == C.ISLE_EINVAL then
+            error("isle.spawn: the name '" .. name .. "' is in use by a live isle", 2)
+        end
+        error(errors.new("memory", "cannot start an isle (out of memory or threads)"), 2)
+    end
+    local init_task = C.isle_init_task(p)
+    runtime.wait_task(init_task, -1)
+    local started, err = task.outcome(init_task)
+    if not started then
+        C.isle_close(p, 1)
+        C.isle_release(p)
+        error(err, 2)
+    end
+    return handle.wrap(p, true)
+end
+
+-- A non-owning handle to a live isle by id or name; nil, err if none.
+function isle.lookup(key)
+    local p
+    if type(key) == "number" then
+        p = C.isle_lookup_id(key)
+    elseif type(key) == "string" then
+        p = C.isle_lookup_name(key)
+    else
+        error("bad argument #1 to 'lookup' (number or string expected, got " .. type(key) .. ")", 2)
+    end
+    if p == nil then return nil, errors.new("unknown", "no live isle " .. tostring(key)) end
+    return handle.wrap(p, false)
+end
+
+-- Inside an isle: a non-owning handle to itself; nil in a host state.
+function isle.self()
+    local p = runtime.self_ptr
+    if p == nil then return nil end
+    C.isle_retain(p)
+    return handle.wrap(p, false)
+end
+
+-- Inside an isle: its id; nil in a host state.
+function isle.id()
+    local p = runtime.self_ptr
+    if p == nil then return nil end
+    return tonumber(C.isle_id(p))
+end
+
+-- Inside an isle's job: let the loop serve others for `s` seconds.
+-- Elsewhere: blocks the thread.
+function isle.sleep(s)
+    if type(s) ~= "number" or s ~= s then
+        error("bad argument #1 to 'sleep' (number expected, got " .. type(s) .. ")", 2)
+    end
+    if s < 0 then s = 0 end
+    local sc = runtime.sched
+    if sc and sc:can_yield() then
+        local why = sc:sleep(s)
+        if why ~= "timeout" then error(errors.new(why, "sleep ended: " .. why), 2) end
+        return
+    end
+    local t = C.isle_task_new()
+    C.isle_task_wait(t, s)
+    C.isle_task_release(t)
+end
+
+isle.now = function() return C.isle_now() end
+isle.is_error = errors.is
+isle.error = errors.new
+isle.live_count = function() return C.isle_live_count() end
+
+return isle

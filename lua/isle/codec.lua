@@ -1,0 +1,179 @@
+-- Values that cross states: checked, then encoded with LuaJIT's string.buffer.
+--
+-- Wire layout of a value list: one tag byte ('V' plain, 'F' holds shipped
+-- functions), the count, then each value encoded in turn. Upvalue-free Lua
+-- functions travel as bytecode inside a table marked with FN_MT (string.buffer
+-- keeps the marker through its `metatable` option) and are loaded back on the
+-- other side. Everything is checked before a byte is sent, so a bad value is
+-- reported in the sender with its path, e.g. `args[2].cb`.
+local ffi = require("ffi")
+local buffer = require("string.buffer")
+local string = require("string")
+local debug = require("debug")
+
+local type, pairs, next, select, tostring, setmetatable, getmetatable, load =
+    type, pairs, next, select, tostring, setmetatable, getmetatable, load
+local string_dump, string_format, string_match = string.dump, string.format, string.match
+local getinfo = debug.getinfo
+local istype = ffi.istype
+
+local codec = {}
+
+local FN_MT = {}
+local OPTS = { metatable = { FN_MT } }
+codec.MAX_DEPTH = 100
+
+function codec.new_buffer()
+    return buffer.new(OPTS)
+end
+
+local function key_path(path, k)
+    local tk = type(k)
+    if tk == "string" then
+        if string_match(k, "^[%a_][%w_]*$") then return path .. "." .. k end
+        return path .. string_format("[%q]", k)
+    elseif tk == "number" or tk == "boolean" then
+        return path .. "[" .. tostring(k) .. "]"
+    end
+    return path .. "[<" .. tk .. " key>]"
+end
+
+-- A rejected value: raised as a "value" error by the caller (isle.errors).
+local function bad(path, what)
+    error({ isle_value_error = true, message = "cannot send " .. what .. " at " .. path }, 0)
+end
+
+local function cdata_ok(v)
+    return istype("int64_t", v) or istype("uint64_t", v) or istype("complex", v)
+end
+
+local function ship_function(f, path)
+    local info = getinfo(f, "Su")
+    if info.what == "C" then bad(path, "a C function") end
+    if info.nups > 0 then
+        bad(path, "a function with " .. info.nups .. " upvalue(s) (only upvalue-free functions can be sent)")
+    end
+    return setmetatable({ string_dump(f) }, FN_MT)
+end
+
+-- Returns the value to encode: `v` itself, or a copy in which functions were
+-- replaced by their shipped form. `active` holds the tables on the current
+-- path (a cycle is a table met again on its own path; shared subtables are fine).
+local check
+local function check_table(t, path, depth, active)
+    if active[t] then bad(path, "a cyclic table (it contains itself)") end
+    if depth > codec.MAX_DEPTH then bad(path, "a table nested more than " .. codec.MAX_DEPTH .. " levels deep") end
+    active[t] = true
+    local copy
+    for k, v in next, t do
+        local tk = type(k)
+        if tk == "table" or tk == "function" or tk == "cdata" or tk == "userdata" or tk == "thread" then
+            local nk = check(k, key_path(path, k), depth + 1, active)
+            if nk ~= k then
+                bad(key_path(path, k), "a function as a table key")
+            end
+        end
+        local tv = type(v)
+        if tv ~= "number" and tv ~= "string" and tv ~= "boolean" then
+            local nv = check(v, key_path(path, k), depth + 1, active)
+            if nv ~= v then
+                if not copy then
+                    copy = {}
+                    for k2, v2 in next, t do copy[k2] = v2 end
+                end
+                copy[k] = nv
+            end
+        end
+    end
+    active[t] = nil
+    return copy or t
+end
+
+check = function(v, path, depth, active)
+    local tv = type(v)
+    if tv == "nil" or tv == "boolean" or tv == "number" or tv == "string" then return v end
+    if tv == "table" then
+        if getmetatable(v) == FN_MT then return v end
+        return check_table(v, path, depth, active)
+    elseif tv == "function" then
+        return ship_function(v, path)
+    elseif tv == "cdata" then
+        if cdata_ok(v) then return v end
+        bad(path, "cdata<" .. tostring(ffi.typeof(v)):match("^ctype<(.*)>$") .. "> (only int64_t, uint64_t and complex cdata can be sent)")
+    elseif tv == "userdata" then
+        bad(path, "a userdata")
+    elseif tv == "thread" then
+        bad(path, "a coroutine")
+    end
+    bad(path, "a value of type " .. tv)
+end
+
+-- Checks one value; returns what to encode (see check).
+function codec.check(v, path)
+    return check(v, path, 0, {})
+end
+
+-- Appends a value list to `buf`. `first` is the index the paths start at
+-- (`args[1]`...), `prefix` the name of the list ("args", "results").
+function codec.put_values(buf, prefix, first, n, ...)
+    local mark = #buf
+    buf:put("V")
+    buf:encode(n)
+    local has_fn = false
+    for i = 1, n do
+        local v = select(i, ...)
+        local tv = type(v)
+        if tv ~= "number" and tv ~= "string" and tv ~= "boolean" and tv ~= "nil" then
+            local nv = check(v, prefix .. "[" .. (first + i - 1) .. "]", 0, {})
+            if nv ~= v then has_fn = true end
+            v = nv
+        end
+        buf:encode(v)
+    end
+    if has_fn then
+        -- Rewrite the tag in place: the decoder only walks lists that need it.
+        local s = buf:tostring()
+        buf:reset()
+        buf:put(s:sub(1, mark), "F", s:sub(mark + 2))
+    end
+    return buf
+end
+
+local function restore(v, chunkname)
+    if type(v) ~= "table" then return v end
+    if getmetatable(v) == FN_MT then
+        local f, err = load(v[1], chunkname)
+        if not f then error("cannot load a shipped function: " .. tostring(err), 0) end
+        return f
+    end
+    for k, x in next, v do
+        if type(x) == "table" then v[k] = restore(x, chunkname) end
+    end
+    return v
+end
+codec.restore = restore
+
+local scratch = {}
+-- Reads a value list written by put_values from `buf`; returns n, values...
+function codec.get_values(buf)
+    local tag = buf:get(1)
+    local n = buf:decode()
+    if tag == "V" then
+        if n == 0 then return 0 end
+        if n == 1 then return 1, buf:decode() end
+        if n == 2 then
+            local a = buf:decode()
+            return 2, a, buf:decode()
+        end
+    end
+    local t = scratch
+    scratch = {}
+    for i = 1, n do
+        local v = buf:decode()
+        if tag == "F" then v = restore(v) end
+        t[i] = v
+    end
+    return n, unpack(t, 1, n)
+end
+
+return codec

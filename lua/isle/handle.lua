@@ -1,0 +1,233 @@
+-- Handles: the way any state talks to an isle. An owning handle (from
+-- isle.spawn) closes the isle when closed or collected; non-owning handles
+-- (isle.lookup, isle.self) only keep the C object alive.
+local ffi = require("ffi")
+local string = require("string")
+local debug = require("debug")
+local runtime = require("isle.runtime")
+local codec = require("isle.codec")
+local errors = require("isle.errors")
+local task = require("isle.task")
+
+local C = runtime.C
+local setmetatable, select, error, type, tostring, tonumber, pcall, unpack =
+    setmetatable, select, error, type, tostring, tonumber, pcall, unpack
+local outcome = task.outcome
+local ISLE_OK, ISLE_EBUSY = C.ISLE_OK, C.ISLE_EBUSY
+
+local handle = {}
+local Handle = {}
+Handle.__index = Handle
+
+-- Message kinds understood by the worker (lua/isle/worker.lua).
+handle.EVAL, handle.CALL, handle.EXEC, handle.POST = 1, 2, 3, 4
+
+local function release_owned(p)
+    -- A collected owner: stop the isle without waiting for it (a finalizer
+    -- must never block), then drop the reference.
+    C.isle_abandon(p)
+    C.isle_release(p)
+end
+
+function handle.wrap(p, owner)
+    local h = setmetatable({ ptr = p, owner = owner, closed = false }, Handle)
+    ffi.gc(p, owner and release_owned or C.isle_release)
+    return h
+end
+
+local dumps = setmetatable({}, { __mode = "k" })
+local function dump_function(fn, what)
+    local s = dumps[fn]
+    if s then return s end
+    local ok, shipped = pcall(codec.check, fn, what)
+    if not ok then
+        local e = errors.from_codec(shipped)
+        error(e or shipped, 4)
+    end
+    s = shipped[1]
+    dumps[fn] = s
+    return s
+end
+
+local function check_open(self, level)
+    if self.closed or C.isle_is_closed(self.ptr) ~= 0 then
+        error(errors.new("closed", "isle " .. tonumber(C.isle_id(self.ptr)) .. " is closed"), level + 1)
+    end
+end
+
+-- Encodes and queues one message. wait: seconds to wait for room (< 0 for
+-- ever, 0 not at all). Returns the task pointer (or true for one-way
+-- messages), or nil, err for busy/closed.
+local function send(self, kind, target, wait, with_task, n, ...)
+    check_open(self, 3)
+    local enc = runtime.enc
+    enc:reset()
+    enc:encode(target)
+    local ok, e = pcall(codec.put_values, enc, "args", 1, n, ...)
+    if not ok then
+        enc:reset()
+        error(errors.from_codec(e) or e, 3)
+    end
+    local t
+    if with_task then
+        t = C.isle_task_new()
+        if t == nil then error(errors.new("memory", "cannot allocate a task"), 3) end
+        ffi.gc(t, C.isle_task_release)
+    end
+    local p, len = enc:ref()
+    local m = C.isle_msg_new(kind, t, p, len)
+    if m == nil then error(errors.new("memory", "cannot allocate a message of " .. len .. " bytes"), 3) end
+    local rc = C.isle_mbox_push(C.isle_mailbox(self.ptr), m, wait)
+    if rc ~= ISLE_OK then
+        C.isle_msg_free(m)
+        if rc == ISLE_EBUSY then
+            return nil, errors.new("busy", "the mailbox of isle " .. tonumber(C.isle_id(self.ptr)) .. " is full")
+        end
+        return nil, errors.new("closed", "isle " .. tonumber(C.isle_id(self.ptr)) .. " is closed")
+    end
+    return t or true
+end
+
+local function raise_unless(t, err)
+    if not t then error(err, 3) end
+    return t
+end
+
+local function check_string(v, n, fname)
+    if type(v) ~= "string" then
+        error("bad argument #" .. n .. " to '" .. fname .. "' (string expected, got " .. type(v) .. ")", 3)
+    end
+end
+
+local function check_function(v, fname)
+    if type(v) ~= "function" then
+        error("bad argument #1 to '" .. fname .. "' (function expected, got " .. type(v) .. ")", 3)
+    end
+    return dump_function(v, "function")
+end
+
+local function finish(ok, ...)
+    if ok then return select(2, ...) end
+    error((...), 3)
+end
+
+local function await(t)
+    local why = runtime.wait_task(t, -1)
+    if why ~= "done" then
+        error(errors.new(why, "the wait was ended: " .. why), 3)
+    end
+    return finish(outcome(t))
+end
+
+-- Blocking calls ---------------------------------------------------------
+
+function Handle:eval(code, ...)
+    check_string(code, 1, "eval")
+    return await(raise_unless(send(self, handle.EVAL, code, -1, true, select("#", ...), ...)))
+end
+
+function Handle:call(name, ...)
+    check_string(name, 1, "call")
+    return await(raise_unless(send(self, handle.CALL, name, -1, true, select("#", ...), ...)))
+end
+
+function Handle:exec(fn, ...)
+    local bc = check_function(fn, "exec")
+    return await(raise_unless(send(self, handle.EXEC, bc, -1, true, select("#", ...), ...)))
+end
+
+-- Non-blocking: a task at once (waiting for mailbox room if it is full) ------
+
+function Handle:spawn_eval(code, ...)
+    check_string(code, 1, "spawn_eval")
+    return task.new(raise_unless(send(self, handle.EVAL, code, -1, true, select("#", ...), ...)))
+end
+
+function Handle:spawn_call(name, ...)
+    check_string(name, 1, "spawn_call")
+    return task.new(raise_unless(send(self, handle.CALL, name, -1, true, select("#", ...), ...)))
+end
+
+function Handle:spawn_exec(fn, ...)
+    local bc = check_function(fn, "spawn_exec")
+    return task.new(raise_unless(send(self, handle.EXEC, bc, -1, true, select("#", ...), ...)))
+end
+
+-- Never wait for room: task, or nil, err ("busy" when full, "closed") -------
+
+local function try(t, err)
+    if not t then return nil, err end
+    return task.new(t)
+end
+
+function Handle:try_spawn_eval(code, ...)
+    check_string(code, 1, "try_spawn_eval")
+    return try(send(self, handle.EVAL, code, 0, true, select("#", ...), ...))
+end
+
+function Handle:try_spawn_call(name, ...)
+    check_string(name, 1, "try_spawn_call")
+    return try(send(self, handle.CALL, name, 0, true, select("#", ...), ...))
+end
+
+function Handle:try_spawn_exec(fn, ...)
+    local bc = check_function(fn, "try_spawn_exec")
+    return try(send(self, handle.EXEC, bc, 0, true, select("#", ...), ...))
+end
+
+-- One-way: no task; errors go to the isle's stderr with the traceback.
+function Handle:post(name, ...)
+    check_string(name, 1, "post")
+    raise_unless(send(self, handle.POST, name, -1, false, select("#", ...), ...))
+    return true
+end
+
+function Handle:try_post(name, ...)
+    check_string(name, 1, "try_post")
+    local ok, err = send(self, handle.POST, name, 0, false, select("#", ...), ...)
+    if not ok then return nil, err end
+    return true
+end
+
+-- Lifecycle -------------------------------------------------------------------
+
+function Handle:close(opts)
+    if not self.owner then
+        error("isle: close() needs the owning handle (this one came from lookup or self)", 2)
+    end
+    if opts ~= nil and type(opts) ~= "table" then
+        error("bad argument #1 to 'close' (table or nil expected, got " .. type(opts) .. ")", 2)
+    end
+    if self.closed then return true end
+    if runtime.self_ptr ~= nil and runtime.self_ptr == self.ptr then
+        error("isle: an isle cannot close itself with its owner's handle", 2)
+    end
+    self.closed = true
+    C.isle_close(self.ptr, (opts and opts.cancel) and 1 or 0)
+    -- Joined: only the memory is left, released when the handle goes.
+    ffi.gc(self.ptr, C.isle_release)
+    return true
+end
+
+function Handle:id()
+    return tonumber(C.isle_id(self.ptr))
+end
+
+function Handle:name()
+    local n = ffi.string(C.isle_name(self.ptr))
+    if n == "" then return nil end
+    return n
+end
+
+function Handle:is_closed()
+    return self.closed or C.isle_is_closed(self.ptr) ~= 0
+end
+
+function Handle:__tostring()
+    local n = self:name()
+    return "isle " .. self:id() .. (n and (" (" .. n .. ")") or "")
+        .. (self:is_closed() and " [closed]" or "")
+end
+
+handle.Handle = Handle
+return handle

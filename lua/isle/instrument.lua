@@ -1,0 +1,374 @@
+-- isle.instrument: insert preemption checkpoints into Lua source text.
+--
+-- Code that LuaJIT has compiled into a trace never runs debug hooks, so a
+-- hot loop cannot be interrupted from outside.  This module rewrites Lua
+-- source so that every loop iteration, every function entry and every
+-- `goto` first polls a flag shared with other threads:
+--
+--   if __isle_F[0]~=0 then __isle_C() end __isle_S[0]=0
+--
+-- The chunk is wrapped as
+--
+--   return function(__isle_F, __isle_S, __isle_C, ...) <source>\nend
+--
+-- with the prefix on line 1 and no other newline added, so line numbers
+-- are unchanged.  See docs/instrument.md.
+--
+-- Only `require` and a few base functions (cached below) are needed.
+
+local require, type, tostring, pcall, rawget, pairs =
+      require, type, tostring, pcall, rawget, pairs
+
+local string = require("string")
+local table = require("table")
+
+local byte, find, sub = string.byte, string.find, string.sub
+local concat = table.concat
+
+local M = {}
+
+local CHECKPOINT = "if __isle_F[0]~=0 then __isle_C() end __isle_S[0]=0 "
+local CP_AFTER = " " .. CHECKPOINT   -- after `do`, `repeat`, `)`
+local PREFIX = "return function(__isle_F, __isle_S, __isle_C, ...) "
+local SUFFIX = "\nend"
+
+M.CHECKPOINT = CHECKPOINT
+M.PREFIX = PREFIX
+M.SUFFIX = SUFFIX
+
+-- Characters that can start something the scanner cares about.
+-- Everything else (operators, whitespace, `.`, `(` ...) is skipped.
+local PAT  = "[A-Za-z_\128-\2550-9\"'%-%[]"
+local PATF = "[A-Za-z_\128-\2550-9\"'%-%[%)]"   -- also `)` after `function`
+
+-- Byte classes: 1 identifier start, 2 digit, 3 quote, 4 '-', 5 '[', 6 ')'.
+local CLASS = {}
+for c = 0, 255 do
+  local ch = string.char(c)
+  if find(ch, "^[A-Za-z_\128-\255]") then CLASS[c] = 1
+  elseif find(ch, "^[0-9]") then CLASS[c] = 2
+  elseif c == 34 or c == 39 then CLASS[c] = 3
+  elseif c == 45 then CLASS[c] = 4
+  elseif c == 91 then CLASS[c] = 5
+  elseif c == 41 then CLASS[c] = 6
+  else CLASS[c] = 0 end
+end
+
+-- Keywords that change block structure.
+local K_WHILE, K_FOR, K_DO, K_REPEAT, K_UNTIL, K_IF, K_FUNCTION, K_END, K_GOTO =
+      1, 2, 3, 4, 5, 6, 7, 8, 9
+local KW = {
+  ["while"] = K_WHILE, ["for"] = K_FOR, ["do"] = K_DO,
+  ["repeat"] = K_REPEAT, ["until"] = K_UNTIL, ["if"] = K_IF,
+  ["function"] = K_FUNCTION, ["end"] = K_END, ["goto"] = K_GOTO,
+}
+-- First bytes of those keywords (cheap filter before taking a substring).
+local KFIRST = {}
+for w in pairs(KW) do KFIRST[byte(w)] = true end
+
+-- All reserved words (a `goto` target must be a plain Name).
+local RESERVED = {}
+for w in string.gmatch("and break do else elseif end false for function " ..
+    "goto if in local nil not or repeat return then true until while", "%a+") do
+  RESERVED[w] = true
+end
+-- Words after which an expression (not a statement) follows.  `goto`
+-- is only a statement keyword in statement position (LuaJIT accepts it
+-- as an ordinary identifier elsewhere, e.g. `local goto = 1`).
+local EXPRWORD = {
+  ["and"] = true, ["or"] = true, ["not"] = true, ["return"] = true,
+  ["local"] = true, ["if"] = true, ["elseif"] = true, ["while"] = true,
+  ["until"] = true, ["in"] = true, ["for"] = true, ["function"] = true,
+  ["goto"] = true,
+}
+
+-- Block stack entries.
+local S_HEAD, S_BLOCK, S_REPEAT = 1, 2, 3
+
+-- Line number of byte position `s` (Lua counts \n, \r, \r\n, \n\r as one).
+local function lineof(src, s)
+  local line, p = 1, 1
+  while true do
+    local a = find(src, "[\n\r]", p)
+    if not a or a >= s then return line end
+    local b, nb = byte(src, a, a + 1)
+    if (nb == 10 or nb == 13) and nb ~= b then p = a + 2 else p = a + 1 end
+    line = line + 1
+  end
+end
+
+-- End index of a number token starting at s (follows LuaJIT's lexer:
+-- identifier chars and dots, plus a sign right after an exponent letter).
+local function numend(src, s)
+  local xp = 101                                  -- 'e'
+  if byte(src, s) == 48 then
+    local b = byte(src, s + 1)
+    if b == 120 or b == 88 then xp = 112 end      -- 0x -> 'p'
+  end
+  local p = s
+  while true do
+    local _, e = find(src, "^[%w_.\128-\255]*", p + 1)
+    local b = byte(src, e + 1)
+    if b == 43 or b == 45 then
+      local l = byte(src, e)
+      if l == xp or l == xp - 32 then p = e + 1 else return e end
+    else
+      return e
+    end
+  end
+end
+
+-- Index of the closing quote of a string starting at s, or nil.
+local function strend(src, s, q)
+  local qpat = q == 34 and '[\\\n\r"]' or "[\\\n\r']"
+  local p = s + 1
+  while true do
+    local a = find(src, qpat, p)
+    if not a then return nil end
+    local b = byte(src, a)
+    if b == q then return a end
+    if b ~= 92 then return nil end                -- raw newline
+    local x = byte(src, a + 1)
+    if x == nil then return nil
+    elseif x == 10 or x == 13 then                -- backslash-newline
+      local y = byte(src, a + 2)
+      if (y == 10 or y == 13) and y ~= x then p = a + 3 else p = a + 2 end
+    elseif x == 122 then                          -- \z skips whitespace
+      local _, e = find(src, "^%s*", a + 2)
+      p = e + 1
+    else
+      p = a + 2
+    end
+  end
+end
+
+-- Is the `goto` at s in statement position?  pe = end of the previous
+-- real token (0 if none), [pks, pe] its text, pkk its kind (0 none,
+-- 1 word, 2 value); cs/ce = comment spans seen since that token.
+local function stmtpos(src, s, pe, pks, pkk, ncs, cs, ce)
+  local p = s - 1
+  while p > pe do
+    local b = byte(src, p)
+    if b == 32 or (b >= 9 and b <= 13) then
+      p = p - 1
+    else
+      local hit = false
+      for i = ncs, 1, -1 do
+        if ce[i] == p then p = cs[i] - 1; hit = true; break end
+      end
+      if not hit then                             -- an operator character
+        if b == 41 or b == 93 or b == 125 or b == 59 then return true end
+        if b == 58 then return byte(src, p - 1) == 58 end        -- `::`
+        if b == 46 then                                          -- `...`
+          return p - 2 > pe and byte(src, p - 1) == 46
+                 and byte(src, p - 2) == 46
+                 and byte(src, p - 3) ~= 46
+        end
+        return false
+      end
+    end
+  end
+  if pkk ~= 1 then return true end
+  return not EXPRWORD[sub(src, pks, pe)]
+end
+
+-- Is [a, b) only whitespace and the recorded comments (cs/ce)?
+local function gapclean(src, a, b, ncs, cs, ce)
+  local p = a
+  while true do
+    local _, e = find(src, "^%s*", p)
+    p = e + 1
+    if p >= b then return true end
+    local hit = false
+    for i = 1, ncs do
+      if cs[i] == p then p = ce[i] + 1; hit = true; break end
+    end
+    if not hit then return false end
+  end
+end
+
+local function fail(src, what, s)
+  return nil, what .. " at line " .. lineof(src, s)
+end
+
+--- Instrument Lua source text.
+-- @return the wrapped chunk text, or nil and an error message.
+function M.source(src)
+  if type(src) ~= "string" then
+    return nil, "source must be a string, got " .. type(src)
+  end
+  local n = #src
+  local pos = 1
+  if byte(src, 1) == 239 and byte(src, 2) == 187 and byte(src, 3) == 191 then
+    pos = 4                                       -- UTF-8 BOM
+  end
+  if byte(src, pos) == 35 then                    -- `#!` line: blank it
+    pos = find(src, "[\n\r]", pos) or n + 1
+  end
+  if byte(src, pos) == 27 then
+    return nil, "cannot instrument precompiled bytecode"
+  end
+
+  local out, no = { PREFIX }, 1
+  local last = pos            -- start of the not yet copied slice
+  local st, sp = {}, 0        -- block stack
+  local pat, pendf = PAT, false
+  -- previous real token (for `goto` statement detection)
+  local pe, pks, pkk = 0, 0, 0
+  local cs, ce, ncs = {}, {}, 0
+  local gpend, gat, gend = false, 0, 0
+
+  while true do
+    local s = find(src, pat, pos)
+    if not s then break end
+    local c = byte(src, s)
+    local cl = CLASS[c]
+    if cl == 1 then                               -- name or keyword
+      local _, e = find(src, "^[%w_\128-\255]*", s + 1)
+      local k = nil
+      if KFIRST[c] and e - s < 8 and e > s then k = KW[sub(src, s, e)] end
+      if gpend then
+        gpend = false
+        if not RESERVED[sub(src, s, e)]
+           and gapclean(src, gend + 1, s, ncs, cs, ce) then
+          out[no + 1] = sub(src, last, gat - 1)
+          out[no + 2] = CHECKPOINT
+          no = no + 2
+          last = gat
+        end
+      end
+      if k then
+        if k == K_DO then
+          if sp > 0 and st[sp] == S_HEAD then
+            st[sp] = S_BLOCK
+            out[no + 1] = sub(src, last, e)
+            out[no + 2] = CP_AFTER
+            no = no + 2
+            last = e + 1
+          else
+            sp = sp + 1; st[sp] = S_BLOCK
+          end
+        elseif k == K_END then
+          if sp > 0 then sp = sp - 1 end
+        elseif k == K_IF then
+          sp = sp + 1; st[sp] = S_BLOCK
+        elseif k == K_FUNCTION then
+          sp = sp + 1; st[sp] = S_BLOCK
+          pendf = true; pat = PATF
+        elseif k == K_WHILE or k == K_FOR then
+          sp = sp + 1; st[sp] = S_HEAD
+        elseif k == K_REPEAT then
+          sp = sp + 1; st[sp] = S_REPEAT
+          out[no + 1] = sub(src, last, e)
+          out[no + 2] = CP_AFTER
+          no = no + 2
+          last = e + 1
+        elseif k == K_UNTIL then
+          if sp > 0 then sp = sp - 1 end
+        else -- K_GOTO
+          if stmtpos(src, s, pe, pks, pkk, ncs, cs, ce) then
+            gpend = true; gat = s; gend = e
+          end
+        end
+      end
+      pe, pks, pkk, ncs = e, s, 1, 0
+      pos = e + 1
+    elseif cl == 2 then                           -- number
+      local e = numend(src, s)
+      gpend = false
+      pe, pks, pkk, ncs = e, s, 2, 0
+      pos = e + 1
+    elseif cl == 3 then                           -- quoted string
+      local e = strend(src, s, c)
+      if not e then return fail(src, "unfinished string", s) end
+      gpend = false
+      pe, pks, pkk, ncs = e, s, 2, 0
+      pos = e + 1
+    elseif cl == 4 then                           -- '-' or comment
+      if byte(src, s + 1) == 45 then
+        local e
+        local _, b, eq = find(src, "^%[(=*)%[", s + 2)
+        if b then
+          local _
+          _, e = find(src, "]" .. eq .. "]", b + 1, true)
+          if not e then return fail(src, "unfinished long comment", s) end
+        else
+          e = find(src, "[\n\r]", s + 2)
+          e = e and e - 1 or n
+        end
+        ncs = ncs + 1; cs[ncs] = s; ce[ncs] = e
+        pos = e + 1
+      else
+        pos = s + 1
+      end
+    elseif cl == 5 then                           -- '[' or long string
+      local _, b, eq = find(src, "^%[(=*)%[", s)
+      if b then
+        local _, e = find(src, "]" .. eq .. "]", b + 1, true)
+        if not e then return fail(src, "unfinished long string", s) end
+        gpend = false
+        pe, pks, pkk, ncs = e, s, 2, 0
+        pos = e + 1
+      elseif byte(src, s + 1) == 61 then
+        return fail(src, "invalid long string delimiter", s)
+      else
+        pos = s + 1
+      end
+    else                                          -- ')' closing parameters
+      pendf = false; pat = PAT
+      out[no + 1] = sub(src, last, s)
+      out[no + 2] = CP_AFTER
+      no = no + 2
+      last = s + 1
+      pos = s + 1
+    end
+  end
+
+  out[no + 1] = sub(src, last)
+  out[no + 2] = SUFFIX
+  return concat(out, "", 1, no + 2)
+end
+
+-- `load` is looked up lazily: instrument.source() works without it.
+local load_fn
+local function getload()
+  if load_fn == nil then
+    local ok, G = pcall(require, "_G")
+    load_fn = ok and type(G) == "table" and rawget(G, "load") or false
+  end
+  return load_fn
+end
+
+--- Instrument and compile `src`.
+-- Returns the wrapped function f(F, S, C, ...) or nil and an error.
+-- chunkname defaults to the source text itself, as load() does, so that
+-- messages read `[string "..."]` exactly like the uninstrumented chunk.
+-- env (optional) becomes the environment of the loaded code.
+function M.load(src, chunkname, env)
+  local load = getload()
+  if not load then return nil, "isle.instrument: load() is not available" end
+  if type(src) ~= "string" then
+    return nil, "source must be a string, got " .. type(src)
+  end
+  chunkname = chunkname or src
+  local out, err = M.source(src)
+  if not out then
+    -- Let Lua produce its own message if it also rejects the source.
+    local f, lerr = load(src, chunkname, "t")
+    if not f then return nil, lerr end
+    return nil, "isle.instrument: cannot instrument " .. tostring(chunkname)
+                .. ": " .. tostring(err)
+  end
+  local f, lerr
+  if env ~= nil then f, lerr = load(out, chunkname, "t", env)
+  else f, lerr = load(out, chunkname, "t") end
+  if not f then
+    local g, oerr = load(src, chunkname, "t")
+    if not g then return nil, oerr end
+    return nil, "isle.instrument: internal error, instrumented chunk " ..
+                "does not compile (please report): " .. tostring(lerr)
+  end
+  return f()
+end
+
+return M

@@ -1,0 +1,252 @@
+-- The event loop inside an isle: runs each job in a coroutine, serves the
+-- mailbox, timers and completion notices. A job may sleep or await another
+-- task; the loop then serves other messages meanwhile. One wake-up drains
+-- every queued message and notice (isle_mbox_wait takes them all).
+local ffi = require("ffi")
+local coroutine = require("coroutine")
+local table = require("table")
+local C = require("isle.cdef").C
+
+local co_create, co_resume, co_yield, co_running =
+    coroutine.create, coroutine.resume, coroutine.yield, coroutine.running
+local setmetatable, tonumber, tostring, error, pcall = setmetatable, tonumber, tostring, error, pcall
+local ISLE_OK, ISLE_ECLOSED = C.ISLE_OK, C.ISLE_ECLOSED
+
+local SCHED = {}      -- first value of every yield the loop itself asked for
+local JOB_DONE = {}   -- a pooled coroutine finished its job
+
+local Sched = {}
+Sched.__index = Sched
+
+local sched = { SCHED = SCHED }
+
+local function task_key(t)
+    return tonumber(ffi.cast("uintptr_t", t))
+end
+sched.task_key = task_key
+
+-- Timers: a binary min-heap of {at, rec}; cancelled entries are skipped.
+local function heap_push(h, e)
+    local n = #h + 1
+    h[n] = e
+    while n > 1 do
+        local p = (n - n % 2) / 2
+        if h[p].at <= e.at then break end
+        h[n], h[p] = h[p], e
+        n = p
+    end
+end
+
+local function heap_pop(h)
+    local top, n = h[1], #h
+    local last = h[n]
+    h[n] = nil
+    n = n - 1
+    if n > 0 then
+        local i = 1
+        while true do
+            local l, r, m = 2 * i, 2 * i + 1, i
+            if l <= n and h[l].at < (m == i and last.at or h[m].at) then m = l end
+            if r <= n and h[r].at < (m == i and last.at or h[m].at) then m = r end
+            if m == i then break end
+            h[i] = h[m]
+            i = m
+        end
+        h[i] = last
+    end
+    return top
+end
+
+function sched.new(mbox, sig)
+    return setmetatable({
+        mbox = mbox,
+        sig = sig,
+        timers = {},
+        ready = {},        -- records to resume on the next turn
+        waiting = {},      -- task key -> list of records awaiting it
+        pool = {},         -- idle coroutines
+        jobs = 0,          -- jobs started and not finished
+        current = nil,     -- record of the running job
+        msgs_out = ffi.new("isle_msg*[1]"),
+        done_out = ffi.new("isle_done*[1]"),
+        on_message = nil,  -- set by the worker
+        on_idle = nil,
+    }, Sched)
+end
+
+local function job_body(fn, rec)
+    while true do
+        fn(rec)
+        fn, rec = co_yield(JOB_DONE)
+    end
+end
+
+-- Starts fn(rec) in a job coroutine at once. `rec` is the job's record
+-- (the worker keeps its task, kind and arguments there).
+function Sched:spawn(fn, rec)
+    local co = self.pool[#self.pool]
+    if co then self.pool[#self.pool] = nil else co = co_create(job_body) end
+    rec.co = co
+    self.jobs = self.jobs + 1
+    self:resume(rec, fn, rec)
+end
+
+function Sched:resume(rec, ...)
+    local prev = self.current
+    self.current = rec
+    local ok, a, b = co_resume(rec.co, ...)
+    self.current = prev
+    if not ok then
+        -- Handlers catch their own errors; this is a bug in the loop itself.
+        self.jobs = self.jobs - 1
+        error("isle: job coroutine died: " .. tostring(a))
+    elseif a == JOB_DONE then
+        self.jobs = self.jobs - 1
+        local pool = self.pool
+        if #pool < 64 then pool[#pool + 1] = rec.co end
+        rec.co = nil
+    elseif a ~= SCHED then
+        -- User code yielded at the top of a job: let others run, resume later.
+        self.ready[#self.ready + 1] = rec
+    elseif b == "yield" then
+        self.ready[#self.ready + 1] = rec
+    end
+end
+
+-- True when the running code is a job's own coroutine (not a coroutine the
+-- user created inside it), so that it may yield to the loop.
+function Sched:can_yield()
+    local rec = self.current
+    return rec ~= nil and rec.co == co_running()
+end
+
+function Sched:add_timer(at, rec)
+    local e = { at = at, rec = rec }
+    heap_push(self.timers, e)
+    return e
+end
+
+-- Suspends the running job until something calls wake(); returns its reason.
+function Sched:suspend()
+    return co_yield(SCHED, "suspend")
+end
+
+-- Wakes a suspended job with `why` (from the loop only, never from a job).
+function Sched:wake(rec, why)
+    if rec.timer then rec.timer.rec = nil; rec.timer = nil end
+    if rec.awaiting then
+        local list = self.waiting[rec.awaiting]
+        if list then
+            for i = #list, 1, -1 do
+                if list[i] == rec then table.remove(list, i) end
+            end
+        end
+        rec.awaiting = nil
+    end
+    self:resume(rec, why)
+end
+
+-- Sleeps the running job for `s` seconds. Returns the wake reason
+-- ("timeout" when the time ran out).
+function Sched:sleep(s)
+    local rec = self.current
+    rec.timer = self:add_timer(C.isle_now() + s, rec)
+    return co_yield(SCHED, "suspend")
+end
+
+-- Awaits task `t` (isle_task*) from the running job. timeout < 0: forever.
+-- Returns "done", "timeout" or another wake reason.
+function Sched:await(t, timeout)
+    local rec = self.current
+    local key = task_key(t)
+    local list = self.waiting[key]
+    if not list then
+        local r = C.isle_task_subscribe(t, self.mbox)
+        if r == 0 then return "done" end
+        if r < 0 then
+            return C.isle_task_wait(t, timeout) ~= 0 and "done" or "timeout"
+        end
+        list = {}
+        self.waiting[key] = list
+    end
+    list[#list + 1] = rec
+    rec.awaiting = key
+    if timeout >= 0 then rec.timer = self:add_timer(C.isle_now() + timeout, rec) end
+    return co_yield(SCHED, "suspend")
+end
+
+function Sched:fire_timers()
+    local h = self.timers
+    if #h == 0 then return end
+    local now = C.isle_now()
+    while #h > 0 and h[1].at <= now do
+        local e = heap_pop(h)
+        local rec = e.rec
+        if rec then
+            rec.timer = nil
+            self:wake(rec, "timeout")
+        end
+    end
+end
+
+function Sched:notify_done(t)
+    local key = task_key(t)
+    local list = self.waiting[key]
+    if not list then return end
+    self.waiting[key] = nil
+    for i = 1, #list do
+        local rec = list[i]
+        if rec.awaiting == key then
+            rec.awaiting = nil
+            self:wake(rec, "done")
+        end
+    end
+end
+
+local function next_timeout(self)
+    if #self.ready > 0 then return 0 end
+    local h = self.timers
+    while #h > 0 and h[1].rec == nil do heap_pop(h) end
+    if #h == 0 then return -1 end
+    local d = h[1].at - C.isle_now()
+    return d > 0 and d or 0
+end
+
+-- Runs until the mailbox is closed and every job has finished.
+function Sched:run()
+    local mbox, msgs_out, done_out = self.mbox, self.msgs_out, self.done_out
+    local closing = false
+    while true do
+        local ready = self.ready
+        if #ready > 0 then
+            self.ready = {}
+            for i = 1, #ready do self:resume(ready[i], "yield") end
+        end
+        if closing and self.jobs == 0 then break end
+        local rc = C.isle_mbox_wait(mbox, next_timeout(self), msgs_out, done_out)
+        if rc == ISLE_OK then
+            local done = done_out[0]
+            if done ~= nil then
+                local d = done
+                while d ~= nil do
+                    self:notify_done(d.task)
+                    d = d.next
+                end
+                C.isle_done_free_list(done)
+            end
+            local msgs = msgs_out[0]
+            if msgs ~= nil then
+                local ok, err = pcall(self.on_message, self, msgs)
+                C.isle_msg_free_list(msgs)
+                if not ok then error(err, 0) end
+            end
+        elseif rc == ISLE_ECLOSED then
+            closing = true
+        end
+        if self.on_idle then self.on_idle(self) end
+        self:fire_timers()
+        if not closing and C.isle_mbox_is_closed(mbox) ~= 0 then closing = true end
+    end
+end
+
+return sched

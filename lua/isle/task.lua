@@ -1,0 +1,110 @@
+-- Task objects: the caller's side of a one-shot completion slot.
+local ffi = require("ffi")
+local runtime = require("isle.runtime")
+local codec = require("isle.codec")
+local errors = require("isle.errors")
+
+local C = runtime.C
+local setmetatable, select, error, type, unpack = setmetatable, select, error, type, unpack
+local ISLE_TASK_DONE, ISLE_TASK_FAILED, ISLE_TASK_CANCELLED, ISLE_TASK_CLOSED =
+    C.ISLE_TASK_DONE, C.ISLE_TASK_FAILED, C.ISLE_TASK_CANCELLED, C.ISLE_TASK_CLOSED
+local TAG_ERROR, TAG_CORE = ("E"):byte(), ("C"):byte()
+
+local STATUS = { [0] = "queued", "running", "done", "failed", "cancelled", "closed" }
+
+local task = {}
+local Task = {}
+Task.__index = Task
+
+local function pack(...)
+    return { n = select("#", ...), ... }
+end
+
+-- The outcome of an ended slot: true, n, values... or false, error object.
+-- Decodes from the slot's own memory; nothing is copied first.
+local function outcome(t)
+    local state = C.isle_task_state(t)
+    local lenp = runtime.lenp
+    local p = C.isle_task_result(t, lenp)
+    local len = tonumber(lenp[0])
+    if state == ISLE_TASK_DONE then
+        local dec = runtime.dec
+        dec:set(p, len)
+        return true, codec.get_values(dec)
+    elseif state == ISLE_TASK_FAILED then
+        if len == 0 then return false, errors.new("memory", "not enough memory to store the result") end
+        local tag = p[0]
+        if tag == TAG_ERROR then
+            local dec = runtime.dec
+            dec:set(p + 1, len - 1)
+            local e = dec:decode()
+            if e.value ~= nil then e.value = codec.restore(e.value) end
+            return false, errors.from_table(e)
+        elseif tag == TAG_CORE then
+            return false, errors.new("runtime", ffi.string(p + 1, len - 1))
+        end
+        return false, errors.new("runtime", "undecodable failure of a task")
+    elseif state == ISLE_TASK_CANCELLED then
+        return false, errors.new("cancelled", "the task was cancelled")
+    elseif state == ISLE_TASK_CLOSED then
+        return false, errors.new("closed", "the isle closed before the task ran")
+    end
+    error("isle: task has not ended", 3)
+end
+task.outcome = outcome
+
+function task.new(ptr)
+    return setmetatable({ ptr = ptr }, Task)
+end
+
+function Task:status()
+    return STATUS[C.isle_task_state(self.ptr)]
+end
+
+function Task:done()
+    return C.isle_task_state(self.ptr) >= ISLE_TASK_DONE
+end
+
+local function settle(self)
+    local r = self.outcome
+    if not r then
+        r = pack(outcome(self.ptr))
+        self.outcome = r
+    end
+    if r[1] then return true, unpack(r, 3, r[2] + 2) end
+    return false, r[2]
+end
+
+-- true, results... or false, err; err.code == "timeout" when the wait ran out
+-- (the task keeps running).
+function Task:wait(timeout)
+    if timeout ~= nil and (type(timeout) ~= "number" or timeout ~= timeout) then
+        error("bad argument #1 to 'wait' (number of seconds expected, got " .. type(timeout) .. ")", 2)
+    end
+    if timeout == nil or timeout < 0 then timeout = -1 end
+    local why = runtime.wait_task(self.ptr, timeout)
+    if why ~= "done" then
+        if why == "timeout" then
+            return false, errors.new("timeout", "the task did not end within " .. timeout .. " s")
+        end
+        return false, errors.new(why, "the wait was ended: " .. why)
+    end
+    return settle(self)
+end
+
+function Task:result()
+    if not self:done() then error("isle: task:result() on a task that has not ended (use wait)", 2) end
+    return settle(self)
+end
+
+function Task:cancel()
+    C.isle_task_cancel(self.ptr)
+    return self
+end
+
+Task.__tostring = function(self)
+    return "isle.task (" .. self:status() .. ")"
+end
+
+task.Task = Task
+return task

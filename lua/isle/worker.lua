@@ -1,0 +1,234 @@
+-- The worker: what an isle's thread runs in its fresh state. Boots the state
+-- (libraries, init), then serves the mailbox through the loop (isle.sched):
+-- every message runs in its own job coroutine and its result or error goes
+-- back into the task's completion slot.
+local ffi = require("ffi")
+local string = require("string")
+local debug = require("debug")
+local io = require("io")
+local runtime = require("isle.runtime")
+local codec = require("isle.codec")
+local errors = require("isle.errors")
+local sched = require("isle.sched")
+local handle = require("isle.handle")
+local libs = require("isle.libs")
+
+local C = runtime.C
+local type, select, pcall, xpcall, tostring, tonumber, unpack, load, loadstring, next =
+    type, select, pcall, xpcall, tostring, tonumber, unpack, load, loadstring, next
+local traceback = debug.traceback
+local EVAL, CALL, EXEC, POST = handle.EVAL, handle.CALL, handle.EXEC, handle.POST
+local ISLE_TASK_DONE, ISLE_TASK_FAILED, ISLE_TASK_CANCELLED, ISLE_TASK_CLOSED =
+    C.ISLE_TASK_DONE, C.ISLE_TASK_FAILED, C.ISLE_TASK_CANCELLED, C.ISLE_TASK_CLOSED
+
+local worker = {}
+
+-- Error objects --------------------------------------------------------------
+
+local isle_label = "isle"
+
+-- Message handler for xpcall: an error object with the isle-side traceback,
+-- cut where the worker's own frames begin.
+local function on_error(e)
+    if errors.is(e) then return e end
+    local tb = traceback("", 2):gsub("^\n?stack traceback:", "stack traceback (" .. isle_label .. "):", 1)
+    local cut = tb:find("\n%s*%[C%]: in function 'xpcall'")
+    if cut then tb = tb:sub(1, cut - 1) end
+    return errors.new("runtime", errors.describe(e), tb, type(e) ~= "string" and e or nil)
+end
+
+local function put_error(enc, e)
+    enc:reset()
+    enc:put("E")
+    local value = e.value
+    if value ~= nil then
+        local ok, v = pcall(codec.check, value, "error value")
+        value = ok and v or nil
+    end
+    enc:encode({ code = e.code, message = tostring(e.message), traceback = e.traceback, value = value })
+end
+
+local function report(e)
+    io.stderr:write("isle: error in a posted call in ", isle_label, ": ", tostring(e), "\n")
+end
+
+-- Completing tasks ------------------------------------------------------------
+
+local function complete(rec, ok, ...)
+    local t = rec.task
+    if t == nil then
+        if not ok then report((...)) end
+        return
+    end
+    local enc = runtime.enc
+    local state = ISLE_TASK_DONE
+    if ok then
+        local encoded, e = pcall(codec.put_values, enc:reset(), "results", 1, select("#", ...), ...)
+        if not encoded then
+            put_error(enc, errors.from_codec(e) or errors.new("value", tostring(e)))
+            state = ISLE_TASK_FAILED
+        end
+    else
+        local e = ...
+        put_error(enc, e)
+        state = e.code == "cancelled" and ISLE_TASK_CANCELLED or ISLE_TASK_FAILED
+    end
+    local p, len = enc:ref()
+    C.isle_task_complete(t, state, p, len)
+    if not rec.borrowed then C.isle_task_release(t) end
+end
+
+-- Resolving targets -----------------------------------------------------------
+
+local chunk_cache, chunk_count = {}, 0
+
+local function compile(code, chunkname)
+    local f = chunk_cache[code]
+    if f then return f end
+    local err
+    f, err = loadstring(code, chunkname)
+    if not f then error(err, 0) end
+    if chunk_count >= 256 then chunk_cache, chunk_count = {}, 0 end
+    chunk_cache[code] = f
+    chunk_count = chunk_count + 1
+    return f
+end
+
+local function resolve_global(name)
+    local v = _G
+    for part in name:gmatch("[^%.]+") do
+        if type(v) ~= "table" then v = nil break end
+        v = v[part]
+    end
+    if v == nil or (type(v) ~= "function" and not (getmetatable(v) or {}).__call) then
+        error("no function '" .. name .. "' in " .. isle_label .. " (got " .. type(v) .. ")", 0)
+    end
+    return v
+end
+
+local function target_function(kind, target)
+    if kind == EVAL then return compile(target, "=eval") end
+    if kind == EXEC then return compile(target, "=exec") end
+    return resolve_global(target)
+end
+
+local function call_target(kind, target, ...)
+    return target_function(kind, target)(...)
+end
+
+local function run_job(rec)
+    local a = rec.args
+    complete(rec, xpcall(call_target, on_error, rec.kind, rec.target, unpack(a, 1, a.n)))
+end
+
+-- Messages ---------------------------------------------------------------------
+
+local function pack(...)
+    return { n = select("#", ...), ... }
+end
+
+local function dispatch(s, msgs, self_ptr)
+    local sig, dec = s.sig, runtime.dec
+    local cancel_queued = C.isle_close_mode(self_ptr) ~= 0
+    local m = msgs
+    while m ~= nil do
+        local t = m.task
+        if t ~= nil then m.task = nil end  -- the job takes over the message's reference
+        if cancel_queued and t ~= nil then
+            C.isle_task_complete(t, ISLE_TASK_CLOSED, nil, 0)
+            C.isle_task_release(t)
+        elseif t == nil or C.isle_task_start(t, sig) ~= 0 then
+            dec:set(m.data, m.len)
+            local target = dec:decode()
+            local rec = { task = t, kind = m.kind, target = target }
+            rec.args = pack(select(2, codec.get_values(dec)))
+            s:spawn(run_job, rec)
+        else
+            C.isle_task_release(t)  -- cancelled while queued: it has ended already
+        end
+        m = m.next
+    end
+end
+
+-- In cancel mode, jobs waiting on timers or tasks end with a "closed" error.
+local function wake_all(s, why)
+    local recs = {}
+    for _, list in next, s.waiting do
+        for i = 1, #list do recs[#recs + 1] = list[i] end
+    end
+    for i = 1, #s.timers do
+        local rec = s.timers[i].rec
+        if rec then recs[#recs + 1] = rec end
+    end
+    for i = 1, #recs do
+        if recs[i].co then s:wake(recs[i], why) end
+    end
+end
+
+-- Boot ------------------------------------------------------------------------
+
+local function run_init(rec)
+    local spec = rec.spec
+    local function init(...)
+        local f
+        if spec.init_code then
+            local err
+            f, err = loadstring(spec.init_code, "=init")
+            if not f then error(err, 0) end
+        elseif spec.init_fn then
+            f = compile(spec.init_fn, "=init")
+        else
+            return
+        end
+        return f(...)
+    end
+    local a = rec.args
+    local ok, e = xpcall(init, on_error, unpack(a, 1, a.n))
+    if ok then
+        complete(rec, true)
+    else
+        complete(rec, false, e)
+    end
+    rec.ok = ok
+end
+
+function worker.main(addr)
+    local self_ptr = ffi.cast("isle*", addr)
+    runtime.self_ptr = self_ptr
+    local id = tonumber(C.isle_id(self_ptr))
+    local name = ffi.string(C.isle_name(self_ptr))
+    isle_label = "isle " .. id .. (name ~= "" and (" '" .. name .. "'") or "")
+
+    local s = sched.new(C.isle_mailbox(self_ptr), C.isle_signal(self_ptr))
+    runtime.sched = s
+
+    local dec, lenp = runtime.dec, runtime.lenp
+    local boot = C.isle_boot(self_ptr, lenp)
+    dec:set(boot, lenp[0])
+    local spec = dec:decode()
+    local args = pack(select(2, codec.get_values(dec)))
+    libs.apply(spec.libs, _G)
+
+    local init_task = C.isle_init_task(self_ptr)
+    C.isle_task_start(init_task, s.sig)
+    local rec = { task = init_task, borrowed = true, spec = spec, args = args }
+    s:spawn(run_init, rec)
+    -- Init may sleep or await: the loop serves it like any other job.
+    s.on_message = function(sl, msgs) dispatch(sl, msgs, self_ptr) end
+    local cancelled = false
+    s.on_idle = function(sl)
+        if rec.ok == false and not cancelled then
+            -- A failed init ends the isle: the spawner closes it.
+            cancelled = true
+            C.isle_mbox_close(sl.mbox)
+        end
+        if not cancelled and C.isle_close_mode(self_ptr) ~= 0 then
+            cancelled = true
+            wake_all(sl, "closed")
+        end
+    end
+    if rec.ok == false then return end
+    s:run()
+end
+
+return worker
