@@ -46,12 +46,12 @@ local function bad_opt(name, what, got)
     error("isle.spawn: option '" .. name .. "' must be " .. what .. " (got " .. got .. ")", 3)
 end
 
-local function check_libs(libs)
-    if libs == nil then return true end
-    if libs == true or libs == false then return libs end
-    if type(libs) ~= "table" then bad_opt("libs", "true, false or a list of library names", type(libs)) end
+local function check_libs(spec)
+    if spec == nil then return true end
+    if spec == true or spec == false then return spec end
+    if type(spec) ~= "table" then bad_opt("libs", "true, false or a list of library names", type(spec)) end
     local list = {}
-    for i, name in ipairs(libs) do
+    for i, name in ipairs(spec) do
         if type(name) ~= "string" then bad_opt("libs", "a list of names", type(name) .. " at [" .. i .. "]") end
         if not libs.ALWAYS[name] and not libs.OPTIONAL[name] then
             error("isle.spawn: unknown library '" .. name .. "' in option 'libs'", 3)

@@ -101,7 +101,8 @@ local function resolve_global(name)
         v = v[part]
     end
     if v == nil or (type(v) ~= "function" and not (getmetatable(v) or {}).__call) then
-        error("no function '" .. name .. "' in " .. isle_label .. " (got " .. type(v) .. ")", 0)
+        -- An error object, so no traceback of the worker's own frames is added.
+        error(errors.new("runtime", "no function '" .. name .. "' in " .. isle_label .. " (got " .. type(v) .. ")"), 0)
     end
     return v
 end

@@ -1,0 +1,48 @@
+-- Shared helpers for the Lua suites.
+local ffi = require("ffi")
+local helpers = {}
+
+function helpers.count_dir(path)
+    local p = io.popen("ls -1 " .. path .. " 2>/dev/null | wc -l")
+    local n = tonumber(p:read("*a"))
+    p:close()
+    return n
+end
+
+-- Threads of this process (entries of /proc/self/task).
+function helpers.threads()
+    local f = io.open("/proc/self/status")
+    local s = f:read("*a")
+    f:close()
+    return tonumber(s:match("Threads:%s*(%d+)"))
+end
+
+function helpers.fds()
+    local n = 0
+    for _ in io.popen("ls -1 /proc/" .. helpers.pid() .. "/fd"):lines() do n = n + 1 end
+    return n - 1 -- the pipe of popen itself
+end
+
+ffi.cdef("int getpid(void);")
+function helpers.pid() return ffi.C.getpid() end
+
+function helpers.rss_kb()
+    local f = io.open("/proc/self/status")
+    local s = f:read("*a")
+    f:close()
+    return tonumber(s:match("VmRSS:%s*(%d+)"))
+end
+
+-- Polls `cond` until true or `timeout` seconds pass; returns its last value.
+function helpers.eventually(cond, timeout)
+    local isle = require("isle")
+    local deadline = isle.now() + (timeout or 10)
+    local v = cond()
+    while not v and isle.now() < deadline do
+        isle.sleep(0.005)
+        v = cond()
+    end
+    return v
+end
+
+return helpers

@@ -1,0 +1,484 @@
+-- The core API: spawn, blocking and non-blocking calls, tasks, handles,
+-- lookup, errors, close, lifetimes (issue 2).
+local lu = require("luaunit")
+local isle = require("isle")
+local helpers = require("test.helpers")
+
+local function err_of(f, ...)
+    local ok, e = pcall(f, ...)
+    lu.assertFalse(ok, "expected an error")
+    return e
+end
+
+local LIB = [[
+    function echo(...) return ... end
+    function add(a, b) return a + b end
+    function fail(v) error(v) end
+    function fail_at_line() local t = nil
+        return t.field end
+    function slow(s) require("isle").sleep(s) return s end
+    function count() counter = (counter or 0) + 1 return counter end
+    m = { sub = { deep = function(x) return "deep:" .. x end } }
+]]
+
+TestSpawn = {}
+
+function TestSpawn:test_init_function_with_args()
+    local h = isle.spawn{ init = function(base, k) function get() return base, k end end, args = { 40, "k" } }
+    local a, b = h:call("get")
+    lu.assertEquals(a, 40)
+    lu.assertEquals(b, "k")
+    h:close()
+end
+
+function TestSpawn:test_init_chunk_string_and_name()
+    local h = isle.spawn{ init = LIB, name = "named-one" }
+    lu.assertEquals(h:name(), "named-one")
+    lu.assertTrue(h:id() > 0)
+    lu.assertEquals(h:call("add", 2, 3), 5)
+    h:close()
+    lu.assertNil(isle.spawn{}:name())
+end
+
+function TestSpawn:test_init_error_raises_with_traceback_and_leaves_no_thread()
+    local before = helpers.threads()
+    local e = err_of(isle.spawn, { init = "local x = 1\nerror('init broke')" })
+    lu.assertTrue(isle.is_error(e))
+    lu.assertEquals(e.code, "runtime")
+    lu.assertStrContains(e.message, "init:2: init broke")
+    lu.assertStrContains(e.traceback, "stack traceback")
+    lu.assertStrContains(e.traceback, "init:2")
+    lu.assertEquals(helpers.threads(), before)
+    local e2 = err_of(isle.spawn, { init = "this is not lua" })
+    lu.assertEquals(e2.code, "runtime")
+    lu.assertStrContains(e2.message, "init")
+end
+
+function TestSpawn:test_bad_options_fail_before_anything_starts()
+    local before = helpers.threads()
+    lu.assertStrContains(err_of(isle.spawn, 5), "table or nil expected")
+    lu.assertStrContains(err_of(isle.spawn, { bogus = 1 }), "unknown option 'bogus'")
+    lu.assertStrContains(err_of(isle.spawn, { capacity = 0 }), "capacity")
+    lu.assertStrContains(err_of(isle.spawn, { libs = { "nope" } }), "unknown library 'nope'")
+    local up = 1
+    local e = err_of(isle.spawn, { init = function() return up end })
+    lu.assertEquals(e.code, "value")
+    lu.assertStrContains(e.message, "upvalue")
+    local e2 = err_of(isle.spawn, { init = "", args = { print } })
+    lu.assertEquals(e2.code, "value")
+    lu.assertStrContains(e2.message, "args[1]")
+    lu.assertEquals(helpers.threads(), before)
+end
+
+function TestSpawn:test_duplicate_live_name_is_refused()
+    local h = isle.spawn{ name = "dup" }
+    lu.assertStrContains(err_of(isle.spawn, { name = "dup" }), "in use")
+    h:close()
+    local h2 = isle.spawn{ name = "dup" } -- free again once closed
+    h2:close()
+end
+
+function TestSpawn:test_libs_false_gives_base_and_package_only()
+    local h = isle.spawn{ libs = false }
+    local names = h:eval([[
+        local t = {}
+        for k in pairs(_G) do t[#t + 1] = k end
+        table = nil
+        return t, type(string), type(require("string").rep), type(require("ffi").new)
+    ]])
+    local set = {}
+    for _, k in ipairs(names) do set[k] = true end
+    for _, absent in ipairs({ "string", "table", "math", "io", "os", "debug", "bit", "jit", "ffi", "isle" }) do
+        lu.assertNil(set[absent], absent .. " should not be a global")
+    end
+    lu.assertTrue(set.print and set.pairs and set.require and set.package and set.coroutine)
+    -- The worker's machinery works without those globals.
+    lu.assertEquals(h:eval("return 1 + ..., 'x'", 1), 2)
+    h:close()
+end
+
+function TestSpawn:test_libs_list()
+    local h = isle.spawn{ libs = { "string", "ffi" } }
+    lu.assertEquals(h:eval("return type(string), type(ffi), type(math), type(os)"), "table")
+    local a, b, c, d = h:eval("return type(string), type(ffi), type(math), type(os)")
+    lu.assertEquals({ a, b, c, d }, { "table", "table", "nil", "nil" })
+    h:close()
+end
+
+function TestSpawn:test_no_global_leak_in_worker_state()
+    local h = isle.spawn{}
+    local leaked = h:eval([[
+        local std = { string=1, table=1, math=1, io=1, os=1, debug=1, bit=1, jit=1, coroutine=1,
+            package=1, _G=1, _VERSION=1, arg=1 }
+        local out = {}
+        for k, v in pairs(_G) do
+            if type(v) ~= "function" and not std[k] then out[#out + 1] = k end
+        end
+        return out
+    ]])
+    lu.assertEquals(leaked, {})
+    h:close()
+end
+
+TestCalls = {}
+
+function TestCalls:setUp() self.h = isle.spawn{ init = LIB } end
+function TestCalls:tearDown() self.h:close() end
+
+function TestCalls:test_eval_call_exec()
+    local h = self.h
+    lu.assertEquals(h:eval("return 1 + 2"), 3)
+    lu.assertEquals({ h:eval("return ...", 1, nil, 3) }, { 1, nil, 3 })
+    lu.assertEquals(select("#", h:eval("return ...", 1, nil, nil)), 3)
+    lu.assertEquals(h:call("m.sub.deep", "x"), "deep:x")
+    lu.assertEquals(h:exec(function(a, b) return a * b, "exec" end, 6, 7), 42)
+    lu.assertEquals(select("#", h:call("echo")), 0)
+end
+
+function TestCalls:test_call_missing_function()
+    local e = err_of(self.h.call, self.h, "no.such.fn", 1)
+    lu.assertEquals(e.code, "runtime")
+    lu.assertStrContains(e.message, "no function 'no.such.fn'")
+end
+
+function TestCalls:test_runtime_error_keeps_line_and_traceback()
+    local e = err_of(self.h.call, self.h, "fail_at_line")
+    lu.assertEquals(e.code, "runtime")
+    lu.assertStrContains(e.message, "init:5:")
+    lu.assertStrContains(e.traceback, "init:5")
+    lu.assertStrContains(tostring(e), "runtime error: init:5:")
+    local e2 = err_of(self.h.eval, self.h, "local a = 1\n\nerror('on three')")
+    lu.assertStrContains(e2.message, "eval:3: on three")
+end
+
+function TestCalls:test_non_string_errors_keep_value()
+    local e = err_of(self.h.call, self.h, "fail", { code = 42, list = { 1, 2 } })
+    lu.assertEquals(e.code, "runtime")
+    lu.assertEquals(e.value, { code = 42, list = { 1, 2 } })
+    lu.assertStrContains(e.message, "table")
+    local en = err_of(self.h.call, self.h, "fail", nil)
+    lu.assertEquals(en.message, "(error object is a nil value)")
+    local e3 = err_of(self.h.eval, self.h, "error(setmetatable({}, {__tostring = function() return 'custom' end}))")
+    lu.assertEquals(e3.message, "custom")
+    local e4 = err_of(self.h.eval, self.h, "error(coroutine.create(print))")
+    lu.assertEquals(e4.code, "runtime")
+    lu.assertStrContains(e4.message, "thread")
+    lu.assertNil(e4.value)
+end
+
+function TestCalls:test_bad_arguments_are_misuse_errors()
+    lu.assertStrContains(err_of(self.h.eval, self.h, 5), "bad argument #1 to 'eval'")
+    lu.assertStrContains(err_of(self.h.call, self.h, nil), "bad argument #1 to 'call'")
+    lu.assertStrContains(err_of(self.h.exec, self.h, "x"), "bad argument #1 to 'exec'")
+    local up = 3
+    local e = err_of(self.h.exec, self.h, function() return up end)
+    lu.assertEquals(e.code, "value")
+    lu.assertStrContains(e.message, "upvalue")
+    lu.assertEquals(err_of(self.h.exec, self.h, print).code, "value")
+end
+
+function TestCalls:test_spawn_variants_and_task_api()
+    local h = self.h
+    local t1 = h:spawn_eval("return 'e'")
+    local t2 = h:spawn_call("add", 1, 1)
+    local t3 = h:spawn_exec(function(x) return -x end, 9)
+    lu.assertEquals({ t1:wait() }, { true, "e" })
+    lu.assertEquals({ t2:wait(5) }, { true, 2 })
+    lu.assertEquals({ t3:wait() }, { true, -9 })
+    lu.assertTrue(t1:done())
+    lu.assertEquals(t1:status(), "done")
+    lu.assertEquals({ t1:result() }, { true, "e" })
+    lu.assertEquals({ t1:result() }, { true, "e" }) -- idempotent
+    local tf = h:spawn_call("fail", "nope")
+    local ok, e = tf:wait()
+    lu.assertFalse(ok)
+    lu.assertEquals(e.code, "runtime")
+    lu.assertEquals(tf:status(), "failed")
+end
+
+function TestCalls:test_wait_timeout_leaves_task_running()
+    local t = self.h:spawn_call("slow", 0.3)
+    local ok, e = t:wait(0.01)
+    lu.assertFalse(ok)
+    lu.assertEquals(e.code, "timeout")
+    lu.assertFalse(t:done())
+    lu.assertEquals(t:status(), "running")
+    lu.assertStrContains(err_of(t.result, t), "has not ended")
+    lu.assertEquals({ t:wait() }, { true, 0.3 })
+end
+
+function TestCalls:test_status_queued()
+    local h = isle.spawn{ init = LIB }
+    local blocker = h:spawn_eval("local t0 = os.clock() while os.clock() - t0 < 0.2 do end")
+    local t = h:spawn_call("add", 1, 2)
+    lu.assertEquals(t:status(), "queued")
+    lu.assertEquals({ t:wait() }, { true, 3 })
+    blocker:wait()
+    h:close()
+end
+
+function TestCalls:test_post_is_one_way_and_ordered()
+    for i = 1, 100 do self.h:post("count") end
+    lu.assertEquals(self.h:call("count"), 101)
+    lu.assertStrContains(err_of(self.h.post, self.h, 1), "bad argument #1 to 'post'")
+end
+
+function TestCalls:test_posted_error_goes_to_isle_stderr()
+    -- Run in a child process so its stderr can be read.
+    local cmd = "luajit -e \"local h = require('isle').spawn{init='function f() error(\\'posted boom\\') end'}"
+        .. " h:post('f') h:close()\" 2>&1"
+    local p = io.popen(cmd)
+    local out = p:read("*a")
+    p:close()
+    lu.assertStrContains(out, "posted boom")
+    lu.assertStrContains(out, "stack traceback")
+end
+
+TestValues = {}
+
+function TestValues:setUp() self.h = isle.spawn{ init = LIB } end
+function TestValues:tearDown() self.h:close() end
+
+function TestValues:test_round_trips()
+    local h = self.h
+    local bin = ""
+    for i = 0, 255 do bin = bin .. string.char(i) end
+    bin = bin .. "\0\0end"
+    local v = { 1, 2.5, -0.0, 1 / 0, "s", true, false, { nested = { deeper = { x = bin } } }, [100] = "sparse", ["key with space"] = 1 }
+    lu.assertEquals(h:call("echo", v), v)
+    lu.assertEquals(h:call("echo", bin), bin)
+    local a, b = h:call("echo", 123456789012345LL, 0xffffffffffffffffULL)
+    lu.assertEquals(tostring(a), "123456789012345LL")
+    lu.assertEquals(tostring(b), "18446744073709551615ULL")
+    lu.assertTrue(h:call("echo", 0 / 0) ~= h:call("echo", 0 / 0))
+    lu.assertEquals(math.huge, h:call("echo", math.huge))
+end
+
+function TestValues:test_ten_megabyte_string()
+    local big = string.rep("0123456789", 1024 * 1024)
+    local back = self.h:call("echo", big)
+    lu.assertEquals(#back, #big)
+    lu.assertTrue(back == big)
+end
+
+function TestValues:test_deep_and_wide_tables()
+    local deep = {}
+    local cur = deep
+    for i = 1, 90 do cur.next = { i = i } cur = cur.next end
+    local back = self.h:call("echo", deep)
+    local n, c = 0, back
+    while c.next do n = n + 1 c = c.next end
+    lu.assertEquals(n, 90)
+    local wide = {}
+    for i = 1, 100000 do wide[i] = i end
+    for i = 1, 1000 do wide["k" .. i] = { i } end
+    local w = self.h:call("echo", wide)
+    lu.assertEquals(#w, 100000)
+    lu.assertEquals(w.k500[1], 500)
+end
+
+function TestValues:test_functions_without_upvalues_cross()
+    local f = self.h:call("echo", { cb = function(x) return x * 2 end })
+    lu.assertEquals(f.cb(21), 42)
+    lu.assertEquals(self.h:call("echo", function() return "fn" end)(), "fn")
+end
+
+function TestValues:test_shared_subtables_arrive_duplicated()
+    local shared = { 1 }
+    local back = self.h:call("echo", { a = shared, b = shared })
+    lu.assertEquals(back.a, { 1 })
+    lu.assertFalse(back.a == back.b)
+end
+
+function TestValues:test_bad_values_name_their_path()
+    local h = self.h
+    local up = 1
+    local cases = {
+        { { 1, { cb = print } }, "args[2].cb", "C function" },
+        { { { x = { [3] = coroutine.create(print) } } }, "args[1].x[3]", "coroutine" },
+        { { io.stdout }, "args[1]", "userdata" },
+        { { ffi and 1 or 1, require("ffi").new("int[1]") }, "args[2]", "cdata<int [1]>" },
+        { { { f = function() return up end } }, "args[1].f", "upvalue" },
+        { { { ["a b"] = { print } } }, 'args[1]["a b"][1]', "C function" },
+    }
+    for _, c in ipairs(cases) do
+        local e = err_of(h.call, h, "echo", unpack(c[1]))
+        lu.assertEquals(e.code, "value")
+        lu.assertStrContains(e.message, c[2])
+        lu.assertStrContains(e.message, c[3])
+    end
+    local cyc = { a = {} }
+    cyc.a.back = cyc
+    local e = err_of(h.call, h, "echo", cyc)
+    lu.assertEquals(e.code, "value")
+    lu.assertStrContains(e.message, "cyclic")
+    lu.assertStrContains(e.message, "args[1].a.back")
+    local toodeep = {}
+    local c = toodeep
+    for _ = 1, 150 do c.n = {} c = c.n end
+    lu.assertStrContains(err_of(h.call, h, "echo", toodeep).message, "levels deep")
+    -- Nothing was sent: the isle still counts from 1.
+    lu.assertEquals(h:call("count"), 1)
+end
+
+function TestValues:test_bad_results_fail_the_task_with_value_error()
+    local e = err_of(self.h.eval, self.h, "return coroutine.create(print)")
+    lu.assertEquals(e.code, "value")
+    lu.assertStrContains(e.message, "results[1]")
+    local e2 = err_of(self.h.eval, self.h, "local up = 1 return 1, { f = function() return up end }")
+    lu.assertStrContains(e2.message, "results[2].f")
+end
+
+TestHandles = {}
+
+function TestHandles:test_lookup_and_isles_calling_isles()
+    local a = isle.spawn{ name = "alpha", init = LIB }
+    local b = isle.spawn{ name = "beta", init = [[
+        function relay(x)
+            local isle = require("isle")
+            return isle.lookup("alpha"):call("add", x, 1), isle.id(), isle.self():name()
+        end
+    ]] }
+    local v, id, name = b:call("relay", 41)
+    lu.assertEquals(v, 42)
+    lu.assertEquals(id, b:id())
+    lu.assertEquals(name, "beta")
+    local la = isle.lookup(a:id())
+    lu.assertEquals(la:call("add", 1, 1), 2)
+    lu.assertEquals(isle.lookup("alpha"):id(), a:id())
+    local nothing, err = isle.lookup("nobody")
+    lu.assertNil(nothing)
+    lu.assertEquals(err.code, "unknown")
+    lu.assertStrContains(err_of(isle.lookup, {}), "bad argument #1 to 'lookup'")
+    lu.assertStrContains(err_of(la.close, la), "owning handle")
+    lu.assertNil(isle.id())
+    lu.assertNil(isle.self())
+    a:close()
+    lu.assertTrue(la:is_closed())
+    lu.assertEquals(err_of(la.call, la, "add", 1, 2).code, "closed")
+    lu.assertNil(isle.lookup("alpha"))
+    b:close()
+end
+
+function TestHandles:test_mutual_calls_do_not_deadlock()
+    local a = isle.spawn{ name = "ping-side", init = [[
+        function ping(n) if n == 0 then return "done" end
+            return require("isle").lookup("pong-side"):call("pong", n - 1) end ]] }
+    local b = isle.spawn{ name = "pong-side", init = [[
+        function pong(n) if n == 0 then return "done" end
+            return require("isle").lookup("ping-side"):call("ping", n - 1) end ]] }
+    lu.assertEquals(a:call("ping", 10), "done")
+    a:close()
+    b:close()
+end
+
+function TestHandles:test_close_is_idempotent_and_calls_after_close_fail()
+    local h = isle.spawn{ init = LIB }
+    lu.assertTrue(h:close())
+    lu.assertTrue(h:close())
+    lu.assertTrue(h:is_closed())
+    lu.assertEquals(err_of(h.call, h, "add", 1, 2).code, "closed")
+    lu.assertEquals(err_of(h.spawn_eval, h, "return 1").code, "closed")
+    lu.assertStrContains(tostring(h), "[closed]")
+end
+
+function TestHandles:test_close_drains_queued_work()
+    local h = isle.spawn{ init = LIB }
+    local tasks = {}
+    for i = 1, 50 do tasks[i] = h:spawn_call("add", i, 0) end
+    h:close()
+    for i = 1, 50 do lu.assertEquals({ tasks[i]:wait() }, { true, i }) end
+end
+
+function TestHandles:test_close_cancel_ends_every_task_once()
+    local h = isle.spawn{ init = LIB }
+    local running = h:spawn_call("slow", 5)
+    while running:status() ~= "running" do isle.sleep(0.001) end
+    local tasks = {}
+    for i = 1, 50 do tasks[i] = h:spawn_call("add", i, 0) end
+    h:close{ cancel = true }
+    local ok, e = running:wait()
+    lu.assertFalse(ok)
+    lu.assertEquals(e.code, "closed")
+    for i = 1, 50 do
+        local ok2, e2 = tasks[i]:wait(0)
+        lu.assertFalse(ok2)
+        lu.assertEquals(e2.code, "closed")
+        lu.assertEquals(tasks[i]:status(), "closed")
+    end
+end
+
+function TestHandles:test_backpressure_busy_and_blocking()
+    local h = isle.spawn{ init = LIB, capacity = 4 }
+    local gate = h:spawn_eval("local t0 = os.clock() while os.clock() - t0 < 0.3 do end return 'gate'")
+    while gate:status() ~= "running" do isle.sleep(0.001) end
+    local queued = {}
+    for i = 1, 4 do queued[i] = h:spawn_call("add", i, 0) end
+    local t, err = h:try_spawn_call("add", 1, 1)
+    lu.assertNil(t)
+    lu.assertEquals(err.code, "busy")
+    lu.assertNil((h:try_post("count")))
+    lu.assertNil((h:try_spawn_eval("return 1")))
+    -- The blocking variant waits for room instead.
+    local late = h:spawn_call("add", 5, 0)
+    lu.assertEquals({ late:wait() }, { true, 5 })
+    for i = 1, 4 do lu.assertEquals({ queued[i]:wait() }, { true, i }) end
+    lu.assertEquals(gate:wait(), true)
+    local t2 = h:try_spawn_exec(function() return "room" end)
+    lu.assertEquals({ t2:wait() }, { true, "room" })
+    h:close()
+end
+
+TestLifetime = {}
+
+function TestLifetime:test_hundred_isles()
+    local hs = {}
+    for i = 1, 100 do hs[i] = isle.spawn{ init = "function id() return require('isle').id() end" } end
+    for i = 1, 100 do lu.assertEquals(hs[i]:call("id"), hs[i]:id()) end
+    for i = 1, 100 do hs[i]:close() end
+    lu.assertEquals(isle.live_count(), 0)
+end
+
+function TestLifetime:test_collecting_owner_closes_thread()
+    local before = helpers.threads()
+    do
+        local h = isle.spawn{ init = LIB }
+        lu.assertEquals(h:call("add", 1, 2), 3)
+        lu.assertEquals(helpers.threads(), before + 1)
+    end
+    collectgarbage()
+    collectgarbage()
+    lu.assertTrue(helpers.eventually(function() return helpers.threads() == before end, 10),
+        "the isle's thread is still running after its handle was collected")
+    lu.assertEquals(isle.live_count(), 0)
+end
+
+function TestLifetime:test_lookup_handle_does_not_keep_isle_open()
+    local h = isle.spawn{ name = "weak" }
+    local l = isle.lookup("weak")
+    h = nil
+    collectgarbage()
+    collectgarbage()
+    lu.assertTrue(helpers.eventually(function() return l:is_closed() end, 10))
+end
+
+function TestLifetime:test_no_leaks_over_1000_cycles()
+    local function cycle(n)
+        for _ = 1, n do
+            local h = isle.spawn{ init = "function f(x) return x end" }
+            assert(h:call("f", 1) == 1)
+            h:close()
+        end
+        collectgarbage()
+        collectgarbage()
+    end
+    cycle(100)
+    local fds, threads, rss = helpers.fds(), helpers.threads(), helpers.rss_kb()
+    cycle(1000)
+    lu.assertEquals(helpers.fds(), fds)
+    lu.assertEquals(helpers.threads(), threads)
+    -- 1000 states of ~50 KB each would be ~50 MB if leaked.
+    lu.assertTrue(helpers.rss_kb() - rss < 8 * 1024, "RSS grew by " .. (helpers.rss_kb() - rss) .. " KB")
+end
+
+os.exit(lu.LuaUnit.run())
