@@ -10,9 +10,9 @@ WARN := -Wall -Wextra -Werror -std=c11 -D_GNU_SOURCE
 PIC := -fPIC -pthread
 ROOT := $(abspath .)
 BUILD := build
-SRCS := csrc/clock.c csrc/msg.c csrc/task.c csrc/mbox.c csrc/sig.c csrc/isle.c
+SRCS := csrc/clock.c csrc/msg.c csrc/task.c csrc/mbox.c csrc/sig.c csrc/watchdog.c csrc/isle.c
 HDRS := csrc/isle.h csrc/internal.h
-CORE_SRCS := csrc/clock.c csrc/msg.c csrc/task.c csrc/mbox.c csrc/sig.c
+CORE_SRCS := csrc/clock.c csrc/msg.c csrc/task.c csrc/mbox.c csrc/sig.c csrc/watchdog.c
 CTESTS := $(patsubst test/c/%.c,%,$(wildcard test/c/test_*.c))
 LUA_TESTS := $(sort $(wildcard test/test_*.lua))
 # OpenResty's luajit2, unpacked into a private prefix (it conflicts with Debian's luajit).
@@ -85,8 +85,14 @@ ifeq ($(origin LUAJIT),file)
 test: test-lj2
 endif
 
-bench: deps all
-	$(LUAJIT) bench/run.lua
+# The C floor of the benchmarks (bench/c/pingpong.c): the core, no Lua.
+.PHONY: bench-floor
+bench-floor: $(BUILD)/bench_pingpong
+$(BUILD)/bench_pingpong: bench/c/pingpong.c $(CORE_SRCS) $(HDRS) | $(BUILD)
+	$(CC) $(CFLAGS) $(WARN) -pthread -Icsrc -o $@ bench/c/pingpong.c $(CORE_SRCS) -lm
+
+bench: deps all bench-floor
+	$(LUAJIT) bench/run.lua $(BENCH_ARGS)
 
 clean:
 	rm -rf $(BUILD)

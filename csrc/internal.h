@@ -35,9 +35,12 @@ typedef struct isle_sig_impl {
     atomic_int refs;
     isle_mbox *mbox;        /* woken on requests, may be NULL */
     struct isle_intr *ids;  /* interrupt ids of this state (registry lock) */
+    atomic_int pending;     /* ids whose mode is not CLEAR */
 } isle_sig_impl;
 
 void isle_sig_retain(isle_sig *s);
+/* Forget every interrupt id of `s`: its state is gone (isle_intr_set -> ENOENT). */
+void isle_sig_drop_ids(isle_sig *s);
 void isle_sig_attach_mbox(isle_sig *s, isle_mbox *mb);
 void isle_mbox_retain(isle_mbox *mb);
 /* Move a notice onto its subscriber's done list (ownership passes). */

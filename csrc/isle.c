@@ -25,6 +25,7 @@ struct isle {
     isle_mbox *mbox;
     isle_sig *sig;
     isle_task *init;
+    int64_t intr;             /* interrupt id of the isle's state */
     pthread_t thread;
     pthread_mutex_t join_mu;  /* serialises join/detach */
     int joined, detached;     /* join_mu */
@@ -73,6 +74,7 @@ const char *isle_name(const isle *i) { return i->name ? i->name : ""; }
 isle_mbox *isle_mailbox(isle *i) { return i->mbox; }
 isle_sig *isle_signal(isle *i) { return i->sig; }
 isle_task *isle_init_task(isle *i) { return i->init; }
+int64_t isle_state_intr(isle *i) { return i->intr; }
 int isle_is_closed(const isle *i) { return atomic_load(&i->closing); }
 int isle_close_mode(const isle *i) { return atomic_load(&i->close_mode); }
 int isle_live_count(void) { return atomic_load(&live_threads); }
@@ -151,6 +153,7 @@ static void *isle_thread(void *arg)
         isle_done_free_list(done);
     }
     fail_init(i, "isle ended before its init ran"); /* no-op if init completed */
+    isle_sig_drop_ids(i->sig); /* the state is gone: its ids are unknown now */
     pthread_mutex_lock(&reg_lock);
     reg_remove_locked(i);
     pthread_mutex_unlock(&reg_lock);
@@ -181,6 +184,8 @@ isle *isle_spawn(const isle_config *cfg, int *err)
     if (cfg->boot_len) memcpy(i->boot, cfg->boot, cfg->boot_len);
     i->boot_len = cfg->boot_len;
     isle_sig_attach_mbox(i->sig, i->mbox);
+    i->intr = isle_intr_new(i->sig);
+    if (!i->intr) goto fail;
 
     pthread_mutex_lock(&reg_lock);
     if (i->name)

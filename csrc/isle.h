@@ -8,7 +8,8 @@
  * declaration (test/test_cdef.lua checks sizes and values against it).
  *
  * Lock order (a thread never holds two of these except in this order):
- *   registry lock  ->  task lock  ->  mailbox lock
+ *   registry lock  ->  task lock  ->  interrupt-id lock  ->  mailbox lock
+ * The watchdog's lock is never held while any other is taken.
  * Nothing here runs Lua code while holding a lock, so a Lua finalizer can
  * never run inside a core critical section.
  */
@@ -44,6 +45,13 @@ enum {
 };
 
 /* Interrupt modes (isle_sig_interrupt). */
+/* Why a task was asked to stop (isle_task_cancelled). */
+enum {
+    ISLE_CANCEL_NONE = 0,
+    ISLE_CANCEL_USER = 1,     /* isle_task_cancel, or a token */
+    ISLE_CANCEL_TIMEOUT = 2   /* its deadline passed (isle_task_expire_at) */
+};
+
 enum {
     ISLE_INTR_CLEAR = 0,
     ISLE_INTR_ONCE = 1,
@@ -73,6 +81,7 @@ struct isle_done {
     isle_done *next;
     isle_task *task;
     isle_mbox *mbox;  /* the subscriber (private to the core) */
+    isle_sig *sig;    /* raised when the task ends (private to the core) */
 };
 
 /*
@@ -116,11 +125,19 @@ const char *isle_task_result(isle_task *t, size_t *len);
  * any number of mailboxes may subscribe. Returns 0 if it has already ended
  * (nothing will be posted), 1 if subscribed, -1 on ENOMEM. */
 int isle_task_subscribe(isle_task *t, isle_mbox *mb);
+/* The same, and also raise `sig` (may be NULL) when `t` ends: how a token
+ * (a slot used only for its cancellation) reaches compiled loops. */
+int isle_task_watch(isle_task *t, isle_mbox *mb, isle_sig *sig);
 void isle_done_free_list(isle_done *head);  /* releases the tasks too */
 /* Request cancellation. A queued task ends CANCELLED at once; a running one
  * gets its cancel flag and its state's signal raised. Returns the state seen. */
 int isle_task_cancel(isle_task *t);
-int isle_task_cancelled(const isle_task *t);  /* the cancel flag */
+int isle_task_cancel_reason(isle_task *t, int reason);
+int isle_task_cancelled(const isle_task *t);  /* ISLE_CANCEL_* reason, 0 if none */
+/* Cancel `t` with ISLE_CANCEL_TIMEOUT at `deadline` (isle_now() time) unless
+ * it has ended by then. A watchdog thread does it, started on first use and
+ * gone again when it has nothing to watch. ISLE_ENOMEM on failure. */
+int isle_task_expire_at(isle_task *t, double deadline);
 
 /* ---- mailboxes ------------------------------------------------------------- */
 /* A bounded multi-producer queue of messages plus an unbounded list of
@@ -157,6 +174,7 @@ int isle_intr_set(int64_t id, int mode);
 /* Read the mode of `id`; a ONCE mode is consumed. -1 if unknown. */
 int isle_intr_take(int64_t id);
 void isle_sig_raise(isle_sig *s);     /* set the flag: "look at your requests" */
+int isle_sig_pending(isle_sig *s);    /* ids of `s` whose mode is not CLEAR */
 void isle_sig_lower(isle_sig *s);
 
 /* ---- isles ------------------------------------------------------------------ */
@@ -180,6 +198,7 @@ isle_mbox *isle_mailbox(isle *i);
 isle_sig *isle_signal(isle *i);
 const char *isle_boot(isle *i, size_t *len);
 isle_task *isle_init_task(isle *i);   /* ends when init ran (or failed) */
+int64_t isle_state_intr(isle *i);     /* the interrupt id of the isle's state */
 /* Retained handles of live isles, NULL when none (or closed). */
 isle *isle_lookup_id(int64_t id);
 isle *isle_lookup_name(const char *name);

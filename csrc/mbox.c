@@ -126,6 +126,12 @@ void isle_mbox_post_done(isle_done *d)
 {
     isle_mbox *mb = d->mbox;
     d->next = NULL;
+    if (d->sig) {
+        /* Before the notice lands, so a compiled loop sees it at once. */
+        isle_sig_raise(d->sig);
+        isle_sig_free(d->sig);
+        d->sig = NULL;
+    }
     pthread_mutex_lock(&mb->mu);
     if (mb->done_tail) mb->done_tail->next = d;
     else mb->done_head = d;

@@ -52,18 +52,26 @@ static void unlink_locked(isle_intr *e)
     *pp = e->hnext;
 }
 
-void isle_sig_free(isle_sig *s)
+void isle_sig_drop_ids(isle_sig *s)
 {
-    if (!s) return;
     isle_sig_impl *si = impl(s);
-    if (atomic_fetch_sub_explicit(&si->refs, 1, memory_order_acq_rel) != 1) return;
     pthread_mutex_lock(&intr_lock);
     for (isle_intr *e = si->ids, *next; e; e = next) {
         next = e->snext;
         unlink_locked(e);
         free(e);
     }
+    si->ids = NULL;
+    atomic_store(&si->pending, 0);
     pthread_mutex_unlock(&intr_lock);
+}
+
+void isle_sig_free(isle_sig *s)
+{
+    if (!s) return;
+    isle_sig_impl *si = impl(s);
+    if (atomic_fetch_sub_explicit(&si->refs, 1, memory_order_acq_rel) != 1) return;
+    isle_sig_drop_ids(s);
     isle_mbox_free(si->mbox);
     free(si);
 }
@@ -73,6 +81,8 @@ void isle_sig_raise(isle_sig *s)
     __atomic_store_n(&s->flag, 1, __ATOMIC_RELEASE);
     if (impl(s)->mbox) isle_mbox_wake(impl(s)->mbox);
 }
+
+int isle_sig_pending(isle_sig *s) { return atomic_load(&impl(s)->pending); }
 
 void isle_sig_lower(isle_sig *s)
 {
@@ -108,6 +118,7 @@ void isle_intr_free(int64_t id)
     isle_intr *e = find_locked(id);
     if (e) {
         unlink_locked(e);
+        if (atomic_load(&e->mode) != ISLE_INTR_CLEAR) atomic_fetch_sub(&e->sig->pending, 1);
         isle_intr **pp = &e->sig->ids;
         while (*pp != e) pp = &(*pp)->snext;
         *pp = e->snext;
@@ -122,7 +133,9 @@ int isle_intr_set(int64_t id, int mode)
     pthread_mutex_lock(&intr_lock);
     isle_intr *e = find_locked(id);
     if (e) {
-        atomic_store(&e->mode, mode);
+        int old = atomic_exchange(&e->mode, mode);
+        if (old == ISLE_INTR_CLEAR && mode != ISLE_INTR_CLEAR) atomic_fetch_add(&e->sig->pending, 1);
+        if (old != ISLE_INTR_CLEAR && mode == ISLE_INTR_CLEAR) atomic_fetch_sub(&e->sig->pending, 1);
         /* Raising under the table lock keeps the block alive meanwhile. */
         if (mode != ISLE_INTR_CLEAR) isle_sig_raise(&e->sig->pub);
     }
@@ -137,7 +150,10 @@ int isle_intr_take(int64_t id)
     int mode = -1;
     if (e) {
         mode = atomic_load(&e->mode);
-        if (mode == ISLE_INTR_ONCE) atomic_store(&e->mode, ISLE_INTR_CLEAR);
+        if (mode == ISLE_INTR_ONCE) {
+            atomic_store(&e->mode, ISLE_INTR_CLEAR);
+            atomic_fetch_sub(&e->sig->pending, 1);
+        }
     }
     pthread_mutex_unlock(&intr_lock);
     return mode;

@@ -165,6 +165,11 @@ const char *isle_task_result(isle_task *t, size_t *len)
 
 int isle_task_subscribe(isle_task *t, isle_mbox *mb)
 {
+    return isle_task_watch(t, mb, NULL);
+}
+
+int isle_task_watch(isle_task *t, isle_mbox *mb, isle_sig *sig)
+{
     if (atomic_load_explicit(&t->ended, memory_order_acquire)) return 0;
     isle_done *d = malloc(sizeof(*d));
     if (!d) return -1;
@@ -173,8 +178,10 @@ int isle_task_subscribe(isle_task *t, isle_mbox *mb)
     if (!atomic_load(&t->ended)) {
         isle_task_retain(t);
         isle_mbox_retain(mb);
+        if (sig) isle_sig_retain(sig);
         d->task = t;
         d->mbox = mb;
+        d->sig = sig;
         d->next = t->subs;
         t->subs = d;
         subscribed = 1;
@@ -196,11 +203,19 @@ void isle_done_free_list(isle_done *head)
 
 int isle_task_cancel(isle_task *t)
 {
+    return isle_task_cancel_reason(t, ISLE_CANCEL_USER);
+}
+
+int isle_task_cancel_reason(isle_task *t, int reason)
+{
+    if (reason != ISLE_CANCEL_USER && reason != ISLE_CANCEL_TIMEOUT) return -1;
     isle_sig *sig = NULL;
     isle_done *subs = NULL;
     pthread_mutex_lock(&t->mu);
     int state = atomic_load(&t->state);
-    if (!is_final(state)) atomic_store(&t->cancel, 1);
+    /* The first reason sticks: a timed-out task stays timed out. */
+    int none = ISLE_CANCEL_NONE;
+    if (!is_final(state)) atomic_compare_exchange_strong(&t->cancel, &none, reason);
     if (state == ISLE_TASK_RUNNING && t->sig) isle_sig_raise(t->sig);
     /* A queued task ends here, through the same path as any completion, so
      * its waiters and subscribers are told exactly once; the worker will

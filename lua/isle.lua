@@ -14,6 +14,9 @@ local errors = require("isle.errors")
 local handle = require("isle.handle")
 local task = require("isle.task")
 local libs = require("isle.libs")
+local interrupt = require("isle.interrupt")
+local token = require("isle.token")
+local instrument = require("isle.instrument")
 local table = require("table")
 
 local C = runtime.C
@@ -69,11 +72,16 @@ function isle.spawn(opts)
         error("bad argument #1 to 'spawn' (table or nil expected, got " .. type(opts) .. ")", 2)
     end
     for k in next, opts do
-        if k ~= "init" and k ~= "args" and k ~= "name" and k ~= "libs" and k ~= "capacity" then
+        if k ~= "init" and k ~= "args" and k ~= "name" and k ~= "libs" and k ~= "capacity"
+            and k ~= "instrument" then
             error("isle.spawn: unknown option '" .. tostring(k) .. "'", 2)
         end
     end
     local spec = { libs = check_libs(opts.libs) }
+    if opts.instrument ~= nil then
+        if type(opts.instrument) ~= "boolean" then bad_opt("instrument", "a boolean", type(opts.instrument)) end
+        spec.instrument = opts.instrument
+    end
     local init = opts.init
     if type(init) == "string" then
         spec.init_code = init
@@ -172,6 +180,38 @@ function isle.sleep(s)
     local t = C.isle_task_new()
     C.isle_task_wait(t, s)
     C.isle_task_release(t)
+end
+
+-- Cancellation and interrupts (docs/jit-safety.md) -----------------------------
+
+if runtime.self_ptr == nil then interrupt.bind_host() end
+
+isle.Token = token.Token
+
+-- A cancellation token, shared by any number of calls (h:with{token = t}).
+function isle.token() return token.new() end
+
+-- An explicit checkpoint for hot loops: costs a load and a store when
+-- nothing is pending; raises (or runs the on_interrupt handler) otherwise.
+isle.checkpoint = interrupt.checkpoint
+
+function isle.interrupt_id(co) return interrupt.interrupt_id(co) end
+function isle.interrupt(id, flag) return interrupt.interrupt(id, flag) end
+function isle.on_interrupt(a, b) return interrupt.on_interrupt(a, b) end
+
+-- Loads a chunk with checkpoints at every loop and function entry, bound
+-- to this state's flag. Returns the function, or nil, err (like load).
+function isle.load(src, chunkname)
+    if type(src) ~= "string" then
+        error("bad argument #1 to 'load' (string expected, got " .. type(src) .. ")", 2)
+    end
+    if chunkname ~= nil and type(chunkname) ~= "string" then
+        error("bad argument #2 to 'load' (string or nil expected, got " .. type(chunkname) .. ")", 2)
+    end
+    local wrapped, err = instrument.load(src, chunkname or "=(isle.load)")
+    if not wrapped then return nil, err end
+    local flagp, scratchp, check = interrupt.pointers()
+    return function(...) return wrapped(flagp, scratchp, check, ...) end
 end
 
 isle.now = function() return C.isle_now() end

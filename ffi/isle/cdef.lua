@@ -13,6 +13,7 @@ enum {
     ISLE_TASK_QUEUED = 0, ISLE_TASK_RUNNING = 1, ISLE_TASK_DONE = 2,
     ISLE_TASK_FAILED = 3, ISLE_TASK_CANCELLED = 4, ISLE_TASK_CLOSED = 5
 };
+enum { ISLE_CANCEL_NONE = 0, ISLE_CANCEL_USER = 1, ISLE_CANCEL_TIMEOUT = 2 };
 enum { ISLE_INTR_CLEAR = 0, ISLE_INTR_ONCE = 1, ISLE_INTR_ALWAYS = 2 };
 
 typedef struct isle_msg isle_msg;
@@ -34,6 +35,7 @@ struct isle_done {
     isle_done *next;
     isle_task *task;
     isle_mbox *mbox;
+    isle_sig *sig;
 };
 struct isle_sig {
     volatile int32_t flag;
@@ -57,9 +59,12 @@ int isle_task_complete(isle_task *t, int state, const char *data, size_t len);
 int isle_task_wait(isle_task *t, double timeout);
 const char *isle_task_result(isle_task *t, size_t *len);
 int isle_task_subscribe(isle_task *t, isle_mbox *mb);
+int isle_task_watch(isle_task *t, isle_mbox *mb, isle_sig *sig);
 void isle_done_free_list(isle_done *head);
 int isle_task_cancel(isle_task *t);
+int isle_task_cancel_reason(isle_task *t, int reason);
 int isle_task_cancelled(const isle_task *t);
+int isle_task_expire_at(isle_task *t, double deadline);
 
 isle_mbox *isle_mbox_new(size_t capacity, int with_fd);
 void isle_mbox_free(isle_mbox *mb);
@@ -78,6 +83,7 @@ void isle_intr_free(int64_t id);
 int isle_intr_set(int64_t id, int mode);
 int isle_intr_take(int64_t id);
 void isle_sig_raise(isle_sig *s);
+int isle_sig_pending(isle_sig *s);
 void isle_sig_lower(isle_sig *s);
 
 typedef struct isle_config {
@@ -98,6 +104,7 @@ isle_mbox *isle_mailbox(isle *i);
 isle_sig *isle_signal(isle *i);
 const char *isle_boot(isle *i, size_t *len);
 isle_task *isle_init_task(isle *i);
+int64_t isle_state_intr(isle *i);
 isle *isle_lookup_id(int64_t id);
 isle *isle_lookup_name(const char *name);
 void isle_close(isle *i, int cancel);

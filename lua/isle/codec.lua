@@ -19,8 +19,20 @@ local istype = ffi.istype
 
 local codec = {}
 
-local FN_MT = {}
-local OPTS = { metatable = { FN_MT } }
+local FN_MT = {}       -- a shipped function: { bytecode }
+local SPECIAL_MT = {}  -- a shipped special object: { kind, payload }
+local OPTS = { metatable = { FN_MT, SPECIAL_MT } }
+local specials = {}    -- metatable -> { kind, ship, restore }
+local special_kinds = {}
+
+-- Lets a module send its objects (e.g. tokens): ship(obj) returns a plain
+-- value, restore(value) rebuilds the object in the receiving state.
+function codec.register_special(mt, ship, restore)
+    local kind = #special_kinds + 1
+    local s = { kind = kind, ship = ship, restore = restore }
+    specials[mt] = s
+    special_kinds[kind] = s
+end
 codec.MAX_DEPTH = 100
 
 function codec.new_buffer()
@@ -93,7 +105,10 @@ check = function(v, path, depth, active)
     local tv = type(v)
     if tv == "nil" or tv == "boolean" or tv == "number" or tv == "string" then return v end
     if tv == "table" then
-        if getmetatable(v) == FN_MT then return v end
+        local mt = getmetatable(v)
+        if mt == FN_MT or mt == SPECIAL_MT then return v end
+        local sp = mt and specials[mt]
+        if sp then return setmetatable({ sp.kind, sp.ship(v) }, SPECIAL_MT) end
         return check_table(v, path, depth, active)
     elseif tv == "function" then
         return ship_function(v, path)
@@ -141,10 +156,13 @@ end
 
 local function restore(v, chunkname)
     if type(v) ~= "table" then return v end
-    if getmetatable(v) == FN_MT then
+    local mt = getmetatable(v)
+    if mt == FN_MT then
         local f, err = load(v[1], chunkname)
         if not f then error("cannot load a shipped function: " .. tostring(err), 0) end
         return f
+    elseif mt == SPECIAL_MT then
+        return special_kinds[v[1]].restore(v[2])
     end
     for k, x in next, v do
         if type(x) == "table" then v[k] = restore(x, chunkname) end

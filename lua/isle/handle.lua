@@ -8,10 +8,12 @@ local runtime = require("isle.runtime")
 local codec = require("isle.codec")
 local errors = require("isle.errors")
 local task = require("isle.task")
+local interrupt = require("isle.interrupt")
+local token = require("isle.token")
 
 local C = runtime.C
-local setmetatable, select, error, type, tostring, tonumber, pcall, unpack =
-    setmetatable, select, error, type, tostring, tonumber, pcall, unpack
+local setmetatable, getmetatable, select, error, type, tostring, tonumber, pcall, next =
+    setmetatable, getmetatable, select, error, type, tostring, tonumber, pcall, next
 local outcome = task.outcome
 local ISLE_OK, ISLE_EBUSY = C.ISLE_OK, C.ISLE_EBUSY
 
@@ -50,7 +52,7 @@ local function dump_function(fn, what)
 end
 
 local function check_open(self, level)
-    if self.closed or C.isle_is_closed(self.ptr) ~= 0 then
+    if self.closed or (self.base and self.base.closed) or C.isle_is_closed(self.ptr) ~= 0 then
         error(errors.new("closed", "isle " .. tonumber(C.isle_id(self.ptr)) .. " is closed"), level + 1)
     end
 end
@@ -62,7 +64,13 @@ local function send(self, kind, target, wait, with_task, n, ...)
     check_open(self, 3)
     local enc = runtime.enc
     enc:reset()
-    enc:encode(target)
+    local opts = self.opts
+    if opts then
+        -- Options travel with the message: { target, { token, instrument } }.
+        enc:encode(codec.check({ target, opts.wire }, "options"))
+    else
+        enc:encode(target)
+    end
     local ok, e = pcall(codec.put_values, enc, "args", 1, n, ...)
     if not ok then
         enc:reset()
@@ -73,6 +81,11 @@ local function send(self, kind, target, wait, with_task, n, ...)
         t = C.isle_task_new()
         if t == nil then error(errors.new("memory", "cannot allocate a task"), 3) end
         ffi.gc(t, C.isle_task_release)
+        -- The deadline runs from the call, queued time included.
+        if opts and opts.timeout
+            and C.isle_task_expire_at(t, C.isle_now() + opts.timeout) ~= ISLE_OK then
+            error(errors.new("memory", "cannot arm the timeout"), 3)
+        end
     end
     local p, len = enc:ref()
     local m = C.isle_msg_new(kind, t, p, len)
@@ -114,7 +127,10 @@ end
 local function await(t)
     local why = runtime.wait_task(t, -1)
     if why ~= "done" then
-        error(errors.new(why, "the wait was ended: " .. why), 3)
+        -- The caller was stopped while waiting: the call is abandoned, so
+        -- the work it asked for is cancelled too.
+        C.isle_task_cancel(t)
+        error(interrupt.stop_error(why), 3)
     end
     return finish(outcome(t))
 end
@@ -187,6 +203,54 @@ function Handle:try_post(name, ...)
     local ok, err = send(self, handle.POST, name, 0, false, select("#", ...), ...)
     if not ok then return nil, err end
     return true
+end
+
+-- Call options ----------------------------------------------------------------
+
+local OPTION_NAMES = { token = true, timeout = true, instrument = true }
+
+-- h:with{token = tok, timeout = s, instrument = bool}: a view of the same isle
+-- whose calls carry these options. Views can be kept and reused.
+function Handle:with(opts)
+    if type(opts) ~= "table" then
+        error("bad argument #1 to 'with' (table expected, got " .. type(opts) .. ")", 2)
+    end
+    for k in next, opts do
+        if not OPTION_NAMES[k] then error("isle: unknown call option '" .. tostring(k) .. "'", 2) end
+    end
+    local merged = {}
+    if self.opts then for k, v in next, self.opts.given do merged[k] = v end end
+    for k, v in next, opts do merged[k] = v end
+    local tok, timeout, instr = merged.token, merged.timeout, merged.instrument
+    if tok ~= nil and getmetatable(tok) ~= token.Token then
+        error("isle: call option 'token' must be a token from isle.token()", 2)
+    end
+    if timeout ~= nil and (type(timeout) ~= "number" or not (timeout >= 0)) then
+        error("isle: call option 'timeout' must be a number of seconds >= 0", 2)
+    end
+    if instr ~= nil and type(instr) ~= "boolean" then
+        error("isle: call option 'instrument' must be a boolean", 2)
+    end
+    local view = setmetatable({ ptr = self.ptr, owner = false, base = self.base or self }, Handle)
+    view.opts = { given = merged, timeout = timeout, wire = { token = tok, instrument = instr } }
+    return view
+end
+
+-- Interrupts the isle's state: nil once, true at every checkpoint, false clears.
+function Handle:interrupt(flag)
+    if flag ~= nil and type(flag) ~= "boolean" then
+        error("bad argument #1 to 'interrupt' (boolean or nil expected, got " .. type(flag) .. ")", 2)
+    end
+    local mode = flag == nil and C.ISLE_INTR_ONCE or (flag and C.ISLE_INTR_ALWAYS or C.ISLE_INTR_CLEAR)
+    if C.isle_intr_set(C.isle_state_intr(self.ptr), mode) ~= ISLE_OK then
+        error(errors.new("closed", "isle " .. self:id() .. " is closed"), 2)
+    end
+    return true
+end
+
+-- The interrupt id of the isle's state, for isle.interrupt from anywhere.
+function Handle:interrupt_id()
+    return tonumber(C.isle_state_intr(self.ptr))
 end
 
 -- Lifecycle -------------------------------------------------------------------

@@ -5,7 +5,7 @@ local codec = require("isle.codec")
 local errors = require("isle.errors")
 
 local C = runtime.C
-local setmetatable, select, error, type, unpack = setmetatable, select, error, type, unpack
+local setmetatable, select, error, type, unpack, tonumber = setmetatable, select, error, type, unpack, tonumber
 local ISLE_TASK_DONE, ISLE_TASK_FAILED, ISLE_TASK_CANCELLED, ISLE_TASK_CLOSED =
     C.ISLE_TASK_DONE, C.ISLE_TASK_FAILED, C.ISLE_TASK_CANCELLED, C.ISLE_TASK_CLOSED
 local TAG_ERROR, TAG_CORE = ("E"):byte(), ("C"):byte()
@@ -31,8 +31,10 @@ local function outcome(t)
         local dec = runtime.dec
         dec:set(p, len)
         return true, codec.get_values(dec)
-    elseif state == ISLE_TASK_FAILED then
-        if len == 0 then return false, errors.new("memory", "not enough memory to store the result") end
+    elseif state < ISLE_TASK_DONE then
+        error("isle: task has not ended", 3)
+    end
+    if len > 0 then
         local tag = p[0]
         if tag == TAG_ERROR then
             local dec = runtime.dec
@@ -43,13 +45,17 @@ local function outcome(t)
         elseif tag == TAG_CORE then
             return false, errors.new("runtime", ffi.string(p + 1, len - 1))
         end
-        return false, errors.new("runtime", "undecodable failure of a task")
-    elseif state == ISLE_TASK_CANCELLED then
-        return false, errors.new("cancelled", "the task was cancelled")
+    end
+    -- Ended by the core itself, with no payload.
+    if state == ISLE_TASK_CANCELLED then
+        if C.isle_task_cancelled(t) == C.ISLE_CANCEL_TIMEOUT then
+            return false, errors.new("timeout", "the task ran out of time before it ran")
+        end
+        return false, errors.new("cancelled", "the task was cancelled before it ran")
     elseif state == ISLE_TASK_CLOSED then
         return false, errors.new("closed", "the isle closed before the task ran")
     end
-    error("isle: task has not ended", 3)
+    return false, errors.new("memory", "not enough memory to store the result")
 end
 task.outcome = outcome
 

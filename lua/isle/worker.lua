@@ -12,6 +12,9 @@ local errors = require("isle.errors")
 local sched = require("isle.sched")
 local handle = require("isle.handle")
 local libs = require("isle.libs")
+local interrupt = require("isle.interrupt")
+local instrument = require("isle.instrument")
+local token = require("isle.token")
 
 local C = runtime.C
 local type, select, pcall, xpcall, tostring, tonumber, unpack, load, loadstring, next =
@@ -54,8 +57,15 @@ end
 
 -- Completing tasks ------------------------------------------------------------
 
+local STOP_STATE = { cancelled = ISLE_TASK_CANCELLED, timeout = ISLE_TASK_CANCELLED, closed = ISLE_TASK_CLOSED }
+
 local function complete(rec, ok, ...)
     local t = rec.task
+    rec.finished = true
+    -- A stopped job ends stopped, even if its code caught the error and returned.
+    if rec.stop and (ok or not errors.is((...)) or (...).code ~= rec.stop) then
+        return complete(rec, false, interrupt.stop_error(rec.stop))
+    end
     if t == nil then
         if not ok then report((...)) end
         return
@@ -71,7 +81,7 @@ local function complete(rec, ok, ...)
     else
         local e = ...
         put_error(enc, e)
-        state = e.code == "cancelled" and ISLE_TASK_CANCELLED or ISLE_TASK_FAILED
+        state = STOP_STATE[e.code] or ISLE_TASK_FAILED
     end
     local p, len = enc:ref()
     C.isle_task_complete(t, state, p, len)
@@ -81,15 +91,28 @@ end
 -- Resolving targets -----------------------------------------------------------
 
 local chunk_cache, chunk_count = {}, 0
+local instrument_default = true
 
-local function compile(code, chunkname)
-    local f = chunk_cache[code]
+-- Compiles a chunk; with `checkpoints`, through isle.instrument so that its
+-- loops and functions stay stoppable once compiled (see docs/jit-safety.md).
+local function compile(code, chunkname, checkpoints)
+    local key = checkpoints and code or "\0" .. code
+    local f = chunk_cache[key]
     if f then return f end
     local err
-    f, err = loadstring(code, chunkname)
-    if not f then error(err, 0) end
+    if checkpoints then
+        local wrapped
+        wrapped, err = instrument.load(code, chunkname)
+        if wrapped then
+            local flagp, scratchp, check = interrupt.pointers()
+            f = function(...) return wrapped(flagp, scratchp, check, ...) end
+        end
+    else
+        f, err = loadstring(code, chunkname)
+    end
+    if not f then error(errors.new("runtime", err), 0) end
     if chunk_count >= 256 then chunk_cache, chunk_count = {}, 0 end
-    chunk_cache[code] = f
+    chunk_cache[key] = f
     chunk_count = chunk_count + 1
     return f
 end
@@ -107,19 +130,35 @@ local function resolve_global(name)
     return v
 end
 
-local function target_function(kind, target)
-    if kind == EVAL then return compile(target, "=eval") end
-    if kind == EXEC then return compile(target, "=exec") end
+local function target_function(rec)
+    local kind, target = rec.kind, rec.target
+    if kind == EVAL then
+        local on = rec.instrument
+        if on == nil then on = instrument_default end
+        return compile(target, "=eval", on)
+    end
+    if kind == EXEC then return compile(target, "=exec", false) end -- bytecode: hook only
     return resolve_global(target)
 end
 
-local function call_target(kind, target, ...)
-    return target_function(kind, target)(...)
+local function call_target(rec, ...)
+    return target_function(rec)(...)
+end
+
+local function finish_job(rec, ...)
+    rec.user = false
+    return complete(rec, ...)
 end
 
 local function run_job(rec)
     local a = rec.args
-    complete(rec, xpcall(call_target, on_error, rec.kind, rec.target, unpack(a, 1, a.n)))
+    local tok = rec.token
+    if tok ~= nil and C.isle_task_watch(tok, runtime.sched.mbox, runtime.sched.sig) == 0 then
+        rec.stop = "cancelled" -- the token was cancelled before the job began
+    end
+    if rec.stop then return complete(rec, false, interrupt.stop_error(rec.stop)) end
+    rec.user = true -- checkpoints may raise only while user code runs
+    finish_job(rec, xpcall(call_target, on_error, rec, unpack(a, 1, a.n)))
 end
 
 -- Messages ---------------------------------------------------------------------
@@ -142,6 +181,12 @@ local function dispatch(s, msgs, self_ptr)
             dec:set(m.data, m.len)
             local target = dec:decode()
             local rec = { task = t, kind = m.kind, target = target }
+            if type(target) == "table" then -- { target, options } from h:with{...}
+                local o = codec.restore(target[2])
+                rec.target = target[1]
+                rec.instrument = o.instrument
+                if o.token then rec.token = o.token.ptr; rec.token_ref = o.token end
+            end
             rec.args = pack(select(2, codec.get_values(dec)))
             s:spawn(run_job, rec)
         else
@@ -151,8 +196,9 @@ local function dispatch(s, msgs, self_ptr)
     end
 end
 
--- In cancel mode, jobs waiting on timers or tasks end with a "closed" error.
-local function wake_all(s, why)
+-- Suspended jobs (sleeping, awaiting) that were asked to stop are woken
+-- with the reason, which their sleep or wait raises. Runs when the flag is up.
+local function wake_stopped(s)
     local recs = {}
     for _, list in next, s.waiting do
         for i = 1, #list do recs[#recs + 1] = list[i] end
@@ -162,7 +208,11 @@ local function wake_all(s, why)
         if rec then recs[#recs + 1] = rec end
     end
     for i = 1, #recs do
-        if recs[i].co then s:wake(recs[i], why) end
+        local rec = recs[i]
+        if rec.co and not rec.finished then
+            local why = interrupt.job_stop_reason(rec)
+            if why then s:wake(rec, why) end
+        end
     end
 end
 
@@ -173,9 +223,7 @@ local function run_init(rec)
     local function init(...)
         local f
         if spec.init_code then
-            local err
-            f, err = loadstring(spec.init_code, "=init")
-            if not f then error(err, 0) end
+            f = compile(spec.init_code, "=init", instrument_default)
         elseif spec.init_fn then
             f = compile(spec.init_fn, "=init")
         else
@@ -184,7 +232,9 @@ local function run_init(rec)
         return f(...)
     end
     local a = rec.args
+    rec.user = true
     local ok, e = xpcall(init, on_error, unpack(a, 1, a.n))
+    rec.user = false
     if ok then
         complete(rec, true)
     else
@@ -202,6 +252,9 @@ function worker.main(addr)
 
     local s = sched.new(C.isle_mailbox(self_ptr), C.isle_signal(self_ptr))
     runtime.sched = s
+    interrupt.bind(s.sig, C.isle_state_intr(self_ptr))
+    interrupt.install_hook()
+    local flagp = interrupt.pointers()
 
     local dec, lenp = runtime.dec, runtime.lenp
     local boot = C.isle_boot(self_ptr, lenp)
@@ -209,6 +262,7 @@ function worker.main(addr)
     local spec = dec:decode()
     local args = pack(select(2, codec.get_values(dec)))
     libs.apply(spec.libs, _G)
+    if spec.instrument == false then instrument_default = false end
 
     local init_task = C.isle_init_task(self_ptr)
     C.isle_task_start(init_task, s.sig)
@@ -216,16 +270,18 @@ function worker.main(addr)
     s:spawn(run_init, rec)
     -- Init may sleep or await: the loop serves it like any other job.
     s.on_message = function(sl, msgs) dispatch(sl, msgs, self_ptr) end
-    local cancelled = false
+    local init_failed = false
     s.on_idle = function(sl)
-        if rec.ok == false and not cancelled then
+        if rec.ok == false and not init_failed then
             -- A failed init ends the isle: the spawner closes it.
-            cancelled = true
+            init_failed = true
             C.isle_mbox_close(sl.mbox)
         end
-        if not cancelled and C.isle_close_mode(self_ptr) ~= 0 then
-            cancelled = true
-            wake_all(sl, "closed")
+        if flagp[0] ~= 0 then
+            -- No job runs here: settle what the flag was raised for.
+            flagp[0] = 0
+            wake_stopped(sl)
+            if C.isle_sig_pending(sl.sig) > 0 then flagp[0] = 1 end
         end
     end
     if rec.ok == false then return end

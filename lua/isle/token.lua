@@ -1,0 +1,50 @@
+-- Cancellation tokens. A token is a completion slot used only for its
+-- cancellation: cancelling it ends the slot, which raises the flag of every
+-- state running a job that carries it (isle_task_watch) and wakes the jobs
+-- waiting on it. Tokens cross states as values: the receiver gets a token on
+-- the same slot.
+local ffi = require("ffi")
+local runtime = require("isle.runtime")
+local codec = require("isle.codec")
+
+local C = runtime.C
+local setmetatable, tonumber = setmetatable, tonumber
+
+local token = {}
+local Token = {}
+Token.__index = Token
+
+function token.wrap(p)
+    ffi.gc(p, C.isle_task_release)
+    return setmetatable({ ptr = p }, Token)
+end
+
+function token.new()
+    local p = C.isle_task_new()
+    if p == nil then error("isle: cannot allocate a token", 2) end
+    return token.wrap(p)
+end
+
+function Token:cancel()
+    C.isle_task_cancel(self.ptr)
+    return self
+end
+
+function Token:cancelled()
+    return C.isle_task_state(self.ptr) >= C.ISLE_TASK_DONE
+end
+
+function Token:__tostring()
+    return "isle.token (" .. (self:cancelled() and "cancelled" or "live") .. ")"
+end
+
+-- On the wire: the slot's address, with one reference handed to the receiver.
+codec.register_special(Token, function(tok)
+    C.isle_task_retain(tok.ptr)
+    return tonumber(ffi.cast("uintptr_t", tok.ptr))
+end, function(addr)
+    return token.wrap(ffi.cast("isle_task *", addr))
+end)
+
+token.Token = Token
+return token
