@@ -92,7 +92,7 @@ local function check()
         if target then
             if again then flagp[0] = 1 end
             if handler then
-                handler(target == STATE and state_id or co_ids[target])
+                handler(tonumber(target == STATE and state_id or co_ids[target]))
             elseif not err then
                 err = errors.new("interrupted", "interrupted")
             end
