@@ -1,0 +1,148 @@
+-- Static checks: the cdefs match the C header (sizes, offsets, constants),
+-- no module writes or depends on non-base globals, hot paths compile.
+local lu = require("luaunit")
+local ffi = require("ffi")
+local isle = require("isle")
+
+local ROOT = (os.getenv("ISLE_ROOT") or (debug.getinfo(1, "S").source:match("^@(.*)/test/[^/]*$")) or ".")
+
+local function sh(cmd)
+    local p = io.popen(cmd .. " 2>&1")
+    local out = p:read("*a")
+    local ok = p:close()
+    return out, ok
+end
+
+TestCdef = {}
+
+-- Like ljsyscall's test: a C program prints what the compiler sees.
+function TestCdef:test_layout_and_constants_match_header()
+    local structs = {
+        isle_msg = { "next", "task", "kind", "flags", "len", "data" },
+        isle_done = { "next", "task", "mbox", "sig" },
+        isle_sig = { "flag", "scratch" },
+        isle_config = { "name", "capacity", "path", "cpath", "boot", "boot_len" },
+    }
+    local consts = { "ISLE_OK", "ISLE_ETIMEOUT", "ISLE_EBUSY", "ISLE_ECLOSED", "ISLE_ENOMEM", "ISLE_EINVAL",
+        "ISLE_ENOENT", "ISLE_TASK_QUEUED", "ISLE_TASK_RUNNING", "ISLE_TASK_DONE", "ISLE_TASK_FAILED",
+        "ISLE_TASK_CANCELLED", "ISLE_TASK_CLOSED", "ISLE_CANCEL_NONE", "ISLE_CANCEL_USER",
+        "ISLE_CANCEL_TIMEOUT", "ISLE_INTR_CLEAR", "ISLE_INTR_ONCE", "ISLE_INTR_ALWAYS" }
+    local src = { "#include <stdio.h>\n#include <stddef.h>\n#include \"isle.h\"\nint main(void) {" }
+    local expect = {}
+    for s, fields in pairs(structs) do
+        local ty = s == "isle_config" and s or ("struct " .. s)
+        src[#src + 1] = ('printf("%s %%zu\\n", sizeof(%s));'):format(s, ty)
+        expect[#expect + 1] = s .. " " .. ffi.sizeof(ty)
+        for _, f in ipairs(fields) do
+            src[#src + 1] = ('printf("%s.%s %%zu\\n", offsetof(%s, %s));'):format(s, f, ty, f)
+            expect[#expect + 1] = s .. "." .. f .. " " .. ffi.offsetof(ty, f)
+        end
+    end
+    local C = require("isle.cdef").C
+    for _, c in ipairs(consts) do
+        src[#src + 1] = ('printf("%s %%d\\n", (int)%s);'):format(c, c)
+        expect[#expect + 1] = c .. " " .. tonumber(C[c])
+    end
+    src[#src + 1] = "return 0; }"
+    local cfile, exe = os.tmpname() .. ".c", os.tmpname()
+    local f = io.open(cfile, "w")
+    f:write(table.concat(src, "\n"))
+    f:close()
+    local out, ok = sh(("cc -I%s/csrc -o %s %s && %s"):format(ROOT, exe, cfile, exe))
+    os.remove(cfile)
+    os.remove(exe)
+    lu.assertTrue(ok, out)
+    lu.assertEquals(out, table.concat(expect, "\n") .. "\n")
+end
+
+function TestCdef:test_every_header_function_is_declared()
+    local f = io.open(ROOT .. "/csrc/isle.h")
+    local header = f:read("*a")
+    f:close()
+    local C = require("isle.cdef").C
+    local n = 0
+    for name in header:gmatch("[%w_%*]+%s+%**(isle_[%w_]+)%(") do
+        n = n + 1
+        local ok = pcall(function() return C[name] end)
+        lu.assertTrue(ok, name .. " is in csrc/isle.h but not in ffi/isle/cdef.lua")
+    end
+    lu.assertTrue(n > 40)
+end
+
+TestGlobals = {}
+
+-- Globals a module may read: the base library only, so isle works in
+-- isles spawned with libs = false.
+local BASE = {}
+for _, k in ipairs({ "assert", "error", "getmetatable", "ipairs", "load", "loadstring", "next",
+    "pairs", "pcall", "rawget", "rawset", "require", "select", "setmetatable", "tonumber",
+    "tostring", "type", "unpack", "xpcall", "newproxy", "_G", "package", "coroutine" }) do BASE[k] = true end
+
+function TestGlobals:test_modules_neither_set_nor_need_globals()
+    local files = {}
+    for line in io.popen("ls " .. ROOT .. "/lua/*.lua " .. ROOT .. "/lua/isle/*.lua " .. ROOT .. "/ffi/isle/*.lua"):lines() do
+        files[#files + 1] = line
+    end
+    lu.assertTrue(#files >= 10)
+    local seen = 0
+    for _, file in ipairs(files) do
+        local listing = sh("luajit -bl " .. file)
+        for op, name in listing:gmatch("(G[SG]ET)%s+[^\n]-\"([%w_]+)\"") do
+            seen = seen + 1
+            lu.assertNotEquals(op, "GSET", file .. " sets the global '" .. name .. "'")
+            lu.assertTrue(BASE[name], file .. " reads the non-base global '" .. name .. "'")
+        end
+    end
+    lu.assertTrue(seen > 20, "the bytecode listing was not parsed")
+end
+
+TestJit = {}
+
+local function aborts_during(f)
+    local aborts = {}
+    jit.attach(function(what, tr, func, pc, otr, oex)
+        if what == "abort" then
+            local info = require("jit.util").funcinfo(func, pc)
+            aborts[#aborts + 1] = tostring(info.loc) .. ": " .. tostring(otr) .. " " .. tostring(oex)
+        end
+    end, "trace")
+    local ok, err = pcall(f)
+    jit.attach(function() end)
+    jit.flush()
+    assert(ok, err)
+    return aborts
+end
+
+function TestJit:test_the_detector_sees_an_abort()
+    local aborts = aborts_during(function()
+        local t, n = { 1, 2, 3 }, 0
+        for _ = 1, 1000 do for _, v in pairs(t) do n = n + v end end -- next() is NYI here
+        return n
+    end)
+    lu.assertTrue(#aborts > 0)
+end
+
+function TestJit:test_checkpoint_loop_compiles_without_aborts()
+    local aborts = aborts_during(function()
+        local cp = isle.checkpoint
+        local x = 0
+        for i = 1, 1e6 do x = x + i cp() end
+        return x
+    end)
+    lu.assertEquals(aborts, {})
+end
+
+function TestJit:test_instrumented_chunk_compiles_without_aborts()
+    local f = isle.load([[
+        local t, s = {}, 0
+        for i = 1, 200000 do t[i % 100 + 1] = i end
+        local i = 0
+        while i < 200000 do i = i + 1 s = s + t[i % 100 + 1] end
+        repeat i = i - 1 until i == 0
+        for k, v in ipairs(t) do s = s + v end
+        return s
+    ]], "=hot")
+    lu.assertEquals(aborts_during(f), {})
+end
+
+os.exit(lu.LuaUnit.run())
