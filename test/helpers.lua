@@ -2,13 +2,6 @@
 local ffi = require("ffi")
 local helpers = {}
 
-function helpers.count_dir(path)
-    local p = io.popen("ls -1 " .. path .. " 2>/dev/null | wc -l")
-    local n = tonumber(p:read("*a"))
-    p:close()
-    return n
-end
-
 -- Threads of this process (entries of /proc/self/task).
 function helpers.threads()
     local f = io.open("/proc/self/status")
@@ -19,7 +12,9 @@ end
 
 function helpers.fds()
     local n = 0
-    for _ in io.popen("ls -1 /proc/" .. helpers.pid() .. "/fd"):lines() do n = n + 1 end
+    local p = io.popen("ls -1 /proc/" .. helpers.pid() .. "/fd")
+    for _ in p:lines() do n = n + 1 end
+    p:close()
     return n - 1 -- the pipe of popen itself
 end
 

@@ -128,6 +128,16 @@ function codec.check(v, path)
     return check(v, path, 0, {})
 end
 
+-- True when put_values cannot fail for these values (no tables, functions,
+-- cdata...): the caller may then skip its pcall.
+function codec.all_scalar(n, ...)
+    for i = 1, n do
+        local tv = type((select(i, ...)))
+        if tv ~= "number" and tv ~= "string" and tv ~= "boolean" and tv ~= "nil" then return false end
+    end
+    return true
+end
+
 -- Appends a value list to `buf`. `first` is the index the paths start at
 -- (`args[1]`...), `prefix` the name of the list ("args", "results").
 function codec.put_values(buf, prefix, first, n, ...)

@@ -71,10 +71,14 @@ local function send(self, kind, target, wait, with_task, n, ...)
     else
         enc:encode(target)
     end
-    local ok, e = pcall(codec.put_values, enc, "args", 1, n, ...)
-    if not ok then
-        enc:reset()
-        error(errors.from_codec(e) or e, 3)
+    if codec.all_scalar(n, ...) then
+        codec.put_values(enc, "args", 1, n, ...)
+    else
+        local ok, e = pcall(codec.put_values, enc, "args", 1, n, ...)
+        if not ok then
+            enc:reset()
+            error(errors.from_codec(e) or e, 3)
+        end
     end
     local t
     if with_task then
@@ -90,6 +94,7 @@ local function send(self, kind, target, wait, with_task, n, ...)
     local p, len = enc:ref()
     local m = C.isle_msg_new(kind, t, p, len)
     if m == nil then error(errors.new("memory", "cannot allocate a message of " .. len .. " bytes"), 3) end
+    if opts then m.flags = 1 end -- the worker decodes options only when flagged
     local rc = C.isle_mbox_push(C.isle_mailbox(self.ptr), m, wait)
     if rc ~= ISLE_OK then
         C.isle_msg_free(m)

@@ -69,7 +69,7 @@ function sched.new(mbox, sig)
         current = nil,     -- record of the running job
         msgs_out = ffi.new("isle_msg*[1]"),
         done_out = ffi.new("isle_done*[1]"),
-        on_message = nil,  -- set by the worker
+        on_message = nil,  -- set by the worker; takes ownership of a batch
         on_idle = nil,
     }, Sched)
 end
@@ -215,15 +215,16 @@ end
 -- Runs until the mailbox is closed and every job has finished.
 function Sched:run()
     local mbox, msgs_out, done_out = self.mbox, self.msgs_out, self.done_out
-    local closing = false
     while true do
         local ready = self.ready
         if #ready > 0 then
             self.ready = {}
             for i = 1, #ready do self:resume(ready[i], "yield") end
         end
-        if closing and self.jobs == 0 then break end
-        local rc = C.isle_mbox_wait(mbox, next_timeout(self), msgs_out, done_out)
+        local timeout = next_timeout(self)
+        -- Closed with nothing left to run: only drain what is still queued.
+        if self.jobs == 0 and C.isle_mbox_is_closed(mbox) ~= 0 then timeout = 0 end
+        local rc = C.isle_mbox_wait(mbox, timeout, msgs_out, done_out)
         if rc == ISLE_OK then
             local done = done_out[0]
             if done ~= nil then
@@ -236,16 +237,14 @@ function Sched:run()
             end
             local msgs = msgs_out[0]
             if msgs ~= nil then
-                local ok, err = pcall(self.on_message, self, msgs)
-                C.isle_msg_free_list(msgs)
-                if not ok then error(err, 0) end
+                -- on_message owns the batch: it frees each message when done with it.
+                self.on_message(self, msgs)
             end
-        elseif rc == ISLE_ECLOSED then
-            closing = true
+        elseif rc == ISLE_ECLOSED and self.jobs == 0 and #self.ready == 0 then
+            break -- closed, drained, and every job has finished
         end
         if self.on_idle then self.on_idle(self) end
         self:fire_timers()
-        if not closing and C.isle_mbox_is_closed(mbox) ~= 0 then closing = true end
     end
 end
 

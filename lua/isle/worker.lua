@@ -118,7 +118,9 @@ local function compile(code, chunkname, checkpoints)
 end
 
 local function resolve_global(name)
-    local v = _G
+    local v = _G[name]
+    if type(v) == "function" then return v end -- the common case: a plain global
+    v = _G
     for part in name:gmatch("[^%.]+") do
         if type(v) ~= "table" then v = nil break end
         v = v[part]
@@ -167,33 +169,93 @@ local function pack(...)
     return { n = select("#", ...), ... }
 end
 
+-- One-way messages run in order in one "post runner" job, one xpcall each,
+-- straight from the message memory: no coroutine or table per message. A
+-- posted handler that sleeps or awaits holds back the posts behind it (as an
+-- actor's mailbox would); calls and spawned tasks are not held back.
+local post_head, post_tail = nil, nil  -- isle_msg* queue owned by the runner
+local runner = nil                     -- the runner's job record while it runs
+
+local function run_post(name, n, ...)
+    return resolve_global(name)(...)
+end
+
+local function run_posts(rec)
+    local dec = runtime.dec
+    while post_head ~= nil do
+        local m = post_head
+        post_head = m.next
+        if post_head == nil then post_tail = nil end
+        if runtime.self_ptr ~= nil and C.isle_close_mode(runtime.self_ptr) ~= 0 then
+            C.isle_msg_free(m) -- closed with cancel: queued posts are dropped
+        else
+            dec:set(m.data, m.len)
+            local name = dec:decode()
+            rec.stop = nil -- stops and interrupts are per post
+            rec.user = true
+            local ok, e = xpcall(run_post, on_error, name, codec.get_values(dec))
+            rec.user = false
+            C.isle_msg_free(m)
+            if not ok then report(e) end
+        end
+    end
+    runner = nil
+end
+
+local function flush_posts(s)
+    if post_head ~= nil and not runner then
+        runner = { task = nil }
+        s:spawn(run_posts, runner)
+    end
+end
+
+local function start_job(s, m, t)
+    local dec = runtime.dec
+    dec:set(m.data, m.len)
+    local target = dec:decode()
+    local rec = { task = t, kind = m.kind, target = target }
+    if m.flags ~= 0 then -- { target, options } from h:with{...}
+        local o = codec.restore(target[2])
+        rec.target = target[1]
+        rec.instrument = o.instrument
+        if o.token then rec.token = o.token.ptr; rec.token_ref = o.token end
+    end
+    rec.args = pack(select(2, codec.get_values(dec)))
+    C.isle_msg_free(m)
+    s:spawn(run_job, rec)
+end
+
+-- Takes ownership of a batch of messages from the mailbox.
 local function dispatch(s, msgs, self_ptr)
-    local sig, dec = s.sig, runtime.dec
+    local sig = s.sig
     local cancel_queued = C.isle_close_mode(self_ptr) ~= 0
     local m = msgs
     while m ~= nil do
+        local nxt = m.next
+        m.next = nil
         local t = m.task
         if t ~= nil then m.task = nil end  -- the job takes over the message's reference
-        if cancel_queued and t ~= nil then
-            C.isle_task_complete(t, ISLE_TASK_CLOSED, nil, 0)
-            C.isle_task_release(t)
-        elseif t == nil or C.isle_task_start(t, sig) ~= 0 then
-            dec:set(m.data, m.len)
-            local target = dec:decode()
-            local rec = { task = t, kind = m.kind, target = target }
-            if type(target) == "table" then -- { target, options } from h:with{...}
-                local o = codec.restore(target[2])
-                rec.target = target[1]
-                rec.instrument = o.instrument
-                if o.token then rec.token = o.token.ptr; rec.token_ref = o.token end
-            end
-            rec.args = pack(select(2, codec.get_values(dec)))
-            s:spawn(run_job, rec)
+        if t == nil and m.kind == POST and m.flags == 0 and not cancel_queued then
+            if post_tail ~= nil then post_tail.next = m else post_head = m end
+            post_tail = m
         else
-            C.isle_task_release(t)  -- cancelled while queued: it has ended already
+            flush_posts(s) -- what was posted before this message starts first
+            if cancel_queued then
+                if t ~= nil then
+                    C.isle_task_complete(t, ISLE_TASK_CLOSED, nil, 0)
+                    C.isle_task_release(t)
+                end
+                C.isle_msg_free(m)
+            elseif t == nil or C.isle_task_start(t, sig) ~= 0 then
+                start_job(s, m, t)
+            else
+                C.isle_task_release(t)  -- cancelled while queued: it has ended already
+                C.isle_msg_free(m)
+            end
         end
-        m = m.next
+        m = nxt
     end
+    flush_posts(s)
 end
 
 -- Suspended jobs (sleeping, awaiting) that were asked to stop are woken

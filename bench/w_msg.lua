@@ -1,0 +1,174 @@
+-- Messaging workloads: W1 ping, W2 stream, W3 table, W7 fanout.
+local lib = require("lib")
+local now = lib.now
+
+-- What every messaging isle knows. An upvalue-free function, so it ships.
+local function serve()
+    function inc(i) return i + 1 end
+    local sum = 0
+    function add(i) sum = sum + i end
+    function total() local s = sum; sum = 0; return s end
+    function tab(t) return { id = t.id, n = #t.vals } end
+end
+
+-- The same functions in this state, for the zero-thread floors.
+local direct = {}
+direct.inc = loadstring("return function(i) return i + 1 end")()
+direct.tab = loadstring("return function(t) return { id = t.id, n = #t.vals } end")()
+
+-- W1 -----------------------------------------------------------------------------
+
+local function w1_isle(h, n)
+    for i = 1, 1000 do h:call("inc", i) end  -- warm up (JIT, caches, spin)
+    local t0 = now()
+    for i = 1, n do
+        local r = h:call("inc", i)
+        if r ~= i + 1 then error("W1: wrong reply " .. tostring(r) .. " to " .. i) end
+    end
+    return (now() - t0) * 1e6 / n
+end
+
+local function w1_direct(n)
+    local inc, s = direct.inc, 0
+    local t0 = now()
+    for i = 1, n do s = s + inc(i) end
+    local dt = now() - t0
+    if s ~= n * (n + 1) / 2 + n then error("W1 direct: wrong sum") end
+    return dt * 1e6 / n
+end
+
+local function run_w1(ctx)
+    local n = ctx.n(100000, 10000)
+    local h = ctx.isle.spawn{ init = serve }
+    local s = ctx.series({
+        { "isle", function() return w1_isle(h, n) end },
+        { "c", function() return ctx.cfloor("ping", n) end },
+        { "direct", function() return w1_direct(n * 100) end },
+    })
+    h:close()
+    local rows = {}
+    rows[1] = ctx.row{ id = "W1", name = "W1 ping", value = s.isle.median, unit = "us/rt",
+        floor = s.c.median, floor_label = "C", runs = s.isle.runs, floor_runs = s.c.runs,
+        note = s.c.err, extra = { n = n },
+        targets = { { op = "<=", value = 2, text = "<= 2 us" },
+                    { op = "<=", value = 3, ratio = true, text = "<= 3x C" } } }
+    rows[2] = ctx.row{ id = "W1", name = "W1 ping vs direct call", value = s.isle.median, unit = "us/rt",
+        floor = s.direct.median, floor_label = "1 state", runs = s.isle.runs, floor_runs = s.direct.runs,
+        note = "floor: inc(i) called in this state" }
+    rows[3] = ctx.row{ id = "W1", name = "W1 floor: C ping-pong", value = s.c.median, unit = "us/rt",
+        runs = s.c.runs, na = s.c.err, note = "core mailbox + task, no Lua" }
+    return rows
+end
+
+-- W2 -----------------------------------------------------------------------------
+
+local function stream_isle(hs, n)
+    local k = #hs
+    -- Expected sums per isle (outside the timed part).
+    local expect = {}
+    for j = 1, k do expect[j] = 0 end
+    for i = 1, n do local j = i % k + 1; expect[j] = expect[j] + i end
+    local t0 = now()
+    if k == 1 then
+        local h = hs[1]
+        for i = 1, n do h:post("add", i) end
+    else
+        for i = 1, n do hs[i % k + 1]:post("add", i) end
+    end
+    for j = 1, k do
+        local got = hs[j]:call("total")
+        if got ~= expect[j] then
+            error("stream: isle " .. j .. " summed " .. tostring(got) .. ", expected " .. expect[j])
+        end
+    end
+    return n / (now() - t0)
+end
+
+local function run_w2(ctx)
+    local n = ctx.n(1000000, 100000)
+    local h = ctx.isle.spawn{ init = serve }
+    stream_isle({ h }, 10000)  -- warm up
+    local s = ctx.series({
+        { "isle", function() return stream_isle({ h }, n) end },
+        { "c", function() return ctx.cfloor("stream", n) end },
+    })
+    h:close()
+    return {
+        ctx.row{ id = "W2", name = "W2 stream", value = s.isle.median, unit = "msg/s", better = "higher",
+            floor = s.c.median, floor_label = "C", runs = s.isle.runs, floor_runs = s.c.runs,
+            note = s.c.err, extra = { n = n },
+            targets = { { op = ">=", value = 5e6, text = ">= 5M msg/s" } } },
+    }
+end
+
+-- W3 -----------------------------------------------------------------------------
+
+local function w3_isle(h, n)
+    for i = 1, 1000 do h:call("tab", { id = i, vals = { 1 } }) end
+    local t0 = now()
+    for i = 1, n do
+        local r = h:call("tab", { id = i, name = "item" .. i, tags = { "a", "b", "c" }, vals = { 1, 2, 3, 4, 5 } })
+        if r.id ~= i or r.n ~= 5 then error("W3: wrong reply for " .. i) end
+    end
+    return (now() - t0) * 1e6 / n
+end
+
+local function w3_direct(n)
+    local tab, s = direct.tab, 0
+    local t0 = now()
+    for i = 1, n do
+        local r = tab({ id = i, name = "item" .. i, tags = { "a", "b", "c" }, vals = { 1, 2, 3, 4, 5 } })
+        s = s + r.id + r.n
+    end
+    local dt = now() - t0
+    if s ~= n * (n + 1) / 2 + 5 * n then error("W3 direct: wrong sum") end
+    return dt * 1e6 / n
+end
+
+local function run_w3(ctx)
+    local n = ctx.n(100000, 10000)
+    local h = ctx.isle.spawn{ init = serve }
+    local s = ctx.series({
+        { "isle", function() return w3_isle(h, n) end },
+        { "c", function() return ctx.cfloor("ping", n) end },
+        { "direct", function() return w3_direct(n * 10) end },
+    })
+    h:close()
+    return {
+        ctx.row{ id = "W3", name = "W3 table", value = s.isle.median, unit = "us/rt",
+            floor = s.c.median, floor_label = "C ping", runs = s.isle.runs, floor_runs = s.c.runs,
+            note = s.c.err, extra = { n = n },
+            targets = { { op = "<=", value = 5, text = "<= 5 us" } } },
+        ctx.row{ id = "W3", name = "W3 table vs direct call", value = s.isle.median, unit = "us/rt",
+            floor = s.direct.median, floor_label = "1 state", runs = s.isle.runs, floor_runs = s.direct.runs,
+            note = "floor: same table built and passed in this state" },
+    }
+end
+
+-- W7 -----------------------------------------------------------------------------
+
+local function run_w7(ctx)
+    local k = 4
+    local n = ctx.n(250000, 25000) * k
+    local hs = {}
+    for j = 1, k do hs[j] = ctx.isle.spawn{ init = serve } end
+    stream_isle(hs, 10000)
+    local s = ctx.series({
+        { "isle", function() return stream_isle(hs, n) end },
+        { "c", function() return ctx.cfloor("fanout", n, k) end },
+    })
+    for j = 1, k do hs[j]:close() end
+    return {
+        ctx.row{ id = "W7", name = "W7 fanout x4", value = s.isle.median, unit = "msg/s", better = "higher",
+            floor = s.c.median, floor_label = "C", runs = s.isle.runs, floor_runs = s.c.runs,
+            note = s.c.err, extra = { n = n, isles = k },
+            targets = { { op = ">=", value = 5e6, text = ">= 5M msg/s" } } },
+    }
+end
+
+return {
+    { id = "W1", title = "ping (call round trip)", run = run_w1 },
+    { id = "W2", title = "stream (one-way posts)", run = run_w2 },
+    { id = "W3", title = "table (round trip with a table)", run = run_w3 },
+    { id = "W7", title = "fanout (posts to 4 isles)", run = run_w7 },
+}

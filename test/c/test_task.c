@@ -1,0 +1,377 @@
+/* test_task.c - completion slots: one completion, results, waits, cancels
+ * (queued and running), subscriptions and references. */
+#include "check.h"
+#include "internal.h"
+
+#include <string.h>
+
+static int32_t flag_of(isle_sig *s) { return __atomic_load_n(&s->flag, __ATOMIC_ACQUIRE); }
+
+static void test_fresh(void)
+{
+    isle_task *t = isle_task_new();
+    CHECK(t != NULL);
+    CHECK_EQ(isle_task_state(t), ISLE_TASK_QUEUED);
+    CHECK_EQ(isle_task_cancelled(t), 0);
+    CHECK_EQ(isle_task_wait(t, 0), 0);
+    size_t len = 123;
+    CHECK(isle_task_result(t, &len) == NULL && len == 0);
+    isle_task_release(t);
+    isle_task_release(NULL);
+}
+
+static void test_complete_once(void)
+{
+    isle_task *t = isle_task_new();
+    char src[] = "abc";
+    /* Only final states complete a task. */
+    CHECK_EQ(isle_task_complete(t, ISLE_TASK_RUNNING, "no", 2), 0);
+    CHECK_EQ(isle_task_complete(t, ISLE_TASK_QUEUED, "no", 2), 0);
+    CHECK_EQ(isle_task_state(t), ISLE_TASK_QUEUED);
+    CHECK_EQ(isle_task_wait(t, 0), 0);
+
+    CHECK_EQ(isle_task_complete(t, ISLE_TASK_DONE, src, 3), 1);
+    CHECK_EQ(isle_task_state(t), ISLE_TASK_DONE);
+    src[0] = 'X';                              /* the result is a copy */
+    size_t len = 0;
+    const char *r = isle_task_result(t, &len);
+    CHECK(r != NULL && r != src);
+    CHECK(len == 3 && memcmp(r, "abc", 3) == 0);
+    CHECK(isle_task_result(t, NULL) == r);
+
+    /* Later completions lose and change nothing. */
+    CHECK_EQ(isle_task_complete(t, ISLE_TASK_FAILED, "zz", 2), 0);
+    CHECK_EQ(isle_task_complete(t, ISLE_TASK_DONE, NULL, 0), 0);
+    CHECK_EQ(isle_task_complete(t, ISLE_TASK_CLOSED, "closed", 6), 0);
+    CHECK_EQ(isle_task_state(t), ISLE_TASK_DONE);
+    r = isle_task_result(t, &len);
+    CHECK(len == 3 && memcmp(r, "abc", 3) == 0);
+    CHECK_EQ(isle_task_wait(t, 0), 1);
+    CHECK_EQ(isle_task_wait(t, -1), 1);
+
+    /* A cancel after the end reports the final state and sets no flag. */
+    CHECK_EQ(isle_task_cancel(t), ISLE_TASK_DONE);
+    CHECK_EQ(isle_task_cancelled(t), 0);
+    CHECK_EQ(isle_task_state(t), ISLE_TASK_DONE);
+    isle_sig *s = isle_sig_new();
+    CHECK_EQ(isle_task_start(t, s), 0);        /* ended: the runner skips it */
+    CHECK_EQ(flag_of(s), 0);
+    isle_sig_free(s);
+    isle_task_release(t);
+
+    /* Every final state is a valid ending; an empty result reads empty. */
+    int finals[] = {ISLE_TASK_DONE, ISLE_TASK_FAILED, ISLE_TASK_CANCELLED, ISLE_TASK_CLOSED};
+    for (int i = 0; i < 4; i++) {
+        t = isle_task_new();
+        CHECK_EQ(isle_task_complete(t, finals[i], NULL, 0), 1);
+        CHECK_EQ(isle_task_state(t), finals[i]);
+        isle_task_result(t, &len);
+        CHECK_EQ(len, 0);
+        isle_task_release(t);
+    }
+
+    /* A large result, after a start. */
+    size_t n = 1 << 20;
+    char *big = malloc(n);
+    for (size_t i = 0; i < n; i++) big[i] = (char)(i * 7);
+    t = isle_task_new();
+    CHECK_EQ(isle_task_start(t, NULL), 1);
+    CHECK_EQ(isle_task_state(t), ISLE_TASK_RUNNING);
+    CHECK_EQ(isle_task_wait(t, 0), 0);
+    CHECK_EQ(isle_task_complete(t, ISLE_TASK_FAILED, big, n), 1);
+    memset(big, 0, n);
+    r = isle_task_result(t, &len);
+    CHECK_EQ(len, n);
+    int same = 1;
+    for (size_t i = 0; i < n; i++)
+        if (r[i] != (char)(i * 7)) { same = 0; break; }
+    CHECK(same);
+    free(big);
+    isle_task_release(t);
+}
+
+typedef struct {
+    isle_task *t;
+    atomic_int go;
+    double timeout;
+    atomic_int returned;
+    int rc;
+} slot_arg;
+
+static void *complete_on_go(void *arg)
+{
+    slot_arg *a = arg;
+    while (!atomic_load(&a->go)) check_sleep(0.001);
+    CHECK_EQ(isle_task_complete(a->t, ISLE_TASK_DONE, "late", 4), 1);
+    return NULL;
+}
+
+static void *wait_thread(void *arg)
+{
+    slot_arg *a = arg;
+    a->rc = isle_task_wait(a->t, a->timeout);
+    atomic_store(&a->returned, 1);
+    return NULL;
+}
+
+static void test_wait_timeout(void)
+{
+    isle_task *t = isle_task_new();
+    slot_arg a = {.t = t};
+    pthread_t th = check_spawn(complete_on_go, &a);
+    double t0 = isle_now();
+    CHECK_EQ(isle_task_wait(t, 0.05), 0);      /* not yet */
+    CHECK(isle_now() - t0 >= 0.045);
+    CHECK_EQ(isle_task_state(t), ISLE_TASK_QUEUED);
+    atomic_store(&a.go, 1);
+    CHECK_EQ(isle_task_wait(t, 30), 1);        /* completed from the other thread */
+    CHECK_EQ(isle_task_state(t), ISLE_TASK_DONE);
+    size_t len;
+    const char *r = isle_task_result(t, &len);
+    CHECK(len == 4 && memcmp(r, "late", 4) == 0);
+    CHECK_EQ(isle_task_wait(t, 0), 1);
+    check_join(th);
+    isle_task_release(t);
+}
+
+static void test_many_waiters(void)
+{
+    /* Parked waiters (forever and with a timeout) are all released. */
+    enum { N = 6 };
+    isle_task *t = isle_task_new();
+    slot_arg a[N];
+    pthread_t th[N];
+    for (int i = 0; i < N; i++) {
+        a[i] = (slot_arg){.t = t, .timeout = i % 2 ? 30.0 : -1};
+        th[i] = check_spawn(wait_thread, &a[i]);
+    }
+    check_sleep(0.05);
+    for (int i = 0; i < N; i++) CHECK_EQ(atomic_load(&a[i].returned), 0);
+    CHECK_EQ(isle_task_complete(t, ISLE_TASK_DONE, NULL, 0), 1);
+    for (int i = 0; i < N; i++) {
+        check_join(th[i]);
+        CHECK_EQ(a[i].rc, 1);
+    }
+    isle_task_release(t);
+
+    /* A waiter is released by a cancel of a queued task too. */
+    t = isle_task_new();
+    a[0] = (slot_arg){.t = t, .timeout = -1};
+    th[0] = check_spawn(wait_thread, &a[0]);
+    check_sleep(0.02);
+    CHECK_EQ(isle_task_cancel(t), ISLE_TASK_QUEUED);
+    check_join(th[0]);
+    CHECK_EQ(a[0].rc, 1);
+    isle_task_release(t);
+}
+
+static void test_cancel_queued(void)
+{
+    isle_task *t = isle_task_new();
+    isle_mbox *mb = isle_mbox_new(4, 0);
+    CHECK_EQ(isle_task_subscribe(t, mb), 1);
+    CHECK_EQ(isle_task_cancel(t), ISLE_TASK_QUEUED);
+    CHECK_EQ(isle_task_state(t), ISLE_TASK_CANCELLED);
+    CHECK(isle_task_cancelled(t) != 0);
+    CHECK_EQ(isle_task_wait(t, 0), 1);
+    size_t len = 9;
+    isle_task_result(t, &len);
+    CHECK_EQ(len, 0);
+    /* The runner must skip it, and nothing is raised. */
+    isle_sig *s = isle_sig_new();
+    CHECK_EQ(isle_task_start(t, s), 0);
+    CHECK_EQ(isle_task_state(t), ISLE_TASK_CANCELLED);
+    CHECK_EQ(flag_of(s), 0);
+    /* Its ending is final: a late completion loses, a second cancel too. */
+    CHECK_EQ(isle_task_complete(t, ISLE_TASK_DONE, "x", 1), 0);
+    CHECK_EQ(isle_task_cancel(t), ISLE_TASK_CANCELLED);
+    CHECK_EQ(isle_task_state(t), ISLE_TASK_CANCELLED);
+    /* Its subscriber was told, once. */
+    isle_msg *msgs;
+    isle_done *done;
+    CHECK_EQ(isle_mbox_wait(mb, 0, &msgs, &done), ISLE_OK);
+    CHECK(msgs == NULL && done && done->task == t && done->next == NULL);
+    isle_done_free_list(done);
+    CHECK_EQ(isle_mbox_wait(mb, 0, &msgs, &done), ISLE_ETIMEOUT);
+    CHECK_EQ(isle_task_subscribe(t, mb), 0);
+    isle_sig_free(s);
+    isle_mbox_free(mb);
+    isle_task_release(t);
+}
+
+/* A worker parked on its state's mailbox. */
+typedef struct {
+    isle_mbox *mb;
+    int rc;
+} parker;
+
+static void *park_thread(void *arg)
+{
+    parker *w = arg;
+    isle_msg *msgs;
+    isle_done *done;
+    w->rc = isle_mbox_wait(w->mb, -1, &msgs, &done);
+    isle_msg_free_list(msgs);
+    isle_done_free_list(done);
+    return NULL;
+}
+
+static void test_cancel_running(void)
+{
+    isle_sig *s = isle_sig_new();
+    isle_mbox *mb = isle_mbox_new(4, 0);
+    isle_sig_attach_mbox(s, mb);
+    isle_task *t = isle_task_new();
+    CHECK_EQ(isle_task_start(t, s), 1);
+    CHECK_EQ(isle_task_state(t), ISLE_TASK_RUNNING);
+    CHECK_EQ(flag_of(s), 0);
+    CHECK_EQ(isle_task_cancelled(t), 0);
+    isle_msg *msgs;
+    isle_done *done;
+    CHECK_EQ(isle_mbox_wait(mb, 0, &msgs, &done), ISLE_ETIMEOUT);
+
+    CHECK_EQ(isle_task_cancel(t), ISLE_TASK_RUNNING);
+    CHECK_EQ(isle_task_state(t), ISLE_TASK_RUNNING);   /* the runner ends it */
+    CHECK(isle_task_cancelled(t) != 0);
+    CHECK_EQ(flag_of(s), 1);
+    CHECK_EQ(isle_task_wait(t, 0), 0);
+    /* The state's mailbox was woken so a parked worker looks. */
+    CHECK_EQ(isle_mbox_wait(mb, 0, &msgs, &done), ISLE_OK);
+    CHECK(msgs == NULL && done == NULL);
+    CHECK_EQ(isle_mbox_wait(mb, 0, &msgs, &done), ISLE_ETIMEOUT);
+
+    isle_sig_lower(s);
+    CHECK_EQ(isle_task_complete(t, ISLE_TASK_CANCELLED, "stopped", 7), 1);
+    CHECK_EQ(isle_task_state(t), ISLE_TASK_CANCELLED);
+    /* After the end a cancel raises nothing any more. */
+    CHECK_EQ(isle_task_cancel(t), ISLE_TASK_CANCELLED);
+    CHECK_EQ(flag_of(s), 0);
+    isle_task_release(t);
+
+    /* A worker parked on the state's mailbox is woken by the cancel. */
+    t = isle_task_new();
+    CHECK_EQ(isle_task_start(t, s), 1);
+    parker w = {.mb = mb, .rc = -1};
+    pthread_t th = check_spawn(park_thread, &w);
+    check_sleep(0.05);
+    CHECK_EQ(flag_of(s), 0);
+    CHECK_EQ(isle_task_cancel(t), ISLE_TASK_RUNNING);
+    check_join(th);
+    CHECK_EQ(w.rc, ISLE_OK);
+    CHECK_EQ(flag_of(s), 1);
+    /* The runner drops its task: the retained signal block goes with it. */
+    CHECK_EQ(isle_task_complete(t, ISLE_TASK_CANCELLED, NULL, 0), 1);
+    isle_task_release(t);
+
+    /* Running without a signal block: the cancel flag alone. */
+    t = isle_task_new();
+    CHECK_EQ(isle_task_start(t, NULL), 1);
+    CHECK_EQ(isle_task_cancel(t), ISLE_TASK_RUNNING);
+    CHECK(isle_task_cancelled(t) != 0);
+    CHECK_EQ(isle_task_state(t), ISLE_TASK_RUNNING);
+    CHECK_EQ(isle_task_complete(t, ISLE_TASK_DONE, "ok", 2), 1);
+    CHECK_EQ(isle_task_state(t), ISLE_TASK_DONE);
+    isle_task_release(t);
+
+    /* Released while still running: the task's hold on the block goes too
+     * (LeakSanitizer), and the block outlives its owner's free until then. */
+    t = isle_task_new();
+    CHECK_EQ(isle_task_start(t, s), 1);
+    isle_sig_free(s);                      /* owner lets go first */
+    CHECK_EQ(isle_task_cancel(t), ISLE_TASK_RUNNING);  /* still safe to raise */
+    isle_task_release(t);
+    isle_mbox_free(mb);
+}
+
+static void test_subscribe(void)
+{
+    isle_mbox *a = isle_mbox_new(1, 0), *b = isle_mbox_new(1, 0), *c = isle_mbox_new(1, 0);
+    isle_task *t = isle_task_new();
+    CHECK_EQ(isle_task_subscribe(t, a), 1);
+    CHECK_EQ(isle_task_subscribe(t, b), 1);
+    isle_msg *msgs;
+    isle_done *done;
+    CHECK_EQ(isle_mbox_wait(a, 0, &msgs, &done), ISLE_ETIMEOUT);   /* nothing yet */
+    CHECK_EQ(isle_task_complete(t, ISLE_TASK_DONE, "r", 1), 1);
+    /* The caller lets go: the notices keep the task (ASan would see it). */
+    isle_task_release(t);
+    isle_mbox *subs[2] = {a, b};
+    for (int i = 0; i < 2; i++) {
+        CHECK_EQ(isle_mbox_wait(subs[i], 0, &msgs, &done), ISLE_OK);
+        CHECK(msgs == NULL && done != NULL && done->next == NULL && done->task == t);
+        CHECK_EQ(isle_task_state(done->task), ISLE_TASK_DONE);
+        size_t len;
+        const char *r = isle_task_result(done->task, &len);
+        CHECK(len == 1 && r[0] == 'r');
+        isle_done_free_list(done);
+        CHECK_EQ(isle_mbox_wait(subs[i], 0, &msgs, &done), ISLE_ETIMEOUT);
+    }
+    CHECK_EQ(isle_mbox_wait(c, 0, &msgs, &done), ISLE_ETIMEOUT);  /* not subscribed */
+
+    /* Subscribing after the end posts nothing. */
+    t = isle_task_new();
+    CHECK_EQ(isle_task_complete(t, ISLE_TASK_FAILED, NULL, 0), 1);
+    CHECK_EQ(isle_task_subscribe(t, c), 0);
+    CHECK_EQ(isle_mbox_wait(c, 0, &msgs, &done), ISLE_ETIMEOUT);
+    isle_task_release(t);
+
+    /* Many tasks onto one mailbox: one notice each. */
+    enum { N = 50 };
+    isle_task *ts[N];
+    for (int i = 0; i < N; i++) {
+        ts[i] = isle_task_new();
+        CHECK_EQ(isle_task_subscribe(ts[i], c), 1);
+    }
+    for (int i = N - 1; i >= 0; i--)
+        CHECK_EQ(isle_task_complete(ts[i], ISLE_TASK_DONE, NULL, 0), 1);
+    CHECK_EQ(isle_mbox_wait(c, 0, &msgs, &done), ISLE_OK);
+    int seen[N] = {0}, count = 0;
+    for (isle_done *d = done; d; d = d->next, count++)
+        for (int i = 0; i < N; i++)
+            if (d->task == ts[i]) seen[i]++;
+    CHECK_EQ(count, N);
+    int all_once = 1;
+    for (int i = 0; i < N; i++) all_once &= seen[i] == 1;
+    CHECK(all_once);
+    isle_done_free_list(done);
+    for (int i = 0; i < N; i++) isle_task_release(ts[i]);
+
+    isle_mbox_free(a);
+    isle_mbox_free(b);
+    isle_mbox_free(c);
+}
+
+static void test_refs(void)
+{
+    /* Every holder can be the last: the caller, a message, a notice. */
+    isle_mbox *mb = isle_mbox_new(4, 0);
+    for (int last = 0; last < 3; last++) {
+        isle_task *t = isle_task_new();
+        isle_msg *m = isle_msg_new(0, t, NULL, 0);
+        CHECK_EQ(isle_task_subscribe(t, mb), 1);
+        isle_task_retain(t);
+        isle_task_release(t);                  /* balanced: still alive */
+        CHECK_EQ(isle_task_complete(t, ISLE_TASK_DONE, "v", 1), 1);
+        isle_msg *msgs;
+        isle_done *done;
+        CHECK_EQ(isle_mbox_wait(mb, 0, &msgs, &done), ISLE_OK);
+        CHECK(done && done->task == t);
+        if (last == 0) { isle_msg_free(m); isle_done_free_list(done); isle_task_release(t); }
+        if (last == 1) { isle_task_release(t); isle_done_free_list(done); isle_msg_free(m); }
+        if (last == 2) { isle_msg_free(m); isle_task_release(t); isle_done_free_list(done); }
+    }
+    isle_mbox_free(mb);
+}
+
+int main(void)
+{
+    RUN(test_fresh);
+    RUN(test_complete_once);
+    RUN(test_wait_timeout);
+    RUN(test_many_waiters);
+    RUN(test_cancel_queued);
+    RUN(test_cancel_running);
+    RUN(test_subscribe);
+    RUN(test_refs);
+    return check_done();
+}

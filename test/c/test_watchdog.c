@@ -1,0 +1,191 @@
+/* test_watchdog.c - cancel reasons, watches (a signal raised when a task
+ * ends) and per-task deadlines enforced by the watchdog thread. */
+#include "check.h"
+#include "internal.h"
+
+#include <string.h>
+
+static int32_t flag_of(isle_sig *s) { return __atomic_load_n(&s->flag, __ATOMIC_ACQUIRE); }
+
+static int threads_now(void)
+{
+    FILE *f = fopen("/proc/self/status", "r");
+    CHECK(f != NULL);
+    char line[256];
+    int n = -1;
+    while (fgets(line, sizeof line, f))
+        if (strncmp(line, "Threads:", 8) == 0) n = atoi(line + 8);
+    fclose(f);
+    return n;
+}
+
+static void test_cancel_reason(void)
+{
+    isle_task *t = isle_task_new();
+    CHECK_EQ(isle_task_cancel_reason(t, ISLE_CANCEL_NONE), -1);   /* not a reason */
+    CHECK_EQ(isle_task_cancel_reason(t, 7), -1);
+    CHECK_EQ(isle_task_state(t), ISLE_TASK_QUEUED);
+    CHECK_EQ(isle_task_cancelled(t), ISLE_CANCEL_NONE);
+    CHECK_EQ(isle_task_cancel_reason(t, ISLE_CANCEL_TIMEOUT), ISLE_TASK_QUEUED);
+    CHECK_EQ(isle_task_state(t), ISLE_TASK_CANCELLED);
+    CHECK_EQ(isle_task_cancelled(t), ISLE_CANCEL_TIMEOUT);
+    CHECK_EQ(isle_task_cancel(t), ISLE_TASK_CANCELLED);
+    CHECK_EQ(isle_task_cancelled(t), ISLE_CANCEL_TIMEOUT);
+    isle_task_release(t);
+
+    /* Running: the first reason sticks, each cancel raises the flag. */
+    isle_sig *s = isle_sig_new();
+    t = isle_task_new();
+    CHECK_EQ(isle_task_start(t, s), 1);
+    CHECK_EQ(isle_task_cancel(t), ISLE_TASK_RUNNING);
+    CHECK_EQ(isle_task_cancelled(t), ISLE_CANCEL_USER);
+    isle_sig_lower(s);
+    CHECK_EQ(isle_task_cancel_reason(t, ISLE_CANCEL_TIMEOUT), ISLE_TASK_RUNNING);
+    CHECK_EQ(isle_task_cancelled(t), ISLE_CANCEL_USER);
+    CHECK_EQ(flag_of(s), 1);
+    CHECK_EQ(isle_task_complete(t, ISLE_TASK_CANCELLED, NULL, 0), 1);
+    isle_task_release(t);
+    isle_sig_free(s);
+}
+
+static void test_watch(void)
+{
+    isle_mbox *mb = isle_mbox_new(2, 0);
+    isle_sig *s = isle_sig_new();
+    isle_task *t = isle_task_new();
+    CHECK_EQ(isle_task_watch(t, mb, s), 1);
+    isle_sig_free(s);               /* the watch keeps the block until it fires */
+    CHECK_EQ(flag_of(s), 0);
+    CHECK_EQ(isle_task_complete(t, ISLE_TASK_DONE, NULL, 0), 1);
+    isle_msg *msgs;
+    isle_done *done;
+    CHECK_EQ(isle_mbox_wait(mb, 0, &msgs, &done), ISLE_OK);
+    CHECK(done && done->task == t && done->next == NULL);
+    isle_done_free_list(done);
+    isle_task_release(t);
+
+    /* The flag is raised when it fires; no block is just a subscription. */
+    s = isle_sig_new();
+    t = isle_task_new();
+    CHECK_EQ(isle_task_watch(t, mb, s), 1);
+    CHECK_EQ(isle_task_watch(t, mb, NULL), 1);
+    CHECK_EQ(isle_task_cancel(t), ISLE_TASK_QUEUED);
+    CHECK_EQ(flag_of(s), 1);
+    CHECK_EQ(isle_mbox_wait(mb, 0, &msgs, &done), ISLE_OK);
+    int n = 0;
+    for (isle_done *d = done; d; d = d->next, n++) CHECK(d->task == t);
+    CHECK_EQ(n, 2);
+    isle_done_free_list(done);
+    /* After the end nothing is retained or raised. */
+    isle_sig_lower(s);
+    CHECK_EQ(isle_task_watch(t, mb, s), 0);
+    CHECK_EQ(flag_of(s), 0);
+    CHECK_EQ(isle_mbox_wait(mb, 0, &msgs, &done), ISLE_ETIMEOUT);
+    isle_task_release(t);
+    isle_sig_free(s);
+    isle_mbox_free(mb);
+}
+
+static void *noop(void *arg) { return arg; }
+
+/* Scattered deadlines between -10 ms and +90 ms from the start. */
+static double offset(int i, int n) { return -0.01 + 0.1 * ((i * 37) % n) / n; }
+
+static void test_expire(void)
+{
+    /* A first thread makes ThreadSanitizer start its own helper thread, so
+     * that the count below is the watchdog's alone. */
+    check_join(check_spawn(noop, NULL));
+    int base = threads_now();
+    isle_sig *s = isle_sig_new();
+    isle_mbox *mb = isle_mbox_new(2, 0);
+    isle_sig_attach_mbox(s, mb);
+
+    /* A running task past its deadline is cancelled with TIMEOUT. */
+    isle_task *run = isle_task_new();
+    CHECK_EQ(isle_task_start(run, s), 1);
+    /* A queued one ends CANCELLED at its deadline. */
+    isle_task *queued = isle_task_new();
+    /* One that ended in time is left alone. */
+    isle_task *quick = isle_task_new();
+    CHECK_EQ(isle_task_complete(quick, ISLE_TASK_DONE, "ok", 2), 1);
+    double t0 = isle_now();
+    CHECK_EQ(isle_task_expire_at(quick, t0 + 0.05), ISLE_OK);
+    CHECK_EQ(isle_task_expire_at(queued, t0 + 0.15), ISLE_OK);
+    CHECK_EQ(isle_task_expire_at(run, t0 + 0.1), ISLE_OK);
+    CHECK_EQ(threads_now(), base + 1);      /* the watchdog started */
+
+    isle_msg *msgs;
+    isle_done *done;
+    CHECK_EQ(isle_mbox_wait(mb, 30, &msgs, &done), ISLE_OK);   /* woken by the cancel */
+    CHECK(isle_now() - t0 >= 0.099);
+    CHECK_EQ(isle_task_cancelled(run), ISLE_CANCEL_TIMEOUT);
+    CHECK_EQ(isle_task_state(run), ISLE_TASK_RUNNING);
+    CHECK_EQ(flag_of(s), 1);
+    CHECK_EQ(isle_task_wait(queued, 30), 1);
+    CHECK(isle_now() - t0 >= 0.149);
+    CHECK_EQ(isle_task_state(queued), ISLE_TASK_CANCELLED);
+    CHECK_EQ(isle_task_cancelled(queued), ISLE_CANCEL_TIMEOUT);
+    CHECK_EQ(isle_task_complete(run, ISLE_TASK_CANCELLED, NULL, 0), 1);
+    CHECK_EQ(isle_task_state(quick), ISLE_TASK_DONE);
+    CHECK_EQ(isle_task_cancelled(quick), ISLE_CANCEL_NONE);
+    isle_task_release(quick);
+
+    /* A deadline already passed fires at once; deadlines fire in order. */
+    enum { N = 200 };
+    isle_task *ts[N];
+    t0 = isle_now();
+    for (int i = 0; i < N; i++) {
+        ts[i] = isle_task_new();
+        CHECK_EQ(isle_task_subscribe(ts[i], mb), 1);
+        CHECK_EQ(isle_task_expire_at(ts[i], t0 + offset(i, N)), ISLE_OK);
+    }
+    double inserted = isle_now() - t0;   /* deadlines after this were all queued */
+    int got = 0;
+    double last = -1;
+    int in_order = 1;
+    while (got < N) {
+        CHECK_EQ(isle_mbox_wait(mb, 30, &msgs, &done), ISLE_OK);
+        for (isle_done *d = done; d; d = d->next, got++) {
+            int i = 0;
+            while (i < N && ts[i] != d->task) i++;
+            CHECK(i < N);
+            double dl = offset(i, N);
+            if (dl > inserted + 0.001) {
+                if (dl < last) in_order = 0;
+                last = dl;
+            }
+            CHECK_EQ(isle_task_cancelled(d->task), ISLE_CANCEL_TIMEOUT);
+        }
+        isle_done_free_list(done);
+    }
+    CHECK(in_order);
+    for (int i = 0; i < N; i++) isle_task_release(ts[i]);
+    isle_task_release(run);
+    isle_task_release(queued);
+
+    /* With nothing left to watch the thread goes away (after ~0.5 s idle). */
+    double wait_from = isle_now();
+    while (threads_now() != base && isle_now() - wait_from < 20) check_sleep(0.05);
+    CHECK_EQ(threads_now(), base);
+    /* ... and comes back on the next use. */
+    isle_task *again = isle_task_new();
+    CHECK_EQ(isle_task_expire_at(again, isle_now()), ISLE_OK);
+    CHECK_EQ(isle_task_wait(again, 30), 1);
+    CHECK_EQ(isle_task_cancelled(again), ISLE_CANCEL_TIMEOUT);
+    isle_task_release(again);
+    wait_from = isle_now();
+    while (threads_now() != base && isle_now() - wait_from < 20) check_sleep(0.05);
+    CHECK_EQ(threads_now(), base);
+
+    isle_sig_free(s);
+    isle_mbox_free(mb);
+}
+
+int main(void)
+{
+    RUN(test_cancel_reason);
+    RUN(test_watch);
+    RUN(test_expire);
+    return check_done();
+}
