@@ -2,6 +2,7 @@
 #include "internal.h"
 
 #include <math.h>
+#include <sched.h>
 
 /* Spin budget before a waiter parks. ~60 µs is what a parked thread takes to
  * wake on an idle vCPU here, so spinning about that long turns most
@@ -67,5 +68,9 @@ int isle_spin_until(const atomic_int *word, double timeout)
             if (v) return v;
         }
         if (isle_now() >= end) return v;
+        /* When the cores are oversubscribed the thread we wait for may be
+         * queued behind us on this very core: give it the CPU. On an idle
+         * machine this returns at once and the spin goes on. */
+        sched_yield();
     }
 }

@@ -44,7 +44,6 @@ enum {
     ISLE_TASK_CLOSED = 5
 };
 
-/* Interrupt modes (isle_sig_interrupt). */
 /* Why a task was asked to stop (isle_task_cancelled). */
 enum {
     ISLE_CANCEL_NONE = 0,
@@ -52,6 +51,7 @@ enum {
     ISLE_CANCEL_TIMEOUT = 2   /* its deadline passed (isle_task_expire_at) */
 };
 
+/* Interrupt modes (isle_intr_set). */
 enum {
     ISLE_INTR_CLEAR = 0,
     ISLE_INTR_ONCE = 1,
@@ -112,8 +112,9 @@ void isle_task_retain(isle_task *t);
 void isle_task_release(isle_task *t);    /* accepts NULL */
 int isle_task_state(const isle_task *t);
 /* QUEUED -> RUNNING, remembering the signal block of the state that runs it
- * so that a cancel can reach a compiled loop. Returns 0 if the task already
- * ended (cancelled while queued): the runner must then skip it. */
+ * so that a cancel can reach a compiled loop. Returns 0 if the task is not
+ * QUEUED (it ended, e.g. cancelled while queued, or already runs): the
+ * runner must then skip it. */
 int isle_task_start(isle_task *t, isle_sig *sig);
 /* First completion wins (returns 1), later ones return 0. Copies the bytes.
  * A task that never started may complete straight from QUEUED. */
@@ -145,7 +146,8 @@ int isle_task_expire_at(isle_task *t, double deadline);
  * readable whenever something arrives (for host event loops). */
 isle_mbox *isle_mbox_new(size_t capacity, int with_fd);
 void isle_mbox_free(isle_mbox *mb);   /* accepts NULL; queued tasks end CLOSED */
-/* timeout 0: do not wait (EBUSY when full); < 0: wait for room forever. */
+/* timeout 0: do not wait (EBUSY when full); < 0: wait for room forever.
+ * On any error the message was not queued and still belongs to the caller. */
 int isle_mbox_push(isle_mbox *mb, isle_msg *m, double timeout);
 /* Takes every queued message and every completion notice after one wake-up.
  * ISLE_OK: something was taken, or a wake (isle_mbox_wake, or the close
@@ -169,7 +171,8 @@ void isle_sig_free(isle_sig *s);      /* accepts NULL; drops its ids */
  * Ids are never reused within a process. */
 int64_t isle_intr_new(isle_sig *s);
 void isle_intr_free(int64_t id);
-/* Set the mode of `id` and raise its state's flag. ISLE_ENOENT if unknown. */
+/* Set the mode of `id`; ONCE and ALWAYS also raise its state's flag (CLEAR
+ * raises nothing). ISLE_ENOENT if unknown, ISLE_EINVAL for a bad mode. */
 int isle_intr_set(int64_t id, int mode);
 /* Read the mode of `id`; a ONCE mode is consumed. -1 if unknown. */
 int isle_intr_take(int64_t id);

@@ -128,13 +128,41 @@ function codec.check(v, path)
     return check(v, path, 0, {})
 end
 
--- True when put_values cannot fail for these values (no tables, functions,
--- cdata...): the caller may then skip its pcall.
-function codec.all_scalar(n, ...)
-    for i = 1, n do
-        local tv = type((select(i, ...)))
-        if tv ~= "number" and tv ~= "string" and tv ~= "boolean" and tv ~= "nil" then return false end
+-- The fast check: true when `v` can be encoded as it is (no function to
+-- ship, nothing to reject, no cycle), without building any path string.
+-- `active` is shared and left empty on return. Anything else takes the slow
+-- check (codec.check), which names the path of what is wrong.
+local active_fast = {}
+local function plain(v, depth)
+    local tv = type(v)
+    if tv == "number" or tv == "string" or tv == "boolean" or tv == "nil" then return true end
+    if tv == "cdata" then return cdata_ok(v) end
+    if tv ~= "table" or depth > codec.MAX_DEPTH or active_fast[v] or getmetatable(v) ~= nil then
+        return false
     end
+    active_fast[v] = true
+    for k, x in next, v do
+        local tk, tx = type(k), type(x)
+        if (tx ~= "number" and tx ~= "string" and tx ~= "boolean" and not plain(x, depth + 1))
+            or (tk ~= "string" and tk ~= "number" and not plain(k, depth + 1)) then
+            active_fast[v] = nil
+            return false
+        end
+    end
+    active_fast[v] = nil
+    return true
+end
+
+-- The hot path: up to three values that pass the fast check are encoded
+-- without a loop or a pcall, so a caller's loop compiles into one trace.
+-- Returns false, writing nothing, when the slow path is needed.
+function codec.put_fast(buf, n, a, b, c)
+    if n > 3 or not (plain(a, 0) and plain(b, 0) and plain(c, 0)) then return false end
+    buf:put("V")
+    buf:encode(n)
+    if n >= 1 then buf:encode(a) end
+    if n >= 2 then buf:encode(b) end
+    if n >= 3 then buf:encode(c) end
     return true
 end
 

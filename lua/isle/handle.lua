@@ -71,9 +71,7 @@ local function send(self, kind, target, wait, with_task, n, ...)
     else
         enc:encode(target)
     end
-    if codec.all_scalar(n, ...) then
-        codec.put_values(enc, "args", 1, n, ...)
-    else
+    if not codec.put_fast(enc, n, ...) then
         local ok, e = pcall(codec.put_values, enc, "args", 1, n, ...)
         if not ok then
             enc:reset()

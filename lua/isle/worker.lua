@@ -73,7 +73,9 @@ local function complete(rec, ok, ...)
     local enc = runtime.enc
     local state = ISLE_TASK_DONE
     if ok then
-        local encoded, e = pcall(codec.put_values, enc:reset(), "results", 1, select("#", ...), ...)
+        local n = select("#", ...)
+        local encoded, e = codec.put_fast(enc:reset(), n, ...), nil
+        if not encoded then encoded, e = pcall(codec.put_values, enc:reset(), "results", 1, n, ...) end
         if not encoded then
             put_error(enc, errors.from_codec(e) or errors.new("value", tostring(e)))
             state = ISLE_TASK_FAILED
