@@ -15,6 +15,10 @@ static inline void isle_cpu_relax(void)
     __builtin_ia32_pause();
 #elif defined(__aarch64__)
     __asm__ __volatile__("yield");
+/* Installs the preload searcher in a fresh state (preload.c). */
+struct lua_State;
+int isle_preload_install(struct lua_State *L);
+
 #endif
 }
 
@@ -45,5 +49,9 @@ void isle_sig_attach_mbox(isle_sig *s, isle_mbox *mb);
 void isle_mbox_retain(isle_mbox *mb);
 /* Move a notice onto its subscriber's done list (ownership passes). */
 void isle_mbox_post_done(isle_done *d);
+
+/* Installs the preload searcher in a fresh state (preload.c). */
+struct lua_State;
+int isle_preload_install(struct lua_State *L);
 
 #endif

@@ -26,6 +26,7 @@ struct isle {
     isle_sig *sig;
     isle_task *init;
     int64_t intr;             /* interrupt id of the isle's state */
+    int instrument;
     pthread_t thread;
     pthread_mutex_t join_mu;  /* serialises join/detach */
     int joined, detached;     /* join_mu */
@@ -75,6 +76,7 @@ isle_mbox *isle_mailbox(isle *i) { return i->mbox; }
 isle_sig *isle_signal(isle *i) { return i->sig; }
 isle_task *isle_init_task(isle *i) { return i->init; }
 int64_t isle_state_intr(isle *i) { return i->intr; }
+int isle_instrument(const isle *i) { return i->instrument; }
 int isle_is_closed(const isle *i) { return atomic_load(&i->closing); }
 int isle_close_mode(const isle *i) { return atomic_load(&i->close_mode); }
 int isle_live_count(void) { return atomic_load(&live_threads); }
@@ -104,6 +106,7 @@ static void fail_init(isle *i, const char *msg)
 static int run_worker(lua_State *L)
 {
     isle *i = lua_touserdata(L, 1);
+    isle_preload_install(L);
     lua_getglobal(L, "package");
     lua_pushstring(L, i->path);
     lua_setfield(L, -2, "path");
@@ -183,6 +186,7 @@ isle *isle_spawn(const isle_config *cfg, int *err)
         goto fail;
     if (cfg->boot_len) memcpy(i->boot, cfg->boot, cfg->boot_len);
     i->boot_len = cfg->boot_len;
+    i->instrument = cfg->instrument;
     isle_sig_attach_mbox(i->sig, i->mbox);
     i->intr = isle_intr_new(i->sig);
     if (!i->intr) goto fail;

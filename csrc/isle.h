@@ -188,6 +188,7 @@ typedef struct isle_config {
     const char *cpath;      /* package.cpath */
     const char *boot;       /* opaque bytes handed to the worker */
     size_t boot_len;
+    int instrument;         /* senders insert checkpoints into eval chunks */
 } isle_config;
 
 /* Starts the thread. The returned handle holds one reference (the owner's).
@@ -202,6 +203,7 @@ isle_sig *isle_signal(isle *i);
 const char *isle_boot(isle *i, size_t *len);
 isle_task *isle_init_task(isle *i);   /* ends when init ran (or failed) */
 int64_t isle_state_intr(isle *i);     /* the interrupt id of the isle's state */
+int isle_instrument(const isle *i);   /* isle_config.instrument */
 /* Retained handles of live isles, NULL when none (or closed). */
 isle *isle_lookup_id(int64_t id);
 isle *isle_lookup_name(const char *name);
@@ -215,6 +217,12 @@ void isle_abandon(isle *i);
 int isle_is_closed(const isle *i);
 int isle_close_mode(const isle *i);   /* 0 drain, 1 cancel */
 int isle_live_count(void);            /* isles whose thread has not ended */
+
+/* ---- isle's own modules, precompiled once per process ------------------ */
+/* Bytecode for module `name`, found by require in every state an isle starts
+ * afterwards. The first blob for a name wins (ISLE_EINVAL after that). */
+int isle_preload_set(const char *name, const char *data, size_t len);
+int isle_preload_count(void);
 
 #ifdef __cplusplus
 }

@@ -16,7 +16,7 @@ local task = require("isle.task")
 local libs = require("isle.libs")
 local interrupt = require("isle.interrupt")
 local token = require("isle.token")
-local instrument = require("isle.instrument")
+local chunks = require("isle.chunks")
 local table = require("table")
 
 local C = runtime.C
@@ -44,6 +44,24 @@ local function module_dirs()
     return table.concat(dirs, ";")
 end
 local isle_path = module_dirs()
+
+-- isle's own modules, compiled once per process and handed to every new
+-- isle as stripped bytecode (csrc/preload.c): an isle then starts without
+-- reading or parsing any of isle's source.
+local MODULES = { "isle", "isle.cdef", "isle.codec", "isle.errors", "isle.runtime", "isle.sched",
+    "isle.interrupt", "isle.libs", "isle.proto", "isle.worker", "isle.handle", "isle.task",
+    "isle.token", "isle.chunks", "isle.instrument" }
+local function preload_modules()
+    if C.isle_preload_count() > 0 then return end
+    for _, name in ipairs(MODULES) do
+        local file = package.searchpath(name, package.path)
+        local f = file and loadfile(file)
+        if f then
+            local bc = string.dump(f, true)
+            C.isle_preload_set(name, bc, #bc)
+        end
+    end
+end
 
 local function bad_opt(name, what, got)
     error("isle.spawn: option '" .. name .. "' must be " .. what .. " (got " .. got .. ")", 3)
@@ -80,11 +98,14 @@ function isle.spawn(opts)
     local spec = { libs = check_libs(opts.libs) }
     if opts.instrument ~= nil then
         if type(opts.instrument) ~= "boolean" then bad_opt("instrument", "a boolean", type(opts.instrument)) end
-        spec.instrument = opts.instrument
     end
     local init = opts.init
     if type(init) == "string" then
-        spec.init_code = init
+        if opts.instrument == false then
+            spec.init_code = init
+        else
+            spec.init_code, spec.init_wrapped = chunks.prepare(init)
+        end
     elseif type(init) == "function" then
         local ok, shipped = pcall(codec.check, init, "init")
         if not ok then error(errors.from_codec(shipped) or shipped, 2) end
@@ -101,6 +122,7 @@ function isle.spawn(opts)
         bad_opt("capacity", "a positive integer", tostring(capacity))
     end
 
+    preload_modules()
     local enc = runtime.enc
     enc:reset()
     enc:encode(spec)
@@ -114,7 +136,7 @@ function isle.spawn(opts)
     local cfg = ffi.new("isle_config", {
         name = name, capacity = capacity,
         path = isle_path .. ";" .. package.path, cpath = package.cpath,
-        boot = boot, boot_len = boot_len,
+        boot = boot, boot_len = boot_len, instrument = opts.instrument == false and 0 or 1,
     })
     local errp = ffi.new("int[1]")
     local p = C.isle_spawn(cfg, errp)
@@ -208,7 +230,7 @@ function isle.load(src, chunkname)
     if chunkname ~= nil and type(chunkname) ~= "string" then
         error("bad argument #2 to 'load' (string or nil expected, got " .. type(chunkname) .. ")", 2)
     end
-    local wrapped, err = instrument.load(src, chunkname or "=(isle.load)")
+    local wrapped, err = require("isle.instrument").load(src, chunkname or "=(isle.load)")
     if not wrapped then return nil, err end
     local flagp, scratchp, check = interrupt.pointers()
     return function(...) return wrapped(flagp, scratchp, check, ...) end

@@ -105,6 +105,13 @@ function TestSpawn:test_libs_list()
     h:close()
 end
 
+function TestSpawn:test_isle_modules_come_precompiled()
+    -- isle's own modules reach new isles as bytecode, not by parsing source.
+    local h = isle.spawn{}
+    lu.assertEquals(h:eval("return debug.getinfo(require('isle.codec').new_buffer, 'S').source"), "isle.codec")
+    h:close()
+end
+
 function TestSpawn:test_no_global_leak_in_worker_state()
     local h = isle.spawn{}
     local leaked = h:eval([[

@@ -21,7 +21,7 @@ function TestCdef:test_layout_and_constants_match_header()
         isle_msg = { "next", "task", "kind", "flags", "len", "data" },
         isle_done = { "next", "task", "mbox", "sig" },
         isle_sig = { "flag", "scratch" },
-        isle_config = { "name", "capacity", "path", "cpath", "boot", "boot_len" },
+        isle_config = { "name", "capacity", "path", "cpath", "boot", "boot_len", "instrument" },
     }
     local consts = { "ISLE_OK", "ISLE_ETIMEOUT", "ISLE_EBUSY", "ISLE_ECLOSED", "ISLE_ENOMEM", "ISLE_EINVAL",
         "ISLE_ENOENT", "ISLE_TASK_QUEUED", "ISLE_TASK_RUNNING", "ISLE_TASK_DONE", "ISLE_TASK_FAILED",
@@ -76,7 +76,7 @@ TestGlobals = {}
 local BASE = {}
 for _, k in ipairs({ "assert", "error", "getmetatable", "ipairs", "load", "loadstring", "next",
     "pairs", "pcall", "rawget", "rawset", "require", "select", "setmetatable", "tonumber",
-    "tostring", "type", "unpack", "xpcall", "newproxy", "_G", "package", "coroutine" }) do BASE[k] = true end
+    "tostring", "type", "unpack", "xpcall", "newproxy", "loadfile", "_G", "package", "coroutine" }) do BASE[k] = true end
 
 function TestGlobals:test_modules_neither_set_nor_need_globals()
     local files = {}

@@ -93,6 +93,7 @@ typedef struct isle_config {
     const char *cpath;
     const char *boot;
     size_t boot_len;
+    int instrument;
 } isle_config;
 
 isle *isle_spawn(const isle_config *cfg, int *err);
@@ -105,6 +106,7 @@ isle_sig *isle_signal(isle *i);
 const char *isle_boot(isle *i, size_t *len);
 isle_task *isle_init_task(isle *i);
 int64_t isle_state_intr(isle *i);
+int isle_instrument(const isle *i);
 isle *isle_lookup_id(int64_t id);
 isle *isle_lookup_name(const char *name);
 void isle_close(isle *i, int cancel);
@@ -112,6 +114,8 @@ void isle_abandon(isle *i);
 int isle_is_closed(const isle *i);
 int isle_close_mode(const isle *i);
 int isle_live_count(void);
+int isle_preload_set(const char *name, const char *data, size_t len);
+int isle_preload_count(void);
 ]]
 
 -- Find libisle.so the way require finds C modules (package.cpath, which

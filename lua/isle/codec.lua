@@ -24,15 +24,27 @@ local SPECIAL_MT = {}  -- a shipped special object: { kind, payload }
 local OPTS = { metatable = { FN_MT, SPECIAL_MT } }
 local specials = {}    -- metatable -> { kind, ship, restore }
 local special_kinds = {}
+-- Kinds are fixed numbers so that every state agrees on them; the module of
+-- a kind is loaded on first use in a state that receives one.
+local SPECIAL_MODULES = { [1] = "isle.token" }
 
--- Lets a module send its objects (e.g. tokens): ship(obj) returns a plain
--- value, restore(value) rebuilds the object in the receiving state.
-function codec.register_special(mt, ship, restore)
-    local kind = #special_kinds + 1
+-- Lets a module send its objects: ship(obj) returns a plain value,
+-- restore(value) rebuilds the object in the receiving state.
+function codec.register_special(kind, mt, ship, restore)
     local s = { kind = kind, ship = ship, restore = restore }
     specials[mt] = s
     special_kinds[kind] = s
 end
+
+local function special_restore(kind, payload)
+    local s = special_kinds[kind]
+    if not s then
+        require(SPECIAL_MODULES[kind])
+        s = special_kinds[kind]
+    end
+    return s.restore(payload)
+end
+
 codec.MAX_DEPTH = 100
 
 function codec.new_buffer()
@@ -200,7 +212,7 @@ local function restore(v, chunkname)
         if not f then error("cannot load a shipped function: " .. tostring(err), 0) end
         return f
     elseif mt == SPECIAL_MT then
-        return special_kinds[v[1]].restore(v[2])
+        return special_restore(v[1], v[2])
     end
     for k, x in next, v do
         if type(x) == "table" then v[k] = restore(x, chunkname) end

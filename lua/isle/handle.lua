@@ -10,6 +10,8 @@ local errors = require("isle.errors")
 local task = require("isle.task")
 local interrupt = require("isle.interrupt")
 local token = require("isle.token")
+local proto = require("isle.proto")
+local chunks = require("isle.chunks")
 
 local C = runtime.C
 local setmetatable, getmetatable, select, error, type, tostring, tonumber, pcall, next =
@@ -21,8 +23,7 @@ local handle = {}
 local Handle = {}
 Handle.__index = Handle
 
--- Message kinds understood by the worker (lua/isle/worker.lua).
-handle.EVAL, handle.CALL, handle.EXEC, handle.POST = 1, 2, 3, 4
+local EVAL, CALL, EXEC, POST = proto.EVAL, proto.CALL, proto.EXEC, proto.POST
 
 local function release_owned(p)
     -- A collected owner: stop the isle without waiting for it (a finalizer
@@ -65,7 +66,18 @@ local function send(self, kind, target, wait, with_task, n, ...)
     local enc = runtime.enc
     enc:reset()
     local opts = self.opts
+    local flags = 0
+    if kind == EVAL then
+        local instr = opts and opts.instrument
+        if instr == nil then instr = C.isle_instrument(self.ptr) ~= 0 end
+        if instr then
+            local wrapped
+            target, wrapped = chunks.prepare(target)
+            if wrapped then flags = proto.F_WRAPPED end
+        end
+    end
     if opts then
+        flags = flags + proto.F_OPTIONS
         -- Options travel with the message: { target, { token, instrument } }.
         enc:encode(codec.check({ target, opts.wire }, "options"))
     else
@@ -92,7 +104,7 @@ local function send(self, kind, target, wait, with_task, n, ...)
     local p, len = enc:ref()
     local m = C.isle_msg_new(kind, t, p, len)
     if m == nil then error(errors.new("memory", "cannot allocate a message of " .. len .. " bytes"), 3) end
-    if opts then m.flags = 1 end -- the worker decodes options only when flagged
+    m.flags = flags
     local rc = C.isle_mbox_push(C.isle_mailbox(self.ptr), m, wait)
     if rc ~= ISLE_OK then
         C.isle_msg_free(m)
@@ -142,34 +154,34 @@ end
 
 function Handle:eval(code, ...)
     check_string(code, 1, "eval")
-    return await(raise_unless(send(self, handle.EVAL, code, -1, true, select("#", ...), ...)))
+    return await(raise_unless(send(self, EVAL, code, -1, true, select("#", ...), ...)))
 end
 
 function Handle:call(name, ...)
     check_string(name, 1, "call")
-    return await(raise_unless(send(self, handle.CALL, name, -1, true, select("#", ...), ...)))
+    return await(raise_unless(send(self, CALL, name, -1, true, select("#", ...), ...)))
 end
 
 function Handle:exec(fn, ...)
     local bc = check_function(fn, "exec")
-    return await(raise_unless(send(self, handle.EXEC, bc, -1, true, select("#", ...), ...)))
+    return await(raise_unless(send(self, EXEC, bc, -1, true, select("#", ...), ...)))
 end
 
 -- Non-blocking: a task at once (waiting for mailbox room if it is full) ------
 
 function Handle:spawn_eval(code, ...)
     check_string(code, 1, "spawn_eval")
-    return task.new(raise_unless(send(self, handle.EVAL, code, -1, true, select("#", ...), ...)))
+    return task.new(raise_unless(send(self, EVAL, code, -1, true, select("#", ...), ...)))
 end
 
 function Handle:spawn_call(name, ...)
     check_string(name, 1, "spawn_call")
-    return task.new(raise_unless(send(self, handle.CALL, name, -1, true, select("#", ...), ...)))
+    return task.new(raise_unless(send(self, CALL, name, -1, true, select("#", ...), ...)))
 end
 
 function Handle:spawn_exec(fn, ...)
     local bc = check_function(fn, "spawn_exec")
-    return task.new(raise_unless(send(self, handle.EXEC, bc, -1, true, select("#", ...), ...)))
+    return task.new(raise_unless(send(self, EXEC, bc, -1, true, select("#", ...), ...)))
 end
 
 -- Never wait for room: task, or nil, err ("busy" when full, "closed") -------
@@ -181,29 +193,29 @@ end
 
 function Handle:try_spawn_eval(code, ...)
     check_string(code, 1, "try_spawn_eval")
-    return try(send(self, handle.EVAL, code, 0, true, select("#", ...), ...))
+    return try(send(self, EVAL, code, 0, true, select("#", ...), ...))
 end
 
 function Handle:try_spawn_call(name, ...)
     check_string(name, 1, "try_spawn_call")
-    return try(send(self, handle.CALL, name, 0, true, select("#", ...), ...))
+    return try(send(self, CALL, name, 0, true, select("#", ...), ...))
 end
 
 function Handle:try_spawn_exec(fn, ...)
     local bc = check_function(fn, "try_spawn_exec")
-    return try(send(self, handle.EXEC, bc, 0, true, select("#", ...), ...))
+    return try(send(self, EXEC, bc, 0, true, select("#", ...), ...))
 end
 
 -- One-way: no task; errors go to the isle's stderr with the traceback.
 function Handle:post(name, ...)
     check_string(name, 1, "post")
-    raise_unless(send(self, handle.POST, name, -1, false, select("#", ...), ...))
+    raise_unless(send(self, POST, name, -1, false, select("#", ...), ...))
     return true
 end
 
 function Handle:try_post(name, ...)
     check_string(name, 1, "try_post")
-    local ok, err = send(self, handle.POST, name, 0, false, select("#", ...), ...)
+    local ok, err = send(self, POST, name, 0, false, select("#", ...), ...)
     if not ok then return nil, err end
     return true
 end
@@ -235,7 +247,7 @@ function Handle:with(opts)
         error("isle: call option 'instrument' must be a boolean", 2)
     end
     local view = setmetatable({ ptr = self.ptr, owner = false, base = self.base or self }, Handle)
-    view.opts = { given = merged, timeout = timeout, wire = { token = tok, instrument = instr } }
+    view.opts = { given = merged, timeout = timeout, instrument = instr, wire = { token = tok } }
     return view
 end
 

@@ -39,7 +39,7 @@ function Token:__tostring()
 end
 
 -- On the wire: the slot's address, with one reference handed to the receiver.
-codec.register_special(Token, function(tok)
+codec.register_special(1, Token, function(tok)
     C.isle_task_retain(tok.ptr)
     return tonumber(ffi.cast("uintptr_t", tok.ptr))
 end, function(addr)

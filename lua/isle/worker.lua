@@ -3,6 +3,7 @@
 -- every message runs in its own job coroutine and its result or error goes
 -- back into the task's completion slot.
 local ffi = require("ffi")
+local bit = require("bit")
 local string = require("string")
 local debug = require("debug")
 local io = require("io")
@@ -10,17 +11,15 @@ local runtime = require("isle.runtime")
 local codec = require("isle.codec")
 local errors = require("isle.errors")
 local sched = require("isle.sched")
-local handle = require("isle.handle")
 local libs = require("isle.libs")
 local interrupt = require("isle.interrupt")
-local instrument = require("isle.instrument")
-local token = require("isle.token")
+local proto = require("isle.proto")
 
 local C = runtime.C
 local type, select, pcall, xpcall, tostring, tonumber, unpack, load, loadstring, next =
     type, select, pcall, xpcall, tostring, tonumber, unpack, load, loadstring, next
 local traceback = debug.traceback
-local EVAL, CALL, EXEC, POST = handle.EVAL, handle.CALL, handle.EXEC, handle.POST
+local EVAL, EXEC, POST, F_OPTIONS, F_WRAPPED = proto.EVAL, proto.EXEC, proto.POST, proto.F_OPTIONS, proto.F_WRAPPED
 local ISLE_TASK_DONE, ISLE_TASK_FAILED, ISLE_TASK_CANCELLED, ISLE_TASK_CLOSED =
     C.ISLE_TASK_DONE, C.ISLE_TASK_FAILED, C.ISLE_TASK_CANCELLED, C.ISLE_TASK_CLOSED
 
@@ -93,26 +92,22 @@ end
 -- Resolving targets -----------------------------------------------------------
 
 local chunk_cache, chunk_count = {}, 0
-local instrument_default = true
 
--- Compiles a chunk; with `checkpoints`, through isle.instrument so that its
--- loops and functions stay stoppable once compiled (see docs/jit-safety.md).
-local function compile(code, chunkname, checkpoints)
-    local key = checkpoints and code or "\0" .. code
+-- Compiles a chunk. A `wrapped` one was instrumented by its sender
+-- (isle.chunks): loading it gives the wrapper, which gets this state's
+-- checkpoint flag, scratch word and slow path bound here.
+local function compile(code, chunkname, wrapped)
+    local key = wrapped and code or "\0" .. code
     local f = chunk_cache[key]
     if f then return f end
     local err
-    if checkpoints then
-        local wrapped
-        wrapped, err = instrument.load(code, chunkname)
-        if wrapped then
-            local flagp, scratchp, check = interrupt.pointers()
-            f = function(...) return wrapped(flagp, scratchp, check, ...) end
-        end
-    else
-        f, err = loadstring(code, chunkname)
-    end
+    f, err = loadstring(code, chunkname)
     if not f then error(errors.new("runtime", err), 0) end
+    if wrapped then
+        local wrapper = f()
+        local flagp, scratchp, check = interrupt.pointers()
+        f = function(...) return wrapper(flagp, scratchp, check, ...) end
+    end
     if chunk_count >= 256 then chunk_cache, chunk_count = {}, 0 end
     chunk_cache[key] = f
     chunk_count = chunk_count + 1
@@ -136,11 +131,7 @@ end
 
 local function target_function(rec)
     local kind, target = rec.kind, rec.target
-    if kind == EVAL then
-        local on = rec.instrument
-        if on == nil then on = instrument_default end
-        return compile(target, "=eval", on)
-    end
+    if kind == EVAL then return compile(target, "=eval", rec.wrapped) end
     if kind == EXEC then return compile(target, "=exec", false) end -- bytecode: hook only
     return resolve_global(target)
 end
@@ -215,11 +206,11 @@ local function start_job(s, m, t)
     local dec = runtime.dec
     dec:set(m.data, m.len)
     local target = dec:decode()
-    local rec = { task = t, kind = m.kind, target = target }
-    if m.flags ~= 0 then -- { target, options } from h:with{...}
+    local flags = m.flags
+    local rec = { task = t, kind = m.kind, target = target, wrapped = bit.band(flags, F_WRAPPED) ~= 0 }
+    if bit.band(flags, F_OPTIONS) ~= 0 then -- { target, options } from h:with{...}
         local o = codec.restore(target[2])
         rec.target = target[1]
-        rec.instrument = o.instrument
         if o.token then rec.token = o.token.ptr; rec.token_ref = o.token end
     end
     rec.args = pack(select(2, codec.get_values(dec)))
@@ -287,7 +278,7 @@ local function run_init(rec)
     local function init(...)
         local f
         if spec.init_code then
-            f = compile(spec.init_code, "=init", instrument_default)
+            f = compile(spec.init_code, "=init", spec.init_wrapped)
         elseif spec.init_fn then
             f = compile(spec.init_fn, "=init")
         else
@@ -326,7 +317,6 @@ function worker.main(addr)
     local spec = dec:decode()
     local args = pack(select(2, codec.get_values(dec)))
     libs.apply(spec.libs, _G)
-    if spec.instrument == false then instrument_default = false end
 
     local init_task = C.isle_init_task(self_ptr)
     C.isle_task_start(init_task, s.sig)

@@ -1,0 +1,7 @@
+-- What a request message means: its kind (isle_msg.kind) and flags
+-- (isle_msg.flags), shared by the sender (isle.handle) and the worker.
+return {
+    EVAL = 1, CALL = 2, EXEC = 3, POST = 4,
+    F_OPTIONS = 1,  -- the target is { target, options } (h:with{...})
+    F_WRAPPED = 2,  -- an eval chunk already instrumented by the sender
+}
