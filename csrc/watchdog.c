@@ -78,6 +78,23 @@ static void *wd_main(void *arg)
     return NULL;
 }
 
+/* Drops the watches of tasks that already ended, before the heap grows, so
+ * that long timeouts on short calls do not pile up finished tasks. Keeps the
+ * heap order by rebuilding it. Called with wd_lock held. */
+static void prune_ended_locked(void)
+{
+    size_t kept = 0;
+    for (size_t i = 0; i < heap_len; i++) {
+        if (isle_task_state(heap[i].task) >= ISLE_TASK_DONE) {
+            isle_task_release(heap[i].task);
+        } else {
+            heap[kept++] = heap[i];
+        }
+    }
+    heap_len = kept;
+    for (size_t i = 1; i < heap_len; i++) sift_up(i);
+}
+
 int isle_task_expire_at(isle_task *t, double deadline)
 {
     int rc = ISLE_OK;
@@ -86,6 +103,7 @@ int isle_task_expire_at(isle_task *t, double deadline)
         if (isle_cond_init(&wd_cv)) { rc = ISLE_ENOMEM; goto out; }
         wd_cv_ready = 1;
     }
+    if (heap_len == heap_cap) prune_ended_locked();
     if (heap_len == heap_cap) {
         size_t cap = heap_cap ? heap_cap * 2 : 64;
         watch *h = realloc(heap, cap * sizeof(*h));

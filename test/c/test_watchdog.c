@@ -182,10 +182,29 @@ static void test_expire(void)
     isle_mbox_free(mb);
 }
 
+/* Finished tasks under long deadlines are pruned when the watch list would
+ * grow (no leak or use-after-free under ASan), and live ones still expire. */
+static void test_prune_finished(void)
+{
+    enum { N = 1000 };
+    for (int i = 0; i < N; i++) {
+        isle_task *t = isle_task_new();
+        CHECK_EQ(isle_task_expire_at(t, isle_now() + 3600), ISLE_OK);
+        CHECK_EQ(isle_task_complete(t, ISLE_TASK_DONE, "x", 1), 1);
+        isle_task_release(t);
+    }
+    isle_task *live = isle_task_new();
+    CHECK_EQ(isle_task_expire_at(live, isle_now() + 0.05), ISLE_OK);
+    CHECK_EQ(isle_task_wait(live, 30), 1);
+    CHECK_EQ(isle_task_cancelled(live), ISLE_CANCEL_TIMEOUT);
+    isle_task_release(live);
+}
+
 int main(void)
 {
     RUN(test_cancel_reason);
     RUN(test_watch);
     RUN(test_expire);
+    RUN(test_prune_finished);
     return check_done();
 }
