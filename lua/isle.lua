@@ -50,7 +50,7 @@ local isle_path = module_dirs()
 -- reading or parsing any of isle's source.
 local MODULES = { "isle", "isle.cdef", "isle.codec", "isle.errors", "isle.runtime", "isle.sched",
     "isle.interrupt", "isle.libs", "isle.proto", "isle.worker", "isle.handle", "isle.task",
-    "isle.token", "isle.chunks", "isle.instrument" }
+    "isle.token", "isle.chunks", "isle.instrument", "isle.fnsource" }
 local function preload_modules()
     if C.isle_preload_count() > 0 then return end
     for _, name in ipairs(MODULES) do
@@ -109,7 +109,8 @@ function isle.spawn(opts)
     elseif type(init) == "function" then
         local ok, shipped = pcall(codec.check, init, "init")
         if not ok then error(errors.from_codec(shipped) or shipped, 2) end
-        spec.init_fn = shipped[1]
+        local src = opts.instrument ~= false and chunks.prepare_function(init)
+        if src then spec.init_src = src else spec.init_fn = shipped[1] end
     elseif init ~= nil then
         bad_opt("init", "a function without upvalues or a chunk string", type(init))
     end

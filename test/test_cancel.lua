@@ -351,8 +351,8 @@ end
 
 function TestInterrupt:test_explicit_checkpoint()
     local mem, addr = shared_ints(2)
-    -- exec ships bytecode, which is not instrumented: isle.checkpoint() keeps it stoppable.
-    local t = self.h:spawn_exec(function(a)
+    -- Without instrumentation exec ships bytecode: isle.checkpoint() keeps it stoppable.
+    local t = self.h:with{ instrument = false }:spawn_exec(function(a)
         local isle = require("isle")
         local m = require("ffi").cast("int32_t *", a)
         local x = 0
@@ -362,6 +362,40 @@ function TestInterrupt:test_explicit_checkpoint()
     isle.sleep(0.05)
     t:cancel()
     lu.assertEquals(select(2, t:wait(10)).code, "cancelled")
+end
+
+function TestInterrupt:test_exec_function_is_instrumented_from_its_source()
+    local mem, addr = shared_ints(2)
+    self.h:call("watch_traces", addr)
+    local t = self.h:spawn_exec(function(a)
+        local m = require("ffi").cast("int32_t *", a)
+        local x = 0
+        while true do x = x + 1 m[1] = 1 end
+    end, addr)
+    wait_until(function() return mem[1] == 1 and mem[0] > 0 end, "the loop to be compiled")
+    t:cancel()
+    lu.assertEquals(select(2, t:wait(10)).code, "cancelled")
+    -- Errors keep the file and line of the function's own source.
+    local line = debug.getinfo(1, "l").currentline + 1
+    local e = err_of(self.h.exec, self.h, function() error("from exec") end)
+    lu.assertStrContains(e.message, "test_cancel.lua:" .. line .. ": from exec")
+    -- A function whose source cannot be had still runs (as bytecode).
+    local f = loadstring("return function(x) return x + 1 end", "=nosource")()
+    lu.assertEquals(self.h:exec(f, 1), 2)
+end
+
+function TestInterrupt:test_init_function_is_instrumented()
+    local mem, addr = shared_ints(2)
+    local h = isle.spawn{ init = function(a)
+        local m = require("ffi").cast("int32_t *", a)
+        function spin_here() local x = 0 while true do x = x + 1 m[1] = 1 end end
+    end, args = { addr } }
+    local t = h:spawn_call("spin_here")
+    wait_until(function() return mem[1] == 1 end, "the loop to start")
+    isle.sleep(0.05)
+    t:cancel()
+    lu.assertEquals(select(2, t:wait(10)).code, "cancelled")
+    h:close()
 end
 
 function TestInterrupt:test_instrument_can_be_turned_off()

@@ -2,7 +2,8 @@
 -- has the instrumenter loaded: the isle itself then only compiles text, and
 -- never needs to load isle.instrument. Once per distinct chunk string.
 local instrument = require("isle.instrument")
-local loadstring = loadstring
+local fnsource = require("isle.fnsource")
+local loadstring, setmetatable = loadstring, setmetatable
 
 local chunks = {}
 local cache, count = {}, 0
@@ -24,6 +25,25 @@ function chunks.prepare(code)
     end
     if hit then return hit, true end
     return code, false
+end
+
+local fn_cache = setmetatable({}, { __mode = "k" })
+
+-- For a function sent with exec (or as init): { text, chunkname } of an
+-- instrumented chunk that returns the function, or nil when its source
+-- cannot be recovered exactly (it then travels as bytecode).
+function chunks.prepare_function(fn)
+    local hit = fn_cache[fn]
+    if hit == nil then
+        hit = false
+        local src, chunkname = fnsource.get(fn)
+        if src then
+            local out = instrument.source(src)
+            if out and loadstring(out, chunkname) then hit = { out, chunkname } end
+        end
+        fn_cache[fn] = hit
+    end
+    return hit or nil
 end
 
 return chunks

@@ -67,13 +67,22 @@ local function send(self, kind, target, wait, with_task, n, ...)
     enc:reset()
     local opts = self.opts
     local flags = 0
-    if kind == EVAL then
+    if kind == EVAL or kind == EXEC then
         local instr = opts and opts.instrument
         if instr == nil then instr = C.isle_instrument(self.ptr) ~= 0 end
-        if instr then
-            local wrapped
-            target, wrapped = chunks.prepare(target)
-            if wrapped then flags = proto.F_WRAPPED end
+        if kind == EVAL then
+            if instr then
+                local wrapped
+                target, wrapped = chunks.prepare(target)
+                if wrapped then flags = proto.F_WRAPPED end
+            end
+        else -- EXEC: `target` is the function; its source if it can be had, else bytecode
+            local src = instr and chunks.prepare_function(target)
+            if src then
+                target, flags = src, proto.F_WRAPPED
+            else
+                target = dump_function(target, "function")
+            end
         end
     end
     if opts then
@@ -131,7 +140,8 @@ local function check_function(v, fname)
     if type(v) ~= "function" then
         error("bad argument #1 to '" .. fname .. "' (function expected, got " .. type(v) .. ")", 3)
     end
-    return dump_function(v, "function")
+    dump_function(v, "function") -- rejects C functions and upvalues, with a clear error
+    return v
 end
 
 local function finish(ok, ...)

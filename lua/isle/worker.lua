@@ -16,8 +16,8 @@ local interrupt = require("isle.interrupt")
 local proto = require("isle.proto")
 
 local C = runtime.C
-local type, select, pcall, xpcall, tostring, tonumber, unpack, load, loadstring, next =
-    type, select, pcall, xpcall, tostring, tonumber, unpack, load, loadstring, next
+local type, select, pcall, xpcall, tostring, tonumber, unpack, load, loadstring, next, setmetatable =
+    type, select, pcall, xpcall, tostring, tonumber, unpack, load, loadstring, next, setmetatable
 local traceback = debug.traceback
 local EVAL, EXEC, POST, F_OPTIONS, F_WRAPPED = proto.EVAL, proto.EXEC, proto.POST, proto.F_OPTIONS, proto.F_WRAPPED
 local ISLE_TASK_DONE, ISLE_TASK_FAILED, ISLE_TASK_CANCELLED, ISLE_TASK_CLOSED =
@@ -129,10 +129,27 @@ local function resolve_global(name)
     return v
 end
 
+-- An exec'd function sent as instrumented source: { text, chunkname }; the
+-- chunk returns the function itself.
+local exec_cache = setmetatable({}, { __mode = "k" })
+local function exec_function(target)
+    local text, chunkname = target[1], target[2]
+    local f = compile(text, chunkname, true)
+    local fn = exec_cache[f]
+    if not fn then
+        fn = f()
+        exec_cache[f] = fn
+    end
+    return fn
+end
+
 local function target_function(rec)
     local kind, target = rec.kind, rec.target
     if kind == EVAL then return compile(target, "=eval", rec.wrapped) end
-    if kind == EXEC then return compile(target, "=exec", false) end -- bytecode: hook only
+    if kind == EXEC then
+        if rec.wrapped then return exec_function(target) end
+        return compile(target, "=exec", false) -- bytecode: the hook and isle.checkpoint() only
+    end
     return resolve_global(target)
 end
 
@@ -279,6 +296,8 @@ local function run_init(rec)
         local f
         if spec.init_code then
             f = compile(spec.init_code, "=init", spec.init_wrapped)
+        elseif spec.init_src then
+            f = exec_function(spec.init_src)
         elseif spec.init_fn then
             f = compile(spec.init_fn, "=init")
         else
