@@ -38,8 +38,8 @@ M.SUFFIX = SUFFIX
 
 -- Characters that can start something the scanner cares about.
 -- Everything else (operators, whitespace, `.`, `(` ...) is skipped.
-local PAT  = "[A-Za-z_\128-\2550-9\"'%-%[]"
-local PATF = "[A-Za-z_\128-\2550-9\"'%-%[%)]"   -- also `)` after `function`
+local PAT  = "[0-9A-Za-z_\128-\255\"'%-%[]"
+local PATF = "[0-9A-Za-z_\128-\255\"'%-%[%)]"   -- also `)` after `function`
 
 -- Byte classes: 1 identifier start, 2 digit, 3 quote, 4 '-', 5 '[', 6 ')'.
 local CLASS = {}
@@ -365,8 +365,9 @@ function M.load(src, chunkname, env)
   if not f then
     local g, oerr = load(src, chunkname, "t")
     if not g then return nil, oerr end
-    return nil, "isle.instrument: internal error, instrumented chunk " ..
-                "does not compile (please report): " .. tostring(lerr)
+    return nil, "isle.instrument: instrumented chunk does not compile " ..
+                "although the original does (instrumenter bug, or the 3 " ..
+                "extra locals/upvalues exceed a limit): " .. tostring(lerr)
   end
   return f()
 end
