@@ -8,6 +8,7 @@
 local ffi = require("ffi")
 local debug = require("debug")
 local string = require("string")
+local os = require("os")
 local runtime = require("isle.runtime")
 local codec = require("isle.codec")
 local errors = require("isle.errors")
@@ -57,7 +58,8 @@ local function preload_modules()
         local file = package.searchpath(name, package.path)
         local f = file and loadfile(file)
         if f then
-            local bc = string.dump(f, true)
+            -- ISLE_DEBUG keeps line numbers in isle's own frames (tracebacks, profiles).
+            local bc = string.dump(f, os.getenv("ISLE_DEBUG") == nil)
             C.isle_preload_set(name, bc, #bc)
         end
     end

@@ -154,6 +154,10 @@ function TestCalls:test_runtime_error_keeps_line_and_traceback()
     lu.assertStrContains(e.message, "init:5:")
     lu.assertStrContains(e.traceback, "init:5")
     lu.assertStrContains(tostring(e), "runtime error: init:5:")
+    -- Only the user's frames: isle's own machinery is cut off.
+    lu.assertNil(e.traceback:find("isle.worker", 1, true))
+    lu.assertNil(e.traceback:find("isle/worker", 1, true))
+    lu.assertNil(e.traceback:find("xpcall", 1, true))
     local e2 = err_of(self.h.eval, self.h, "local a = 1\n\nerror('on three')")
     lu.assertStrContains(e2.message, "eval:3: on three")
 end

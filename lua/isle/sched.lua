@@ -70,6 +70,9 @@ function sched.new(mbox, sig)
         msgs_out = ffi.new("isle_msg*[1]"),
         done_out = ffi.new("isle_done*[1]"),
         on_message = nil,  -- set by the worker; takes ownership of a batch
+        stash_done = nil,  -- notices taken by a job that waited in the mailbox itself
+        flush = nil,       -- worker: start what is queued
+        queued = nil,      -- worker: is anything queued?
         on_idle = nil,
     }, Sched)
 end
@@ -203,8 +206,18 @@ function Sched:notify_done(t)
     end
 end
 
+-- Wakes the jobs awaiting the tasks of a list of notices, then frees it.
+function Sched:take_done(done)
+    local d = done
+    while d ~= nil do
+        self:notify_done(d.task)
+        d = d.next
+    end
+    C.isle_done_free_list(done)
+end
+
 local function next_timeout(self)
-    if #self.ready > 0 then return 0 end
+    if #self.ready > 0 or self.stash_done ~= nil or (self.queued and self.queued()) then return 0 end
     local h = self.timers
     while #h > 0 and h[1].rec == nil do heap_pop(h) end
     if #h == 0 then return -1 end
@@ -216,6 +229,14 @@ end
 function Sched:run()
     local mbox, msgs_out, done_out = self.mbox, self.msgs_out, self.done_out
     while true do
+        -- Notices a job took while it waited in the mailbox itself, and
+        -- messages it queued but left to others.
+        local stashed = self.stash_done
+        if stashed ~= nil then
+            self.stash_done = nil
+            self:take_done(stashed)
+        end
+        if self.flush then self.flush(self) end
         local ready = self.ready
         if #ready > 0 then
             self.ready = {}
@@ -226,20 +247,10 @@ function Sched:run()
         if self.jobs == 0 and C.isle_mbox_is_closed(mbox) ~= 0 then timeout = 0 end
         local rc = C.isle_mbox_wait(mbox, timeout, msgs_out, done_out)
         if rc == ISLE_OK then
-            local done = done_out[0]
-            if done ~= nil then
-                local d = done
-                while d ~= nil do
-                    self:notify_done(d.task)
-                    d = d.next
-                end
-                C.isle_done_free_list(done)
-            end
-            local msgs = msgs_out[0]
-            if msgs ~= nil then
-                -- on_message owns the batch: it frees each message when done with it.
-                self.on_message(self, msgs)
-            end
+            local done, msgs = done_out[0], msgs_out[0]
+            if done ~= nil then self:take_done(done) end
+            -- on_message owns the batch: it frees each message when done with it.
+            if msgs ~= nil then self.on_message(self, msgs) end
         elseif rc == ISLE_ECLOSED and self.jobs == 0 and #self.ready == 0 then
             break -- closed, drained, and every job has finished
         end

@@ -4,9 +4,11 @@
 -- back into the task's completion slot.
 local ffi = require("ffi")
 local bit = require("bit")
+local band = bit.band
 local string = require("string")
 local debug = require("debug")
 local io = require("io")
+local table = require("table")
 local runtime = require("isle.runtime")
 local codec = require("isle.codec")
 local errors = require("isle.errors")
@@ -20,6 +22,7 @@ local type, select, pcall, xpcall, tostring, tonumber, unpack, load, loadstring,
     type, select, pcall, xpcall, tostring, tonumber, unpack, load, loadstring, next, setmetatable
 local traceback = debug.traceback
 local EVAL, EXEC, POST, F_OPTIONS, F_WRAPPED = proto.EVAL, proto.EXEC, proto.POST, proto.F_OPTIONS, proto.F_WRAPPED
+local ISLE_OK = C.ISLE_OK
 local ISLE_TASK_DONE, ISLE_TASK_FAILED, ISLE_TASK_CANCELLED, ISLE_TASK_CLOSED =
     C.ISLE_TASK_DONE, C.ISLE_TASK_FAILED, C.ISLE_TASK_CANCELLED, C.ISLE_TASK_CLOSED
 
@@ -29,13 +32,29 @@ local worker = {}
 
 local isle_label = "isle"
 
+-- Drops the frames of isle's own machinery from a traceback: everything from
+-- the first frame of an isle module (precompiled ones show as [string
+-- "isle.x"], source ones as .../isle/x.lua), with the xpcall just above it.
+local function cut_traceback(tb)
+    local lines, out = {}, {}
+    for line in tb:gmatch("[^\n]+") do lines[#lines + 1] = line end
+    for i = 1, #lines do
+        local l = lines[i]
+        if l:find('[string "isle.', 1, true) or l:find("/isle/[%w_]+%.lua:") then
+            if #out > 1 and out[#out]:find("^%s*%[C%]: in ") then out[#out] = nil end
+            break
+        end
+        out[#out + 1] = l
+    end
+    return table.concat(out, "\n")
+end
+
 -- Message handler for xpcall: an error object with the isle-side traceback,
 -- cut where the worker's own frames begin.
 local function on_error(e)
     if errors.is(e) then return e end
     local tb = traceback("", 2):gsub("^\n?stack traceback:", "stack traceback (" .. isle_label .. "):", 1)
-    local cut = tb:find("\n%s*%[C%]: in function 'xpcall'")
-    if cut then tb = tb:sub(1, cut - 1) end
+    tb = cut_traceback(tb)
     return errors.new("runtime", errors.describe(e), tb, type(e) ~= "string" and e or nil)
 end
 
@@ -162,110 +181,134 @@ local function finish_job(rec, ...)
     return complete(rec, ...)
 end
 
-local function run_job(rec)
-    local a = rec.args
+-- Runs one job; `...` are its decoded arguments.
+local function run_job(rec, ...)
     local tok = rec.token
     if tok ~= nil and C.isle_task_watch(tok, runtime.sched.mbox, runtime.sched.sig) == 0 then
         rec.stop = "cancelled" -- the token was cancelled before the job began
     end
     if rec.stop then return complete(rec, false, interrupt.stop_error(rec.stop)) end
     rec.user = true -- checkpoints may raise only while user code runs
-    finish_job(rec, xpcall(call_target, on_error, rec, unpack(a, 1, a.n)))
+    finish_job(rec, xpcall(call_target, on_error, rec, ...))
 end
-
--- Messages ---------------------------------------------------------------------
 
 local function pack(...)
     return { n = select("#", ...), ... }
 end
 
--- One-way messages run in order in one "post runner" job, one xpcall each,
--- straight from the message memory: no coroutine or table per message. A
--- posted handler that sleeps or awaits holds back the posts behind it (as an
--- actor's mailbox would); calls and spawned tasks are not held back.
-local post_head, post_tail = nil, nil  -- isle_msg* queue owned by the runner
-local runner = nil                     -- the runner's job record while it runs
+-- Messages ---------------------------------------------------------------------
+--
+-- Messages run in "runners": a runner is a job coroutine that takes messages
+-- from the isle's queue in arrival order and runs each one straight from the
+-- message memory, until the queue is empty. When a handler sleeps or awaits,
+-- its runner stays with it and another runner takes the queue over, so
+-- nothing waits behind a suspended job. While the isle has nothing else to
+-- look after, a runner also waits for the next batch itself: a steady stream
+-- of requests then runs in one loop that LuaJIT compiles, with no coroutine
+-- switch and no scheduler turn per message.
 
-local function run_post(name, n, ...)
+local q_head, q_tail = nil, nil  -- isle_msg* queue, owned by the runners
+local self_ptr, flagp            -- set by main
+
+local function enqueue(msgs)
+    if q_tail ~= nil then q_tail.next = msgs else q_head = msgs end
+    local m = msgs
+    while m.next ~= nil do m = m.next end
+    q_tail = m
+end
+
+local function start(rec, m, n, ...)
+    C.isle_msg_free(m) -- the arguments are decoded: the handler may now take its time
+    return run_job(rec, ...)
+end
+
+local function call_post(name, ...)
     return resolve_global(name)(...)
 end
 
-local function run_posts(rec)
-    local dec = runtime.dec
-    while post_head ~= nil do
-        local m = post_head
-        post_head = m.next
-        if post_head == nil then post_tail = nil end
-        if runtime.self_ptr ~= nil and C.isle_close_mode(runtime.self_ptr) ~= 0 then
-            C.isle_msg_free(m) -- closed with cancel: queued posts are dropped
-        else
-            dec:set(m.data, m.len)
-            local name = dec:decode()
-            rec.stop = nil -- stops and interrupts are per post
-            rec.user = true
-            local ok, e = xpcall(run_post, on_error, name, codec.get_values(dec))
-            rec.user = false
-            C.isle_msg_free(m)
-            if not ok then report(e) end
+local function run_post(runner, m, name, n, ...)
+    C.isle_msg_free(m)
+    runner.user = true
+    local ok, e = xpcall(call_post, on_error, name, ...)
+    runner.user = false
+    if not ok then report(e) end
+end
+
+local function run_message(s, runner, m)
+    local t = m.task
+    if t ~= nil then m.task = nil end -- the job takes over the message's reference
+    if C.isle_close_mode(self_ptr) ~= 0 then
+        -- Closed with cancel: what is still queued ends CLOSED without running.
+        if t ~= nil then
+            C.isle_task_complete(t, ISLE_TASK_CLOSED, nil, 0)
+            C.isle_task_release(t)
         end
+        return C.isle_msg_free(m)
     end
-    runner = nil
-end
-
-local function flush_posts(s)
-    if post_head ~= nil and not runner then
-        runner = { task = nil }
-        s:spawn(run_posts, runner)
+    if t ~= nil and C.isle_task_start(t, s.sig) == 0 then
+        C.isle_task_release(t) -- cancelled while queued: it has ended already
+        return C.isle_msg_free(m)
     end
-end
-
-local function start_job(s, m, t)
     local dec = runtime.dec
     dec:set(m.data, m.len)
     local target = dec:decode()
     local flags = m.flags
-    local rec = { task = t, kind = m.kind, target = target, wrapped = bit.band(flags, F_WRAPPED) ~= 0 }
-    if bit.band(flags, F_OPTIONS) ~= 0 then -- { target, options } from h:with{...}
+    if t == nil and flags == 0 and m.kind == POST then
+        -- A plain post: no task, no options; the runner's own record serves.
+        runner.stop = nil -- stops and interrupts are per message
+        return run_post(runner, m, target, codec.get_values(dec))
+    end
+    local rec = { task = t, kind = m.kind, target = target, co = runner.co,
+                  wrapped = band(flags, F_WRAPPED) ~= 0 }
+    if band(flags, F_OPTIONS) ~= 0 then -- { target, options } from h:with{...}
         local o = codec.restore(target[2])
         rec.target = target[1]
         if o.token then rec.token = o.token.ptr; rec.token_ref = o.token end
     end
-    rec.args = pack(select(2, codec.get_values(dec)))
-    C.isle_msg_free(m)
-    s:spawn(run_job, rec)
+    s.current = rec
+    start(rec, m, codec.get_values(dec))
+    s.current = runner
 end
 
--- Takes ownership of a batch of messages from the mailbox.
-local function dispatch(s, msgs, self_ptr)
-    local sig = s.sig
-    local cancel_queued = C.isle_close_mode(self_ptr) ~= 0
-    local m = msgs
-    while m ~= nil do
-        local nxt = m.next
-        m.next = nil
-        local t = m.task
-        if t ~= nil then m.task = nil end  -- the job takes over the message's reference
-        if t == nil and m.kind == POST and m.flags == 0 and not cancel_queued then
-            if post_tail ~= nil then post_tail.next = m else post_head = m end
-            post_tail = m
-        else
-            flush_posts(s) -- what was posted before this message starts first
-            if cancel_queued then
-                if t ~= nil then
-                    C.isle_task_complete(t, ISLE_TASK_CLOSED, nil, 0)
-                    C.isle_task_release(t)
-                end
-                C.isle_msg_free(m)
-            elseif t == nil or C.isle_task_start(t, sig) ~= 0 then
-                start_job(s, m, t)
-            else
-                C.isle_task_release(t)  -- cancelled while queued: it has ended already
-                C.isle_msg_free(m)
-            end
+-- May a runner block in the mailbox itself? Only while nothing else needs
+-- the loop: no other job, nothing ready, no timer, no signal, not closing.
+local function runner_may_wait(s)
+    return s.jobs == 1 and #s.ready == 0 and #s.timers == 0 and s.stash_done == nil
+        and flagp[0] == 0 and C.isle_mbox_is_closed(s.mbox) == 0
+end
+
+local function run_queue(runner)
+    local s = runtime.sched
+    local msgs_out, done_out = s.msgs_out, s.done_out
+    while true do
+        local m = q_head
+        if m == nil then
+            if not runner_may_wait(s) then break end
+            local rc = C.isle_mbox_wait(s.mbox, -1, msgs_out, done_out)
+            local msgs, done = msgs_out[0], done_out[0]
+            if msgs ~= nil then enqueue(msgs) end
+            if done ~= nil then s.stash_done = done end
+            -- Notices, wakes and closes are the loop's business: hand back.
+            if rc ~= ISLE_OK or msgs == nil or done ~= nil then break end
+            m = q_head
         end
-        m = nxt
+        q_head = m.next
+        if q_head == nil then q_tail = nil end
+        m.next = nil
+        run_message(s, runner, m)
     end
-    flush_posts(s)
+end
+
+local function flush(s)
+    while q_head ~= nil do s:spawn(run_queue, {}) end
+end
+
+local function queued() return q_head ~= nil end
+
+-- Takes ownership of a batch of messages from the mailbox.
+local function dispatch(s, msgs)
+    enqueue(msgs)
+    flush(s)
 end
 
 -- Suspended jobs (sleeping, awaiting) that were asked to stop are woken
@@ -318,7 +361,7 @@ local function run_init(rec)
 end
 
 function worker.main(addr)
-    local self_ptr = ffi.cast("isle*", addr)
+    self_ptr = ffi.cast("isle*", addr)
     runtime.self_ptr = self_ptr
     local id = tonumber(C.isle_id(self_ptr))
     local name = ffi.string(C.isle_name(self_ptr))
@@ -328,7 +371,7 @@ function worker.main(addr)
     runtime.sched = s
     interrupt.bind(s.sig, C.isle_state_intr(self_ptr))
     interrupt.install_hook()
-    local flagp = interrupt.pointers()
+    flagp = interrupt.pointers()
 
     local dec, lenp = runtime.dec, runtime.lenp
     local boot = C.isle_boot(self_ptr, lenp)
@@ -342,7 +385,7 @@ function worker.main(addr)
     local rec = { task = init_task, borrowed = true, spec = spec, args = args }
     s:spawn(run_init, rec)
     -- Init may sleep or await: the loop serves it like any other job.
-    s.on_message = function(sl, msgs) dispatch(sl, msgs, self_ptr) end
+    s.on_message, s.flush, s.queued = dispatch, flush, queued
     local init_failed = false
     s.on_idle = function(sl)
         if rec.ok == false and not init_failed then
