@@ -2,13 +2,16 @@
 local ffi = require("ffi")
 local helpers = {}
 
--- Threads of this process (entries of /proc/self/task).
-function helpers.threads()
+-- A numeric field of /proc/self/status.
+local function status_field(name)
     local f = io.open("/proc/self/status")
     local s = f:read("*a")
     f:close()
-    return tonumber(s:match("Threads:%s*(%d+)"))
+    return tonumber(s:match(name .. ":%s*(%d+)"))
 end
+
+-- Threads of this process (entries of /proc/self/task).
+function helpers.threads() return status_field("Threads") end
 
 function helpers.fds()
     local n = 0
@@ -21,12 +24,7 @@ end
 ffi.cdef("int getpid(void);")
 function helpers.pid() return ffi.C.getpid() end
 
-function helpers.rss_kb()
-    local f = io.open("/proc/self/status")
-    local s = f:read("*a")
-    f:close()
-    return tonumber(s:match("VmRSS:%s*(%d+)"))
-end
+function helpers.rss_kb() return status_field("VmRSS") end
 
 -- Polls `cond` until true or `timeout` seconds pass; returns its last value.
 function helpers.eventually(cond, timeout)

@@ -266,8 +266,7 @@ function Handle:interrupt(flag)
     if flag ~= nil and type(flag) ~= "boolean" then
         error("bad argument #1 to 'interrupt' (boolean or nil expected, got " .. type(flag) .. ")", 2)
     end
-    local mode = flag == nil and C.ISLE_INTR_ONCE or (flag and C.ISLE_INTR_ALWAYS or C.ISLE_INTR_CLEAR)
-    if C.isle_intr_set(C.isle_state_intr(self.ptr), mode) ~= ISLE_OK then
+    if C.isle_intr_set(C.isle_state_intr(self.ptr), interrupt.mode_of(flag)) ~= ISLE_OK then
         error(errors.new("closed", "isle " .. self:id() .. " is closed"), 2)
     end
     return true

@@ -166,6 +166,12 @@ end
 
 local MODES = { [true] = C.ISLE_INTR_ALWAYS, [false] = C.ISLE_INTR_CLEAR }
 
+-- The mode for a flag as mtstates defines it: nil once, true always, false clear.
+function M.mode_of(flag)
+    if flag == nil then return C.ISLE_INTR_ONCE end
+    return MODES[flag]
+end
+
 -- isle.interrupt(id[, flag]) from any thread: nil once, true always, false clear.
 function M.interrupt(id, flag)
     if type(id) ~= "number" then
@@ -174,8 +180,7 @@ function M.interrupt(id, flag)
     if flag ~= nil and type(flag) ~= "boolean" then
         error("bad argument #2 to 'interrupt' (boolean or nil expected, got " .. type(flag) .. ")", 3)
     end
-    local mode = flag == nil and C.ISLE_INTR_ONCE or MODES[flag]
-    if C.isle_intr_set(id, mode) ~= C.ISLE_OK then
+    if C.isle_intr_set(id, M.mode_of(flag)) ~= C.ISLE_OK then
         error(errors.new("unknown", "no interruptible state or coroutine with id " .. id), 3)
     end
     return true
