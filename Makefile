@@ -23,8 +23,8 @@ LJ2_ENV := LD_LIBRARY_PATH=$(ROOT)/$(LJ2_ROOT)/usr/lib/x86_64-linux-gnu
 export LUA_PATH := $(ROOT)/lua/?.lua;$(ROOT)/lua/?/init.lua;$(ROOT)/ffi/?.lua;$(ROOT)/test/?.lua;;
 export LUA_CPATH := $(ROOT)/$(BUILD)/?.so;;
 
-DEB_PKGS := luajit libluajit-5.1-dev lua-unit
-.PHONY: all deps demo test test-c test-lua test-lj2 test-sanitize bench path clean luajit2
+DEB_PKGS := build-essential clang luajit libluajit-5.1-dev lua-unit
+.PHONY: all deps demo test test-c test-lua test-lj2 test-sanitize build-clang bench path clean luajit2
 
 all: $(BUILD)/libisle.so
 
@@ -63,6 +63,11 @@ $(BUILD)/test_%: test/c/test_%.c $(CORE_SRCS) $(HDRS) test/c/check.h | $(BUILD)
 test-c: $(addprefix $(BUILD)/,$(CTESTS))
 	@for t in $(CTESTS); do echo "== C $$t"; $(BUILD)/$$t || exit 1; done
 
+# The library must build warning-free with clang as well as gcc.
+build-clang: | $(BUILD)
+	@mkdir -p $(BUILD)/clang
+	clang $(CFLAGS) $(WARN) $(PIC) $(LUAJIT_INC) -shared -o $(BUILD)/clang/libisle.so $(SRCS) $(LUAJIT_LIB) -lm
+
 # The C core under ThreadSanitizer and AddressSanitizer (clang or gcc).
 test-sanitize: | $(BUILD)
 	@for san in thread address; do for t in $(CTESTS); do \
@@ -80,7 +85,7 @@ test-lj2: all $(LJ2)
 
 # Everything: deps, the C core (plain and sanitized), the Lua suites on the
 # chosen LuaJIT and, unless LUAJIT was given, on OpenResty's luajit2 too.
-test: deps all test-c test-sanitize test-lua
+test: deps all build-clang test-c test-sanitize test-lua
 ifeq ($(origin LUAJIT),file)
 test: test-lj2
 endif
