@@ -403,7 +403,8 @@ end
 
 function TestHandles:test_close_cancel_ends_every_task_once()
     local h = isle.spawn{ init = LIB }
-    local running = h:spawn_call("slow", 5)
+    -- A job that never yields keeps the others queued behind it.
+    local running = h:spawn_eval("while true do end")
     while running:status() ~= "running" do isle.sleep(0.001) end
     local tasks = {}
     for i = 1, 50 do tasks[i] = h:spawn_call("add", i, 0) end
