@@ -474,6 +474,19 @@ function TestLifetime:test_lookup_handle_does_not_keep_isle_open()
     lu.assertTrue(helpers.eventually(function() return l:is_closed() end, 10))
 end
 
+function TestLifetime:test_process_exit_does_not_hang_on_running_isles()
+    -- A child process leaves a runaway isle and a busy one behind and ends.
+    local script = "local isle = require('isle') "
+        .. "local h = isle.spawn{} h:spawn_eval('while true do end') "
+        .. "local h2 = isle.spawn{} h2:spawn_eval('require(\\'isle\\').sleep(60)') "
+        .. "print('bye')"
+    local p = io.popen("timeout 30 luajit -e \"" .. script .. "\" 2>&1; echo rc=$?")
+    local out = p:read("*a")
+    p:close()
+    lu.assertStrContains(out, "bye")
+    lu.assertStrContains(out, "rc=0")
+end
+
 function TestLifetime:test_no_leaks_over_1000_cycles()
     local function cycle(n)
         for _ = 1, n do
