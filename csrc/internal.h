@@ -40,7 +40,13 @@ typedef struct isle_sig_impl {
     isle_mbox *mbox;        /* woken on requests, may be NULL */
     struct isle_intr *ids;  /* interrupt ids of this state (registry lock) */
     atomic_int pending;     /* ids whose mode is not CLEAR */
+    pthread_mutex_t mu;     /* guards `running` (taken after a task's lock) */
+    isle_task *running;     /* tasks this state runs now (task.c links them) */
 } isle_sig_impl;
+
+/* Links and unlinks a task in its signal block's `running` list (task.c). */
+void isle_sig_link_running(isle_sig *s, isle_task *t);
+void isle_sig_unlink_running(isle_sig *s, isle_task *t);
 
 void isle_sig_retain(isle_sig *s);
 /* Forget every interrupt id of `s`: its state is gone (isle_intr_set -> ENOENT). */

@@ -143,6 +143,10 @@ static void *isle_thread(void *arg)
         }
         lua_close(L);
     }
+    /* Jobs the state was still running when it ended (only if the worker
+     * itself failed: it ends its jobs before returning) end now, once. */
+    static const char gone[] = "Cthe isle's state ended while the task was running";
+    isle_sig_fail_running(i->sig, gone, sizeof(gone) - 1);
     /* Whatever the worker left queued ends CLOSED now, not at free time, so
      * no caller waits on a thread that is gone. */
     atomic_store(&i->closing, 1);

@@ -8,7 +8,7 @@
  * declaration (test/test_cdef.lua checks sizes and values against it).
  *
  * Lock order (a thread never holds two of these except in this order):
- *   registry lock  ->  task lock  ->  interrupt-id lock  ->  mailbox lock
+ *   registry lock  ->  task lock  ->  signal-block lock, interrupt-id lock  ->  mailbox lock
  * The watchdog's lock is never held while any other is taken.
  * Nothing here runs Lua code while holding a lock, so a Lua finalizer can
  * never run inside a core critical section.
@@ -178,6 +178,10 @@ int isle_intr_set(int64_t id, int mode);
 int isle_intr_take(int64_t id);
 void isle_sig_raise(isle_sig *s);     /* set the flag: "look at your requests" */
 int isle_sig_pending(isle_sig *s);    /* ids of `s` whose mode is not CLEAR */
+/* Ends every task the state of `s` is running (started with this block and
+ * not ended) as FAILED with these bytes: what the core does when a state dies
+ * under its tasks. Returns how many it ended. */
+int isle_sig_fail_running(isle_sig *s, const char *data, size_t len);
 void isle_sig_lower(isle_sig *s);
 
 /* ---- isles ------------------------------------------------------------------ */

@@ -20,6 +20,7 @@ struct isle_task {
     int waiters;           /* threads parked in isle_task_wait (mu) */
     isle_sig *sig;         /* state running the task, retained while RUNNING (mu) */
     isle_done *subs;       /* pending notices, each holding a task ref (mu) */
+    isle_task *rnext, *rprev; /* in sig's running list (sig's lock) */
     char *result;
     size_t result_len;
 };
@@ -70,6 +71,47 @@ int isle_task_cancelled(const isle_task *t)
     return atomic_load_explicit(&t->cancel, memory_order_acquire);
 }
 
+/* The running list of a signal block: what its state runs now, so that the
+ * core can end those tasks itself if the state dies under them. */
+void isle_sig_link_running(isle_sig *s, isle_task *t)
+{
+    isle_sig_impl *si = (isle_sig_impl *)s;
+    pthread_mutex_lock(&si->mu);
+    t->rprev = NULL;
+    t->rnext = si->running;
+    if (si->running) si->running->rprev = t;
+    si->running = t;
+    pthread_mutex_unlock(&si->mu);
+}
+
+void isle_sig_unlink_running(isle_sig *s, isle_task *t)
+{
+    isle_sig_impl *si = (isle_sig_impl *)s;
+    pthread_mutex_lock(&si->mu);
+    if (t->rprev) t->rprev->rnext = t->rnext;
+    else si->running = t->rnext;
+    if (t->rnext) t->rnext->rprev = t->rprev;
+    t->rnext = t->rprev = NULL;
+    pthread_mutex_unlock(&si->mu);
+}
+
+int isle_sig_fail_running(isle_sig *s, const char *data, size_t len)
+{
+    isle_sig_impl *si = (isle_sig_impl *)s;
+    int n = 0;
+    for (;;) {
+        pthread_mutex_lock(&si->mu);
+        isle_task *t = si->running;
+        if (t) isle_task_retain(t);
+        pthread_mutex_unlock(&si->mu);
+        if (!t) break;
+        /* Completing unlinks it; a task finished meanwhile is unlinked too. */
+        n += isle_task_complete(t, ISLE_TASK_FAILED, data, len);
+        isle_task_release(t);
+    }
+    return n;
+}
+
 int isle_task_start(isle_task *t, isle_sig *sig)
 {
     int started = 0;
@@ -79,6 +121,7 @@ int isle_task_start(isle_task *t, isle_sig *sig)
         if (sig) {
             isle_sig_retain(sig);
             t->sig = sig;
+            isle_sig_link_running(sig, t);
             /* Cancelled between queueing and starting: make the state look. */
             if (atomic_load(&t->cancel)) isle_sig_raise(sig);
         }
@@ -97,6 +140,7 @@ static void finish_locked(isle_task *t, int state, char *data, size_t len,
     t->result_len = len;
     *sig = t->sig;
     *subs = t->subs;
+    if (t->sig) isle_sig_unlink_running(t->sig, t);
     t->sig = NULL;
     t->subs = NULL;
     atomic_store_explicit(&t->state, state, memory_order_release);

@@ -474,6 +474,30 @@ function TestLifetime:test_lookup_handle_does_not_keep_isle_open()
     lu.assertTrue(helpers.eventually(function() return l:is_closed() end, 10))
 end
 
+function TestLifetime:test_tasks_end_once_even_if_the_worker_dies()
+    -- Break the isle's own loop from inside (as a bug or an out-of-memory
+    -- in it would): the job it was running still ends, once, and so does
+    -- everything sent afterwards.
+    local h = isle.spawn{ init = LIB }
+    local sleeper = h:spawn_call("slow", 60)
+    while sleeper:status() ~= "running" do isle.sleep(0.001) end
+    h:eval("require('isle.runtime').sched.fire_timers = function() error('loop broken') end")
+    local ok, e = sleeper:wait(10)
+    lu.assertFalse(ok)
+    lu.assertEquals(e.code, "runtime")
+    lu.assertStrContains(e.message, "ended while the task was running")
+    lu.assertEquals(sleeper:status(), "failed")
+    local late, err = h:try_spawn_eval("return 1")
+    if late then
+        local ok2, e2 = late:wait(10)
+        lu.assertFalse(ok2)
+        lu.assertEquals(e2.code, "closed")
+    else
+        lu.assertEquals(err.code, "closed")
+    end
+    h:close()
+end
+
 function TestLifetime:test_process_exit_does_not_hang_on_running_isles()
     -- A child process leaves a runaway isle and a busy one behind and ends.
     local script = "local isle = require('isle') "

@@ -84,6 +84,7 @@ int isle_intr_set(int64_t id, int mode);
 int isle_intr_take(int64_t id);
 void isle_sig_raise(isle_sig *s);
 int isle_sig_pending(isle_sig *s);
+int isle_sig_fail_running(isle_sig *s, const char *data, size_t len);
 void isle_sig_lower(isle_sig *s);
 
 typedef struct isle_config {

@@ -52,17 +52,20 @@ local function dump_function(fn, what)
     return s
 end
 
-local function check_open(self, level)
-    if self.closed or (self.base and self.base.closed) or C.isle_is_closed(self.ptr) ~= 0 then
-        error(errors.new("closed", "isle " .. tonumber(C.isle_id(self.ptr)) .. " is closed"), level + 1)
-    end
+local function closed_error(self)
+    return errors.new("closed", "isle " .. tonumber(C.isle_id(self.ptr)) .. " is closed")
+end
+
+local function is_closed(self)
+    return self.closed or (self.base and self.base.closed) or C.isle_is_closed(self.ptr) ~= 0
 end
 
 -- Encodes and queues one message. wait: seconds to wait for room (< 0 for
 -- ever, 0 not at all). Returns the task pointer (or true for one-way
 -- messages), or nil, err for busy/closed.
 local function send(self, kind, target, wait, with_task, n, ...)
-    check_open(self, 3)
+    -- A closed isle is an expected failure: nil, err (the raising callers raise it).
+    if is_closed(self) then return nil, closed_error(self) end
     local enc = runtime.enc
     enc:reset()
     local opts = self.opts
@@ -120,7 +123,7 @@ local function send(self, kind, target, wait, with_task, n, ...)
         if rc == ISLE_EBUSY then
             return nil, errors.new("busy", "the mailbox of isle " .. tonumber(C.isle_id(self.ptr)) .. " is full")
         end
-        return nil, errors.new("closed", "isle " .. tonumber(C.isle_id(self.ptr)) .. " is closed")
+        return nil, closed_error(self)
     end
     return t or true
 end
@@ -267,7 +270,7 @@ function Handle:interrupt(flag)
         error("bad argument #1 to 'interrupt' (boolean or nil expected, got " .. type(flag) .. ")", 2)
     end
     if C.isle_intr_set(C.isle_state_intr(self.ptr), interrupt.mode_of(flag)) ~= ISLE_OK then
-        error(errors.new("closed", "isle " .. self:id() .. " is closed"), 2)
+        error(closed_error(self), 2)
     end
     return true
 end
@@ -308,7 +311,7 @@ function Handle:name()
 end
 
 function Handle:is_closed()
-    return self.closed or C.isle_is_closed(self.ptr) ~= 0
+    return is_closed(self) and true or false
 end
 
 function Handle:__tostring()

@@ -401,7 +401,24 @@ function worker.main(addr)
         end
     end
     if rec.ok == false then return end
-    s:run()
+    local ok, err = pcall(s.run, s)
+    if not ok then
+        -- The loop itself failed (a bug, or out of memory): what it had
+        -- queued ends CLOSED here; the core ends the jobs that were running
+        -- (isle_sig_fail_running) and whatever is left in the mailbox.
+        while q_head ~= nil do
+            local m = q_head
+            q_head = m.next
+            local t = m.task
+            if t ~= nil then
+                m.task = nil
+                C.isle_task_complete(t, ISLE_TASK_CLOSED, nil, 0)
+                C.isle_task_release(t)
+            end
+            C.isle_msg_free(m)
+        end
+        error(err, 0)
+    end
 end
 
 return worker

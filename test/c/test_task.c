@@ -363,8 +363,42 @@ static void test_refs(void)
     isle_mbox_free(mb);
 }
 
+/* A dying state's running tasks end FAILED once, with the given bytes; tasks
+ * that ended already, never started, or run elsewhere are left alone. */
+static void test_fail_running(void)
+{
+    isle_sig *s = isle_sig_new();
+    isle_sig *other = isle_sig_new();
+    isle_task *a = isle_task_new(), *b = isle_task_new(), *done = isle_task_new();
+    isle_task *queued = isle_task_new(), *elsewhere = isle_task_new();
+    CHECK_EQ(isle_task_start(a, s), 1);
+    CHECK_EQ(isle_task_start(b, s), 1);
+    CHECK_EQ(isle_task_start(done, s), 1);
+    CHECK_EQ(isle_task_start(elsewhere, other), 1);
+    CHECK_EQ(isle_task_complete(done, ISLE_TASK_DONE, "ok", 2), 1);
+    CHECK_EQ(isle_sig_fail_running(s, "Cgone", 5), 2);
+    size_t len = 0;
+    CHECK_EQ(isle_task_state(a), ISLE_TASK_FAILED);
+    CHECK(memcmp(isle_task_result(a, &len), "Cgone", 5) == 0 && len == 5);
+    CHECK_EQ(isle_task_state(b), ISLE_TASK_FAILED);
+    CHECK_EQ(isle_task_state(done), ISLE_TASK_DONE);
+    CHECK(memcmp(isle_task_result(done, &len), "ok", 2) == 0 && len == 2);
+    CHECK_EQ(isle_task_state(queued), ISLE_TASK_QUEUED);
+    CHECK_EQ(isle_task_state(elsewhere), ISLE_TASK_RUNNING);
+    CHECK_EQ(isle_sig_fail_running(s, "Cgone", 5), 0); /* nothing left: once only */
+    CHECK_EQ(isle_task_complete(elsewhere, ISLE_TASK_DONE, NULL, 0), 1);
+    isle_task_release(a);
+    isle_task_release(b);
+    isle_task_release(done);
+    isle_task_release(queued);
+    isle_task_release(elsewhere);
+    isle_sig_free(s);
+    isle_sig_free(other);
+}
+
 int main(void)
 {
+    RUN(test_fail_running);
     RUN(test_fresh);
     RUN(test_complete_once);
     RUN(test_wait_timeout);
