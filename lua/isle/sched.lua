@@ -1,7 +1,8 @@
--- The event loop inside an isle: runs each job in a coroutine, serves the
+-- The event loop inside an isle: runs jobs in pooled coroutines, serves the
 -- mailbox, timers and completion notices. A job may sleep or await another
 -- task; the loop then serves other messages meanwhile. One wake-up drains
--- every queued message and notice (isle_mbox_wait takes them all).
+-- every queued message and notice (isle_mbox_wait takes them all). What a
+-- job is, is the worker's business (lua/isle/worker.lua: runners).
 local ffi = require("ffi")
 local coroutine = require("coroutine")
 local table = require("table")

@@ -1,7 +1,7 @@
 -- The worker: what an isle's thread runs in its fresh state. Boots the state
 -- (libraries, init), then serves the mailbox through the loop (isle.sched):
--- every message runs in its own job coroutine and its result or error goes
--- back into the task's completion slot.
+-- messages run in order in runner jobs (see "Messages" below), and each
+-- result or error goes back into the task's completion slot.
 local ffi = require("ffi")
 local bit = require("bit")
 local band = bit.band
