@@ -26,6 +26,16 @@ function helpers.pid() return ffi.C.getpid() end
 
 function helpers.rss_kb() return status_field("VmRSS") end
 
+-- A gate: a job that runs without yielding until the test opens it, so the
+-- messages behind it stay queued for exactly as long as the test needs.
+-- Start it with h:spawn_eval(helpers.GATE, addr); open with mem[0] = 1.
+helpers.GATE = "local m = require('ffi').cast('int32_t *', ...) "
+    .. "while m[0] == 0 do m[1] = 1 end return 'gate'"
+function helpers.gate_memory()
+    local mem = ffi.new("int32_t[2]")
+    return mem, tonumber(ffi.cast("uintptr_t", mem))
+end
+
 -- Polls `cond` until true or `timeout` seconds pass; returns its last value.
 function helpers.eventually(cond, timeout)
     local isle = require("isle")

@@ -2,6 +2,7 @@
 local lu = require("luaunit")
 local ffi = require("ffi")
 local isle = require("isle")
+local helpers = require("test.helpers")
 
 local function err_of(f, ...)
     local ok, e = pcall(f, ...)
@@ -46,16 +47,18 @@ function TestCancel:tearDown() self.h:close{ cancel = true } end
 
 function TestCancel:test_cancel_queued_task_never_runs()
     local mem, addr = shared_ints(2)
-    -- A blocker that never yields keeps the next message queued.
-    local blocker = self.h:spawn_eval("local t0 = os.clock() while os.clock() - t0 < 0.2 do end return 'slept'")
+    -- A gate that never yields keeps the next message queued.
+    local gmem, gaddr = helpers.gate_memory()
+    local blocker = self.h:spawn_eval(helpers.GATE, gaddr)
     local t = self.h:spawn_eval("require('ffi').cast('int32_t *', ...)[0] = 1 return 'ran'", addr)
     lu.assertEquals(t:status(), "queued")
     t:cancel()
+    gmem[0] = 1
     lu.assertEquals(t:status(), "cancelled")
     local ok, e = t:wait()
     lu.assertFalse(ok)
     lu.assertEquals(e.code, "cancelled")
-    lu.assertEquals({ blocker:wait() }, { true, "slept" })
+    lu.assertEquals({ blocker:wait() }, { true, "gate" })
     lu.assertEquals(self.h:eval("return 1"), 1)
     lu.assertEquals(mem[0], 0)
 end
@@ -188,13 +191,15 @@ function TestCancel:test_timeout_on_running_compiled_loop()
 end
 
 function TestCancel:test_timeout_while_queued()
-    local blocker = self.h:spawn_eval("local t0 = os.clock() while os.clock() - t0 < 0.3 do end")
+    local mem, addr = helpers.gate_memory()
+    local gate = self.h:spawn_eval(helpers.GATE, addr)
     local t = self.h:with{ timeout = 0.05 }:spawn_eval("return 'ran'")
     local ok, e = t:wait(10)
+    mem[0] = 1
     lu.assertFalse(ok)
     lu.assertEquals(e.code, "timeout")
     lu.assertEquals(t:status(), "cancelled")
-    blocker:wait()
+    lu.assertEquals({ gate:wait() }, { true, "gate" })
 end
 
 function TestCancel:test_bad_options()

@@ -220,11 +220,13 @@ end
 
 function TestCalls:test_status_queued()
     local h = isle.spawn{ init = LIB }
-    local blocker = h:spawn_eval("local t0 = os.clock() while os.clock() - t0 < 0.2 do end")
+    local mem, addr = helpers.gate_memory()
+    local gate = h:spawn_eval(helpers.GATE, addr)
     local t = h:spawn_call("add", 1, 2)
     lu.assertEquals(t:status(), "queued")
+    mem[0] = 1
     lu.assertEquals({ t:wait() }, { true, 3 })
-    blocker:wait()
+    lu.assertEquals({ gate:wait() }, { true, "gate" })
     h:close()
 end
 
@@ -422,8 +424,9 @@ end
 
 function TestHandles:test_backpressure_busy_and_blocking()
     local h = isle.spawn{ init = LIB, capacity = 4 }
-    local gate = h:spawn_eval("local t0 = os.clock() while os.clock() - t0 < 0.3 do end return 'gate'")
-    while gate:status() ~= "running" do isle.sleep(0.001) end
+    local mem, addr = helpers.gate_memory()
+    local gate = h:spawn_eval(helpers.GATE, addr)
+    while mem[1] == 0 do isle.sleep(0.001) end
     local queued = {}
     for i = 1, 4 do queued[i] = h:spawn_call("add", i, 0) end
     local t, err = h:try_spawn_call("add", 1, 1)
@@ -431,7 +434,9 @@ function TestHandles:test_backpressure_busy_and_blocking()
     lu.assertEquals(err.code, "busy")
     lu.assertNil((h:try_post("count")))
     lu.assertNil((h:try_spawn_eval("return 1")))
-    -- The blocking variant waits for room instead.
+    -- The blocking variant waits for room instead (made when the gate opens).
+    local opener = isle.spawn{}
+    opener:spawn_exec(function(a) require("isle").sleep(0.05) require("ffi").cast("int32_t *", a)[0] = 1 end, addr)
     local late = h:spawn_call("add", 5, 0)
     lu.assertEquals({ late:wait() }, { true, 5 })
     for i = 1, 4 do lu.assertEquals({ queued[i]:wait() }, { true, i }) end
@@ -439,6 +444,7 @@ function TestHandles:test_backpressure_busy_and_blocking()
     local t2 = h:try_spawn_exec(function() return "room" end)
     lu.assertEquals({ t2:wait() }, { true, "room" })
     h:close()
+    opener:close()
 end
 
 TestLifetime = {}
