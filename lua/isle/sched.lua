@@ -73,6 +73,7 @@ function sched.new(mbox, sig)
         on_message = nil,  -- set by the worker; takes ownership of a batch
         stash_done = nil,  -- notices taken by a job that waited in the mailbox itself
         flush = nil,       -- worker: start what is queued
+        may_block = false, -- a job may wait in the mailbox itself (see run)
         queued = nil,      -- worker: is anything queued?
         on_idle = nil,
     }, Sched)
@@ -227,17 +228,21 @@ local function next_timeout(self)
 end
 
 -- Runs until the mailbox is closed and every job has finished.
+-- Runs until the mailbox is closed and every job has finished.
+--
+-- A job may wait in the mailbox itself (see the worker's runners) only from
+-- the flush at the end of a turn, when this loop holds nothing it has yet to
+-- hand out: `may_block` says so. Anywhere else (notices, timers, ready jobs)
+-- it must give control back, or what this loop holds would wait behind it.
 function Sched:run()
     local mbox, msgs_out, done_out = self.mbox, self.msgs_out, self.done_out
     while true do
-        -- Notices a job took while it waited in the mailbox itself, and
-        -- messages it queued but left to others.
+        -- Notices a job took while it waited in the mailbox itself.
         local stashed = self.stash_done
         if stashed ~= nil then
             self.stash_done = nil
             self:take_done(stashed)
         end
-        if self.flush then self.flush(self) end
         local ready = self.ready
         if #ready > 0 then
             self.ready = {}
@@ -252,11 +257,18 @@ function Sched:run()
             if done ~= nil then self:take_done(done) end
             -- on_message owns the batch: it frees each message when done with it.
             if msgs ~= nil then self.on_message(self, msgs) end
-        elseif rc == ISLE_ECLOSED and self.jobs == 0 and #self.ready == 0 then
-            break -- closed, drained, and every job has finished
         end
         if self.on_idle then self.on_idle(self) end
         self:fire_timers()
+        if self.flush then
+            self.may_block = true
+            self.flush(self)
+            self.may_block = false
+        end
+        if rc == ISLE_ECLOSED and self.jobs == 0 and #self.ready == 0
+            and not (self.queued and self.queued()) and self.stash_done == nil then
+            break -- closed, drained, and every job has finished
+        end
     end
 end
 

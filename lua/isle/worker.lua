@@ -52,6 +52,10 @@ end
 -- Message handler for xpcall: an error object with the isle-side traceback,
 -- cut where the worker's own frames begin.
 local function on_error(e)
+    -- Out of user code now: no checkpoint may raise in here or after.
+    local s = runtime.sched
+    local cur = s and s.current
+    if cur then cur.user = false end
     if errors.is(e) then return e end
     local tb = traceback("", 2):gsub("^\n?stack traceback:", "stack traceback (" .. isle_label .. "):", 1)
     tb = cut_traceback(tb)
@@ -100,6 +104,9 @@ local function complete(rec, ok, ...)
         end
     else
         local e = ...
+        -- Our handler always makes an error object; anything else is an
+        -- error in the handler itself (LuaJIT reports it as a string).
+        if not errors.is(e) then e = errors.new("runtime", errors.describe(e)) end
         put_error(enc, e)
         state = STOP_STATE[e.code] or ISLE_TASK_FAILED
     end
@@ -172,8 +179,17 @@ local function target_function(rec)
     return resolve_global(target)
 end
 
+-- `user` marks where checkpoints may raise: only inside our xpcall, so a
+-- stop can never escape into the runner itself. It is set and cleared
+-- inside the protected call (on_error clears it on the error path).
+local function leave_user(rec, ...)
+    rec.user = false
+    return ...
+end
+
 local function call_target(rec, ...)
-    return target_function(rec)(...)
+    rec.user = true
+    return leave_user(rec, target_function(rec)(...))
 end
 
 local function finish_job(rec, ...)
@@ -188,7 +204,6 @@ local function run_job(rec, ...)
         rec.stop = "cancelled" -- the token was cancelled before the job began
     end
     if rec.stop then return complete(rec, false, interrupt.stop_error(rec.stop)) end
-    rec.user = true -- checkpoints may raise only while user code runs
     finish_job(rec, xpcall(call_target, on_error, rec, ...))
 end
 
@@ -222,14 +237,14 @@ local function start(rec, m, n, ...)
     return run_job(rec, ...)
 end
 
-local function call_post(name, ...)
-    return resolve_global(name)(...)
+local function call_post(runner, name, ...)
+    runner.user = true
+    return leave_user(runner, resolve_global(name)(...))
 end
 
 local function run_post(runner, m, name, n, ...)
     C.isle_msg_free(m)
-    runner.user = true
-    local ok, e = xpcall(call_post, on_error, name, ...)
+    local ok, e = xpcall(call_post, on_error, runner, name, ...)
     runner.user = false
     if not ok then report(e) end
 end
@@ -270,10 +285,11 @@ local function run_message(s, runner, m)
     s.current = runner
 end
 
--- May a runner block in the mailbox itself? Only while nothing else needs
--- the loop: no other job, nothing ready, no timer, no signal, not closing.
+-- May a runner block in the mailbox itself? Only when the loop allows it
+-- (it holds nothing undelivered) and nothing else needs the loop: no other
+-- job, nothing ready, no timer, no signal, not closing.
 local function runner_may_wait(s)
-    return s.jobs == 1 and #s.ready == 0 and #s.timers == 0 and s.stash_done == nil
+    return s.may_block and s.jobs == 1 and #s.ready == 0 and #s.timers == 0 and s.stash_done == nil
         and flagp[0] == 0 and C.isle_mbox_is_closed(s.mbox) == 0
 end
 
@@ -305,10 +321,10 @@ end
 
 local function queued() return q_head ~= nil end
 
--- Takes ownership of a batch of messages from the mailbox.
+-- Takes ownership of a batch of messages from the mailbox; the loop starts
+-- them (flush) at the end of its turn.
 local function dispatch(s, msgs)
     enqueue(msgs)
-    flush(s)
 end
 
 -- Suspended jobs (sleeping, awaiting) that were asked to stop are woken
@@ -346,10 +362,10 @@ local function run_init(rec)
         else
             return
         end
-        return f(...)
+        rec.user = true
+        return leave_user(rec, f(...))
     end
     local a = rec.args
-    rec.user = true
     local ok, e = xpcall(init, on_error, unpack(a, 1, a.n))
     rec.user = false
     if ok then
