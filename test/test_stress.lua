@@ -74,7 +74,7 @@ local function mixed_round(seed)
 end
 
 function TestStress:test_mixed_traffic_with_cancels_and_timeouts()
-    for seed = 1, 4 do mixed_round(seed) end
+    for seed = 1, 30 do mixed_round(seed) end
 end
 
 -- Isles calling each other in a ring, hundreds of calls in flight at once

@@ -16,6 +16,7 @@ local errors = require("isle.errors")
 
 local C = runtime.C
 local co_running = coroutine.running
+local getinfo = debug.getinfo
 local setmetatable, getmetatable, newproxy, error, type, tonumber =
     setmetatable, getmetatable, newproxy, error, type, tonumber
 local ISLE_TASK_DONE, CANCEL_USER, CANCEL_TIMEOUT = C.ISLE_TASK_DONE, C.ISLE_CANCEL_USER, C.ISLE_CANCEL_TIMEOUT
@@ -61,10 +62,39 @@ function M.stop_error(why)
 end
 
 -- The slow path of every checkpoint: runs only while the flag is raised.
+-- Where user code runs, in an isle: inside the xpcall that one of the
+-- worker's job functions makes (registered with M.protect), and not in its
+-- error handler. Raising anywhere else would kill the worker's own job
+-- coroutine, so a request seen there waits for the next checkpoint.
+local callers = setmetatable({}, { __mode = "k" })   -- fn -> true
+local handlers_ = setmetatable({}, { __mode = "k" }) -- fn -> true
+function M.protect(caller, handler)
+    callers[caller] = true
+    if handler then handlers_[handler] = true end
+end
+local xpcall_fn = xpcall
+
+local function in_user_code(rec)
+    local co = co_running()
+    if co == nil then return false end -- the main coroutine: the loop itself
+    if co ~= rec.co then return true end -- a coroutine the user made
+    for level = 2, 1000 do
+        local info = getinfo(level, "f")
+        if not info then return false end
+        local f = info.func
+        if handlers_[f] then return false end
+        if f == xpcall_fn then
+            local below = getinfo(level + 1, "f")
+            if below and callers[below.func] then return true end
+        end
+    end
+    return false
+end
+
 local function check()
     local s = runtime.sched
     local rec = s and s.current
-    if s and not (rec and rec.user) then
+    if s and not (rec and in_user_code(rec)) then
         -- In an isle outside user code (the loop, the worker's encoding):
         -- leave the request for the next checkpoint in user code or the loop.
         return

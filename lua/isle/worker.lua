@@ -52,15 +52,12 @@ end
 -- Message handler for xpcall: an error object with the isle-side traceback,
 -- cut where the worker's own frames begin.
 local function on_error(e)
-    -- Out of user code now: no checkpoint may raise in here or after.
-    local s = runtime.sched
-    local cur = s and s.current
-    if cur then cur.user = false end
     if errors.is(e) then return e end
     local tb = traceback("", 2):gsub("^\n?stack traceback:", "stack traceback (" .. isle_label .. "):", 1)
     tb = cut_traceback(tb)
     return errors.new("runtime", errors.describe(e), tb, type(e) ~= "string" and e or nil)
 end
+
 
 local function put_error(enc, e)
     enc:reset()
@@ -179,22 +176,8 @@ local function target_function(rec)
     return resolve_global(target)
 end
 
--- `user` marks where checkpoints may raise: only inside our xpcall, so a
--- stop can never escape into the runner itself. It is set and cleared
--- inside the protected call (on_error clears it on the error path).
-local function leave_user(rec, ...)
-    rec.user = false
-    return ...
-end
-
 local function call_target(rec, ...)
-    rec.user = true
-    return leave_user(rec, target_function(rec)(...))
-end
-
-local function finish_job(rec, ...)
-    rec.user = false
-    return complete(rec, ...)
+    return target_function(rec)(...)
 end
 
 -- Runs one job; `...` are its decoded arguments.
@@ -204,12 +187,16 @@ local function run_job(rec, ...)
         rec.stop = "cancelled" -- the token was cancelled before the job began
     end
     if rec.stop then return complete(rec, false, interrupt.stop_error(rec.stop)) end
-    finish_job(rec, xpcall(call_target, on_error, rec, ...))
+    complete(rec, xpcall(call_target, on_error, rec, ...))
 end
 
 local function pack(...)
     return { n = select("#", ...), ... }
 end
+
+-- Checkpoints may raise only inside the xpcall these make (not around it, not
+-- in the error handler): see interrupt.in_user_code.
+interrupt.protect(run_job, on_error)
 
 -- Messages ---------------------------------------------------------------------
 --
@@ -237,17 +224,17 @@ local function start(rec, m, n, ...)
     return run_job(rec, ...)
 end
 
-local function call_post(runner, name, ...)
-    runner.user = true
-    return leave_user(runner, resolve_global(name)(...))
+local function call_post(name, ...)
+    return resolve_global(name)(...)
 end
 
 local function run_post(runner, m, name, n, ...)
     C.isle_msg_free(m)
-    local ok, e = xpcall(call_post, on_error, runner, name, ...)
-    runner.user = false
+    local ok, e = xpcall(call_post, on_error, name, ...)
     if not ok then report(e) end
 end
+
+interrupt.protect(run_post, on_error)
 
 local function run_message(s, runner, m)
     local t = m.task
@@ -271,6 +258,7 @@ local function run_message(s, runner, m)
     if t == nil and flags == 0 and m.kind == POST then
         -- A plain post: no task, no options; the runner's own record serves.
         runner.stop = nil -- stops and interrupts are per message
+        s.current = runner
         return run_post(runner, m, target, codec.get_values(dec))
     end
     local rec = { task = t, kind = m.kind, target = target, co = runner.co,
@@ -362,12 +350,10 @@ local function run_init(rec)
         else
             return
         end
-        rec.user = true
-        return leave_user(rec, f(...))
+        return f(...)
     end
     local a = rec.args
     local ok, e = xpcall(init, on_error, unpack(a, 1, a.n))
-    rec.user = false
     if ok then
         complete(rec, true)
     else
@@ -375,6 +361,8 @@ local function run_init(rec)
     end
     rec.ok = ok
 end
+
+interrupt.protect(run_init, on_error)
 
 function worker.main(addr)
     self_ptr = ffi.cast("isle*", addr)
