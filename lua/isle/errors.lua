@@ -2,9 +2,8 @@
 -- `code`, a `message` and, for errors raised by user code in an isle, the
 -- isle-side `traceback`. Non-string error values keep their `value` where it
 -- can cross states.
-local string = require("string")
-local setmetatable, getmetatable, type, tostring, rawget, error, pcall =
-    setmetatable, getmetatable, type, tostring, rawget, error, pcall
+local setmetatable, getmetatable, type, tostring, rawget, pcall =
+    setmetatable, getmetatable, type, tostring, rawget, pcall
 
 local errors = {}
 
@@ -52,21 +51,12 @@ function errors.describe(v)
     return "(error object is a " .. tv .. " value)"
 end
 
--- Raises a fresh error object; `level` as for error().
-function errors.raise(code, message, level)
-    error(errors.new(code, message), level and level + 1 or 2)
-end
-
 -- The "value" error for bad input, from codec's internal rejection.
 function errors.from_codec(e)
     if type(e) == "table" and rawget(e, "isle_value_error") then
         return errors.new("value", e.message)
     end
     return nil
-end
-
-function errors.format_code(code)
-    return string.format("%q", code)
 end
 
 return errors

@@ -144,8 +144,6 @@ function M.install_hook()
     debug.sethook(hook, "", M.HOOK_COUNT)
 end
 
-function M.hook_installed() return hook_on end
-
 -- Binds this module to the state's signal block: an isle's (from the worker)
 -- or, in a host state, a block of its own created on first require.
 function M.bind(s, id)

@@ -131,11 +131,6 @@ function Sched:add_timer(at, rec)
     return e
 end
 
--- Suspends the running job until something calls wake(); returns its reason.
-function Sched:suspend()
-    return co_yield(SCHED, "suspend")
-end
-
 -- Wakes a suspended job with `why` (from the loop only, never from a job).
 function Sched:wake(rec, why)
     if rec.timer then rec.timer.rec = nil; rec.timer = nil end
