@@ -6,7 +6,6 @@
 --
 -- See docs/API.md for every function and its errors.
 local ffi = require("ffi")
-local debug = require("debug")
 local string = require("string")
 local os = require("os")
 local runtime = require("isle.runtime")

@@ -31,10 +31,13 @@ function helpers.rss_kb() return status_field("VmRSS") end
 -- Start it with h:spawn_eval(helpers.GATE, addr); open with mem[0] = 1.
 helpers.GATE = "local m = require('ffi').cast('int32_t *', ...) "
     .. "while m[0] == 0 do m[1] = 1 end return 'gate'"
-function helpers.gate_memory()
-    local mem = ffi.new("int32_t[2]")
+-- `n` int32s both the test and its isles see (isles get the address).
+function helpers.shared_ints(n)
+    local mem = ffi.new("int32_t[?]", n)
     return mem, tonumber(ffi.cast("uintptr_t", mem))
 end
+
+function helpers.gate_memory() return helpers.shared_ints(2) end
 
 -- Polls `cond` until true or `timeout` seconds pass; returns its last value.
 function helpers.eventually(cond, timeout)

@@ -10,11 +10,7 @@ local function err_of(f, ...)
     return e
 end
 
--- Shared memory the host and isles both see (isles get its address).
-local function shared_ints(n)
-    local mem = ffi.new("int32_t[?]", n)
-    return mem, tonumber(ffi.cast("uintptr_t", mem))
-end
+local shared_ints = helpers.shared_ints
 
 local function wait_until(cond, what)
     local deadline = isle.now() + 10

@@ -18,6 +18,7 @@ local getinfo = debug.getinfo
 local istype = ffi.istype
 
 local codec = {}
+local TAG_F = ("F"):byte()
 
 local FN_MT = {}       -- a shipped function: { bytecode }
 local SPECIAL_MT = {}  -- a shipped special object: { kind, payload }
@@ -196,10 +197,9 @@ function codec.put_values(buf, prefix, first, n, ...)
         buf:encode(v)
     end
     if has_fn then
-        -- Rewrite the tag in place: the decoder only walks lists that need it.
-        local s = buf:tostring()
-        buf:reset()
-        buf:put(s:sub(1, mark), "F", s:sub(mark + 2))
+        -- Rewrite the tag byte in place: the decoder only walks lists that need it.
+        local p = buf:ref()
+        p[mark] = TAG_F
     end
     return buf
 end
@@ -221,7 +221,6 @@ local function restore(v, chunkname)
 end
 codec.restore = restore
 
-local scratch = {}
 -- Reads a value list written by put_values from `buf`; returns n, values...
 function codec.get_values(buf)
     local tag = buf:get(1)
@@ -234,8 +233,7 @@ function codec.get_values(buf)
             return 2, a, buf:decode()
         end
     end
-    local t = scratch
-    scratch = {}
+    local t = {}
     for i = 1, n do
         local v = buf:decode()
         if tag == "F" then v = restore(v) end

@@ -2,8 +2,6 @@
 -- isle.spawn) closes the isle when closed or collected; non-owning handles
 -- (isle.lookup, isle.self) only keep the C object alive.
 local ffi = require("ffi")
-local string = require("string")
-local debug = require("debug")
 local runtime = require("isle.runtime")
 local codec = require("isle.codec")
 local errors = require("isle.errors")

@@ -10,7 +10,7 @@ local C = require("isle.cdef").C
 
 local co_create, co_resume, co_yield, co_running =
     coroutine.create, coroutine.resume, coroutine.yield, coroutine.running
-local setmetatable, tonumber, tostring, error, pcall = setmetatable, tonumber, tostring, error, pcall
+local setmetatable, tonumber, tostring, error = setmetatable, tonumber, tostring, error
 local ISLE_OK, ISLE_ECLOSED = C.ISLE_OK, C.ISLE_ECLOSED
 
 local SCHED = {}      -- first value of every yield the loop itself asked for

@@ -5,7 +5,6 @@
 local ffi = require("ffi")
 local bit = require("bit")
 local band = bit.band
-local string = require("string")
 local debug = require("debug")
 local io = require("io")
 local table = require("table")
