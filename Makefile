@@ -10,9 +10,9 @@ WARN := -Wall -Wextra -Werror -std=c11 -D_GNU_SOURCE
 PIC := -fPIC -pthread
 ROOT := $(abspath .)
 BUILD := build
-SRCS := csrc/clock.c csrc/msg.c csrc/task.c csrc/mbox.c csrc/sig.c csrc/watchdog.c csrc/preload.c csrc/isle.c
+SRCS := csrc/clock.c csrc/msg.c csrc/task.c csrc/mbox.c csrc/sig.c csrc/watchdog.c csrc/fork.c csrc/preload.c csrc/isle.c
 HDRS := csrc/isle.h csrc/internal.h
-CORE_SRCS := csrc/clock.c csrc/msg.c csrc/task.c csrc/mbox.c csrc/sig.c csrc/watchdog.c
+CORE_SRCS := csrc/clock.c csrc/msg.c csrc/task.c csrc/mbox.c csrc/sig.c csrc/watchdog.c csrc/fork.c
 CTESTS := $(patsubst test/c/%.c,%,$(wildcard test/c/test_*.c))
 LUA_TESTS := $(sort $(wildcard test/test_*.lua))
 # OpenResty's luajit2, unpacked into a private prefix (it conflicts with Debian's luajit).
@@ -23,13 +23,13 @@ LJ2_ENV := LD_LIBRARY_PATH=$(ROOT)/$(LJ2_ROOT)/usr/lib/x86_64-linux-gnu
 export LUA_PATH := $(ROOT)/lua/?.lua;$(ROOT)/lua/?/init.lua;$(ROOT)/ffi/?.lua;$(ROOT)/test/?.lua;;
 export LUA_CPATH := $(ROOT)/$(BUILD)/?.so;;
 
-DEB_PKGS := build-essential clang luajit libluajit-5.1-dev lua-unit
-.PHONY: all deps demo test test-c test-lua test-lj2 test-sanitize build-clang bench path clean luajit2
+DEB_PKGS := build-essential clang luajit libluajit-5.1-dev lua-unit valgrind
+.PHONY: all deps demo test test-c test-host test-lua test-lj2 test-sanitize build-clang bench path clean luajit2
 
 all: $(BUILD)/libisle.so
 
 $(BUILD)/libisle.so: $(SRCS) $(HDRS) | $(BUILD)
-	$(CC) $(CFLAGS) $(WARN) $(PIC) $(LUAJIT_INC) -shared -o $@ $(SRCS) $(LUAJIT_LIB) -lm
+	$(CC) $(CFLAGS) $(WARN) $(PIC) $(LUAJIT_INC) -shared -Wl,-z,nodelete -o $@ $(SRCS) $(LUAJIT_LIB) -lm
 
 $(BUILD):
 	mkdir -p $(BUILD)
@@ -63,10 +63,20 @@ $(BUILD)/test_%: test/c/test_%.c $(CORE_SRCS) $(HDRS) test/c/check.h | $(BUILD)
 test-c: $(addprefix $(BUILD)/,$(CTESTS))
 	@for t in $(CTESTS); do echo "== C $$t"; $(BUILD)/$$t || exit 1; done
 
+# A C program that embeds LuaJIT closes its state while isles are busy, then
+# uses isle from new states (test/host/embed.c): under valgrind, which fails
+# it on any invalid access (e.g. code running in an unmapped libisle.so).
+$(BUILD)/embed: test/host/embed.c | $(BUILD)
+	$(CC) $(CFLAGS) $(WARN) $(LUAJIT_INC) -o $@ $< $(LUAJIT_LIB) -lm
+
+test-host: all $(BUILD)/embed
+	@echo "== C host embedding LuaJIT, under valgrind"
+	timeout 120 valgrind -q --error-exitcode=9 $(BUILD)/embed "$(LUA_PATH)" "$(LUA_CPATH)"
+
 # The library must build warning-free with clang as well as gcc.
 build-clang: | $(BUILD)
 	@mkdir -p $(BUILD)/clang
-	clang $(CFLAGS) $(WARN) $(PIC) $(LUAJIT_INC) -shared -o $(BUILD)/clang/libisle.so $(SRCS) $(LUAJIT_LIB) -lm
+	clang $(CFLAGS) $(WARN) $(PIC) $(LUAJIT_INC) -shared -Wl,-z,nodelete -o $(BUILD)/clang/libisle.so $(SRCS) $(LUAJIT_LIB) -lm
 
 # The C core under ThreadSanitizer and AddressSanitizer (clang or gcc).
 test-sanitize: | $(BUILD)
@@ -85,7 +95,7 @@ test-lj2: all $(LJ2)
 
 # Everything: deps, the C core (plain and sanitized), the Lua suites on the
 # chosen LuaJIT and, unless LUAJIT was given, on OpenResty's luajit2 too.
-test: deps all build-clang test-c test-sanitize test-lua
+test: deps all build-clang test-c test-sanitize test-host test-lua
 ifeq ($(origin LUAJIT),file)
 test: test-lj2
 endif

@@ -15,10 +15,6 @@ static inline void isle_cpu_relax(void)
     __builtin_ia32_pause();
 #elif defined(__aarch64__)
     __asm__ __volatile__("yield");
-/* Installs the preload searcher in a fresh state (preload.c). */
-struct lua_State;
-int isle_preload_install(struct lua_State *L);
-
 #endif
 }
 
@@ -42,7 +38,12 @@ typedef struct isle_sig_impl {
     atomic_int pending;     /* ids whose mode is not CLEAR */
     pthread_mutex_t mu;     /* guards `running` (taken after a task's lock) */
     isle_task *running;     /* tasks this state runs now (task.c links them) */
+    atomic_llong ended[4];  /* tasks it ended: done, failed, cancelled, closed */
+    atomic_llong held;      /* messages its loop took and has not started */
 } isle_sig_impl;
+
+/* Counts a task that `s`'s state ended (or skipped, ended while queued). */
+void isle_sig_count_end(isle_sig *s, int state);
 
 /* Links and unlinks a task in its signal block's `running` list (task.c). */
 void isle_sig_link_running(isle_sig *s, isle_task *t);
@@ -59,5 +60,13 @@ void isle_mbox_post_done(isle_done *d);
 /* Installs the preload searcher in a fresh state (preload.c). */
 struct lua_State;
 int isle_preload_install(struct lua_State *L);
+
+/* fork() support (fork.c): each module with process-wide locks takes them
+ * before a fork and releases (parent) or resets (child) them after. */
+enum { ISLE_FORK_PREPARE, ISLE_FORK_PARENT, ISLE_FORK_CHILD };
+void isle_intr_fork(int phase);      /* sig.c: the interrupt-id table */
+void isle_watchdog_fork(int phase);  /* watchdog.c */
+void isle_registry_fork(int phase);  /* isle.c: live isles */
+void isle_preload_fork(int phase);   /* preload.c: bytecode blobs */
 
 #endif

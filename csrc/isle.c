@@ -8,6 +8,7 @@
  */
 #include "internal.h"
 
+#include <dlfcn.h>
 #include <lauxlib.h>
 #include <lua.h>
 #include <lualib.h>
@@ -28,8 +29,10 @@ struct isle {
     int64_t intr;             /* interrupt id of the isle's state */
     int instrument;
     pthread_t thread;
-    pthread_mutex_t join_mu;  /* serialises join/detach */
+    pthread_mutex_t join_mu;  /* serialises join/detach, guards `ended` */
+    pthread_cond_t ended_cv;  /* broadcast when the thread is about to return */
     int joined, detached;     /* join_mu */
+    int ended;                /* join_mu: the thread has nothing left to do */
     atomic_int closing;
     atomic_int close_mode;
     isle *rnext;              /* registry list (registry lock) */
@@ -54,6 +57,7 @@ static void isle_free(isle *i)
     isle_task_release(i->init);
     isle_sig_free(i->sig);
     isle_mbox_free(i->mbox);
+    pthread_cond_destroy(&i->ended_cv);
     pthread_mutex_destroy(&i->join_mu);
     free(i->name);
     free(i->path);
@@ -155,7 +159,8 @@ static void *isle_thread(void *arg)
     isle_done *done;
     while (isle_mbox_wait(i->mbox, 0, &msgs, &done) == ISLE_OK) {
         for (isle_msg *m = msgs; m; m = m->next)
-            if (m->task) isle_task_complete(m->task, ISLE_TASK_CLOSED, NULL, 0);
+            if (m->task && isle_task_complete(m->task, ISLE_TASK_CLOSED, NULL, 0))
+                isle_sig_count_end(i->sig, ISLE_TASK_CLOSED);
         isle_msg_free_list(msgs);
         isle_done_free_list(done);
     }
@@ -165,8 +170,42 @@ static void *isle_thread(void *arg)
     reg_remove_locked(i);
     pthread_mutex_unlock(&reg_lock);
     atomic_fetch_sub(&live_threads, 1);
+    pthread_mutex_lock(&i->join_mu);
+    i->ended = 1;
+    pthread_cond_broadcast(&i->ended_cv);
+    pthread_mutex_unlock(&i->join_mu);
+    /* From here on only this function's last instructions run: libisle.so
+     * stays mapped for them however it was loaded (isle_pin). */
     isle_release(i);
     return NULL;
+}
+
+/* LuaJIT unloads a library loaded with ffi.load or package.loadlib when the
+ * state that loaded it closes, while isle threads, the watchdog and notices
+ * may still run this library's code. Linked with -z nodelete it is never
+ * unmapped; this asks the dynamic loader for the same thing at run time in
+ * case it was built without that flag. */
+static pthread_once_t pin_once = PTHREAD_ONCE_INIT;
+static void pin_library(void)
+{
+    Dl_info info;
+    if (dladdr((void *)isle_spawn, &info) && info.dli_fname)
+        dlopen(info.dli_fname, RTLD_NOW | RTLD_NOLOAD | RTLD_NODELETE);
+}
+
+void isle_registry_fork(int phase)
+{
+    if (phase == ISLE_FORK_PREPARE) {
+        pthread_mutex_lock(&reg_lock);
+        return;
+    }
+    if (phase == ISLE_FORK_CHILD) {
+        /* The parent's isles have no thread here: forget them (their memory
+         * is the parent's copy, left alone). Ids keep counting up. */
+        reg_head = NULL;
+        atomic_store(&live_threads, 0);
+    }
+    pthread_mutex_unlock(&reg_lock);
 }
 
 static char *dup_or_empty(const char *s) { return strdup(s ? s : ""); }
@@ -174,10 +213,16 @@ static char *dup_or_empty(const char *s) { return strdup(s ? s : ""); }
 isle *isle_spawn(const isle_config *cfg, int *err)
 {
     *err = ISLE_ENOMEM;
+    pthread_once(&pin_once, pin_library);
     isle *i = calloc(1, sizeof(*i));
     if (!i) return NULL;
     atomic_init(&i->refs, 2); /* the owner and the thread */
     if (pthread_mutex_init(&i->join_mu, NULL)) { free(i); return NULL; }
+    if (isle_cond_init(&i->ended_cv)) {
+        pthread_mutex_destroy(&i->join_mu);
+        free(i);
+        return NULL;
+    }
     i->path = dup_or_empty(cfg->path);
     i->cpath = dup_or_empty(cfg->cpath);
     i->name = cfg->name && cfg->name[0] ? strdup(cfg->name) : NULL;
@@ -254,16 +299,41 @@ static void request_stop(isle *i, int cancel)
     if (cancel) isle_sig_raise(i->sig);
 }
 
-void isle_close(isle *i, int cancel)
+void isle_stop(isle *i, int cancel) { request_stop(i, cancel); }
+
+int isle_join(isle *i, double timeout)
 {
-    request_stop(i, cancel);
-    if (pthread_equal(pthread_self(), i->thread)) return;
+    if (pthread_equal(pthread_self(), i->thread)) return 0;
+    struct timespec dl = {0, 0};
+    if (timeout > 0) dl = isle_deadline(timeout);
     pthread_mutex_lock(&i->join_mu);
-    if (!i->joined && !i->detached) {
+    while (!i->ended && timeout != 0) {
+        if (timeout < 0) {
+            pthread_cond_wait(&i->ended_cv, &i->join_mu);
+        } else if (pthread_cond_timedwait(&i->ended_cv, &i->join_mu, &dl)) {
+            break; /* timed out (or failed): report what is true now */
+        }
+    }
+    int ended = i->ended;
+    if (ended && !i->joined && !i->detached) {
+        /* It is past its last lock: this returns at once. */
         pthread_join(i->thread, NULL);
         i->joined = 1;
     }
     pthread_mutex_unlock(&i->join_mu);
+    return ended;
+}
+
+void isle_close(isle *i, int cancel)
+{
+    request_stop(i, cancel);
+    isle_join(i, -1);
+}
+
+void isle_stats_get(isle *i, isle_stats *out)
+{
+    out->queued = (int64_t)isle_mbox_count(i->mbox);
+    isle_sig_stats(i->sig, out);
 }
 
 void isle_abandon(isle *i)

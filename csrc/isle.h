@@ -112,10 +112,11 @@ void isle_task_retain(isle_task *t);
 void isle_task_release(isle_task *t);    /* accepts NULL */
 int isle_task_state(const isle_task *t);
 /* QUEUED -> RUNNING, remembering the signal block of the state that runs it
- * so that a cancel can reach a compiled loop. Returns 0 if the task is not
- * QUEUED (it ended, e.g. cancelled while queued, or already runs): the
- * runner must then skip it. */
-int isle_task_start(isle_task *t, isle_sig *sig);
+ * so that a cancel can reach a compiled loop, and when it started and what it
+ * is (`label`, may be NULL; cut to ISLE_LABEL_MAX - 1 bytes) for isle_stats.
+ * Returns 0 if the task is not QUEUED (it ended, e.g. cancelled while queued,
+ * or already runs): the runner must then skip it. */
+int isle_task_start(isle_task *t, isle_sig *sig, const char *label);
 /* First completion wins (returns 1), later ones return 0. Copies the bytes.
  * A task that never started may complete straight from QUEUED. */
 int isle_task_complete(isle_task *t, int state, const char *data, size_t len);
@@ -183,6 +184,24 @@ int isle_sig_pending(isle_sig *s);    /* ids of `s` whose mode is not CLEAR */
  * under its tasks. Returns how many it ended. */
 int isle_sig_fail_running(isle_sig *s, const char *data, size_t len);
 void isle_sig_lower(isle_sig *s);
+/* The loop of the state of `s` took (delta > 0) or started (delta < 0)
+ * messages: what it holds counts as queued in isle_stats. */
+void isle_sig_hold(isle_sig *s, int64_t delta);
+
+/* What a state's loop is doing, for h:stats(): counts of tasks by outcome
+ * and the task that has been running longest (a stuck job shows here). */
+enum { ISLE_LABEL_MAX = 48 };
+typedef struct isle_stats {
+    int64_t queued;        /* in the mailbox, or taken by the loop and not started */
+    int64_t running;
+    int64_t done, failed, cancelled, closed;  /* ended by this state so far */
+    double oldest_start;   /* isle_now() when the longest-running task started; 0: none */
+    int32_t oldest_cancel; /* ISLE_CANCEL_* already asked of that task (still running) */
+    char oldest_label[ISLE_LABEL_MAX];
+} isle_stats;
+/* Fills `out` from the counters of `s`; adds to out->queued (the caller
+ * puts the mailbox's count there first). */
+void isle_sig_stats(isle_sig *s, isle_stats *out);
 
 /* ---- isles ------------------------------------------------------------------ */
 typedef struct isle_config {
@@ -215,12 +234,21 @@ isle *isle_lookup_name(const char *name);
  * of running, and running ones get a cancel request. Idempotent; from the
  * isle's own thread it only requests the stop. */
 void isle_close(isle *i, int cancel);
+/* Request the stop as isle_close does, without waiting. */
+void isle_stop(isle *i, int cancel);
+/* Wait at most `timeout` seconds (< 0: for ever) for the isle's thread to
+ * end. 1 if it has ended (it is joined then), 0 if it still runs. */
+int isle_join(isle *i, double timeout);
 /* For a collected owner: request the stop, never block; the thread frees
  * itself when done. */
 void isle_abandon(isle *i);
+void isle_stats_get(isle *i, isle_stats *out);
 int isle_is_closed(const isle *i);
 int isle_close_mode(const isle *i);   /* 0 drain, 1 cancel */
 int isle_live_count(void);            /* isles whose thread has not ended */
+/* Bumped in a child process by every fork(): objects made under an older
+ * generation belong to the parent and must not be used (fork.c). */
+int isle_fork_generation(void);
 
 /* ---- isle's own modules, precompiled once per process ------------------ */
 /* Bytecode for module `name`, found by require in every state an isle starts

@@ -70,6 +70,13 @@ int isle_preload_count(void)
     return n;
 }
 
+void isle_preload_fork(int phase)
+{
+    /* Blobs never change, so the child can keep them as they are. */
+    if (phase == ISLE_FORK_PREPARE) pthread_mutex_lock(&blob_lock);
+    else pthread_mutex_unlock(&blob_lock);
+}
+
 /* A package.loaders searcher: the loader of a module from its blob. */
 static int blob_searcher(lua_State *L)
 {

@@ -163,3 +163,9 @@ int isle_intr_take(int64_t id)
     pthread_mutex_unlock(&intr_lock);
     return mode;
 }
+
+void isle_intr_fork(int phase)
+{
+    if (phase == ISLE_FORK_PREPARE) pthread_mutex_lock(&intr_lock);
+    else pthread_mutex_unlock(&intr_lock); /* the child keeps the ids: unknown states never fire */
+}

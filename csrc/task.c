@@ -21,6 +21,8 @@ struct isle_task {
     isle_sig *sig;         /* state running the task, retained while RUNNING (mu) */
     isle_done *subs;       /* pending notices, each holding a task ref (mu) */
     isle_task *rnext, *rprev; /* in sig's running list (sig's lock) */
+    double started;        /* isle_now() when it started running (mu) */
+    char label[ISLE_LABEL_MAX]; /* what runs, for isle_stats (set before it is linked) */
     char *result;
     size_t result_len;
 };
@@ -95,6 +97,46 @@ void isle_sig_unlink_running(isle_sig *s, isle_task *t)
     pthread_mutex_unlock(&si->mu);
 }
 
+void isle_sig_count_end(isle_sig *s, int state)
+{
+    if (state >= ISLE_TASK_DONE && state <= ISLE_TASK_CLOSED)
+        atomic_fetch_add_explicit(&((isle_sig_impl *)s)->ended[state - ISLE_TASK_DONE], 1,
+                                  memory_order_relaxed);
+}
+
+void isle_sig_hold(isle_sig *s, int64_t delta)
+{
+    atomic_fetch_add_explicit(&((isle_sig_impl *)s)->held, delta, memory_order_relaxed);
+}
+
+void isle_sig_stats(isle_sig *s, isle_stats *out)
+{
+    isle_sig_impl *si = (isle_sig_impl *)s;
+    out->queued += atomic_load_explicit(&si->held, memory_order_relaxed);
+    out->done = atomic_load_explicit(&si->ended[0], memory_order_relaxed);
+    out->failed = atomic_load_explicit(&si->ended[1], memory_order_relaxed);
+    out->cancelled = atomic_load_explicit(&si->ended[2], memory_order_relaxed);
+    out->closed = atomic_load_explicit(&si->ended[3], memory_order_relaxed);
+    out->running = 0;
+    out->oldest_start = 0;
+    out->oldest_cancel = 0;
+    out->oldest_label[0] = '\0';
+    pthread_mutex_lock(&si->mu);
+    isle_task *oldest = NULL;
+    for (isle_task *t = si->running; t; t = t->rnext) {
+        out->running++;
+        if (!oldest || t->started < oldest->started) oldest = t;
+    }
+    if (oldest) {
+        /* `started` and `label` are written before the task is linked, under
+         * this lock, and not again while it stays linked. */
+        out->oldest_start = oldest->started;
+        out->oldest_cancel = atomic_load(&oldest->cancel);
+        memcpy(out->oldest_label, oldest->label, sizeof out->oldest_label);
+    }
+    pthread_mutex_unlock(&si->mu);
+}
+
 int isle_sig_fail_running(isle_sig *s, const char *data, size_t len)
 {
     isle_sig_impl *si = (isle_sig_impl *)s;
@@ -112,13 +154,19 @@ int isle_sig_fail_running(isle_sig *s, const char *data, size_t len)
     return n;
 }
 
-int isle_task_start(isle_task *t, isle_sig *sig)
+int isle_task_start(isle_task *t, isle_sig *sig, const char *label)
 {
     int started = 0;
     pthread_mutex_lock(&t->mu);
-    if (atomic_load(&t->state) == ISLE_TASK_QUEUED) {
+    int state = atomic_load(&t->state);
+    if (state == ISLE_TASK_QUEUED) {
         atomic_store(&t->state, ISLE_TASK_RUNNING);
         if (sig) {
+            t->started = isle_now();
+            size_t n = 0;
+            if (label)
+                for (; n + 1 < sizeof t->label && label[n]; n++) t->label[n] = label[n];
+            t->label[n] = '\0';
             isle_sig_retain(sig);
             t->sig = sig;
             isle_sig_link_running(sig, t);
@@ -126,6 +174,9 @@ int isle_task_start(isle_task *t, isle_sig *sig)
             if (atomic_load(&t->cancel)) isle_sig_raise(sig);
         }
         started = 1;
+    } else if (sig && is_final(state)) {
+        /* Ended while queued (cancelled): the runner skips it; count it here. */
+        isle_sig_count_end(sig, state);
     }
     pthread_mutex_unlock(&t->mu);
     return started;
@@ -140,7 +191,10 @@ static void finish_locked(isle_task *t, int state, char *data, size_t len,
     t->result_len = len;
     *sig = t->sig;
     *subs = t->subs;
-    if (t->sig) isle_sig_unlink_running(t->sig, t);
+    if (t->sig) {
+        isle_sig_unlink_running(t->sig, t);
+        isle_sig_count_end(t->sig, state);
+    }
     t->sig = NULL;
     t->subs = NULL;
     atomic_store_explicit(&t->state, state, memory_order_release);

@@ -130,3 +130,21 @@ out:
     pthread_mutex_unlock(&wd_lock);
     return rc;
 }
+
+void isle_watchdog_fork(int phase)
+{
+    if (phase == ISLE_FORK_PREPARE) {
+        pthread_mutex_lock(&wd_lock);
+        return;
+    }
+    if (phase == ISLE_FORK_CHILD) {
+        /* The watchdog thread was not copied, and the tasks it watched
+         * belong to the parent: start afresh (the copies are left alone, as
+         * their locks may be held by threads that are gone). */
+        wd_running = 0;
+        heap = NULL;
+        heap_len = heap_cap = 0;
+        wd_cv_ready = 0; /* its waiter is gone: make a new one on next use */
+    }
+    pthread_mutex_unlock(&wd_lock);
+}

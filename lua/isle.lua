@@ -238,6 +238,19 @@ function isle.load(src, chunkname)
     return function(...) return wrapped(flagp, scratchp, check, ...) end
 end
 
+-- How long, in all, a closing state waits for the isles it still owns
+-- (handle.lua, "Teardown"). Returns the previous value.
+function isle.teardown_timeout(s)
+    local old = handle.teardown_timeout
+    if s ~= nil then
+        if type(s) ~= "number" or not (s >= 0) then
+            error("bad argument #1 to 'teardown_timeout' (number of seconds >= 0 expected, got " .. tostring(s) .. ")", 2)
+        end
+        handle.teardown_timeout = s
+    end
+    return old
+end
+
 isle.now = function() return C.isle_now() end
 isle.is_error = errors.is
 isle.error = errors.new

@@ -54,7 +54,7 @@ isle_task *isle_task_new(void);
 void isle_task_retain(isle_task *t);
 void isle_task_release(isle_task *t);
 int isle_task_state(const isle_task *t);
-int isle_task_start(isle_task *t, isle_sig *sig);
+int isle_task_start(isle_task *t, isle_sig *sig, const char *label);
 int isle_task_complete(isle_task *t, int state, const char *data, size_t len);
 int isle_task_wait(isle_task *t, double timeout);
 const char *isle_task_result(isle_task *t, size_t *len);
@@ -86,6 +86,18 @@ void isle_sig_raise(isle_sig *s);
 int isle_sig_pending(isle_sig *s);
 int isle_sig_fail_running(isle_sig *s, const char *data, size_t len);
 void isle_sig_lower(isle_sig *s);
+void isle_sig_hold(isle_sig *s, int64_t delta);
+
+enum { ISLE_LABEL_MAX = 48 };
+typedef struct isle_stats {
+    int64_t queued;
+    int64_t running;
+    int64_t done, failed, cancelled, closed;
+    double oldest_start;
+    int32_t oldest_cancel;
+    char oldest_label[ISLE_LABEL_MAX];
+} isle_stats;
+void isle_sig_stats(isle_sig *s, isle_stats *out);
 
 typedef struct isle_config {
     const char *name;
@@ -111,10 +123,14 @@ int isle_instrument(const isle *i);
 isle *isle_lookup_id(int64_t id);
 isle *isle_lookup_name(const char *name);
 void isle_close(isle *i, int cancel);
+void isle_stop(isle *i, int cancel);
+int isle_join(isle *i, double timeout);
 void isle_abandon(isle *i);
+void isle_stats_get(isle *i, isle_stats *out);
 int isle_is_closed(const isle *i);
 int isle_close_mode(const isle *i);
 int isle_live_count(void);
+int isle_fork_generation(void);
 int isle_preload_set(const char *name, const char *data, size_t len);
 int isle_preload_count(void);
 ]]

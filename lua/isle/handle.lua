@@ -12,8 +12,9 @@ local proto = require("isle.proto")
 local chunks = require("isle.chunks")
 
 local C = runtime.C
-local setmetatable, getmetatable, select, error, type, tostring, tonumber, pcall, next =
-    setmetatable, getmetatable, select, error, type, tostring, tonumber, pcall, next
+local setmetatable, getmetatable, select, error, type, tostring, tonumber, pcall, next, newproxy =
+    setmetatable, getmetatable, select, error, type, tostring, tonumber, pcall, next, newproxy
+local debug = require("debug")
 local outcome = task.outcome
 local ISLE_OK, ISLE_EBUSY = C.ISLE_OK, C.ISLE_EBUSY
 
@@ -22,17 +23,83 @@ local Handle = {}
 Handle.__index = Handle
 
 local EVAL, CALL, EXEC, POST = proto.EVAL, proto.CALL, proto.EXEC, proto.POST
+local generation, check_process = runtime.generation, runtime.check_process
+-- Resolved now: finalizers may run while the state closes, after LuaJIT has
+-- let go of the library object (the library itself stays mapped).
+local isle_abandon, isle_release, isle_retain, isle_stop, isle_join, isle_now, isle_id =
+    C.isle_abandon, C.isle_release, C.isle_retain, C.isle_stop, C.isle_join, C.isle_now, C.isle_id
+
+-- Teardown ---------------------------------------------------------------------
+--
+-- Every isle this state spawned and has not closed, with a reference of its
+-- own: when the state closes (lua_close, an nginx reload, a LÖVE restart)
+-- they are closed with cancel and given `teardown_timeout` seconds in all
+-- to end; an isle still running then (inside a C call, or compiled code
+-- without checkpoints) is left to end on its own. It never touches this
+-- state again, and libisle.so stays mapped for it.
+local owned, owned_count, owned_prune_at = {}, 0, 64
+handle.teardown_timeout = 0.1
+
+local function own(p)
+    local id = tonumber(isle_id(p))
+    isle_retain(p)
+    -- A cdata of its own (ffi.cast to the same type would return `p`, which
+    -- carries the owner's finalizer and must stay collectable).
+    owned[id] = ffi.cast("void *", p)
+    owned_count = owned_count + 1
+    if owned_count >= owned_prune_at then
+        -- Forget isles whose owner was collected and whose thread has ended.
+        for k, q in next, owned do
+            if isle_join(q, 0) == 1 then
+                owned[k] = nil
+                owned_count = owned_count - 1
+                isle_release(q)
+            end
+        end
+        owned_prune_at = owned_count * 2 > 64 and owned_count * 2 or 64
+    end
+end
+
+local function disown(p)
+    local id = tonumber(isle_id(p))
+    local q = owned[id]
+    if q ~= nil then
+        owned[id] = nil
+        owned_count = owned_count - 1
+        isle_release(q)
+    end
+end
+
+local teardown_gen = generation()
+local function teardown()
+    if generation() ~= teardown_gen then return end -- a forked child: the parent's isles
+    for _, p in next, owned do isle_stop(p, 1) end
+    local deadline = isle_now() + handle.teardown_timeout
+    for k, p in next, owned do
+        local left = deadline - isle_now()
+        isle_join(p, left > 0 and left or 0)
+        isle_abandon(p) -- detaches it if it still runs
+        isle_release(p)
+        owned[k] = nil
+    end
+    owned_count = 0
+end
+-- A proxy only the state's close collects: it is anchored in the registry.
+local sentinel = newproxy(true)
+getmetatable(sentinel).__gc = teardown
+debug.getregistry()["isle.teardown"] = sentinel
 
 local function release_owned(p)
     -- A collected owner: stop the isle without waiting for it (a finalizer
     -- must never block), then drop the reference.
-    C.isle_abandon(p)
-    C.isle_release(p)
+    isle_abandon(p)
+    isle_release(p)
 end
 
 function handle.wrap(p, owner)
-    local h = setmetatable({ ptr = p, owner = owner, closed = false }, Handle)
-    ffi.gc(p, owner and release_owned or C.isle_release)
+    local h = setmetatable({ ptr = p, owner = owner, closed = false, gen = generation() }, Handle)
+    ffi.gc(p, runtime.finalizer(owner and release_owned or isle_release))
+    if owner then own(p) end
     return h
 end
 
@@ -61,7 +128,10 @@ end
 -- Encodes and queues one message. wait: seconds to wait for room (< 0 for
 -- ever, 0 not at all). Returns the task pointer (or true for one-way
 -- messages), or nil, err for busy/closed.
+local task_release = runtime.finalizer(C.isle_task_release)
+
 local function send(self, kind, target, wait, with_task, n, ...)
+    if self.gen ~= generation() then check_process(self, "isle handle", 3) end
     -- A closed isle is an expected failure: nil, err (the raising callers raise it).
     if is_closed(self) then return nil, closed_error(self) end
     local enc = runtime.enc
@@ -104,7 +174,7 @@ local function send(self, kind, target, wait, with_task, n, ...)
     if with_task then
         t = C.isle_task_new()
         if t == nil then error(errors.new("memory", "cannot allocate a task"), 3) end
-        ffi.gc(t, C.isle_task_release)
+        ffi.gc(t, task_release)
         -- The deadline runs from the call, queued time included.
         if opts and opts.timeout
             and C.isle_task_expire_at(t, C.isle_now() + opts.timeout) ~= ISLE_OK then
@@ -257,13 +327,14 @@ function Handle:with(opts)
     if instr ~= nil and type(instr) ~= "boolean" then
         error("isle: call option 'instrument' must be a boolean", 2)
     end
-    local view = setmetatable({ ptr = self.ptr, owner = false, base = self.base or self }, Handle)
+    local view = setmetatable({ ptr = self.ptr, owner = false, base = self.base or self, gen = self.gen }, Handle)
     view.opts = { given = merged, timeout = timeout, instrument = instr, wire = { token = tok } }
     return view
 end
 
 -- Interrupts the isle's state: nil once, true at every checkpoint, false clears.
 function Handle:interrupt(flag)
+    check_process(self, "isle handle")
     if flag ~= nil and type(flag) ~= "boolean" then
         error("bad argument #1 to 'interrupt' (boolean or nil expected, got " .. type(flag) .. ")", 2)
     end
@@ -288,14 +359,35 @@ function Handle:close(opts)
         error("bad argument #1 to 'close' (table or nil expected, got " .. type(opts) .. ")", 2)
     end
     if self.closed then return true end
+    check_process(self, "isle handle")
     if runtime.self_ptr ~= nil and runtime.self_ptr == self.ptr then
         error("isle: an isle cannot close itself with its owner's handle", 2)
     end
     self.closed = true
     C.isle_close(self.ptr, (opts and opts.cancel) and 1 or 0)
+    disown(self.ptr)
     -- Joined: only the memory is left, released when the handle goes.
-    ffi.gc(self.ptr, C.isle_release)
+    ffi.gc(self.ptr, runtime.finalizer(isle_release))
     return true
+end
+
+local STOP_REASON = { [C.ISLE_CANCEL_USER] = "cancelled", [C.ISLE_CANCEL_TIMEOUT] = "timeout" }
+
+-- What the isle is doing: counts of its tasks, and the one running longest
+-- (a job stuck inside a C call shows here, still running past its deadline).
+function Handle:stats()
+    check_process(self, "isle handle")
+    local st = ffi.new("isle_stats")
+    C.isle_stats_get(self.ptr, st)
+    local r = {
+        queued = tonumber(st.queued), running = tonumber(st.running), done = tonumber(st.done),
+        failed = tonumber(st.failed), cancelled = tonumber(st.cancelled), closed = tonumber(st.closed),
+    }
+    if st.oldest_start > 0 then
+        r.oldest = { job = ffi.string(st.oldest_label), running_for = isle_now() - st.oldest_start,
+                     stopping = STOP_REASON[st.oldest_cancel] }
+    end
+    return r
 end
 
 function Handle:id()

@@ -59,15 +59,19 @@ local function outcome(t)
 end
 task.outcome = outcome
 
+local generation, check_process = runtime.generation, runtime.check_process
+
 function task.new(ptr)
-    return setmetatable({ ptr = ptr }, Task)
+    return setmetatable({ ptr = ptr, gen = generation() }, Task)
 end
 
 function Task:status()
+    check_process(self, "task")
     return STATUS[C.isle_task_state(self.ptr)]
 end
 
 function Task:done()
+    check_process(self, "task")
     return C.isle_task_state(self.ptr) >= ISLE_TASK_DONE
 end
 
@@ -87,6 +91,7 @@ function Task:wait(timeout)
     if timeout ~= nil and (type(timeout) ~= "number" or timeout ~= timeout) then
         error("bad argument #1 to 'wait' (number of seconds expected, got " .. type(timeout) .. ")", 2)
     end
+    check_process(self, "task")
     if timeout == nil or timeout < 0 then timeout = -1 end
     local why = runtime.wait_task(self.ptr, timeout)
     if why ~= "done" then
@@ -104,11 +109,13 @@ function Task:result()
 end
 
 function Task:cancel()
+    check_process(self, "task")
     C.isle_task_cancel(self.ptr)
     return self
 end
 
 Task.__tostring = function(self)
+    if self.gen ~= generation() then return "isle.task (from before a fork)" end
     return "isle.task (" .. self:status() .. ")"
 end
 

@@ -14,9 +14,11 @@ local token = {}
 local Token = {}
 Token.__index = Token
 
+local generation, check_process = runtime.generation, runtime.check_process
+
 function token.wrap(p)
-    ffi.gc(p, C.isle_task_release)
-    return setmetatable({ ptr = p }, Token)
+    ffi.gc(p, runtime.finalizer(C.isle_task_release))
+    return setmetatable({ ptr = p, gen = generation() }, Token)
 end
 
 function token.new()
@@ -26,20 +28,24 @@ function token.new()
 end
 
 function Token:cancel()
+    check_process(self, "token")
     C.isle_task_cancel(self.ptr)
     return self
 end
 
 function Token:cancelled()
+    check_process(self, "token")
     return C.isle_task_state(self.ptr) >= C.ISLE_TASK_DONE
 end
 
 function Token:__tostring()
+    if self.gen ~= generation() then return "isle.token (from before a fork)" end
     return "isle.token (" .. (self:cancelled() and "cancelled" or "live") .. ")"
 end
 
 -- On the wire: the slot's address, with one reference handed to the receiver.
 codec.register_special(1, Token, function(tok)
+    check_process(tok, "token", 4)
     C.isle_task_retain(tok.ptr)
     return tonumber(ffi.cast("uintptr_t", tok.ptr))
 end, function(addr)

@@ -246,7 +246,7 @@ local function run_message(s, runner, m)
         end
         return C.isle_msg_free(m)
     end
-    if t ~= nil and C.isle_task_start(t, s.sig) == 0 then
+    if t ~= nil and C.isle_task_start(t, s.sig, nil) == 0 then
         C.isle_task_release(t) -- cancelled while queued: it has ended already
         return C.isle_msg_free(m)
     end
@@ -384,7 +384,7 @@ function worker.main(addr)
     libs.apply(spec.libs, _G)
 
     local init_task = C.isle_init_task(self_ptr)
-    C.isle_task_start(init_task, s.sig)
+    C.isle_task_start(init_task, s.sig, "init")
     local rec = { task = init_task, borrowed = true, spec = spec, args = args }
     s:spawn(run_init, rec)
     -- Init may sleep or await: the loop serves it like any other job.
@@ -409,6 +409,9 @@ function worker.main(addr)
         -- The loop itself failed (a bug, or out of memory): what it had
         -- queued ends CLOSED here; the core ends the jobs that were running
         -- (isle_sig_fail_running) and whatever is left in the mailbox.
+        -- Closed first, so that whoever learns of an ended task finds the
+        -- isle closed too.
+        C.isle_stop(self_ptr, 0)
         while q_head ~= nil do
             local m = q_head
             q_head = m.next

@@ -35,7 +35,7 @@ static void *server(void *arg)
         bad += m->kind != PING || m->len != 4;
         uint32_t reply = u32(m->data) + 1;
         if (m->task) {
-            bad += isle_task_start(m->task, sig) != 1;
+            bad += isle_task_start(m->task, sig, NULL) != 1;
             bad += isle_task_complete(m->task, ISLE_TASK_DONE, (const char *)&reply, 4) != 1;
         } else {
             isle_msg *r = isle_msg_new(PONG, NULL, (const char *)&reply, 4);

@@ -47,7 +47,7 @@ static void race(int role)
     switch (role) {
     case STARTER:
         for (int i = 0; i < K; i++) {
-            if (isle_task_start(tasks[i], runner_sig)) atomic_store(&started[i], 1);
+            if (isle_task_start(tasks[i], runner_sig, NULL)) atomic_store(&started[i], 1);
             isle_task_release(tasks[i]);
         }
         break;

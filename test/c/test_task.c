@@ -54,7 +54,7 @@ static void test_complete_once(void)
     CHECK_EQ(isle_task_cancelled(t), 0);
     CHECK_EQ(isle_task_state(t), ISLE_TASK_DONE);
     isle_sig *s = isle_sig_new();
-    CHECK_EQ(isle_task_start(t, s), 0);        /* ended: the runner skips it */
+    CHECK_EQ(isle_task_start(t, s, NULL), 0);        /* ended: the runner skips it */
     CHECK_EQ(flag_of(s), 0);
     isle_sig_free(s);
     isle_task_release(t);
@@ -75,7 +75,7 @@ static void test_complete_once(void)
     char *big = malloc(n);
     for (size_t i = 0; i < n; i++) big[i] = (char)(i * 7);
     t = isle_task_new();
-    CHECK_EQ(isle_task_start(t, NULL), 1);
+    CHECK_EQ(isle_task_start(t, NULL, NULL), 1);
     CHECK_EQ(isle_task_state(t), ISLE_TASK_RUNNING);
     CHECK_EQ(isle_task_wait(t, 0), 0);
     CHECK_EQ(isle_task_complete(t, ISLE_TASK_FAILED, big, n), 1);
@@ -179,7 +179,7 @@ static void test_cancel_queued(void)
     CHECK_EQ(len, 0);
     /* The runner must skip it, and nothing is raised. */
     isle_sig *s = isle_sig_new();
-    CHECK_EQ(isle_task_start(t, s), 0);
+    CHECK_EQ(isle_task_start(t, s, NULL), 0);
     CHECK_EQ(isle_task_state(t), ISLE_TASK_CANCELLED);
     CHECK_EQ(flag_of(s), 0);
     /* Its ending is final: a late completion loses, a second cancel too. */
@@ -222,7 +222,7 @@ static void test_cancel_running(void)
     isle_mbox *mb = isle_mbox_new(4, 0);
     isle_sig_attach_mbox(s, mb);
     isle_task *t = isle_task_new();
-    CHECK_EQ(isle_task_start(t, s), 1);
+    CHECK_EQ(isle_task_start(t, s, NULL), 1);
     CHECK_EQ(isle_task_state(t), ISLE_TASK_RUNNING);
     CHECK_EQ(flag_of(s), 0);
     CHECK_EQ(isle_task_cancelled(t), 0);
@@ -250,7 +250,7 @@ static void test_cancel_running(void)
 
     /* A worker parked on the state's mailbox is woken by the cancel. */
     t = isle_task_new();
-    CHECK_EQ(isle_task_start(t, s), 1);
+    CHECK_EQ(isle_task_start(t, s, NULL), 1);
     parker w = {.mb = mb, .rc = -1};
     pthread_t th = check_spawn(park_thread, &w);
     check_sleep(0.05);
@@ -265,7 +265,7 @@ static void test_cancel_running(void)
 
     /* Running without a signal block: the cancel flag alone. */
     t = isle_task_new();
-    CHECK_EQ(isle_task_start(t, NULL), 1);
+    CHECK_EQ(isle_task_start(t, NULL, NULL), 1);
     CHECK_EQ(isle_task_cancel(t), ISLE_TASK_RUNNING);
     CHECK(isle_task_cancelled(t) != 0);
     CHECK_EQ(isle_task_state(t), ISLE_TASK_RUNNING);
@@ -276,7 +276,7 @@ static void test_cancel_running(void)
     /* Released while still running: the task's hold on the block goes too
      * (LeakSanitizer), and the block outlives its owner's free until then. */
     t = isle_task_new();
-    CHECK_EQ(isle_task_start(t, s), 1);
+    CHECK_EQ(isle_task_start(t, s, NULL), 1);
     isle_sig_free(s);                      /* owner lets go first */
     CHECK_EQ(isle_task_cancel(t), ISLE_TASK_RUNNING);  /* still safe to raise */
     isle_task_release(t);
@@ -371,10 +371,10 @@ static void test_fail_running(void)
     isle_sig *other = isle_sig_new();
     isle_task *a = isle_task_new(), *b = isle_task_new(), *done = isle_task_new();
     isle_task *queued = isle_task_new(), *elsewhere = isle_task_new();
-    CHECK_EQ(isle_task_start(a, s), 1);
-    CHECK_EQ(isle_task_start(b, s), 1);
-    CHECK_EQ(isle_task_start(done, s), 1);
-    CHECK_EQ(isle_task_start(elsewhere, other), 1);
+    CHECK_EQ(isle_task_start(a, s, NULL), 1);
+    CHECK_EQ(isle_task_start(b, s, NULL), 1);
+    CHECK_EQ(isle_task_start(done, s, NULL), 1);
+    CHECK_EQ(isle_task_start(elsewhere, other, NULL), 1);
     CHECK_EQ(isle_task_complete(done, ISLE_TASK_DONE, "ok", 2), 1);
     CHECK_EQ(isle_sig_fail_running(s, "Cgone", 5), 2);
     size_t len = 0;

@@ -36,7 +36,7 @@ static void test_cancel_reason(void)
     /* Running: the first reason sticks, each cancel raises the flag. */
     isle_sig *s = isle_sig_new();
     t = isle_task_new();
-    CHECK_EQ(isle_task_start(t, s), 1);
+    CHECK_EQ(isle_task_start(t, s, NULL), 1);
     CHECK_EQ(isle_task_cancel(t), ISLE_TASK_RUNNING);
     CHECK_EQ(isle_task_cancelled(t), ISLE_CANCEL_USER);
     isle_sig_lower(s);
@@ -103,7 +103,7 @@ static void test_expire(void)
 
     /* A running task past its deadline is cancelled with TIMEOUT. */
     isle_task *run = isle_task_new();
-    CHECK_EQ(isle_task_start(run, s), 1);
+    CHECK_EQ(isle_task_start(run, s, NULL), 1);
     /* A queued one ends CANCELLED at its deadline. */
     isle_task *queued = isle_task_new();
     /* One that ended in time is left alone. */
