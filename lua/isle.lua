@@ -232,10 +232,9 @@ function isle.load(src, chunkname)
     if chunkname ~= nil and type(chunkname) ~= "string" then
         error("bad argument #2 to 'load' (string or nil expected, got " .. type(chunkname) .. ")", 2)
     end
-    local wrapped, err = require("isle.instrument").load(src, chunkname or "=(isle.load)")
-    if not wrapped then return nil, err end
-    local flagp, scratchp, check = interrupt.pointers()
-    return function(...) return wrapped(flagp, scratchp, check, ...) end
+    local factory, err = require("isle.instrument").load(src, chunkname or "=(isle.load)")
+    if not factory then return nil, err end
+    return factory(interrupt.pointers())
 end
 
 -- How long, in all, a closing state waits for the isles it still owns

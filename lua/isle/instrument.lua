@@ -5,14 +5,21 @@
 -- source so that every loop iteration, every function entry and every
 -- `goto` first polls a flag shared with other threads:
 --
---   if __isle_F[0]~=0 then __isle_C() end __isle_S[0]=0
+--   if __isle_F[0]~=0 then __isle_C() end __isle_S[0]=__isle_F[0]
 --
--- The chunk is wrapped as
+-- The chunk is wrapped as a factory
 --
---   return function(__isle_F, __isle_S, __isle_C, ...) <source>\nend
+--   return function(__isle_F, __isle_S, __isle_C) __isle_F, __isle_S =
+--     __isle_F, __isle_S return function(...) <source>\nend end
 --
--- with the prefix on line 1 and no other newline added, so line numbers
--- are unchanged.  See docs/instrument.md.
+-- (one line) with the prefix on line 1 and no other newline added, so line
+-- numbers are unchanged.  Calling the factory with the flag pointer, a
+-- scratch pointer and the slow path gives the chunk itself: a real function,
+-- so setfenv/getfenv on it behave as on a plain chunk.  The self-assignment
+-- marks both pointers as mutable upvalues: immutable ones are turned into
+-- constant addresses in traces of closures (recursion, tail calls), and
+-- two constant addresses never alias, so the flag load would leave the loop.
+-- See docs/instrument.md.
 --
 -- Only `require` and a few base functions (cached below) are needed.
 
@@ -27,10 +34,11 @@ local concat = table.concat
 
 local M = {}
 
-local CHECKPOINT = "if __isle_F[0]~=0 then __isle_C() end __isle_S[0]=0 "
+local CHECKPOINT = "if __isle_F[0]~=0 then __isle_C() end __isle_S[0]=__isle_F[0] "
 local CP_AFTER = " " .. CHECKPOINT   -- after `do`, `repeat`, `)`
-local PREFIX = "return function(__isle_F, __isle_S, __isle_C, ...) "
-local SUFFIX = "\nend"
+local PREFIX = "return function(__isle_F, __isle_S, __isle_C) __isle_F, __isle_S = __isle_F, "
+  .. "__isle_S return function(...) "
+local SUFFIX = "\nend end"
 
 M.CHECKPOINT = CHECKPOINT
 M.PREFIX = PREFIX
@@ -340,7 +348,7 @@ local function getload()
 end
 
 --- Instrument and compile `src`.
--- Returns the wrapped function f(F, S, C, ...) or nil and an error.
+-- Returns the factory f(F, S, C) -> chunk, or nil and an error.
 -- chunkname defaults to the source text itself, as load() does, so that
 -- messages read `[string "..."]` exactly like the uninstrumented chunk.
 -- env (optional) becomes the environment of the loaded code.

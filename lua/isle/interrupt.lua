@@ -53,6 +53,7 @@ function M.job_stop_reason(rec)
 end
 
 local MESSAGES = {
+    interrupted = "interrupted",
     cancelled = "the task was cancelled",
     timeout = "the task ran out of time",
     closed = "the isle was closed with cancel",
@@ -91,7 +92,31 @@ local function in_user_code(rec)
     return false
 end
 
+local ONCE, ALWAYS = C.ISLE_INTR_ONCE, C.ISLE_INTR_ALWAYS
+local loading = 0         -- isle modules being loaded: requests wait (M.loading)
+local guarded = false     -- coroutine.resume/yield check interrupts (isles)
+
+-- Which interrupt applies to the running code: the state's own id first,
+-- then the running coroutine's (a job's own coroutine has an id for that
+-- job only, rec.intr_id; others their co_ids entry). Returns the target
+-- (STATE, the job's record or a coroutine), the mode taken and the id.
+local function take_target(rec)
+    local m = C.isle_intr_take(state_id)
+    if m > 0 then return STATE, m, state_id end
+    local co = co_running()
+    if co == nil then return nil end
+    local own = rec ~= nil and co == rec.co
+    local id
+    if own then id = rec.intr_id else id = co_ids[co] end
+    if id then
+        m = C.isle_intr_take(id)
+        if m > 0 then return own and rec or co, m, id end
+    end
+    return nil
+end
+
 local function check()
+    if loading > 0 then return end -- an isle module is loading: at the next checkpoint
     local s = runtime.sched
     local rec = s and s.current
     if s and not (rec and in_user_code(rec)) then
@@ -109,24 +134,27 @@ local function check()
         end
     end
     if C.isle_sig_pending(sig) > 0 then
-        local target, handler
-        if C.isle_intr_take(state_id) > 0 then
-            target, handler = STATE, handlers[STATE]
-        else
-            local co = co_running()
-            local cid = co and co_ids[co]
-            if cid and C.isle_intr_take(cid) > 0 then target, handler = co, handlers[co] end
-        end
-        -- ALWAYS modes, and requests for coroutines not running now, stay.
-        if C.isle_sig_pending(sig) > 0 then again = true end
+        local target, mode, id = take_target(rec)
         if target then
-            if again then flagp[0] = 1 end
+            local handler
+            if target == STATE then handler = handlers[STATE]
+            elseif target == rec then handler = rec.on_interrupt
+            else handler = handlers[target] end
+            if mode == ALWAYS then again = true end
             if handler then
-                handler(tonumber(target == STATE and state_id or co_ids[target]))
+                if again then flagp[0] = 1 end
+                handler(tonumber(id))
             elseif not err then
-                err = errors.new("interrupted", "interrupted")
+                -- interrupt(true) on the state or the job: the job ends
+                -- interrupted even if its code catches this and returns.
+                if mode == ALWAYS and rec and (target == STATE or target == rec) then rec.stop = "interrupted" end
+                err = M.stop_error("interrupted")
             end
         end
+        -- Requests for coroutines that do not run now: in an isle they are
+        -- seen when the coroutine is resumed (guard_coroutines); in a host
+        -- state the flag stays up until it runs.
+        if not guarded and C.isle_sig_pending(sig) > 0 then again = true end
     end
     if again then flagp[0] = 1 end
     if err then error(err, 0) end
@@ -167,18 +195,29 @@ end
 -- LuaJIT from hoisting the load out of a compiled loop.
 function M.checkpoint()
     if flagp[0] ~= 0 then check() end
-    scratchp[0] = 0
+    scratchp[0] = flagp[0] -- the loaded value, not a constant: see isle.instrument
 end
 
 function M.pointers() return flagp, scratchp, check end
 
--- isle.interrupt_id([co]): makes the state (or coroutine `co`) interruptible
--- and returns its id. Installs the hook the first time.
+-- isle.interrupt_id([co]): makes the running coroutine (or `co`; the main
+-- state outside any coroutine) interruptible and returns its id. Inside an
+-- isle job, the job's own coroutine gets an id for that job only: it is
+-- unknown once the job ends, though the coroutine serves later jobs.
+-- Installs the hook the first time.
 function M.interrupt_id(co)
     M.install_hook()
-    if co == nil then return tonumber(state_id) end
-    if type(co) ~= "thread" then
+    if co == nil then
+        co = co_running()
+        if co == nil then return tonumber(state_id) end
+    elseif type(co) ~= "thread" then
         error("bad argument #1 to 'interrupt_id' (coroutine or nil expected, got " .. type(co) .. ")", 3)
+    end
+    local s = runtime.sched
+    local rec = s and s.current
+    if rec and rec.co == co and not rec.finished then
+        if not rec.intr_id then rec.intr_id = C.isle_intr_new(sig) end
+        return tonumber(rec.intr_id)
     end
     local id = co_ids[co]
     if not id then
@@ -191,6 +230,73 @@ function M.interrupt_id(co)
     end
     return tonumber(id)
 end
+
+-- A job ended: its own interrupt id goes with it.
+function M.job_ended(rec)
+    local id = rec.intr_id
+    if id then
+        rec.intr_id = nil
+        C.isle_intr_free(id)
+    end
+end
+
+-- A job the loop resumed (after a sleep or an await): a request that came
+-- for it while it was suspended fires now.
+function M.resumed(rec)
+    if rec.intr_id or flagp[0] ~= 0 then
+        flagp[0] = 1
+        check()
+    end
+end
+
+-- In an isle: coroutine.resume, wrap and yield learn of interrupts, so that
+-- a coroutine interrupted while suspended fails with "interrupted" when it
+-- is next resumed, even if all it does is yield again (as mtint does).
+local INTERRUPTED = {} -- what a guarded resume hands a suspended coroutine
+function M.guard_coroutines(lib)
+    if guarded then return end
+    guarded = true
+    local create, resume, yield = lib.create, lib.resume, lib.yield
+    local yielded = setmetatable({}, { __mode = "k" }) -- suspended in g_yield
+    local function after_yield(first, ...)
+        if first == INTERRUPTED then
+            flagp[0] = 1
+            check() -- raises, or runs the handler
+            return
+        end
+        return first, ...
+    end
+    local function g_yield(...)
+        local co = co_running()
+        if co then yielded[co] = true end
+        return after_yield(yield(...))
+    end
+    local function g_resume(co, ...)
+        local id = co_ids[co]
+        if id then
+            local m = C.isle_intr_take(id)
+            if m > 0 then
+                if m == ONCE then C.isle_intr_set(id, ONCE) end -- check() takes it inside
+                if yielded[co] then return resume(co, INTERRUPTED) end
+                flagp[0] = 1 -- not started: its first checkpoint sees it
+            end
+        end
+        return resume(co, ...)
+    end
+    local function wrap_result(ok, ...)
+        if ok then return ... end
+        error((...), 0)
+    end
+    lib.yield, lib.resume = g_yield, g_resume
+    lib.wrap = function(f)
+        local co = create(f)
+        return function(...) return wrap_result(g_resume(co, ...)) end
+    end
+end
+
+-- While isle's own modules load (require in an isle), requests wait: a
+-- module left half-loaded would fail every later require.
+function M.loading(delta) loading = loading + delta end
 
 local MODES = { [true] = C.ISLE_INTR_ALWAYS, [false] = C.ISLE_INTR_CLEAR }
 
@@ -222,8 +328,19 @@ function M.on_interrupt(a, b)
     if fn ~= nil and type(fn) ~= "function" then
         error("bad argument to 'on_interrupt' (function or nil expected, got " .. type(fn) .. ")", 3)
     end
-    M.interrupt_id(key ~= STATE and key or nil)
-    handlers[key] = fn
+    if key == STATE then
+        M.install_hook()
+        handlers[STATE] = fn
+        return
+    end
+    M.interrupt_id(key)
+    local s = runtime.sched
+    local rec = s and s.current
+    if rec and rec.co == key and not rec.finished then
+        rec.on_interrupt = fn -- the job's own coroutine: for this job only
+    else
+        handlers[key] = fn
+    end
 end
 
 return M

@@ -8,8 +8,8 @@ local coroutine = require("coroutine")
 local table = require("table")
 local C = require("isle.cdef").C
 
-local co_create, co_resume, co_yield, co_running =
-    coroutine.create, coroutine.resume, coroutine.yield, coroutine.running
+local co_create, co_resume, co_yield, co_running, co_isyieldable =
+    coroutine.create, coroutine.resume, coroutine.yield, coroutine.running, coroutine.isyieldable
 local setmetatable, tonumber, tostring, error = setmetatable, tonumber, tostring, error
 local ISLE_OK, ISLE_ECLOSED = C.ISLE_OK, C.ISLE_ECLOSED
 
@@ -76,6 +76,7 @@ function sched.new(mbox, sig)
         may_block = false, -- a job may wait in the mailbox itself (see run)
         queued = nil,      -- worker: is anything queued?
         on_idle = nil,
+        resumed = nil,     -- called in a job the loop resumed (interrupts)
     }, Sched)
 end
 
@@ -119,10 +120,12 @@ function Sched:resume(rec, ...)
 end
 
 -- True when the running code is a job's own coroutine (not a coroutine the
--- user created inside it), so that it may yield to the loop.
+-- user created inside it) and no C call stands in between (a table.sort
+-- comparator, a gsub callback, the count hook), so that it may yield to the
+-- loop. Where it may not, waits block the thread instead.
 function Sched:can_yield()
     local rec = self.current
-    return rec ~= nil and rec.co == co_running()
+    return rec ~= nil and rec.co == co_running() and co_isyieldable()
 end
 
 function Sched:add_timer(at, rec)
@@ -151,7 +154,9 @@ end
 function Sched:sleep(s)
     local rec = self.current
     rec.timer = self:add_timer(C.isle_now() + s, rec)
-    return co_yield(SCHED, "suspend")
+    local why = co_yield(SCHED, "suspend")
+    if self.resumed then self.resumed(rec) end
+    return why
 end
 
 -- Awaits task `t` (isle_task*) from the running job. timeout < 0: forever.
@@ -172,7 +177,9 @@ function Sched:await(t, timeout)
     list[#list + 1] = rec
     rec.awaiting = key
     if timeout >= 0 then rec.timer = self:add_timer(C.isle_now() + timeout, rec) end
-    return co_yield(SCHED, "suspend")
+    local why = co_yield(SCHED, "suspend")
+    if self.resumed then self.resumed(rec) end
+    return why
 end
 
 function Sched:fire_timers()

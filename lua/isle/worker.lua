@@ -16,6 +16,7 @@ local libs = require("isle.libs")
 local interrupt = require("isle.interrupt")
 local proto = require("isle.proto")
 
+local coroutine = require("coroutine")
 local C = runtime.C
 local type, select, pcall, xpcall, tostring, tonumber, unpack, load, loadstring, next, setmetatable =
     type, select, pcall, xpcall, tostring, tonumber, unpack, load, loadstring, next, setmetatable
@@ -49,14 +50,37 @@ local function cut_traceback(tb)
 end
 
 -- Message handler for xpcall: an error object with the isle-side traceback,
--- cut where the worker's own frames begin.
+-- cut where the worker's own frames begin. It runs no user code: a message
+-- that needs the value's __tostring is left for describe() below, which
+-- runs where checkpoints may stop it (a __tostring that loops for ever must
+-- not hang the isle inside its own error handling).
 local function on_error(e)
     if errors.is(e) then return e end
     local tb = traceback("", 2):gsub("^\n?stack traceback:", "stack traceback (" .. isle_label .. "):", 1)
     tb = cut_traceback(tb)
-    return errors.new("runtime", errors.describe(e), tb, type(e) ~= "string" and e or nil)
+    local te = type(e)
+    if te == "string" or te == "number" then return errors.new("runtime", tostring(e), tb) end
+    return errors.new("runtime", nil, tb, e)
 end
 
+local function describe_value(v) return errors.describe(v) end
+local function describe_failed(e) return e end
+
+-- Fills in a message that needs user code (an error value's __tostring, a
+-- message that is not a string), inside an xpcall that checkpoints may
+-- raise into (interrupt.protect below).
+local function describe(e)
+    local m = e.message
+    if type(m) == "string" then return e end
+    local v = m
+    if m == nil then v = e.value end
+    local ok, s = xpcall(describe_value, describe_failed, v)
+    if not ok or type(s) ~= "string" then
+        s = "(an error value whose __tostring failed: " .. (errors.is(s) and s.code or type(s)) .. ")"
+    end
+    e.message = s
+    return e
+end
 
 local function put_error(enc, e)
     enc:reset()
@@ -66,11 +90,11 @@ local function put_error(enc, e)
         local ok, v = pcall(codec.check, value, "error value")
         value = ok and v or nil
     end
-    enc:encode({ code = e.code, message = tostring(e.message), traceback = e.traceback, value = value })
+    enc:encode({ code = e.code, message = e.message, traceback = e.traceback, value = value })
 end
 
 local function report(e)
-    io.stderr:write("isle: error in a posted call in ", isle_label, ": ", tostring(e), "\n")
+    io.stderr:write("isle: error in a posted call in ", isle_label, ": ", tostring(describe(e)), "\n")
 end
 
 -- Completing tasks ------------------------------------------------------------
@@ -80,6 +104,7 @@ local STOP_STATE = { cancelled = ISLE_TASK_CANCELLED, timeout = ISLE_TASK_CANCEL
 local function complete(rec, ok, ...)
     local t = rec.task
     rec.finished = true
+    interrupt.job_ended(rec)
     -- A stopped job ends stopped, even if its code caught the error and returned.
     if rec.stop and (ok or not errors.is((...)) or (...).code ~= rec.stop) then
         return complete(rec, false, interrupt.stop_error(rec.stop))
@@ -102,7 +127,10 @@ local function complete(rec, ok, ...)
         local e = ...
         -- Our handler always makes an error object; anything else is an
         -- error in the handler itself (LuaJIT reports it as a string).
-        if not errors.is(e) then e = errors.new("runtime", errors.describe(e)) end
+        if not errors.is(e) then e = errors.new("runtime", tostring(e)) end
+        e = describe(e)
+        -- describe may have run into a stop (a __tostring that loops).
+        if rec.stop and e.code ~= rec.stop then e = interrupt.stop_error(rec.stop) end
         put_error(enc, e)
         state = STOP_STATE[e.code] or ISLE_TASK_FAILED
     end
@@ -116,8 +144,8 @@ end
 local chunk_cache, chunk_count = {}, 0
 
 -- Compiles a chunk. A `wrapped` one was instrumented by its sender
--- (isle.chunks): loading it gives the wrapper, which gets this state's
--- checkpoint flag, scratch word and slow path bound here.
+-- (isle.chunks): loading it gives a factory, which takes this state's
+-- checkpoint flag, scratch word and slow path and returns the chunk.
 local function compile(code, chunkname, wrapped)
     local key = wrapped and code or "\0" .. code
     local f = chunk_cache[key]
@@ -125,11 +153,7 @@ local function compile(code, chunkname, wrapped)
     local err
     f, err = loadstring(code, chunkname)
     if not f then error(errors.new("runtime", err), 0) end
-    if wrapped then
-        local wrapper = f()
-        local flagp, scratchp, check = interrupt.pointers()
-        f = function(...) return wrapper(flagp, scratchp, check, ...) end
-    end
+    if wrapped then f = f()(interrupt.pointers()) end
     if chunk_count >= 256 then chunk_cache, chunk_count = {}, 0 end
     chunk_cache[key] = f
     chunk_count = chunk_count + 1
@@ -196,6 +220,7 @@ end
 -- Checkpoints may raise only inside the xpcall these make (not around it, not
 -- in the error handler): see interrupt.in_user_code.
 interrupt.protect(run_job, on_error)
+interrupt.protect(describe, describe_failed)
 
 -- Messages ---------------------------------------------------------------------
 --
@@ -213,9 +238,10 @@ local self_ptr, flagp            -- set by main
 
 local function enqueue(msgs)
     if q_tail ~= nil then q_tail.next = msgs else q_head = msgs end
-    local m = msgs
-    while m.next ~= nil do m = m.next end
+    local m, n = msgs, 1
+    while m.next ~= nil do m = m.next; n = n + 1 end
     q_tail = m
+    C.isle_sig_hold(runtime.sched.sig, n) -- held messages count as queued (h:stats)
 end
 
 local function start(rec, m, n, ...)
@@ -235,25 +261,37 @@ end
 
 interrupt.protect(run_post, on_error)
 
+local LABEL = { [EVAL] = "eval", [proto.CALL] = "call ", [EXEC] = "exec", [POST] = "post " }
+
 local function run_message(s, runner, m)
     local t = m.task
     if t ~= nil then m.task = nil end -- the job takes over the message's reference
+    C.isle_sig_hold(s.sig, -1)
     if C.isle_close_mode(self_ptr) ~= 0 then
         -- Closed with cancel: what is still queued ends CLOSED without running.
         if t ~= nil then
-            C.isle_task_complete(t, ISLE_TASK_CLOSED, nil, 0)
+            if C.isle_task_start(t, s.sig, nil) ~= 0 then
+                C.isle_task_complete(t, ISLE_TASK_CLOSED, nil, 0)
+            end
             C.isle_task_release(t)
         end
-        return C.isle_msg_free(m)
-    end
-    if t ~= nil and C.isle_task_start(t, s.sig, nil) == 0 then
-        C.isle_task_release(t) -- cancelled while queued: it has ended already
         return C.isle_msg_free(m)
     end
     local dec = runtime.dec
     dec:set(m.data, m.len)
     local target = dec:decode()
     local flags = m.flags
+    if t ~= nil then
+        local kind = m.kind
+        local label = LABEL[kind]
+        if kind == proto.CALL then
+            label = label .. tostring(band(flags, F_OPTIONS) ~= 0 and target[1] or target)
+        end
+        if C.isle_task_start(t, s.sig, label) == 0 then
+            C.isle_task_release(t) -- cancelled while queued: it has ended already
+            return C.isle_msg_free(m)
+        end
+    end
     if t == nil and flags == 0 and m.kind == POST then
         -- A plain post: no task, no options; the runner's own record serves.
         runner.stop = nil -- stops and interrupts are per message
@@ -336,6 +374,27 @@ end
 
 -- Boot ------------------------------------------------------------------------
 
+-- isle's own modules load from the preloaded bytecode (csrc/preload.c, the
+-- searcher at package.loaders[2]); an interrupt must not land while one
+-- loads, or the module would stay broken for every later require.
+local function guard_isle_modules()
+    local loaders = package.loaders
+    local blob = loaders[2]
+    local function finish(ok, ...)
+        interrupt.loading(-1)
+        if not ok then error((...), 0) end
+        return ...
+    end
+    loaders[2] = function(name)
+        local loader = blob(name)
+        if type(loader) ~= "function" then return loader end
+        return function(...)
+            interrupt.loading(1)
+            return finish(pcall(loader, ...))
+        end
+    end
+end
+
 local function run_init(rec)
     local spec = rec.spec
     local function init(...)
@@ -374,7 +433,10 @@ function worker.main(addr)
     runtime.sched = s
     interrupt.bind(s.sig, C.isle_state_intr(self_ptr))
     interrupt.install_hook()
+    interrupt.guard_coroutines(coroutine)
+    s.resumed = interrupt.resumed
     flagp = interrupt.pointers()
+    guard_isle_modules()
 
     local dec, lenp = runtime.dec, runtime.lenp
     local boot = C.isle_boot(self_ptr, lenp)
