@@ -50,7 +50,7 @@ local isle_path = module_dirs()
 -- reading or parsing any of isle's source.
 local MODULES = { "isle", "isle.cdef", "isle.codec", "isle.errors", "isle.runtime", "isle.sched",
     "isle.interrupt", "isle.libs", "isle.proto", "isle.worker", "isle.handle", "isle.task",
-    "isle.token", "isle.chunks", "isle.instrument", "isle.fnsource" }
+    "isle.token", "isle.chunks", "isle.instrument", "isle.fnsource", "isle.loaders" }
 local function preload_modules()
     if C.isle_preload_count() > 0 then return end
     for _, name in ipairs(MODULES) do
@@ -92,7 +92,7 @@ function isle.spawn(opts)
     end
     for k in next, opts do
         if k ~= "init" and k ~= "args" and k ~= "name" and k ~= "libs" and k ~= "capacity"
-            and k ~= "instrument" then
+            and k ~= "instrument" and k ~= "instrument_loads" then
             error("isle.spawn: unknown option '" .. tostring(k) .. "'", 2)
         end
     end
@@ -100,6 +100,12 @@ function isle.spawn(opts)
     if opts.instrument ~= nil then
         if type(opts.instrument) ~= "boolean" then bad_opt("instrument", "a boolean", type(opts.instrument)) end
     end
+    if opts.instrument_loads ~= nil and type(opts.instrument_loads) ~= "boolean" then
+        bad_opt("instrument_loads", "a boolean", type(opts.instrument_loads))
+    end
+    -- Chunks the isle loads itself (load, require...) get checkpoints unless
+    -- turned off, alone or with everything else (instrument = false).
+    spec.instrument_loads = opts.instrument ~= false and opts.instrument_loads ~= false
     local init = opts.init
     if type(init) == "string" then
         if opts.instrument == false then
@@ -111,7 +117,7 @@ function isle.spawn(opts)
         local ok, shipped = pcall(codec.check, init, "init")
         if not ok then error(errors.from_codec(shipped) or shipped, 2) end
         local src = opts.instrument ~= false and chunks.prepare_function(init)
-        if src then spec.init_src = src else spec.init_fn = shipped[1] end
+        if src then spec.init_src = src else spec.init_fn = string.dump(init) end
     elseif init ~= nil then
         bad_opt("init", "a function without upvalues or a chunk string", type(init))
     end

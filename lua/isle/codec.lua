@@ -11,10 +11,10 @@ local buffer = require("string.buffer")
 local string = require("string")
 local debug = require("debug")
 
-local type, pairs, next, select, tostring, setmetatable, getmetatable, load =
-    type, pairs, next, select, tostring, setmetatable, getmetatable, load
+local type, pairs, next, select, tostring, setmetatable, getmetatable, load, loadstring, require =
+    type, pairs, next, select, tostring, setmetatable, getmetatable, load, loadstring, require
 local string_dump, string_format, string_match = string.dump, string.format, string.match
-local getinfo = debug.getinfo
+local getinfo, getupvalue, setupvalue = debug.getinfo, debug.getupvalue, debug.setupvalue
 local istype = ffi.istype
 
 local codec = {}
@@ -72,12 +72,31 @@ local function cdata_ok(v)
     return istype("int64_t", v) or istype("uint64_t", v) or istype("complex", v)
 end
 
+-- The upvalues isle.instrument gives the functions it compiles: not the
+-- user's, so they do not count, and the receiver binds its own.
+local CHECKPOINT_UPVALUES = { __isle_F = true, __isle_S = true, __isle_C = true }
+codec.CHECKPOINT_UPVALUES = CHECKPOINT_UPVALUES
+
+-- Shipped forms (FN_MT): { bytecode } for a plain function; { bytecode,
+-- true } for one whose checkpoints the receiver rebinds; { false, text,
+-- chunkname } for an upvalue-free function whose source was recovered and
+-- instrumented (isle.chunks), so it stays stoppable where it runs.
 local function ship_function(f, path)
     local info = getinfo(f, "Su")
     if info.what == "C" then bad(path, "a C function") end
-    if info.nups > 0 then
-        bad(path, "a function with " .. info.nups .. " upvalue(s) (only upvalue-free functions can be sent)")
+    local nups = info.nups
+    if nups > 0 then
+        local mine = 0
+        for i = 1, nups do
+            if not CHECKPOINT_UPVALUES[getupvalue(f, i)] then mine = mine + 1 end
+        end
+        if mine > 0 then
+            bad(path, "a function with " .. mine .. " upvalue(s) (only upvalue-free functions can be sent)")
+        end
+        return setmetatable({ string_dump(f), true }, FN_MT)
     end
+    local src = require("isle.chunks").prepare_function(f)
+    if src then return setmetatable({ false, src[1], src[2] }, FN_MT) end
     return setmetatable({ string_dump(f) }, FN_MT)
 end
 
@@ -204,12 +223,44 @@ function codec.put_values(buf, prefix, first, n, ...)
     return buf
 end
 
+-- Functions arriving with checkpoints get this state's flag, scratch word
+-- and slow path (isle.interrupt, loaded on first need).
+local function bind_checkpoints(f)
+    local F, S, Cf = require("isle.interrupt").pointers()
+    local by_name = { __isle_F = F, __isle_S = S, __isle_C = Cf }
+    local i = 1
+    while true do
+        local name = getupvalue(f, i)
+        if name == nil then break end
+        setupvalue(f, i, by_name[name])
+        i = i + 1
+    end
+    return f
+end
+
+codec.bind_checkpoints = bind_checkpoints
+
+local sources, source_count = {}, 0 -- instrumented text -> its function
+local function from_source(text, chunkname)
+    local f = sources[text]
+    if f then return f end
+    local factory, err = loadstring(text, chunkname)
+    if not factory then error("cannot load a shipped function: " .. tostring(err), 0) end
+    f = factory()(require("isle.interrupt").pointers())()
+    if source_count >= 256 then sources, source_count = {}, 0 end
+    sources[text] = f
+    source_count = source_count + 1
+    return f
+end
+
 local function restore(v, chunkname)
     if type(v) ~= "table" then return v end
     local mt = getmetatable(v)
     if mt == FN_MT then
+        if v[1] == false then return from_source(v[2], v[3]) end
         local f, err = load(v[1], chunkname)
         if not f then error("cannot load a shipped function: " .. tostring(err), 0) end
+        if v[2] then bind_checkpoints(f) end
         return f
     elseif mt == SPECIAL_MT then
         return special_restore(v[1], v[2])

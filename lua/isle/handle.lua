@@ -15,6 +15,7 @@ local C = runtime.C
 local setmetatable, getmetatable, select, error, type, tostring, tonumber, pcall, next, newproxy =
     setmetatable, getmetatable, select, error, type, tostring, tonumber, pcall, next, newproxy
 local debug = require("debug")
+local string = require("string")
 local outcome = task.outcome
 local ISLE_OK, ISLE_EBUSY = C.ISLE_OK, C.ISLE_EBUSY
 
@@ -107,12 +108,11 @@ local dumps = setmetatable({}, { __mode = "k" })
 local function dump_function(fn, what)
     local s = dumps[fn]
     if s then return s end
-    local ok, shipped = pcall(codec.check, fn, what)
-    if not ok then
-        local e = errors.from_codec(shipped)
-        error(e or shipped, 4)
-    end
-    s = shipped[1]
+    -- The check rejects C functions and upvalues with a clear error; what
+    -- travels is the bytecode (the worker rebinds checkpoint upvalues).
+    local ok, e = pcall(codec.check, fn, what)
+    if not ok then error(errors.from_codec(e) or e, 4) end
+    s = string.dump(fn)
     dumps[fn] = s
     return s
 end

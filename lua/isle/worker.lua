@@ -105,7 +105,9 @@ local function complete(rec, ok, ...)
     local t = rec.task
     rec.finished = true
     interrupt.job_ended(rec)
-    -- A stopped job ends stopped, even if its code caught the error and returned.
+    -- A stopped job ends stopped, even if its code caught the error and
+    -- returned, or the request came while it was inside a C call.
+    if t ~= nil and not rec.stop then interrupt.job_stop_reason(rec) end
     if rec.stop and (ok or not errors.is((...)) or (...).code ~= rec.stop) then
         return complete(rec, false, interrupt.stop_error(rec.stop))
     end
@@ -153,7 +155,11 @@ local function compile(code, chunkname, wrapped)
     local err
     f, err = loadstring(code, chunkname)
     if not f then error(errors.new("runtime", err), 0) end
-    if wrapped then f = f()(interrupt.pointers()) end
+    if wrapped then
+        f = f()(interrupt.pointers())
+    elseif code:byte(1) == 27 then
+        codec.bind_checkpoints(f) -- bytecode of a function made by instrumented code
+    end
     if chunk_count >= 256 then chunk_cache, chunk_count = {}, 0 end
     chunk_cache[key] = f
     chunk_count = chunk_count + 1
@@ -443,6 +449,7 @@ function worker.main(addr)
     dec:set(boot, lenp[0])
     local spec = dec:decode()
     local args = pack(select(2, codec.get_values(dec)))
+    if spec.instrument_loads then require("isle.loaders").install(_G) end
     libs.apply(spec.libs, _G)
 
     local init_task = C.isle_init_task(self_ptr)
