@@ -154,4 +154,14 @@ function TestMemory:test_post_fails_with_a_memory_error()
     h:close()
 end
 
+function TestMemory:test_token_and_interrupt_id_fail_with_memory_errors()
+    both_modes(THIS_THREAD, function(flags)
+        lu.assertEquals(sweep(flags, isle.token, function() end), 1)
+        local id = function() return isle.interrupt_id(coroutine.create(function() end)) end
+        local sites, n = sweep(flags, id, function() end)
+        lu.assertEquals(sites, 1)
+        lu.assertTrue(n > 0)
+    end)
+end
+
 os.exit(lu.LuaUnit.run())
