@@ -14,6 +14,10 @@ SRCS := csrc/clock.c csrc/msg.c csrc/task.c csrc/mbox.c csrc/sig.c csrc/watchdog
 HDRS := csrc/isle.h csrc/internal.h
 CORE_SRCS := csrc/clock.c csrc/msg.c csrc/task.c csrc/mbox.c csrc/sig.c csrc/watchdog.c csrc/fork.c
 CTESTS := $(patsubst test/c/%.c,%,$(wildcard test/c/test_*.c))
+# Test builds route the core's allocations through test/c/failalloc.c, which
+# can fail the n-th one (docs/testing.md); the library itself never links it.
+FAILALLOC := test/c/failalloc.c
+WRAP_ALLOC := -Wl,--wrap=malloc,--wrap=calloc,--wrap=realloc,--wrap=strdup,--wrap=free
 LUA_TESTS := $(sort $(wildcard test/test_*.lua))
 # OpenResty's luajit2, unpacked into a private prefix (it conflicts with Debian's luajit).
 LJ2_ROOT := $(BUILD)/luajit2
@@ -57,8 +61,8 @@ path:
 demo: deps all
 	$(LUAJIT) examples/demo.lua
 
-$(BUILD)/test_%: test/c/test_%.c $(CORE_SRCS) $(HDRS) test/c/check.h | $(BUILD)
-	$(CC) $(CFLAGS) $(WARN) -pthread -Icsrc -o $@ $< $(CORE_SRCS) -lm
+$(BUILD)/test_%: test/c/test_%.c $(CORE_SRCS) $(HDRS) test/c/check.h $(FAILALLOC) | $(BUILD)
+	$(CC) $(CFLAGS) $(WARN) -pthread -Icsrc -o $@ $< $(CORE_SRCS) $(FAILALLOC) $(WRAP_ALLOC) -lm
 
 test-c: $(addprefix $(BUILD)/,$(CTESTS))
 	@for t in $(CTESTS); do echo "== C $$t"; $(BUILD)/$$t || exit 1; done
@@ -83,10 +87,10 @@ test-sanitize: | $(BUILD)
 	@for san in thread address; do for t in $(CTESTS); do \
 	  echo "== C $$t under $$san sanitizer"; \
 	  $(CC) -O1 -g -fsanitize=$$san -fno-omit-frame-pointer $(WARN) -pthread -Icsrc \
-	    -o $(BUILD)/$$t-$$san test/c/$$t.c $(CORE_SRCS) -lm || exit 1; \
+	    -o $(BUILD)/$$t-$$san test/c/$$t.c $(CORE_SRCS) $(FAILALLOC) $(WRAP_ALLOC) -lm || exit 1; \
 	  $(BUILD)/$$t-$$san || exit 1; done; done
 
-test-lua: all
+test-lua: all $(BUILD)/libisle-failalloc.so
 	@$(LUAJIT) -v
 	@for t in $(LUA_TESTS); do echo "== $$t"; $(LUAJIT) $$t -o text || exit 1; done
 
@@ -99,6 +103,29 @@ test: deps all build-clang test-c test-sanitize test-host test-lua
 ifeq ($(origin LUAJIT),file)
 test: test-lj2
 endif
+
+# Out of memory at every allocation site of isle_spawn (test/c/spawn_alloc.c),
+# plain and under AddressSanitizer. The library with the failing allocator is
+# also what test/test_memory.lua runs on. The test binary links it instead of
+# the sources, since the isles it starts load it through the FFI: one copy.
+.PHONY: test-alloc
+ALLOC_ASAN := -O1 -g -fsanitize=address -fno-omit-frame-pointer
+ALLOC_DEPS := $(SRCS) $(HDRS) $(FAILALLOC) test/c/failalloc.h
+$(BUILD)/libisle-failalloc.so: $(ALLOC_DEPS) | $(BUILD)
+	$(CC) $(CFLAGS) $(WARN) $(PIC) $(LUAJIT_INC) -shared -o $@ $(SRCS) $(FAILALLOC) $(WRAP_ALLOC) $(LUAJIT_LIB) -lm
+$(BUILD)/asan/libisle-failalloc.so: $(ALLOC_DEPS) | $(BUILD)
+	@mkdir -p $(BUILD)/asan
+	$(CC) $(ALLOC_ASAN) $(WARN) $(PIC) $(LUAJIT_INC) -shared -o $@ $(SRCS) $(FAILALLOC) $(WRAP_ALLOC) $(LUAJIT_LIB) -lm
+$(BUILD)/spawn_alloc: test/c/spawn_alloc.c test/c/alloc_sweep.h test/c/check.h $(BUILD)/libisle-failalloc.so
+	$(CC) $(CFLAGS) $(WARN) -pthread -Icsrc -Itest/c $(LUAJIT_INC) -o $@ $< \
+	  -L$(BUILD) -lisle-failalloc -Wl,-rpath,$(ROOT)/$(BUILD) $(LUAJIT_LIB) -ldl -lm
+$(BUILD)/spawn_alloc-asan: test/c/spawn_alloc.c test/c/alloc_sweep.h test/c/check.h $(BUILD)/asan/libisle-failalloc.so
+	$(CC) $(ALLOC_ASAN) $(WARN) -pthread -Icsrc -Itest/c $(LUAJIT_INC) -o $@ $< \
+	  -L$(BUILD)/asan -lisle-failalloc -Wl,-rpath,$(ROOT)/$(BUILD)/asan $(LUAJIT_LIB) -ldl -lm
+test-alloc: $(BUILD)/spawn_alloc $(BUILD)/spawn_alloc-asan
+	@echo "== C spawn_alloc"; $(BUILD)/spawn_alloc
+	@echo "== C spawn_alloc under address sanitizer"; $(BUILD)/spawn_alloc-asan
+test: test-alloc
 
 # The C floor of the benchmarks (bench/c/pingpong.c): the core, no Lua.
 .PHONY: bench-floor

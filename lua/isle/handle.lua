@@ -125,6 +125,14 @@ local function is_closed(self)
     return self.closed or (self.base and self.base.closed) or C.isle_is_closed(self.ptr) ~= 0
 end
 
+-- A token in the call options was shipped holding a reference for the
+-- receiver (lua/isle/token.lua): a message that is never sent gives it back,
+-- or the token would never be freed.
+local function unship(opts)
+    local tok = opts and opts.wire.token
+    if tok ~= nil then C.isle_task_release(tok.ptr) end
+end
+
 -- Encodes and queues one message. wait: seconds to wait for room (< 0 for
 -- ever, 0 not at all). Returns the task pointer (or true for one-way
 -- messages), or nil, err for busy/closed.
@@ -167,27 +175,36 @@ local function send(self, kind, target, wait, with_task, n, ...)
         local ok, e = pcall(codec.put_values, enc, "args", 1, n, ...)
         if not ok then
             enc:reset()
+            unship(opts)
             error(errors.from_codec(e) or e, 3)
         end
     end
     local t
     if with_task then
         t = C.isle_task_new()
-        if t == nil then error(errors.new("memory", "cannot allocate a task"), 3) end
+        if t == nil then
+            unship(opts)
+            error(errors.new("memory", "cannot allocate a task"), 3)
+        end
         ffi.gc(t, task_release)
         -- The deadline runs from the call, queued time included.
         if opts and opts.timeout
             and C.isle_task_expire_at(t, C.isle_now() + opts.timeout) ~= ISLE_OK then
+            unship(opts)
             error(errors.new("memory", "cannot arm the timeout"), 3)
         end
     end
     local p, len = enc:ref()
     local m = C.isle_msg_new(kind, t, p, len)
-    if m == nil then error(errors.new("memory", "cannot allocate a message of " .. len .. " bytes"), 3) end
+    if m == nil then
+        unship(opts)
+        error(errors.new("memory", "cannot allocate a message of " .. len .. " bytes"), 3)
+    end
     m.flags = flags
     local rc = C.isle_mbox_push(C.isle_mailbox(self.ptr), m, wait)
     if rc ~= ISLE_OK then
         C.isle_msg_free(m)
+        unship(opts)
         if rc == ISLE_EBUSY then
             return nil, errors.new("busy", "the mailbox of isle " .. tonumber(C.isle_id(self.ptr)) .. " is full")
         end

@@ -222,6 +222,9 @@ function M.interrupt_id(co)
     local id = co_ids[co]
     if not id then
         id = C.isle_intr_new(sig)
+        -- 0 is no id (out of memory): handing it out would make every
+        -- interrupt of this coroutine fail later as "unknown".
+        if id == 0 then error(errors.new("memory", "cannot allocate an interrupt id"), 3) end
         co_ids[co] = id
         -- The id goes when the coroutine is collected: later requests get "unknown".
         local guard = newproxy(true)

@@ -6,6 +6,7 @@
 local ffi = require("ffi")
 local runtime = require("isle.runtime")
 local codec = require("isle.codec")
+local errors = require("isle.errors")
 
 local C = runtime.C
 local setmetatable, tonumber = setmetatable, tonumber
@@ -23,7 +24,7 @@ end
 
 function token.new()
     local p = C.isle_task_new()
-    if p == nil then error("isle: cannot allocate a token", 2) end
+    if p == nil then error(errors.new("memory", "cannot allocate a token"), 2) end
     return token.wrap(p)
 end
 

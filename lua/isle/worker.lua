@@ -212,8 +212,13 @@ end
 -- Runs one job; `...` are its decoded arguments.
 local function run_job(rec, ...)
     local tok = rec.token
-    if tok ~= nil and C.isle_task_watch(tok, runtime.sched.mbox, runtime.sched.sig) == 0 then
+    local watched = tok ~= nil and C.isle_task_watch(tok, runtime.sched.mbox, runtime.sched.sig)
+    if watched == 0 then
         rec.stop = "cancelled" -- the token was cancelled before the job began
+    elseif watched == -1 then
+        -- Out of memory: unwatched, a cancel of the token would not reach
+        -- the job, so it must not run as if it could be cancelled.
+        return complete(rec, false, errors.new("memory", "cannot watch the call's token (out of memory)"))
     end
     if rec.stop then return complete(rec, false, interrupt.stop_error(rec.stop)) end
     complete(rec, xpcall(call_target, on_error, rec, ...))
