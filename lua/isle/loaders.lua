@@ -98,7 +98,9 @@ function loaders.install(G)
         local path, err = package.searchpath(name, package.path)
         if not path then return err end
         local src = read_file(path)
-        local f = src and instrumented(src, "@" .. path)
+        -- LuaJIT's own tools (jit.dump, jit.v...) run from VM event
+        -- handlers, where a stop would be swallowed: they stay as they are.
+        local f = src and sub(name, 1, 4) ~= "jit." and instrumented(src, "@" .. path)
         if f then return f end
         local g, lerr = plain_loadfile(path)
         if not g then

@@ -272,7 +272,20 @@ end
 
 interrupt.protect(run_post, on_error)
 
-local LABEL = { [EVAL] = "eval", [proto.CALL] = "call ", [EXEC] = "exec", [POST] = "post " }
+-- What h:stats() shows for a running job: "eval", "exec" or "call <name>"
+-- (made once per name: the label is copied into the task on every start).
+local LABEL = { [EVAL] = "eval", [EXEC] = "exec" }
+local call_labels, call_label_count = {}, 0
+local function call_label(name)
+    local l = call_labels[name]
+    if l == nil then
+        if call_label_count >= 256 then call_labels, call_label_count = {}, 0 end
+        l = "call " .. tostring(name)
+        call_labels[name] = l
+        call_label_count = call_label_count + 1
+    end
+    return l
+end
 
 local function run_message(s, runner, m)
     local t = m.task
@@ -295,9 +308,7 @@ local function run_message(s, runner, m)
     if t ~= nil then
         local kind = m.kind
         local label = LABEL[kind]
-        if kind == proto.CALL then
-            label = label .. tostring(band(flags, F_OPTIONS) ~= 0 and target[1] or target)
-        end
+        if kind == proto.CALL then label = call_label(band(flags, F_OPTIONS) ~= 0 and target[1] or target) end
         if C.isle_task_start(t, s.sig, label) == 0 then
             C.isle_task_release(t) -- cancelled while queued: it has ended already
             return C.isle_msg_free(m)
