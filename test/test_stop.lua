@@ -28,6 +28,12 @@ local SHAPES = {
     { "pcall around a loop", "while true do pcall(function() while true do end end) end", true },
     { "loadstring'd chunk", "loadstring('local n = 0 while true do n = n + 1 end')()", true },
     { "require'd module", "require('test.fixtures_spin').spin()", true },
+    -- LuaJIT records no trace and runs no hook inside finalisers: only the
+    -- checkpoints stop them (when the collection runs inside the job).
+    { "__gc of a userdata", "local p = newproxy(true) getmetatable(p).__gc = function() local n = 0 "
+        .. "while true do n = n + 1 end end p = nil collectgarbage() collectgarbage()", false },
+    { "__gc of a cdata", "local ffi = require('ffi') local p = ffi.gc(ffi.new('int[1]'), function() "
+        .. "local n = 0 while true do n = n + 1 end end) p = nil collectgarbage() collectgarbage()", false },
 }
 
 -- Tells the test the shape has started (the address comes as an argument:
