@@ -4,6 +4,8 @@
  * transition happens under `mu` so that waking, subscribing and cancelling
  * see one order of events. The slot is freed when the last reference goes:
  * the caller's handle, the queued message and each pending notice hold one.
+ * A subscription (a pending notice) also holds its mailbox and signal block
+ * until the task ends or the subscriber takes it back (isle_task_unwatch).
  */
 #include "internal.h"
 
@@ -233,6 +235,32 @@ int isle_task_watch(isle_task *t, isle_mbox *mb, isle_sig *sig)
     pthread_mutex_unlock(&t->mu);
     if (!subscribed) free(d);
     return subscribed;
+}
+
+int isle_task_unwatch(isle_task *t, isle_mbox *mb, isle_sig *sig)
+{
+    isle_done *d = NULL;
+    pthread_mutex_lock(&t->mu);
+    for (isle_done **pp = &t->subs; *pp; pp = &(*pp)->next)
+        if ((*pp)->mbox == mb && (*pp)->sig == sig) {
+            d = *pp;
+            *pp = d->next;
+            break;
+        }
+    pthread_mutex_unlock(&t->mu);
+    if (!d) return 0;
+    /* Released outside the task lock: the last reference to the mailbox may
+     * go here, and freeing it ends its queued tasks (their locks). */
+    isle_sig_free(d->sig);
+    isle_mbox_free(d->mbox);
+    free(d);
+    isle_task_release(t); /* the subscription's: may be the last one */
+    return 1;
+}
+
+int isle_task_unsubscribe(isle_task *t, isle_mbox *mb)
+{
+    return isle_task_unwatch(t, mb, NULL);
 }
 
 void isle_done_free_list(isle_done *head)
