@@ -77,9 +77,23 @@ end
 
 local STOP_STATE = { cancelled = ISLE_TASK_CANCELLED, timeout = ISLE_TASK_CANCELLED, closed = ISLE_TASK_CLOSED }
 
+-- Jobs whose token is watched (run_job), so that a loop that dies can still
+-- take their watches back.
+local watching = {}
+
+-- The job no longer cares about its token: take the watch back, or a token
+-- nobody cancels keeps this isle's mailbox and signal block (and itself)
+-- for ever. Before the task completes, so its caller never sees the watch.
+local function unwatch(rec)
+    watching[rec] = nil
+    local s = runtime.sched
+    C.isle_task_unwatch(rec.token, s.mbox, s.sig)
+end
+
 local function complete(rec, ok, ...)
     local t = rec.task
     rec.finished = true
+    if watching[rec] then unwatch(rec) end
     -- A stopped job ends stopped, even if its code caught the error and returned.
     if rec.stop and (ok or not errors.is((...)) or (...).code ~= rec.stop) then
         return complete(rec, false, interrupt.stop_error(rec.stop))
@@ -182,8 +196,13 @@ end
 -- Runs one job; `...` are its decoded arguments.
 local function run_job(rec, ...)
     local tok = rec.token
-    if tok ~= nil and C.isle_task_watch(tok, runtime.sched.mbox, runtime.sched.sig) == 0 then
-        rec.stop = "cancelled" -- the token was cancelled before the job began
+    if tok ~= nil then
+        local w = C.isle_task_watch(tok, runtime.sched.mbox, runtime.sched.sig)
+        if w == 0 then
+            rec.stop = "cancelled" -- the token was cancelled before the job began
+        elseif w == 1 then
+            watching[rec] = true -- complete takes it back, however the job ends
+        end
     end
     if rec.stop then return complete(rec, false, interrupt.stop_error(rec.stop)) end
     complete(rec, xpcall(call_target, on_error, rec, ...))
@@ -409,6 +428,8 @@ function worker.main(addr)
         -- The loop itself failed (a bug, or out of memory): what it had
         -- queued ends CLOSED here; the core ends the jobs that were running
         -- (isle_sig_fail_running) and whatever is left in the mailbox.
+        -- Their token watches are taken back here.
+        for rec in next, watching do unwatch(rec) end
         while q_head ~= nil do
             local m = q_head
             q_head = m.next
