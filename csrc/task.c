@@ -23,6 +23,8 @@ struct isle_task {
     isle_sig *sig;         /* state running the task, retained while RUNNING (mu) */
     isle_done *subs;       /* pending notices, each holding a task ref (mu) */
     isle_task *rnext, *rprev; /* in sig's running list (sig's lock) */
+    atomic_int has_deadline;  /* set once by isle_task_expire_at */
+    size_t deadline_slot;     /* index + 1 in the watchdog's heap, 0 if not in it (its lock) */
     char *result;
     size_t result_len;
 };
@@ -150,7 +152,7 @@ static void finish_locked(isle_task *t, int state, char *data, size_t len,
     if (t->waiters) pthread_cond_broadcast(&t->cv);
 }
 
-static void after_finish(isle_sig *sig, isle_done *subs)
+static void after_finish(isle_task *t, isle_sig *sig, isle_done *subs)
 {
     while (subs) {
         isle_done *next = subs->next;
@@ -158,7 +160,20 @@ static void after_finish(isle_sig *sig, isle_done *subs)
         subs = next;
     }
     isle_sig_free(sig);
+    /* Pairs with isle_task_mark_deadline: either it sees the end, or this
+     * sees the mark and the task leaves the watchdog's heap now, result and
+     * all, instead of at its deadline. */
+    atomic_thread_fence(memory_order_seq_cst);
+    if (atomic_load_explicit(&t->has_deadline, memory_order_relaxed)) isle_watchdog_forget(t);
 }
+
+int isle_task_mark_deadline(isle_task *t)
+{
+    atomic_store(&t->has_deadline, 1);
+    return atomic_load(&t->ended);
+}
+
+size_t *isle_task_deadline_slot(isle_task *t) { return &t->deadline_slot; }
 
 int isle_task_complete(isle_task *t, int state, const char *data, size_t len)
 {
@@ -176,7 +191,7 @@ int isle_task_complete(isle_task *t, int state, const char *data, size_t len)
     if (won) finish_locked(t, state, copy, len, &sig, &subs);
     pthread_mutex_unlock(&t->mu);
     if (!won) free(copy);
-    else after_finish(sig, subs);
+    else after_finish(t, sig, subs);
     return won;
 }
 
@@ -295,6 +310,6 @@ int isle_task_cancel_reason(isle_task *t, int reason)
     if (state == ISLE_TASK_QUEUED)
         finish_locked(t, ISLE_TASK_CANCELLED, NULL, 0, &sig, &subs);
     pthread_mutex_unlock(&t->mu);
-    if (state == ISLE_TASK_QUEUED) after_finish(sig, subs);
+    if (state == ISLE_TASK_QUEUED) after_finish(t, sig, subs);
     return state;
 }
