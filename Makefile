@@ -23,8 +23,8 @@ LJ2_ENV := LD_LIBRARY_PATH=$(ROOT)/$(LJ2_ROOT)/usr/lib/x86_64-linux-gnu
 export LUA_PATH := $(ROOT)/lua/?.lua;$(ROOT)/lua/?/init.lua;$(ROOT)/ffi/?.lua;$(ROOT)/test/?.lua;;
 export LUA_CPATH := $(ROOT)/$(BUILD)/?.so;;
 
-DEB_PKGS := build-essential clang luajit libluajit-5.1-dev lua-unit
-.PHONY: all deps demo test test-c test-lua test-lj2 test-sanitize build-clang bench path clean luajit2
+DEB_PKGS := build-essential clang luajit libluajit-5.1-dev lua-unit valgrind
+.PHONY: all deps demo test test-c test-lua test-lj2 test-sanitize test-valgrind build-clang bench path clean luajit2
 
 all: $(BUILD)/libisle.so
 
@@ -80,12 +80,17 @@ test-lua: all
 	@$(LUAJIT) -v
 	@for t in $(LUA_TESTS); do echo "== $$t"; $(LUAJIT) $$t -o text || exit 1; done
 
+# No block allocated through isle's C code may be lost at exit (valgrind).
+test-valgrind: all
+	@echo "== valgrind leak check (test/valgrind/leaks.lua)"
+	@test/valgrind/check.sh $(LUAJIT)
+
 test-lj2: all $(LJ2)
 	$(MAKE) --no-print-directory test-lua LUAJIT="env $(LJ2_ENV) $(ROOT)/$(LJ2)"
 
 # Everything: deps, the C core (plain and sanitized), the Lua suites on the
 # chosen LuaJIT and, unless LUAJIT was given, on OpenResty's luajit2 too.
-test: deps all build-clang test-c test-sanitize test-lua
+test: deps all build-clang test-c test-sanitize test-lua test-valgrind
 ifeq ($(origin LUAJIT),file)
 test: test-lj2
 endif
