@@ -36,6 +36,14 @@ local function watched_by(h, tok)
     return true
 end
 
+-- The same for a subscription of `h`'s mailbox (a wait inside `h`).
+local function subscribed_by(h, tok)
+    local mbox = C.isle_mailbox(h.ptr)
+    if C.isle_task_unsubscribe(tok.ptr, mbox) == 0 then return false end
+    assert(C.isle_task_subscribe(tok.ptr, mbox) == 1)
+    return true
+end
+
 TestLeaks = {}
 
 function TestLeaks:setUp() self.h = isle.spawn{ init = INIT } end
@@ -106,6 +114,28 @@ function TestLeaks:test_a_wait_that_gives_up_takes_its_subscription_back()
     lu.assertEquals(h:call("give_up"), 0)
     lu.assertEquals({ h:call("probe") }, { 1, 1 })
     peer:close{ cancel = true }
+end
+
+function TestLeaks:test_a_dying_loop_takes_back_what_its_jobs_held()
+    -- Break the isle's own loop (as a bug or out-of-memory in it would):
+    -- its suspended jobs never complete, yet their token watch and the
+    -- subscription of their wait must go.
+    local h = self.h
+    local tok, tok2 = isle.token(), isle.token()
+    h:eval("function hold(tok) return require('isle.runtime').wait_task(tok.ptr, 600) end")
+    local holder = h:spawn_call("hold", tok2)
+    local napper = h:with{ token = tok }:spawn_call("nap", 60)
+    lu.assertTrue(helpers.eventually(function()
+        return holder:status() == "running" and napper:status() == "running"
+    end))
+    lu.assertTrue(helpers.eventually(function() return subscribed_by(h, tok2) end), "the wait subscribes")
+    lu.assertTrue(watched_by(h, tok), "the job watches its token")
+    h:eval("require('isle.runtime').sched.on_idle = function() error('loop broken (on purpose)') end")
+    h:spawn_eval("return 1") -- the next turn of the loop breaks
+    lu.assertFalse((napper:wait(10)))
+    lu.assertFalse((holder:wait(10)))
+    lu.assertFalse(watched_by(h, tok))
+    lu.assertFalse(subscribed_by(h, tok2))
 end
 
 function TestLeaks:test_timed_waits_behind_a_long_timer_do_not_pile_up()

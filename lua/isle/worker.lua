@@ -428,10 +428,13 @@ function worker.main(addr)
         -- The loop itself failed (a bug, or out of memory): what it had
         -- queued ends CLOSED here; the core ends the jobs that were running
         -- (isle_sig_fail_running) and whatever is left in the mailbox.
-        -- Their token watches are taken back here. The mailbox is closed
-        -- first: whoever sees a task end CLOSED here can queue no more.
+        -- Their token watches and the subscriptions of their waits are
+        -- taken back here. The mailbox is closed first: whoever sees a task
+        -- end CLOSED here can queue no more.
         C.isle_mbox_close(s.mbox)
         for rec in next, watching do unwatch(rec) end
+        for _, list in next, s.waiting do C.isle_task_unsubscribe(list.task, s.mbox) end
+        s.waiting = {}
         while q_head ~= nil do
             local m = q_head
             q_head = m.next
