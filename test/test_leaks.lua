@@ -243,25 +243,27 @@ function TestLeaks:test_a_million_calls_with_tokens_keep_rss_flat()
     lu.assertTrue(c_grown < 8, string.format("C memory in use grew by %.1f MB", c_grown))
 end
 
-function TestLeaks:test_control_the_rss_bound_catches_the_old_leak()
-    -- The old behaviour by hand: jobs' watches never taken back. 100,000 of
-    -- them (a tenth of the calls above) must break the bound used above.
+function TestLeaks:test_control_the_bounds_catch_the_old_leak()
+    -- The old behaviour by hand: jobs' watches never taken back. 200,000 of
+    -- them (a fifth of the calls above) must break both bounds used above.
     local h = self.h
     local mbox, sig = C.isle_mailbox(h.ptr), C.isle_signal(h.ptr)
-    local toks = {}
+    local leaked = {}
     collectgarbage()
-    local before = mb_mb()
-    for i = 1, 100000 do
+    local before, c_before = mb_mb(), malloc_mb()
+    for i = 1, 200000 do
         local tok = isle.token()
         assert(C.isle_task_watch(tok.ptr, mbox, sig) == 1)
-        toks[i] = tok.ptr
-        ffi.gc(tok.ptr, nil) -- the leaked way: nothing would ever release it
-        C.isle_task_release(tok.ptr) -- only the watch holds it now, as before
+        leaked[i] = tok.ptr
+        ffi.gc(tok.ptr, nil) -- as before: only the watch holds the token
+        C.isle_task_release(tok.ptr)
     end
-    toks.grown = mb_mb() - before
+    local grown, c_grown = mb_mb() - before, malloc_mb() - c_before
+    print(string.format("\n    [leaks] control: RSS %+.1f MB, C memory %+.1f MB", grown, c_grown))
     -- Clean up: taking each watch back frees its token.
-    for i = 1, #toks do lu.assertEquals(C.isle_task_unwatch(toks[i], mbox, sig), 1) end
-    lu.assertTrue(toks.grown >= 8, string.format("100,000 leaked watches grew RSS by only %.1f MB", toks.grown))
+    for i = 1, #leaked do assert(C.isle_task_unwatch(leaked[i], mbox, sig) == 1) end
+    lu.assertTrue(grown >= 8, string.format("200,000 leaked watches grew RSS by only %.1f MB", grown))
+    lu.assertTrue(c_grown >= 8, string.format("200,000 leaked watches grew C memory by only %.1f MB", c_grown))
 end
 
 function TestLeaks:test_a_host_that_exits_without_closing_its_isles_exits_cleanly()
