@@ -28,7 +28,7 @@ export LUA_PATH := $(ROOT)/lua/?.lua;$(ROOT)/lua/?/init.lua;$(ROOT)/ffi/?.lua;$(
 export LUA_CPATH := $(ROOT)/$(BUILD)/?.so;;
 
 DEB_PKGS := build-essential clang luajit libluajit-5.1-dev lua-unit valgrind
-.PHONY: all deps demo test test-c test-host test-lua test-lj2 test-sanitize build-clang bench path clean luajit2
+.PHONY: all deps demo test test-c test-host test-lua test-lj2 test-sanitize test-valgrind build-clang bench path clean luajit2
 
 all: $(BUILD)/libisle.so
 
@@ -94,12 +94,17 @@ test-lua: all $(BUILD)/libisle-failalloc.so
 	@$(LUAJIT) -v
 	@for t in $(LUA_TESTS); do echo "== $$t"; $(LUAJIT) $$t -o text || exit 1; done
 
+# No block allocated through isle's C code may be lost at exit (valgrind).
+test-valgrind: all
+	@echo "== valgrind leak check (test/valgrind/leaks.lua)"
+	@test/valgrind/check.sh $(LUAJIT)
+
 test-lj2: all $(LJ2)
 	$(MAKE) --no-print-directory test-lua LUAJIT="env $(LJ2_ENV) $(ROOT)/$(LJ2)"
 
 # Everything: deps, the C core (plain and sanitized), the Lua suites on the
 # chosen LuaJIT and, unless LUAJIT was given, on OpenResty's luajit2 too.
-test: deps all build-clang test-c test-sanitize test-host test-lua
+test: deps all build-clang test-c test-sanitize test-host test-lua test-valgrind
 ifeq ($(origin LUAJIT),file)
 test: test-lj2
 endif
@@ -112,10 +117,10 @@ endif
 ALLOC_ASAN := -O1 -g -fsanitize=address -fno-omit-frame-pointer
 ALLOC_DEPS := $(SRCS) $(HDRS) $(FAILALLOC) test/c/failalloc.h
 $(BUILD)/libisle-failalloc.so: $(ALLOC_DEPS) | $(BUILD)
-	$(CC) $(CFLAGS) $(WARN) $(PIC) $(LUAJIT_INC) -shared -o $@ $(SRCS) $(FAILALLOC) $(WRAP_ALLOC) $(LUAJIT_LIB) -lm
+	$(CC) $(CFLAGS) $(WARN) $(PIC) $(LUAJIT_INC) -shared -Wl,-z,nodelete -o $@ $(SRCS) $(FAILALLOC) $(WRAP_ALLOC) $(LUAJIT_LIB) -lm
 $(BUILD)/asan/libisle-failalloc.so: $(ALLOC_DEPS) | $(BUILD)
 	@mkdir -p $(BUILD)/asan
-	$(CC) $(ALLOC_ASAN) $(WARN) $(PIC) $(LUAJIT_INC) -shared -o $@ $(SRCS) $(FAILALLOC) $(WRAP_ALLOC) $(LUAJIT_LIB) -lm
+	$(CC) $(ALLOC_ASAN) $(WARN) $(PIC) $(LUAJIT_INC) -shared -Wl,-z,nodelete -o $@ $(SRCS) $(FAILALLOC) $(WRAP_ALLOC) $(LUAJIT_LIB) -lm
 $(BUILD)/spawn_alloc: test/c/spawn_alloc.c test/c/alloc_sweep.h test/c/check.h $(BUILD)/libisle-failalloc.so
 	$(CC) $(CFLAGS) $(WARN) -pthread -Icsrc -Itest/c $(LUAJIT_INC) -o $@ $< \
 	  -L$(BUILD) -lisle-failalloc -Wl,-rpath,$(ROOT)/$(BUILD) $(LUAJIT_LIB) -ldl -lm

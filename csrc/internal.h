@@ -49,6 +49,17 @@ void isle_sig_count_end(isle_sig *s, int state);
 void isle_sig_link_running(isle_sig *s, isle_task *t);
 void isle_sig_unlink_running(isle_sig *s, isle_task *t);
 
+/* Deadlines (watchdog.c). The watchdog keeps a reference to each task it
+ * watches; a task that ends leaves its heap at once, so the heap holds no
+ * ended task (and its result) until the deadline. isle_task_mark_deadline
+ * marks the task before it is watched and returns 1 if it has ended already
+ * (then it is not watched); an ending task with the mark calls
+ * isle_watchdog_forget. The slot is the watchdog's, under its lock. */
+int isle_task_mark_deadline(isle_task *t);
+size_t *isle_task_deadline_slot(isle_task *t);
+void isle_watchdog_forget(isle_task *t);
+size_t isle_watchdog_count(void);   /* tasks watched now (for tests) */
+
 void isle_sig_retain(isle_sig *s);
 /* Forget every interrupt id of `s`: its state is gone (isle_intr_set -> ENOENT). */
 void isle_sig_drop_ids(isle_sig *s);

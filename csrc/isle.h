@@ -130,6 +130,15 @@ int isle_task_subscribe(isle_task *t, isle_mbox *mb);
 /* The same, and also raise `sig` (may be NULL) when `t` ends: how a token
  * (a slot used only for its cancellation) reaches compiled loops. */
 int isle_task_watch(isle_task *t, isle_mbox *mb, isle_sig *sig);
+/* Undo one isle_task_watch(t, mb, sig) (sig may be NULL, as from
+ * isle_task_subscribe) while `t` has not ended: removes one matching
+ * subscription and releases the references it held on `t`, `mb` and `sig`.
+ * A subscriber that stops caring must call it, or a task that never ends (a
+ * token nobody cancels) keeps its mailbox, signal block and itself forever.
+ * Returns 1 if one was removed, 0 if none matched (never subscribed, or the
+ * task ended and its notice is on its way to `mb`, freed by whoever takes it). */
+int isle_task_unwatch(isle_task *t, isle_mbox *mb, isle_sig *sig);
+int isle_task_unsubscribe(isle_task *t, isle_mbox *mb);  /* isle_task_unwatch(t, mb, NULL) */
 void isle_done_free_list(isle_done *head);  /* releases the tasks too */
 /* Request cancellation. A queued task ends CANCELLED at once; a running one
  * gets its cancel flag and its state's signal raised. Returns the state seen. */

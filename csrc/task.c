@@ -4,6 +4,8 @@
  * transition happens under `mu` so that waking, subscribing and cancelling
  * see one order of events. The slot is freed when the last reference goes:
  * the caller's handle, the queued message and each pending notice hold one.
+ * A subscription (a pending notice) also holds its mailbox and signal block
+ * until the task ends or the subscriber takes it back (isle_task_unwatch).
  */
 #include "internal.h"
 
@@ -23,6 +25,8 @@ struct isle_task {
     isle_task *rnext, *rprev; /* in sig's running list (sig's lock) */
     double started;        /* isle_now() when it started running (mu) */
     char label[ISLE_LABEL_MAX]; /* what runs, for isle_stats (set before it is linked) */
+    atomic_int has_deadline;  /* set once by isle_task_expire_at */
+    size_t deadline_slot;     /* index + 1 in the watchdog's heap, 0 if not in it (its lock) */
     char *result;
     size_t result_len;
 };
@@ -202,7 +206,7 @@ static void finish_locked(isle_task *t, int state, char *data, size_t len,
     if (t->waiters) pthread_cond_broadcast(&t->cv);
 }
 
-static void after_finish(isle_sig *sig, isle_done *subs)
+static void after_finish(isle_task *t, isle_sig *sig, isle_done *subs)
 {
     while (subs) {
         isle_done *next = subs->next;
@@ -210,7 +214,20 @@ static void after_finish(isle_sig *sig, isle_done *subs)
         subs = next;
     }
     isle_sig_free(sig);
+    /* Pairs with isle_task_mark_deadline: either it sees the end, or this
+     * sees the mark and the task leaves the watchdog's heap now, result and
+     * all, instead of at its deadline. */
+    atomic_thread_fence(memory_order_seq_cst);
+    if (atomic_load_explicit(&t->has_deadline, memory_order_relaxed)) isle_watchdog_forget(t);
 }
+
+int isle_task_mark_deadline(isle_task *t)
+{
+    atomic_store(&t->has_deadline, 1);
+    return atomic_load(&t->ended);
+}
+
+size_t *isle_task_deadline_slot(isle_task *t) { return &t->deadline_slot; }
 
 int isle_task_complete(isle_task *t, int state, const char *data, size_t len)
 {
@@ -228,7 +245,7 @@ int isle_task_complete(isle_task *t, int state, const char *data, size_t len)
     if (won) finish_locked(t, state, copy, len, &sig, &subs);
     pthread_mutex_unlock(&t->mu);
     if (!won) free(copy);
-    else after_finish(sig, subs);
+    else after_finish(t, sig, subs);
     return won;
 }
 
@@ -289,6 +306,32 @@ int isle_task_watch(isle_task *t, isle_mbox *mb, isle_sig *sig)
     return subscribed;
 }
 
+int isle_task_unwatch(isle_task *t, isle_mbox *mb, isle_sig *sig)
+{
+    isle_done *d = NULL;
+    pthread_mutex_lock(&t->mu);
+    for (isle_done **pp = &t->subs; *pp; pp = &(*pp)->next)
+        if ((*pp)->mbox == mb && (*pp)->sig == sig) {
+            d = *pp;
+            *pp = d->next;
+            break;
+        }
+    pthread_mutex_unlock(&t->mu);
+    if (!d) return 0;
+    /* Released outside the task lock: the last reference to the mailbox may
+     * go here, and freeing it ends its queued tasks (their locks). */
+    isle_sig_free(d->sig);
+    isle_mbox_free(d->mbox);
+    free(d);
+    isle_task_release(t); /* the subscription's: may be the last one */
+    return 1;
+}
+
+int isle_task_unsubscribe(isle_task *t, isle_mbox *mb)
+{
+    return isle_task_unwatch(t, mb, NULL);
+}
+
 void isle_done_free_list(isle_done *head)
 {
     while (head) {
@@ -321,6 +364,6 @@ int isle_task_cancel_reason(isle_task *t, int reason)
     if (state == ISLE_TASK_QUEUED)
         finish_locked(t, ISLE_TASK_CANCELLED, NULL, 0, &sig, &subs);
     pthread_mutex_unlock(&t->mu);
-    if (state == ISLE_TASK_QUEUED) after_finish(sig, subs);
+    if (state == ISLE_TASK_QUEUED) after_finish(t, sig, subs);
     return state;
 }

@@ -3,6 +3,9 @@
  * expired tasks from outside (with ISLE_CANCEL_TIMEOUT), which raises the
  * running state's flag like any cancel. Started on first use, it exits when
  * it has had nothing to watch for a while, so idle processes keep no thread.
+ * A task that ends leaves the heap at once (isle_watchdog_forget): the
+ * watchdog's reference must not keep an ended task and its result alive
+ * until a deadline that may be far off.
  */
 #include "internal.h"
 
@@ -20,30 +23,52 @@ static int wd_running;
 static watch *heap;
 static size_t heap_len, heap_cap;
 
-static void sift_up(size_t n)
+/* Every move of an entry goes through here, so each watched task knows
+ * where its entry is and can leave the heap when it ends. */
+static void put(size_t i, watch w)
 {
-    while (n > 0) {
-        size_t p = (n - 1) / 2;
-        if (heap[p].deadline <= heap[n].deadline) break;
-        watch tmp = heap[p]; heap[p] = heap[n]; heap[n] = tmp;
-        n = p;
-    }
+    heap[i] = w;
+    *isle_task_deadline_slot(w.task) = i + 1;
 }
 
-static watch pop_min(void)
+static void sift_up(size_t n)
 {
-    watch top = heap[0];
-    heap[0] = heap[--heap_len];
-    size_t i = 0;
+    watch w = heap[n];
+    while (n > 0) {
+        size_t p = (n - 1) / 2;
+        if (heap[p].deadline <= w.deadline) break;
+        put(n, heap[p]);
+        n = p;
+    }
+    put(n, w);
+}
+
+static void sift_down(size_t i)
+{
+    watch w = heap[i];
     for (;;) {
         size_t l = 2 * i + 1, r = l + 1, m = i;
-        if (l < heap_len && heap[l].deadline < heap[m].deadline) m = l;
-        if (r < heap_len && heap[r].deadline < heap[m].deadline) m = r;
+        double md = w.deadline;
+        if (l < heap_len && heap[l].deadline < md) { m = l; md = heap[l].deadline; }
+        if (r < heap_len && heap[r].deadline < md) m = r;
         if (m == i) break;
-        watch tmp = heap[m]; heap[m] = heap[i]; heap[i] = tmp;
+        put(i, heap[m]);
         i = m;
     }
-    return top;
+    put(i, w);
+}
+
+/* Takes entry `i` out; its reference to the task passes to the caller. */
+static watch remove_at(size_t i)
+{
+    watch w = heap[i];
+    *isle_task_deadline_slot(w.task) = 0;
+    if (i < --heap_len) {
+        heap[i] = heap[heap_len];
+        if (i > 0 && heap[i].deadline < heap[(i - 1) / 2].deadline) sift_up(i);
+        else sift_down(i);
+    }
+    return w;
 }
 
 static void *wd_main(void *arg)
@@ -62,7 +87,7 @@ static void *wd_main(void *arg)
             pthread_cond_timedwait(&wd_cv, &wd_lock, &dl);
             continue;
         }
-        watch w = pop_min();
+        watch w = remove_at(0);
         /* Cancel outside the lock: it takes the task's and mailboxes' locks. */
         pthread_mutex_unlock(&wd_lock);
         if (isle_task_state(w.task) < ISLE_TASK_DONE)
@@ -78,21 +103,21 @@ static void *wd_main(void *arg)
     return NULL;
 }
 
-/* Drops the watches of tasks that already ended, before the heap grows, so
- * that long timeouts on short calls do not pile up finished tasks. Keeps the
- * heap order by rebuilding it. Called with wd_lock held. */
-static void prune_ended_locked(void)
+void isle_watchdog_forget(isle_task *t)
 {
-    size_t kept = 0;
-    for (size_t i = 0; i < heap_len; i++) {
-        if (isle_task_state(heap[i].task) >= ISLE_TASK_DONE) {
-            isle_task_release(heap[i].task);
-        } else {
-            heap[kept++] = heap[i];
-        }
-    }
-    heap_len = kept;
-    for (size_t i = 1; i < heap_len; i++) sift_up(i);
+    pthread_mutex_lock(&wd_lock);
+    size_t slot = *isle_task_deadline_slot(t);
+    if (slot) remove_at(slot - 1);
+    pthread_mutex_unlock(&wd_lock);
+    if (slot) isle_task_release(t); /* outside the lock: it may free the task */
+}
+
+size_t isle_watchdog_count(void)
+{
+    pthread_mutex_lock(&wd_lock);
+    size_t n = heap_len;
+    pthread_mutex_unlock(&wd_lock);
+    return n;
 }
 
 int isle_task_expire_at(isle_task *t, double deadline)
@@ -103,7 +128,20 @@ int isle_task_expire_at(isle_task *t, double deadline)
         if (isle_cond_init(&wd_cv)) { rc = ISLE_ENOMEM; goto out; }
         wd_cv_ready = 1;
     }
-    if (heap_len == heap_cap) prune_ended_locked();
+    /* Marked under the lock: a task ending from here on waits for it in
+     * isle_watchdog_forget and finds its entry; one that has ended needs
+     * no deadline. */
+    if (isle_task_mark_deadline(t)) goto out;
+    size_t *slot = isle_task_deadline_slot(t);
+    if (*slot) {
+        /* Watched already: the earlier deadline wins. */
+        if (deadline < heap[*slot - 1].deadline) {
+            heap[*slot - 1].deadline = deadline;
+            sift_up(*slot - 1);
+            pthread_cond_signal(&wd_cv);
+        }
+        goto out;
+    }
     if (heap_len == heap_cap) {
         size_t cap = heap_cap ? heap_cap * 2 : 64;
         watch *h = realloc(heap, cap * sizeof(*h));
@@ -122,8 +160,7 @@ int isle_task_expire_at(isle_task *t, double deadline)
         wd_running = 1;
     }
     isle_task_retain(t);
-    heap[heap_len].deadline = deadline;
-    heap[heap_len].task = t;
+    heap[heap_len] = (watch){deadline, t};
     sift_up(heap_len++);
     pthread_cond_signal(&wd_cv);
 out:

@@ -60,6 +60,8 @@ int isle_task_wait(isle_task *t, double timeout);
 const char *isle_task_result(isle_task *t, size_t *len);
 int isle_task_subscribe(isle_task *t, isle_mbox *mb);
 int isle_task_watch(isle_task *t, isle_mbox *mb, isle_sig *sig);
+int isle_task_unwatch(isle_task *t, isle_mbox *mb, isle_sig *sig);
+int isle_task_unsubscribe(isle_task *t, isle_mbox *mb);
 void isle_done_free_list(isle_done *head);
 int isle_task_cancel(isle_task *t);
 int isle_task_cancel_reason(isle_task *t, int reason);

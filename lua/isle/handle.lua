@@ -232,7 +232,12 @@ local function check_function(v, fname)
     return v
 end
 
-local function finish(ok, ...)
+local function finish(t, ok, ...)
+    -- The outcome is decoded: the slot and its result go now, not at some
+    -- later GC cycle (which does not see their size: a stream of large
+    -- results would pile up in C memory meanwhile).
+    ffi.gc(t, nil)
+    C.isle_task_release(t)
     if ok then return select(2, ...) end
     error((...), 3)
 end
@@ -245,7 +250,7 @@ local function await(t)
         C.isle_task_cancel(t)
         error(interrupt.stop_error(why), 3)
     end
-    return finish(outcome(t))
+    return finish(t, outcome(t))
 end
 
 -- Blocking calls ---------------------------------------------------------

@@ -58,11 +58,35 @@ local function heap_pop(h)
     return top
 end
 
+-- Drops the cancelled entries of a timer heap in place (callers may hold
+-- the table) and restores the heap order.
+local function heap_compact(h)
+    local n = 0
+    for i = 1, #h do
+        local e = h[i]
+        if e.rec then n = n + 1; h[n] = e end
+    end
+    for i = #h, n + 1, -1 do h[i] = nil end
+    for i = (n - n % 2) / 2, 1, -1 do
+        local e, j = h[i], i
+        while true do
+            local l, r, m = 2 * j, 2 * j + 1, j
+            if l <= n and h[l].at < (m == j and e.at or h[m].at) then m = l end
+            if r <= n and h[r].at < (m == j and e.at or h[m].at) then m = r end
+            if m == j then break end
+            h[j] = h[m]
+            j = m
+        end
+        h[j] = e
+    end
+end
+
 function sched.new(mbox, sig)
     return setmetatable({
         mbox = mbox,
         sig = sig,
         timers = {},
+        dead_timers = 0,   -- cancelled entries still in `timers`
         ready = {},        -- records to resume on the next turn
         waiting = {},      -- task key -> list of records awaiting it
         pool = {},         -- idle coroutines
@@ -136,12 +160,31 @@ end
 
 -- Wakes a suspended job with `why` (from the loop only, never from a job).
 function Sched:wake(rec, why)
-    if rec.timer then rec.timer.rec = nil; rec.timer = nil end
+    if rec.timer then
+        rec.timer.rec = nil
+        rec.timer = nil
+        -- A cancelled entry stays until it reaches the top; behind a long
+        -- timer that may be never, so they are swept once they are the most.
+        local dead = self.dead_timers + 1
+        if dead > 32 and dead * 2 > #self.timers then
+            heap_compact(self.timers)
+            dead = 0
+        end
+        self.dead_timers = dead
+    end
     if rec.awaiting then
-        local list = self.waiting[rec.awaiting]
+        local key = rec.awaiting
+        local list = self.waiting[key]
         if list then
             for i = #list, 1, -1 do
                 if list[i] == rec then table.remove(list, i) end
+            end
+            if #list == 0 then
+                -- The last waiter gave up: take the subscription back, or a
+                -- task that never ends keeps this mailbox (and itself) for
+                -- ever. If it has ended, its notice finds no list: harmless.
+                self.waiting[key] = nil
+                C.isle_task_unsubscribe(list.task, self.mbox)
             end
         end
         rec.awaiting = nil
@@ -171,7 +214,7 @@ function Sched:await(t, timeout)
         if r < 0 then
             return C.isle_task_wait(t, timeout) ~= 0 and "done" or "timeout"
         end
-        list = {}
+        list = { task = t } -- the subscription holds `t` while the list exists
         self.waiting[key] = list
     end
     list[#list + 1] = rec
@@ -192,6 +235,8 @@ function Sched:fire_timers()
         if rec then
             rec.timer = nil
             self:wake(rec, "timeout")
+        else
+            self.dead_timers = self.dead_timers - 1
         end
     end
 end
@@ -223,7 +268,10 @@ end
 local function next_timeout(self)
     if #self.ready > 0 or self.stash_done ~= nil or (self.queued and self.queued()) then return 0 end
     local h = self.timers
-    while #h > 0 and h[1].rec == nil do heap_pop(h) end
+    while #h > 0 and h[1].rec == nil do
+        heap_pop(h)
+        self.dead_timers = self.dead_timers - 1
+    end
     if #h == 0 then return -1 end
     local d = h[1].at - C.isle_now()
     return d > 0 and d or 0

@@ -101,10 +101,30 @@ end
 
 local STOP_STATE = { cancelled = ISLE_TASK_CANCELLED, timeout = ISLE_TASK_CANCELLED, closed = ISLE_TASK_CLOSED }
 
+-- Jobs whose token is watched (run_job), so that a loop that dies can still
+-- take their watches back.
+local watching = {}
+
+-- The job no longer cares about its token: take the watch back, or a token
+-- nobody cancels keeps this isle's mailbox and signal block (and itself)
+-- for ever. Before the task completes, so its caller never sees the watch.
+local function unwatch(rec)
+    watching[rec] = nil
+    local s = runtime.sched
+    C.isle_task_unwatch(rec.token, s.mbox, s.sig)
+end
+
+-- What a job holds for its stops (its interrupt id, its token's watch)
+-- is let go only once its result is made: describing an error may still
+-- run user code that a stop must reach.
+local function let_go(rec)
+    interrupt.job_ended(rec)
+    if watching[rec] then unwatch(rec) end
+end
+
 local function complete(rec, ok, ...)
     local t = rec.task
     rec.finished = true
-    interrupt.job_ended(rec)
     -- A stopped job ends stopped, even if its code caught the error and
     -- returned, or the request came while it was inside a C call.
     if t ~= nil and not rec.stop then interrupt.job_stop_reason(rec) end
@@ -113,7 +133,7 @@ local function complete(rec, ok, ...)
     end
     if t == nil then
         if not ok then report((...)) end
-        return
+        return let_go(rec)
     end
     local enc = runtime.enc
     local state = ISLE_TASK_DONE
@@ -136,6 +156,7 @@ local function complete(rec, ok, ...)
         put_error(enc, e)
         state = STOP_STATE[e.code] or ISLE_TASK_FAILED
     end
+    let_go(rec)
     local p, len = enc:ref()
     C.isle_task_complete(t, state, p, len)
     if not rec.borrowed then C.isle_task_release(t) end
@@ -212,13 +233,17 @@ end
 -- Runs one job; `...` are its decoded arguments.
 local function run_job(rec, ...)
     local tok = rec.token
-    local watched = tok ~= nil and C.isle_task_watch(tok, runtime.sched.mbox, runtime.sched.sig)
-    if watched == 0 then
-        rec.stop = "cancelled" -- the token was cancelled before the job began
-    elseif watched == -1 then
-        -- Out of memory: unwatched, a cancel of the token would not reach
-        -- the job, so it must not run as if it could be cancelled.
-        return complete(rec, false, errors.new("memory", "cannot watch the call's token (out of memory)"))
+    if tok ~= nil then
+        local w = C.isle_task_watch(tok, runtime.sched.mbox, runtime.sched.sig)
+        if w == 0 then
+            rec.stop = "cancelled" -- the token was cancelled before the job began
+        elseif w == 1 then
+            watching[rec] = true -- complete takes it back, however the job ends
+        else
+            -- Out of memory: unwatched, a cancel of the token would not reach
+            -- the job, so it must not run as if it could be cancelled.
+            return complete(rec, false, errors.new("memory", "cannot watch the call's token (out of memory)"))
+        end
     end
     if rec.stop then return complete(rec, false, interrupt.stop_error(rec.stop)) end
     complete(rec, xpcall(call_target, on_error, rec, ...))
@@ -495,8 +520,12 @@ function worker.main(addr)
         -- queued ends CLOSED here; the core ends the jobs that were running
         -- (isle_sig_fail_running) and whatever is left in the mailbox.
         -- Closed first, so that whoever learns of an ended task finds the
-        -- isle closed too.
+        -- isle closed too and can queue no more. Their token watches and
+        -- the subscriptions of their waits are taken back here.
         C.isle_stop(self_ptr, 0)
+        for rec in next, watching do unwatch(rec) end
+        for _, list in next, s.waiting do C.isle_task_unsubscribe(list.task, s.mbox) end
+        s.waiting = {}
         while q_head ~= nil do
             local m = q_head
             q_head = m.next

@@ -182,22 +182,73 @@ static void test_expire(void)
     isle_mbox_free(mb);
 }
 
-/* Finished tasks under long deadlines are pruned when the watch list would
- * grow (no leak or use-after-free under ASan), and live ones still expire. */
-static void test_prune_finished(void)
+/* A task that ends leaves the watchdog at once, with its reference (no
+ * leak or use-after-free under ASan; no ended task kept until a deadline an
+ * hour away), and the tasks left still expire in deadline order. */
+static void test_ended_tasks_leave(void)
 {
     enum { N = 1000 };
+    CHECK_EQ(isle_watchdog_count(), 0);
+    isle_task *ts[N];
     for (int i = 0; i < N; i++) {
-        isle_task *t = isle_task_new();
-        CHECK_EQ(isle_task_expire_at(t, isle_now() + 3600), ISLE_OK);
-        CHECK_EQ(isle_task_complete(t, ISLE_TASK_DONE, "x", 1), 1);
-        isle_task_release(t);
+        ts[i] = isle_task_new();
+        CHECK_EQ(isle_task_expire_at(ts[i], isle_now() + 3600 + (i * 7919 % N)), ISLE_OK);
     }
-    isle_task *live = isle_task_new();
-    CHECK_EQ(isle_task_expire_at(live, isle_now() + 0.05), ISLE_OK);
-    CHECK_EQ(isle_task_wait(live, 30), 1);
-    CHECK_EQ(isle_task_cancelled(live), ISLE_CANCEL_TIMEOUT);
-    isle_task_release(live);
+    CHECK_EQ(isle_watchdog_count(), N);
+    /* A second deadline for a watched task keeps one entry (the earlier). */
+    CHECK_EQ(isle_task_expire_at(ts[0], isle_now() + 7200), ISLE_OK);
+    CHECK_EQ(isle_watchdog_count(), N);
+    for (int i = 0; i < N; i++) {
+        if (i % 2) CHECK_EQ(isle_task_complete(ts[i], ISLE_TASK_DONE, "x", 1), 1);
+        else CHECK_EQ(isle_task_cancel(ts[i]), ISLE_TASK_QUEUED);
+        isle_task_release(ts[i]);
+        CHECK_EQ(isle_watchdog_count(), (size_t)(N - 1 - i));
+    }
+    /* An ended task is not watched at all. */
+    isle_task *t = isle_task_new();
+    CHECK_EQ(isle_task_complete(t, ISLE_TASK_DONE, NULL, 0), 1);
+    CHECK_EQ(isle_task_expire_at(t, isle_now() + 3600), ISLE_OK);
+    CHECK_EQ(isle_watchdog_count(), 0);
+    isle_task_release(t);
+
+    /* Removals from the middle keep the heap in order: of 150 deadlines,
+     * every third task ends early; the others expire in deadline order. */
+    enum { M = 150 };
+    isle_mbox *mb = isle_mbox_new(1, 0);
+    isle_task *ms[M];
+    double t0 = isle_now(), dl[M];
+    for (int i = 0; i < M; i++) {
+        ms[i] = isle_task_new();
+        dl[i] = 0.2 + 0.001 * (i * 37 % M);
+        CHECK_EQ(isle_task_subscribe(ms[i], mb), 1);
+        CHECK_EQ(isle_task_expire_at(ms[i], t0 + dl[i]), ISLE_OK);
+    }
+    for (int i = 0; i < M; i += 3) CHECK_EQ(isle_task_complete(ms[i], ISLE_TASK_DONE, NULL, 0), 1);
+    int in_time = isle_now() - t0 < 0.2;   /* all still queued in the heap */
+    int got = 0, in_order = 1;
+    double last = -1;
+    while (got < M) {
+        isle_msg *msgs;
+        isle_done *done;
+        CHECK_EQ(isle_mbox_wait(mb, 30, &msgs, &done), ISLE_OK);
+        for (isle_done *d = done; d; d = d->next, got++) {
+            int i = 0;
+            while (i < M && ms[i] != d->task) i++;
+            CHECK(i < M);
+            if (i % 3 == 0) {
+                CHECK_EQ(isle_task_cancelled(d->task), ISLE_CANCEL_NONE);
+                continue;
+            }
+            CHECK_EQ(isle_task_cancelled(d->task), ISLE_CANCEL_TIMEOUT);
+            if (dl[i] < last) in_order = 0;
+            last = dl[i];
+        }
+        isle_done_free_list(done);
+    }
+    if (in_time) CHECK(in_order);
+    CHECK_EQ(isle_watchdog_count(), 0);
+    for (int i = 0; i < M; i++) isle_task_release(ms[i]);
+    isle_mbox_free(mb);
 }
 
 int main(void)
@@ -205,6 +256,6 @@ int main(void)
     RUN(test_cancel_reason);
     RUN(test_watch);
     RUN(test_expire);
-    RUN(test_prune_finished);
+    RUN(test_ended_tasks_leave);
     return check_done();
 }

@@ -1,0 +1,57 @@
+-- Run under valgrind by `make test-valgrind`: every kind of call that holds
+-- core objects (tokens cancelled and not, before and during the call;
+-- deadlines that pass and ones that do not; isles awaiting isles; waits that
+-- give up), then everything is closed and the process exits. Any block that
+-- isle's C code allocated and that is still unreachable at exit is a leak
+-- (test/valgrind/check.sh decides).
+local isle = require("isle")
+
+local init = function()
+    local isle = require("isle")
+    function inc(x) return x + 1 end
+    function spin(s) local t = isle.now() + s; while isle.now() < t do end return true end
+    function nap(s) isle.sleep(s) return true end
+    -- An isle awaiting another: a wait that gives up on a task that never
+    -- ends (while the peer's job sleeps), and one that completes.
+    function relay(peer_name)
+        local peer = isle.lookup(peer_name)
+        local t = peer:spawn_call("nap", 600)
+        local ok, err = t:wait(0.05)
+        assert(not ok and err.code == "timeout")
+        assert(peer:spawn_call("inc", 1):wait(600) == true)
+        return true
+    end
+end
+
+local a = isle.spawn{ name = "a", init = init }
+local b = isle.spawn{ name = "b", init = init }
+local kept = isle.token() -- never cancelled, used by many calls
+for i = 1, 200 do
+    assert(a:with{ token = isle.token() }:call("inc", i) == i + 1)
+    assert(a:with{ token = kept }:call("inc", i) == i + 1)
+    local tok = isle.token()
+    assert(b:with{ token = tok }:call("inc", i) == i + 1)
+    tok:cancel()
+    local ok, err = pcall(a.call, a:with{ token = isle.token():cancel() }, "inc", i)
+    assert(not ok and err.code == "cancelled")
+    assert(a:with{ timeout = 5 }:call("inc", i) == i + 1)
+    assert(a:with{ timeout = 5, token = isle.token() }:call("inc", i) == i + 1)
+end
+-- Cancelled while running, and deadlines that pass while running.
+for _ = 1, 5 do
+    local tok = isle.token()
+    local t = a:with{ token = tok }:spawn_call("nap", 600)
+    tok:cancel()
+    assert(t:wait() == false)
+    local ok, err = pcall(b.call, b:with{ timeout = 0.02 }, "spin", 600)
+    assert(not ok and err.code == "timeout")
+    ok, err = pcall(b.call, b:with{ timeout = 0.02, token = isle.token() }, "nap", 600)
+    assert(not ok and err.code == "timeout")
+end
+assert(a:call("relay", "b") == true)
+-- A job still running with a live token when its isle closes with cancel.
+local t = b:with{ token = isle.token() }:spawn_call("nap", 600)
+a:close()
+b:close{ cancel = true }
+assert(t:wait() == false)
+print("valgrind leaks script: done")
