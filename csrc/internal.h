@@ -15,10 +15,6 @@ static inline void isle_cpu_relax(void)
     __builtin_ia32_pause();
 #elif defined(__aarch64__)
     __asm__ __volatile__("yield");
-/* Installs the preload searcher in a fresh state (preload.c). */
-struct lua_State;
-int isle_preload_install(struct lua_State *L);
-
 #endif
 }
 
