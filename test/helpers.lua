@@ -13,12 +13,35 @@ end
 -- Threads of this process (entries of /proc/self/task).
 function helpers.threads() return status_field("Threads") end
 
+-- Open file descriptors of this process: the fds below FDSize (the size of
+-- its fd table) that fcntl knows. Counting makes no process and no pipe, so
+-- the count cannot catch an fd of its own half-made or half-closed.
+ffi.cdef("int helpers_fcntl(int fd, int cmd, ...) __asm__(\"fcntl\");")
 function helpers.fds()
     local n = 0
-    local p = io.popen("ls -1 /proc/" .. helpers.pid() .. "/fd")
-    for _ in p:lines() do n = n + 1 end
+    for fd = 0, status_field("FDSize") - 1 do
+        if ffi.C.helpers_fcntl(fd, 1 --[[F_GETFD]]) ~= -1 then n = n + 1 end
+    end
+    return n
+end
+
+-- The LuaJIT and C compiler under test, as shell command prefixes for child
+-- processes. The Makefile exports the exact commands (for luajit2 that is
+-- "env LD_LIBRARY_PATH=... .../luajit"); by hand, those on PATH.
+local function command(var, default)
+    local v = os.getenv(var)
+    return (v and v ~= "") and v or default
+end
+function helpers.luajit() return command("ISLE_TEST_LUAJIT", "luajit") end
+function helpers.cc() return command("ISLE_TEST_CC", "cc") end
+
+-- Runs a shell command; returns its output (stdout and stderr) and exit code.
+function helpers.sh(cmd)
+    local p = io.popen("(" .. cmd .. ") 2>&1; echo \"rc=$?\"")
+    local out = p:read("*a")
     p:close()
-    return n - 1 -- the pipe of popen itself
+    local body, rc = out:match("^(.-)rc=(%d+)\n$")
+    return body, tonumber(rc)
 end
 
 ffi.cdef("int getpid(void);")

@@ -270,7 +270,7 @@ function TestLeaks:test_a_host_that_exits_without_closing_its_isles_exits_cleanl
     -- LuaJIT unloads libisle when the host state closes, while an abandoned
     -- isle still finishes on its thread: the library must stay mapped
     -- (csrc/pin.c). Without it this crashed about every other run.
-    local luajit = arg and arg[-1] or "luajit"
+    local luajit = helpers.luajit()
     local script = "local isle = require('isle') jit.off() "
         .. "local h = isle.spawn{ init = 'function f(x) return x end' } "
         .. "for i = 1, 100 do h:with{ timeout = 5 }:call('f', i) end print('bye')"

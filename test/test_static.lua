@@ -3,6 +3,7 @@
 local lu = require("luaunit")
 local ffi = require("ffi")
 local isle = require("isle")
+local helpers = require("test.helpers")
 
 local ROOT = (os.getenv("ISLE_ROOT") or (debug.getinfo(1, "S").source:match("^@(.*)/test/[^/]*$")) or ".")
 
@@ -48,7 +49,7 @@ function TestCdef:test_layout_and_constants_match_header()
     local f = io.open(cfile, "w")
     f:write(table.concat(src, "\n"))
     f:close()
-    local out, ok = sh(("cc -I%s/csrc -o %s %s && %s"):format(ROOT, exe, cfile, exe))
+    local out, ok = sh(("%s -I%s/csrc -o %s %s && %s"):format(helpers.cc(), ROOT, exe, cfile, exe))
     os.remove(cfile)
     os.remove(exe)
     lu.assertTrue(ok, out)
@@ -86,7 +87,7 @@ function TestGlobals:test_modules_neither_set_nor_need_globals()
     lu.assertTrue(#files >= 10)
     local seen = 0
     for _, file in ipairs(files) do
-        local listing = sh("luajit -bl " .. file)
+        local listing = sh(helpers.luajit() .. " -bl " .. file)
         for op, name in listing:gmatch("(G[SG]ET)%s+[^\n]-\"([%w_]+)\"") do
             seen = seen + 1
             lu.assertNotEquals(op, "GSET", file .. " sets the global '" .. name .. "'")

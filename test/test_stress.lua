@@ -21,7 +21,9 @@ local NODE = [[
     end
 ]]
 
-TestStress = {}
+-- These run for seconds, and much longer on a loaded machine: a deadline of
+-- their own (test/run.lua) instead of the default.
+TestStress = { deadline = 240 }
 
 local function mixed_round(seed)
     local names = { "s1", "s2", "s3", "s4" }

@@ -7,7 +7,7 @@ local ffi = require("ffi")
 local isle = require("isle")
 local helpers = require("test.helpers")
 
-local LUAJIT = os.getenv("ISLE_TEST_LUAJIT") or "luajit"
+local LUAJIT = helpers.luajit()
 
 -- Runs a shell command; returns its output.
 local function sh(cmd)
