@@ -1,5 +1,5 @@
 # isle - GNU Makefile. `make` builds build/libisle.so; `make demo`, `make test`,
-# `make bench`, `make path` (shell exports for using isle from this checkout).
+# `make stress` (and `make stress-tsan`), `make bench`, `make path` (shell exports for using isle from this checkout).
 
 LUAJIT ?= luajit
 CC ?= cc
@@ -19,6 +19,9 @@ CTESTS := $(patsubst test/c/%.c,%,$(wildcard test/c/test_*.c))
 FAILALLOC := test/c/failalloc.c
 WRAP_ALLOC := -Wl,--wrap=malloc,--wrap=calloc,--wrap=realloc,--wrap=strdup,--wrap=free
 LUA_TESTS := $(sort $(wildcard test/test_*.lua))
+STRESS_TESTS := $(sort $(wildcard test/stress_*.lua))
+# The whole of `make stress` is cut off after this many seconds (a hang fails it).
+STRESS_TIMEOUT ?= 240
 # OpenResty's luajit2, unpacked into a private prefix (it conflicts with Debian's luajit).
 LJ2_ROOT := $(BUILD)/luajit2
 LJ2 := $(LJ2_ROOT)/usr/bin/luajit
@@ -40,7 +43,7 @@ DEB_PKGS := build-essential clang luajit libluajit-5.1-dev lua-unit valgrind
 # Wanted but not required: without it check-aarch64 says it is skipped.
 DEB_OPTIONAL := gcc-aarch64-linux-gnu
 AARCH64_CC ?= aarch64-linux-gnu-gcc
-.PHONY: all deps demo test test-c test-host test-lua test-lj2 test-sanitize test-valgrind build-clang check-aarch64 bench path clean luajit2
+.PHONY: all deps demo test test-c test-host test-lua test-lj2 test-sanitize test-valgrind build-clang check-aarch64 bench path clean luajit2 stress stress-tsan
 
 all: $(BUILD)/libisle.so
 
@@ -172,6 +175,24 @@ test-alloc: $(BUILD)/spawn_alloc $(BUILD)/spawn_alloc-asan
 	@echo "== C spawn_alloc"; $(BUILD)/spawn_alloc
 	@echo "== C spawn_alloc under address sanitizer"; $(BUILD)/spawn_alloc-asan
 test: test-alloc
+
+# The stress suites (test/stress_*.lua): long seeded hammers, on the chosen
+# LuaJIT (Debian's by default), all of them within STRESS_TIMEOUT seconds.
+stress: deps all
+	@$(LUAJIT) -v
+	@timeout -k 10 $(STRESS_TIMEOUT) sh -c 'for t in $(STRESS_TESTS); do \
+	  echo "== $$t"; $(LUAJIT) $$t -o text || exit 1; done' \
+	  || { rc=$$?; [ $$rc = 124 ] && echo "make stress: cut off after $(STRESS_TIMEOUT) s"; exit $$rc; }
+
+# The same suites on a ThreadSanitizer build of the library (not in CI: slow,
+# and its timing is what it is for). gcc's runtime: clang 14's crashes luajit.
+TSAN_RT = $(shell gcc -print-file-name=libtsan.so.2)
+$(BUILD)/libisle-tsan.so: $(SRCS) $(HDRS) | $(BUILD)
+	gcc -O1 -g -fsanitize=thread -fno-omit-frame-pointer $(WARN) $(PIC) $(LUAJIT_INC) -shared -Wl,-z,nodelete -o $@ $(SRCS) $(LUAJIT_LIB) -lm
+stress-tsan: deps $(BUILD)/libisle-tsan.so
+	@for t in $(STRESS_TESTS); do echo "== $$t (ThreadSanitizer)"; \
+	  LD_PRELOAD=$(TSAN_RT) ISLE_LIB=$(ROOT)/$(BUILD)/libisle-tsan.so TSAN_OPTIONS="halt_on_error=1" \
+	  STRESS_ROUNDS=$${STRESS_ROUNDS:-20} timeout -k 10 $(STRESS_TIMEOUT) $(LUAJIT) $$t -o text || exit 1; done
 
 # The C floor of the benchmarks (bench/c/pingpong.c): the core, no Lua.
 .PHONY: bench-floor

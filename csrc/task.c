@@ -270,7 +270,10 @@ int isle_task_wait(isle_task *t, double timeout)
 
 const char *isle_task_result(isle_task *t, size_t *len)
 {
-    if (!atomic_load_explicit(&t->ended, memory_order_acquire)) {
+    /* By `state`, not `ended`: finish_locked stores `ended` after `state`,
+     * so a caller that saw a final isle_task_state() could still find
+     * `ended` 0 here and take a finished task for one without a result. */
+    if (!is_final(atomic_load_explicit(&t->state, memory_order_acquire))) {
         if (len) *len = 0;
         return NULL;
     }

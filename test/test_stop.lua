@@ -343,6 +343,17 @@ function TestInterruptSemantics:test_on_interrupt_handler_may_yield()
     lu.assertEquals(h:eval("return 'alive'"), "alive")
 end
 
+function TestInterruptSemantics:test_handler_with_interrupt_always_lets_the_code_go_on()
+    -- The handler's own checkpoints must not call it again (for ever).
+    local h = self.h
+    h:eval("local isle = require('isle') n = 0 isle.on_interrupt(function() n = n + 1 end)")
+    h:interrupt(true)
+    local sum, n = h:eval("local x = 0 for i = 1, 1000 do x = x + i end return x, n")
+    h:interrupt(false)
+    lu.assertEquals(sum, 500500)
+    lu.assertTrue(n >= 1)
+end
+
 function TestInterruptSemantics:test_interrupt_while_isle_module_loads_does_not_break_it()
     local h = self.h
     h:interrupt(true)

@@ -115,8 +115,15 @@ local function take_target(rec)
     return nil
 end
 
+-- Coroutines running an on_interrupt handler: their own checkpoints wait
+-- (per coroutine: a handler that sleeps must not hold up other jobs' stops).
+local MAIN = {}
+local handling = setmetatable({}, { __mode = "k" })
+
 local function check()
-    if loading > 0 then return end -- an isle module is loading: at the next checkpoint
+    -- While isle's own modules load, or a handler runs (its checkpoints would
+    -- call it again, for ever with interrupt(true)): at the next checkpoint.
+    if loading > 0 or handling[co_running() or MAIN] then return end
     local s = runtime.sched
     local rec = s and s.current
     if s and not (rec and in_user_code(rec)) then
@@ -143,7 +150,11 @@ local function check()
             if mode == ALWAYS then again = true end
             if handler then
                 if again then flagp[0] = 1 end
-                handler(tonumber(id))
+                local me = co_running() or MAIN
+                handling[me] = true
+                local ok, herr = pcall(handler, tonumber(id))
+                handling[me] = nil
+                if not ok then error(herr, 0) end
             elseif not err then
                 -- interrupt(true) on the state or the job: the job ends
                 -- interrupted even if its code catches this and returns.

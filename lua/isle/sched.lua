@@ -10,11 +10,35 @@ local C = require("isle.cdef").C
 
 local co_create, co_resume, co_yield, co_running, co_isyieldable =
     coroutine.create, coroutine.resume, coroutine.yield, coroutine.running, coroutine.isyieldable
-local setmetatable, tonumber, tostring, error = setmetatable, tonumber, tostring, error
+local setmetatable, tonumber, tostring, error, type = setmetatable, tonumber, tostring, error, type
 local ISLE_OK, ISLE_ECLOSED = C.ISLE_OK, C.ISLE_ECLOSED
 
 local SCHED = {}      -- first value of every yield the loop itself asked for
 local JOB_DONE = {}   -- a pooled coroutine finished its job
+local IDLE = {}       -- an idle coroutine refused a resume that was not a new job
+local SLEEP, AWAIT = 1, 2 -- what a job yielding SCHED asks for (see step)
+
+-- Why jobs never touch the loop's bookkeeping themselves --------------------
+--
+-- A job's own coroutine only yields; what it waits for (a timer, a place in
+-- s.waiting) is registered by the loop in `step`, after the yield, and a
+-- wake is delivered only to the record its coroutine is parked for
+-- (s.parked). Both are needed because:
+--   * a stop can be raised anywhere a job runs, including inside this
+--     module: the count hook (isle.interrupt) treats everything below the
+--     job's protected xpcall as user code. A stop raised between a job's
+--     registering a timer or a waiter and its yield used to leave that entry
+--     behind (or a heap half-sifted); the entry later woke the record after
+--     its job had ended, resuming its coroutine back in the pool (job_body
+--     then called the wake reason: "attempt to call a string value") or in
+--     the middle of another job. The loop itself runs on the main coroutine,
+--     where no stop is ever raised, so what it registers is consistent.
+--   * records and coroutines are not one to one: a runner's record and the
+--     records of the messages it runs share one coroutine, and `step` can
+--     only clear `co` of the record it resumed. A record kept in a timer,
+--     a waiting list or wake_stopped's snapshot may name a coroutine that has
+--     since moved on to another record or job; only the parked record may
+--     resume it.
 
 local Sched = {}
 Sched.__index = Sched
@@ -90,6 +114,7 @@ function sched.new(mbox, sig)
         ready = {},        -- records to resume on the next turn
         waiting = {},      -- task key -> list of records awaiting it
         pool = {},         -- idle coroutines
+        parked = {},       -- suspended coroutine -> the record it waits for
         jobs = 0,          -- jobs started and not finished
         current = nil,     -- record of the running job
         msgs_out = ffi.new("isle_msg*[1]"),
@@ -108,6 +133,54 @@ local function job_body(fn, rec)
     while true do
         fn(rec)
         fn, rec = co_yield(JOB_DONE)
+        -- Only spawn resumes an idle coroutine, with a job. Anything else
+        -- (a wake reason) is never called: the coroutine stays idle.
+        while type(fn) ~= "function" do fn, rec = co_yield(IDLE) end
+    end
+end
+
+local function add_timer(self, at, rec)
+    local e = { at = at, rec = rec }
+    heap_push(self.timers, e)
+    return e
+end
+
+-- Runs coroutine `co` for record `rec` until it yields or ends its job, and
+-- registers what it yielded for (see "Why jobs never touch..." above).
+local function step(self, rec, co, ...)
+    local prev = self.current
+    self.current = rec
+    local ok, a, b, c, d, e = co_resume(co, ...)
+    -- The record the coroutine ran last: a runner's coroutine moves from
+    -- record to record (its messages), so it may not be `rec`.
+    local cur = self.current
+    self.current = prev
+    if not ok then
+        -- Handlers catch their own errors; this is a bug in the loop itself.
+        self.jobs = self.jobs - 1
+        error("isle: job coroutine died: " .. tostring(a))
+    elseif a == JOB_DONE then
+        self.jobs = self.jobs - 1
+        local pool = self.pool
+        if #pool < 64 then pool[#pool + 1] = co end
+        rec.co = nil
+    elseif a ~= IDLE then
+        self.parked[co] = cur
+        if a ~= SCHED then
+            -- User code yielded at the top of a job: let others run, resume later.
+            self.ready[#self.ready + 1] = cur
+        elseif b == SLEEP then
+            cur.timer = add_timer(self, C.isle_now() + c, cur)
+        elseif b == AWAIT then
+            local list = self.waiting[c]
+            if not list then
+                list = { task = e } -- the subscription holds the task while the list exists
+                self.waiting[c] = list
+            end
+            list[#list + 1] = cur
+            cur.awaiting = c
+            if d >= 0 then cur.timer = add_timer(self, C.isle_now() + d, cur) end
+        end
     end
 end
 
@@ -118,29 +191,16 @@ function Sched:spawn(fn, rec)
     if co then self.pool[#self.pool] = nil else co = co_create(job_body) end
     rec.co = co
     self.jobs = self.jobs + 1
-    self:resume(rec, fn, rec)
+    step(self, rec, co, fn, rec)
 end
 
-function Sched:resume(rec, ...)
-    local prev = self.current
-    self.current = rec
-    local ok, a, b = co_resume(rec.co, ...)
-    self.current = prev
-    if not ok then
-        -- Handlers catch their own errors; this is a bug in the loop itself.
-        self.jobs = self.jobs - 1
-        error("isle: job coroutine died: " .. tostring(a))
-    elseif a == JOB_DONE then
-        self.jobs = self.jobs - 1
-        local pool = self.pool
-        if #pool < 64 then pool[#pool + 1] = rec.co end
-        rec.co = nil
-    elseif a ~= SCHED then
-        -- User code yielded at the top of a job: let others run, resume later.
-        self.ready[#self.ready + 1] = rec
-    elseif b == "yield" then
-        self.ready[#self.ready + 1] = rec
-    end
+-- Resumes `rec` with `...` if its coroutine is parked for it; else the
+-- resume is stale (its job went on or ended) and is dropped.
+local function resume_parked(self, rec, ...)
+    local co = rec.co
+    if co == nil or self.parked[co] ~= rec then return end
+    self.parked[co] = nil
+    step(self, rec, co, ...)
 end
 
 -- True when the running code is a job's own coroutine (not a coroutine the
@@ -152,13 +212,9 @@ function Sched:can_yield()
     return rec ~= nil and rec.co == co_running() and co_isyieldable()
 end
 
-function Sched:add_timer(at, rec)
-    local e = { at = at, rec = rec }
-    heap_push(self.timers, e)
-    return e
-end
-
 -- Wakes a suspended job with `why` (from the loop only, never from a job).
+-- Drops whatever still holds the record; a record that is not the one its
+-- coroutine is parked for is not resumed (see resume_parked).
 function Sched:wake(rec, why)
     if rec.timer then
         rec.timer.rec = nil
@@ -189,39 +245,33 @@ function Sched:wake(rec, why)
         end
         rec.awaiting = nil
     end
-    self:resume(rec, why)
+    resume_parked(self, rec, why)
 end
 
 -- Sleeps the running job for `s` seconds. Returns the wake reason
--- ("timeout" when the time ran out).
+-- ("timeout" when the time ran out). The loop arms the timer (step).
 function Sched:sleep(s)
-    local rec = self.current
-    rec.timer = self:add_timer(C.isle_now() + s, rec)
-    local why = co_yield(SCHED, "suspend")
-    if self.resumed then self.resumed(rec) end
+    local why = co_yield(SCHED, SLEEP, s)
+    if self.resumed then self.resumed(self.current) end
     return why
 end
 
 -- Awaits task `t` (isle_task*) from the running job. timeout < 0: forever.
 -- Returns "done", "timeout" or another wake reason.
+-- The loop puts the job in s.waiting (step). A list there means a notice
+-- for the task is on its way already; a subscription left by a job stopped
+-- before its yield only brings a notice nobody waits for.
 function Sched:await(t, timeout)
-    local rec = self.current
     local key = task_key(t)
-    local list = self.waiting[key]
-    if not list then
+    if not self.waiting[key] then
         local r = C.isle_task_subscribe(t, self.mbox)
         if r == 0 then return "done" end
         if r < 0 then
             return C.isle_task_wait(t, timeout) ~= 0 and "done" or "timeout"
         end
-        list = { task = t } -- the subscription holds `t` while the list exists
-        self.waiting[key] = list
     end
-    list[#list + 1] = rec
-    rec.awaiting = key
-    if timeout >= 0 then rec.timer = self:add_timer(C.isle_now() + timeout, rec) end
-    local why = co_yield(SCHED, "suspend")
-    if self.resumed then self.resumed(rec) end
+    local why = co_yield(SCHED, AWAIT, key, timeout, t)
+    if self.resumed then self.resumed(self.current) end
     return why
 end
 
@@ -278,7 +328,6 @@ local function next_timeout(self)
 end
 
 -- Runs until the mailbox is closed and every job has finished.
--- Runs until the mailbox is closed and every job has finished.
 --
 -- A job may wait in the mailbox itself (see the worker's runners) only from
 -- the flush at the end of a turn, when this loop holds nothing it has yet to
@@ -296,7 +345,7 @@ function Sched:run()
         local ready = self.ready
         if #ready > 0 then
             self.ready = {}
-            for i = 1, #ready do self:resume(ready[i], "yield") end
+            for i = 1, #ready do resume_parked(self, ready[i], "yield") end
         end
         local timeout = next_timeout(self)
         -- Closed with nothing left to run: only drain what is still queued.
