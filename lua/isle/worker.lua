@@ -425,9 +425,20 @@ end
 -- searcher at package.loaders[2]); an interrupt must not land while one
 -- loads, or the module would stay broken for every later require.
 local function guard_isle_modules()
-    local loaders = package.loaders
+    local loaders, loaded = package.loaders, package.loaded
     local blob = loaders[2]
-    local function finish(ok, ...)
+    local function finish(name, ok, ...)
+        if ok then
+            -- Registered before requests may land again: an error raised
+            -- between here and require's own bookkeeping must not leave
+            -- require's "loading" mark behind.
+            local v = ...
+            if v == nil then
+                v = loaded[name]
+                if type(v) == "userdata" then v = true end
+            end
+            loaded[name] = v
+        end
         interrupt.loading(-1)
         if not ok then error((...), 0) end
         return ...
@@ -435,13 +446,11 @@ local function guard_isle_modules()
     loaders[2] = function(name)
         local loader = blob(name)
         if type(loader) ~= "function" then return loader end
-        return function(...)
-            interrupt.loading(1)
-            return finish(pcall(loader, ...))
-        end
+        -- Counted from here: require calls the loader right after.
+        interrupt.loading(1)
+        return function(...) return finish(name, pcall(loader, ...)) end
     end
 end
-
 local function run_init(rec)
     local spec = rec.spec
     local function init(...)
