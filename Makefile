@@ -205,3 +205,32 @@ bench: deps all bench-floor
 
 clean:
 	rm -rf $(BUILD)
+
+# isle inside a real nginx (issue 7: teardown at reload, fork; docs/testing.md).
+# Debian's nginx binary comes from apt-get install (deps); the Lua module, its
+# NDK and lua-resty-core/lrucache are unpacked privately into build/nginx-lua,
+# because installing libnginx-mod-http-lua would replace Debian's luajit with
+# OpenResty's luajit2, which the module needs: it runs on build/luajit2's.
+.PHONY: nginx-deps test-nginx
+NGX_ROOT := $(BUILD)/nginx-lua
+NGX_MOD := $(NGX_ROOT)/usr/lib/nginx/modules/ngx_http_lua_module.so
+NGX_DEBS := libnginx-mod-http-lua libnginx-mod-http-ndk lua-resty-core lua-resty-lrucache
+DEB_PKGS += nginx curl libpcre3
+nginx-deps: deps $(LJ2) $(NGX_MOD)
+$(NGX_MOD):
+	@mkdir -p $(NGX_ROOT)/debs
+	cd $(NGX_ROOT)/debs && apt-get download $(NGX_DEBS)
+	for f in $(NGX_ROOT)/debs/*.deb; do dpkg -x $$f $(NGX_ROOT); done
+	@test -f $@
+# The library as it was before the fix (no -z nodelete, no RTLD_NODELETE pin):
+# the reload test shows that its crash detector catches that library's crashes.
+$(BUILD)/nopin/libisle.so: $(SRCS) $(HDRS)
+	@mkdir -p $(BUILD)/nopin/csrc
+	sed 's/^ *pthread_once(&pin_once, pin_library);//' csrc/isle.c > $(BUILD)/nopin/csrc/isle.c
+	! grep -q 'pthread_once(&pin_once' $(BUILD)/nopin/csrc/isle.c
+	$(CC) $(CFLAGS) $(WARN) -Wno-unused-function -Wno-unused-variable $(PIC) $(LUAJIT_INC) -Icsrc -shared -o $@ \
+	  $(filter-out csrc/isle.c,$(SRCS)) $(BUILD)/nopin/csrc/isle.c $(LUAJIT_LIB) -lm
+test-nginx: all nginx-deps $(BUILD)/nopin/libisle.so
+	@echo "== nginx with lua-nginx-module on OpenResty's luajit2"
+	ISLE_ROOT=$(ROOT) timeout 900 $(LUAJIT) test/nginx/test_nginx.lua -o text
+test: test-nginx
