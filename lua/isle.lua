@@ -256,6 +256,17 @@ function isle.teardown_timeout(s)
     return old
 end
 
+-- isle.on_error(fn): where errors that have nobody to receive them go
+-- (timers, go coroutines, posts, on_done callbacks) in this state:
+-- fn(err, what). nil restores the default (stderr with the state's name and
+-- the traceback). An error never stops the loop or escapes hub:poll().
+function isle.on_error(fn)
+    if fn ~= nil and type(fn) ~= "function" then
+        error("bad argument #1 to 'on_error' (function or nil expected, got " .. type(fn) .. ")", 2)
+    end
+    runtime.on_error = fn
+end
+
 isle.now = function() return C.isle_now() end
 isle.is_error = errors.is
 isle.error = errors.new

@@ -1,6 +1,7 @@
 -- Per-state shared pieces: the C library, the codec buffers, and what this
 -- state is (a host state, or an isle with its loop). One copy per Lua state.
 local ffi = require("ffi")
+local io = require("io")
 local C = require("isle.cdef").C
 local codec = require("isle.codec")
 
@@ -42,15 +43,55 @@ function runtime.finalizer(release)
     return f
 end
 
+-- Completion drivers ------------------------------------------------------------
+--
+-- What runs a task's on_done callbacks and resumes the coroutines awaiting
+-- it, always on this state's own thread: inside an isle its loop
+-- (isle.sched), in a host state its hub (isle.hub, made on first use). A
+-- driver `d` offers:
+--   d:watch(t, fn)         fn() runs later on this thread once task slot `t`
+--                          (isle_task*) has ended; never from inside watch,
+--                          even if `t` has ended already. Errors in fn go to
+--                          runtime.report.
+--   d:can_suspend()        may the running code suspend until a task ends?
+--   d:suspend(t, timeout)  only where can_suspend(): yields until `t` ends
+--                          ("done"), `timeout` seconds pass ("timeout"; < 0:
+--                          no limit) or the wait is stopped (its reason).
+function runtime.driver()
+    return runtime.sched or require("isle.hub").default()
+end
+
+-- Where errors with nobody to receive them go (timers, go coroutines,
+-- posts, on_done callbacks): isle.on_error's handler, by default stderr
+-- with the state's name and the traceback. Never raises.
+runtime.label = "host"
+runtime.on_error = nil
+function runtime.report(e, what)
+    local h = runtime.on_error
+    if h then
+        local ok = pcall(h, e, what)
+        if ok then return end
+    end
+    local ok, s = pcall(tostring, e)
+    io.stderr:write("isle: error in ", what or "a callback", " in ", runtime.label, ": ",
+        ok and s or "(an error value tostring could not describe)", "\n")
+end
+
 -- Waits until task `t` (isle_task*) ends or `timeout` (seconds, < 0 for ever)
 -- runs out. From a job of an isle's loop it awaits, so the isle keeps serving;
 -- anywhere else it blocks the thread. Returns "done", "timeout" or the reason
 -- the loop woke the job for (e.g. "closed").
+-- In a host, a hub whose adapter runs the current coroutine (nginx, luv)
+-- suspends it the same way (runtime.host_suspends, set by the hub).
+runtime.host_suspends = nil
 function runtime.wait_task(t, timeout)
+    if C.isle_task_state(t) >= C.ISLE_TASK_DONE then return "done" end
     local s = runtime.sched
-    if s and s:can_yield() then
-        if C.isle_task_state(t) >= C.ISLE_TASK_DONE then return "done" end
-        return s:await(t, timeout)
+    if s then
+        if s:can_yield() then return s:await(t, timeout) end
+    else
+        local hs = runtime.host_suspends
+        if hs and hs() then return runtime.driver():suspend(t, timeout) end
     end
     return C.isle_task_wait(t, timeout) ~= 0 and "done" or "timeout"
 end

@@ -103,6 +103,49 @@ function Task:wait(timeout)
     return settle(self)
 end
 
+-- Like wait, but suspends the running coroutine instead of blocking the
+-- thread: inside an isle's job through its loop, in a host coroutine through
+-- the state's hub (lua/isle/hub.lua). Raises a misuse error where nothing
+-- can resume it (the main coroutine outside any adapter, a C callback).
+function Task:await(timeout)
+    if timeout ~= nil and (type(timeout) ~= "number" or timeout ~= timeout) then
+        error("bad argument #1 to 'await' (number of seconds expected, got " .. type(timeout) .. ")", 2)
+    end
+    check_process(self, "task")
+    if timeout == nil or timeout < 0 then timeout = -1 end
+    local why
+    if C.isle_task_state(self.ptr) >= ISLE_TASK_DONE then
+        why = "done"
+    else
+        local d = runtime.driver()
+        if not d:can_suspend() then
+            error("isle: t:await() cannot suspend here (the main coroutine outside an adapter, or inside "
+                .. "a C callback): use t:wait() to block, or t:on_done(fn)", 2)
+        end
+        why = d:suspend(self.ptr, timeout)
+    end
+    if why ~= "done" then
+        if why == "timeout" then
+            return false, errors.new("timeout", "the task did not end within " .. timeout .. " s")
+        end
+        return false, errors.new(why, "the wait was ended: " .. why)
+    end
+    return settle(self)
+end
+
+-- fn(ok, results... | err) runs later on the thread that owns this task
+-- object: from the isle's loop, or from hub:poll() in a host. Never from
+-- inside on_done itself, even when the task has ended. Errors in fn go to
+-- isle.on_error. Returns the task.
+function Task:on_done(fn)
+    if type(fn) ~= "function" then
+        error("bad argument #1 to 'on_done' (function expected, got " .. type(fn) .. ")", 2)
+    end
+    check_process(self, "task")
+    runtime.driver():watch(self.ptr, function() return fn(settle(self)) end)
+    return self
+end
+
 function Task:result()
     if not self:done() then error("isle: task:result() on a task that has not ended (use wait)", 2) end
     return settle(self)

@@ -94,7 +94,7 @@ local function put_error(enc, e)
 end
 
 local function report(e)
-    io.stderr:write("isle: error in a posted call in ", isle_label, ": ", tostring(describe(e)), "\n")
+    runtime.report(describe(e), "a posted call")
 end
 
 -- Completing tasks ------------------------------------------------------------
@@ -484,6 +484,7 @@ function worker.main(addr)
     local id = tonumber(C.isle_id(self_ptr))
     local name = ffi.string(C.isle_name(self_ptr))
     isle_label = "isle " .. id .. (name ~= "" and (" '" .. name .. "'") or "")
+    runtime.label = isle_label
 
     local s = sched.new(C.isle_mailbox(self_ptr), C.isle_signal(self_ptr))
     runtime.sched = s
