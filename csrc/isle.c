@@ -91,8 +91,8 @@ const char *isle_boot(isle *i, size_t *len)
     return i->boot;
 }
 
-/* Bootstrap failures are reported as raw text, tagged 'C' so the Lua side
- * can tell them from results its own encoder wrote (tagged otherwise). */
+/* Bootstrap failures are reported as raw text, tagged ISLE_WIRE_CORE so the
+ * Lua side can tell them from results its own encoder wrote. */
 static void fail_init(isle *i, const char *msg)
 {
     size_t n = strlen(msg);
@@ -101,7 +101,7 @@ static void fail_init(isle *i, const char *msg)
         isle_task_complete(i->init, ISLE_TASK_FAILED, NULL, 0);
         return;
     }
-    buf[0] = 'C';
+    buf[0] = ISLE_WIRE_CORE;
     memcpy(buf + 1, msg, n);
     isle_task_complete(i->init, ISLE_TASK_FAILED, buf, n + 1);
     free(buf);
@@ -149,7 +149,7 @@ static void *isle_thread(void *arg)
     }
     /* Jobs the state was still running when it ended (only if the worker
      * itself failed: it ends its jobs before returning) end now, once. */
-    static const char gone[] = "Cthe isle's state ended while the task was running";
+    static const char gone[] = "Cthe isle's state ended while the task was running"; /* 'C': ISLE_WIRE_CORE */
     isle_sig_fail_running(i->sig, gone, sizeof(gone) - 1);
     /* Whatever the worker left queued ends CLOSED now, not at free time, so
      * no caller waits on a thread that is gone. */

@@ -51,6 +51,17 @@ enum {
     ISLE_CANCEL_TIMEOUT = 2   /* its deadline passed (isle_task_expire_at) */
 };
 
+/* The first byte of a task's result bytes says what they hold
+ * (lua/isle/wire.lua reads and writes them): a value list, a value list with
+ * shipped functions, an error envelope, or raw text from the core itself
+ * (a bootstrap failure). */
+enum {
+    ISLE_WIRE_VALUES = 'V',
+    ISLE_WIRE_FUNCS = 'F',
+    ISLE_WIRE_ERROR = 'E',
+    ISLE_WIRE_CORE = 'C'
+};
+
 /* Interrupt modes (isle_intr_set). */
 enum {
     ISLE_INTR_CLEAR = 0,

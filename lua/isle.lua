@@ -20,8 +20,8 @@ local chunks = require("isle.chunks")
 local table = require("table")
 
 local C = runtime.C
-local type, error, tostring, tonumber, select, pcall, ipairs, next =
-    type, error, tostring, tonumber, select, pcall, ipairs, next
+local type, error, tostring, tonumber, select, pcall, ipairs, next, setmetatable =
+    type, error, tostring, tonumber, select, pcall, ipairs, next, setmetatable
 
 local isle = { _VERSION = "0.1.0" }
 
@@ -50,7 +50,8 @@ local isle_path = module_dirs()
 -- reading or parsing any of isle's source.
 local MODULES = { "isle", "isle.cdef", "isle.codec", "isle.errors", "isle.runtime", "isle.sched",
     "isle.interrupt", "isle.libs", "isle.proto", "isle.worker", "isle.handle", "isle.task",
-    "isle.token", "isle.chunks", "isle.instrument", "isle.fnsource", "isle.loaders" }
+    "isle.token", "isle.chunks", "isle.instrument", "isle.fnsource", "isle.loaders", "isle.wire",
+    "isle.combine" }
 local function preload_modules()
     if C.isle_preload_count() > 0 then return end
     for _, name in ipairs(MODULES) do
@@ -255,6 +256,69 @@ function isle.teardown_timeout(s)
     end
     return old
 end
+
+-- Async inside an isle: timers, go coroutines, combined tasks ---------------------
+
+local function need_loop(fname)
+    local s = runtime.sched
+    if not s then
+        error("isle." .. fname .. ": only inside an isle (a host state runs its own loop: use its "
+            .. "timers, and the hub for tasks, see docs/hub.md)", 3)
+    end
+    return s
+end
+
+local function pack(...) return { n = select("#", ...), ... } end
+
+local Timer = {}
+Timer.__index = Timer
+isle.Timer = Timer
+
+-- Stops a pending timer (and an `every` for good). true if it was pending.
+function Timer:cancel()
+    return self.sched:cancel_timer(self.entry)
+end
+
+isle.timer = {}
+
+-- fn(...) runs `delay` seconds from now on this isle's thread, in a
+-- coroutine of its own (it may sleep and call other isles).
+function isle.timer.at(delay, fn, ...)
+    local s = need_loop("timer.at")
+    if type(delay) ~= "number" or not (delay >= 0) then
+        error("bad argument #1 to 'timer.at' (number of seconds >= 0 expected, got " .. tostring(delay) .. ")", 2)
+    end
+    if type(fn) ~= "function" then
+        error("bad argument #2 to 'timer.at' (function expected, got " .. type(fn) .. ")", 2)
+    end
+    return setmetatable({ sched = s, entry = s:timer(C.isle_now() + delay, nil, fn, pack(...)) }, Timer)
+end
+
+-- fn(...) runs every `interval` seconds (counted from the deadlines, never
+-- in a burst to catch up), until cancelled or the isle closes.
+function isle.timer.every(interval, fn, ...)
+    local s = need_loop("timer.every")
+    if type(interval) ~= "number" or not (interval > 0) then
+        error("bad argument #1 to 'timer.every' (number of seconds > 0 expected, got " .. tostring(interval) .. ")", 2)
+    end
+    if type(fn) ~= "function" then
+        error("bad argument #2 to 'timer.every' (function expected, got " .. type(fn) .. ")", 2)
+    end
+    return setmetatable({ sched = s, entry = s:timer(C.isle_now() + interval, interval, fn, pack(...)) }, Timer)
+end
+
+-- Starts fn(...) in a coroutine on this isle's loop and returns at once.
+function isle.go(fn, ...)
+    local s = need_loop("go")
+    if type(fn) ~= "function" then
+        error("bad argument #1 to 'go' (function expected, got " .. type(fn) .. ")", 2)
+    end
+    s:go(fn, pack(...), "a go coroutine")
+    return true
+end
+
+function isle.all(tasks) return require("isle.combine").all(tasks) end
+function isle.first(tasks) return require("isle.combine").first(tasks) end
 
 -- isle.on_error(fn): where errors that have nobody to receive them go
 -- (timers, go coroutines, posts, on_done callbacks) in this state:

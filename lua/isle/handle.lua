@@ -385,8 +385,24 @@ function Handle:close(opts)
     if runtime.self_ptr ~= nil and runtime.self_ptr == self.ptr then
         error("isle: an isle cannot close itself with its owner's handle", 2)
     end
+    local timeout = opts and opts.timeout
+    if timeout ~= nil and (type(timeout) ~= "number" or not (timeout >= 0)) then
+        error("isle: close option 'timeout' must be a number of seconds >= 0", 2)
+    end
     self.closed = true
-    C.isle_close(self.ptr, (opts and opts.cancel) and 1 or 0)
+    if opts and opts.cancel then
+        C.isle_close(self.ptr, 1)
+    elseif timeout then
+        -- Drain for at most `timeout` seconds, then cancel what remains (a
+        -- go heartbeat, a long job) and join.
+        isle_stop(self.ptr, 0)
+        if isle_join(self.ptr, timeout) == 0 then
+            isle_stop(self.ptr, 1)
+            isle_join(self.ptr, -1)
+        end
+    else
+        C.isle_close(self.ptr, 0)
+    end
     disown(self.ptr)
     -- Joined: only the memory is left, released when the handle goes.
     ffi.gc(self.ptr, runtime.finalizer(isle_release))

@@ -50,7 +50,8 @@ local function task_key(t)
 end
 sched.task_key = task_key
 
--- Timers: a binary min-heap of {at, rec}; cancelled entries are skipped.
+-- Timers: a binary min-heap of {at, rec} (a sleeping or awaiting job) or
+-- {at, cb, interval} (a user timer); cancelled entries are skipped.
 local function heap_push(h, e)
     local n = #h + 1
     h[n] = e
@@ -88,7 +89,7 @@ local function heap_compact(h)
     local n = 0
     for i = 1, #h do
         local e = h[i]
-        if e.rec then n = n + 1; h[n] = e end
+        if e.rec or e.cb then n = n + 1; h[n] = e end
     end
     for i = #h, n + 1, -1 do h[i] = nil end
     for i = (n - n % 2) / 2, 1, -1 do
@@ -126,6 +127,8 @@ function sched.new(mbox, sig)
         queued = nil,      -- worker: is anything queued?
         on_idle = nil,
         resumed = nil,     -- called in a job the loop resumed (interrupts)
+        later = {},        -- user callbacks to start as jobs on the next turn
+        run_user = nil,    -- worker: runs a callback job (rec.fn, rec.args) protected
     }, Sched)
 end
 
@@ -235,7 +238,7 @@ function Sched:wake(rec, why)
             for i = #list, 1, -1 do
                 if list[i] == rec then table.remove(list, i) end
             end
-            if #list == 0 then
+            if #list == 0 and not list.callbacks then
                 -- The last waiter gave up: take the subscription back, or a
                 -- task that never ends keeps this mailbox (and itself) for
                 -- ever. If it has ended, its notice finds no list: harmless.
@@ -246,6 +249,54 @@ function Sched:wake(rec, why)
         rec.awaiting = nil
     end
     resume_parked(self, rec, why)
+end
+
+-- User callbacks: timers, isle.go, on_done ---------------------------------------
+--
+-- Each runs in a job of its own (so it may sleep and call other isles),
+-- started by the loop on its next turn, never from inside the call that
+-- asked for it. `what` names it in error reports (isle.on_error).
+function Sched:go(fn, args, what)
+    local later = self.later
+    later[#later + 1] = { fn = fn, args = args, what = what }
+end
+
+-- A timer: fn(args...) at `at` (isle.now() time), then every `interval`
+-- seconds if given. Returns the heap entry, which Sched:cancel_timer takes.
+function Sched:timer(at, interval, fn, args)
+    local e = { at = at, cb = { fn = fn, args = args, what = interval and "a timer (every)" or "a timer" },
+                interval = interval }
+    heap_push(self.timers, e)
+    return e
+end
+
+function Sched:cancel_timer(e)
+    if e.cb == nil then return false end
+    e.cb = nil
+    self.dead_timers = self.dead_timers + 1
+    return true
+end
+
+-- The driver contract (runtime.driver) ------------------------------------------
+
+function Sched:can_suspend() return self:can_yield() end
+function Sched:suspend(t, timeout) return self:await(t, timeout) end
+
+-- fn() runs in a job of its own once task `t` has ended (next turn if it
+-- has ended already).
+function Sched:watch(t, fn)
+    local key = task_key(t)
+    local list = self.waiting[key]
+    if not list then
+        local r = C.isle_task_subscribe(t, self.mbox)
+        if r == 0 then return self:go(fn, nil, "an on_done callback") end
+        if r < 0 then error(require("isle.errors").new("memory", "cannot watch the task"), 3) end
+        list = { task = t }
+        self.waiting[key] = list
+    end
+    local cbs = list.callbacks
+    if not cbs then cbs = {}; list.callbacks = cbs end
+    cbs[#cbs + 1] = fn
 end
 
 -- Sleeps the running job for `s` seconds. Returns the wake reason
@@ -281,10 +332,23 @@ function Sched:fire_timers()
     local now = C.isle_now()
     while #h > 0 and h[1].at <= now do
         local e = heap_pop(h)
-        local rec = e.rec
+        local rec, cb = e.rec, e.cb
         if rec then
             rec.timer = nil
             self:wake(rec, "timeout")
+        elseif cb then
+            -- A closing isle drops its pending timers: they never run.
+            if C.isle_mbox_is_closed(self.mbox) == 0 then
+                self:go(cb.fn, cb.args, cb.what)
+                if e.interval then
+                    -- From the deadline, not from now: no drift; but never
+                    -- in the past (a late loop does not fire a burst).
+                    local at = e.at + e.interval
+                    if at < now then at = now end
+                    e.at = at
+                    heap_push(h, e)
+                end
+            end
         else
             self.dead_timers = self.dead_timers - 1
         end
@@ -296,6 +360,10 @@ function Sched:notify_done(t)
     local list = self.waiting[key]
     if not list then return end
     self.waiting[key] = nil
+    local cbs = list.callbacks
+    if cbs then
+        for i = 1, #cbs do self:go(cbs[i], nil, "an on_done callback") end
+    end
     for i = 1, #list do
         local rec = list[i]
         if rec.awaiting == key then
@@ -316,9 +384,11 @@ function Sched:take_done(done)
 end
 
 local function next_timeout(self)
-    if #self.ready > 0 or self.stash_done ~= nil or (self.queued and self.queued()) then return 0 end
+    if #self.ready > 0 or #self.later > 0 or self.stash_done ~= nil or (self.queued and self.queued()) then
+        return 0
+    end
     local h = self.timers
-    while #h > 0 and h[1].rec == nil do
+    while #h > 0 and h[1].rec == nil and h[1].cb == nil do
         heap_pop(h)
         self.dead_timers = self.dead_timers - 1
     end
@@ -347,8 +417,14 @@ function Sched:run()
             self.ready = {}
             for i = 1, #ready do resume_parked(self, ready[i], "yield") end
         end
+        local later = self.later
+        if #later > 0 then
+            self.later = {}
+            for i = 1, #later do self:spawn(self.run_user, later[i]) end
+        end
         local timeout = next_timeout(self)
-        -- Closed with nothing left to run: only drain what is still queued.
+        -- Closed with nothing left to run: only drain what is still queued
+        -- (pending timers are dropped, not waited for).
         if self.jobs == 0 and C.isle_mbox_is_closed(mbox) ~= 0 then timeout = 0 end
         local rc = C.isle_mbox_wait(mbox, timeout, msgs_out, done_out)
         if rc == ISLE_OK then
@@ -364,7 +440,7 @@ function Sched:run()
             self.flush(self)
             self.may_block = false
         end
-        if rc == ISLE_ECLOSED and self.jobs == 0 and #self.ready == 0
+        if rc == ISLE_ECLOSED and self.jobs == 0 and #self.ready == 0 and #self.later == 0
             and not (self.queued and self.queued()) and self.stash_done == nil then
             break -- closed, drained, and every job has finished
         end

@@ -1,14 +1,12 @@
 -- Task objects: the caller's side of a one-shot completion slot.
 local ffi = require("ffi")
 local runtime = require("isle.runtime")
-local codec = require("isle.codec")
 local errors = require("isle.errors")
+local wire = require("isle.wire")
 
 local C = runtime.C
 local setmetatable, select, error, type, unpack, tonumber = setmetatable, select, error, type, unpack, tonumber
-local ISLE_TASK_DONE, ISLE_TASK_FAILED, ISLE_TASK_CANCELLED, ISLE_TASK_CLOSED =
-    C.ISLE_TASK_DONE, C.ISLE_TASK_FAILED, C.ISLE_TASK_CANCELLED, C.ISLE_TASK_CLOSED
-local TAG_ERROR, TAG_CORE = ("E"):byte(), ("C"):byte()
+local ISLE_TASK_DONE = C.ISLE_TASK_DONE
 
 local STATUS = { [0] = "queued", "running", "done", "failed", "cancelled", "closed" }
 
@@ -20,43 +18,7 @@ local function pack(...)
     return { n = select("#", ...), ... }
 end
 
--- The outcome of an ended slot: true, n, values... or false, error object.
--- Decodes from the slot's own memory; nothing is copied first.
-local function outcome(t)
-    local state = C.isle_task_state(t)
-    local lenp = runtime.lenp
-    local p = C.isle_task_result(t, lenp)
-    local len = tonumber(lenp[0])
-    if state == ISLE_TASK_DONE then
-        local dec = runtime.dec
-        dec:set(p, len)
-        return true, codec.get_values(dec)
-    elseif state < ISLE_TASK_DONE then
-        error("isle: task has not ended", 3)
-    end
-    if len > 0 then
-        local tag = p[0]
-        if tag == TAG_ERROR then
-            local dec = runtime.dec
-            dec:set(p + 1, len - 1)
-            local e = dec:decode()
-            if e.value ~= nil then e.value = codec.restore(e.value) end
-            return false, errors.from_table(e)
-        elseif tag == TAG_CORE then
-            return false, errors.new("runtime", ffi.string(p + 1, len - 1))
-        end
-    end
-    -- Ended by the core itself, with no payload.
-    if state == ISLE_TASK_CANCELLED then
-        if C.isle_task_cancelled(t) == C.ISLE_CANCEL_TIMEOUT then
-            return false, errors.new("timeout", "the task ran out of time before it ran")
-        end
-        return false, errors.new("cancelled", "the task was cancelled before it ran")
-    elseif state == ISLE_TASK_CLOSED then
-        return false, errors.new("closed", "the isle closed before the task ran")
-    end
-    return false, errors.new("memory", "not enough memory to store the result")
-end
+local outcome = wire.outcome
 task.outcome = outcome
 
 local generation, check_process = runtime.generation, runtime.check_process
@@ -154,6 +116,8 @@ end
 function Task:cancel()
     check_process(self, "task")
     C.isle_task_cancel(self.ptr)
+    local parts = self.parts -- isle.all / isle.first: the tasks it is made of
+    if parts then for i = 1, #parts do parts[i]:cancel() end end
     return self
 end
 

@@ -15,6 +15,7 @@ local sched = require("isle.sched")
 local libs = require("isle.libs")
 local interrupt = require("isle.interrupt")
 local proto = require("isle.proto")
+local wire = require("isle.wire")
 
 local coroutine = require("coroutine")
 local C = runtime.C
@@ -82,16 +83,7 @@ local function describe(e)
     return e
 end
 
-local function put_error(enc, e)
-    enc:reset()
-    enc:put("E")
-    local value = e.value
-    if value ~= nil then
-        local ok, v = pcall(codec.check, value, "error value")
-        value = ok and v or nil
-    end
-    enc:encode({ code = e.code, message = e.message, traceback = e.traceback, value = value })
-end
+local put_error = wire.put_error
 
 local function report(e)
     runtime.report(describe(e), "a posted call")
@@ -138,11 +130,9 @@ local function complete(rec, ok, ...)
     local enc = runtime.enc
     local state = ISLE_TASK_DONE
     if ok then
-        local n = select("#", ...)
-        local encoded, e = codec.put_fast(enc:reset(), n, ...), nil
-        if not encoded then encoded, e = pcall(codec.put_values, enc:reset(), "results", 1, n, ...) end
+        local encoded, e = wire.put_results(enc, select("#", ...), ...)
         if not encoded then
-            put_error(enc, errors.from_codec(e) or errors.new("value", tostring(e)))
+            put_error(enc, e)
             state = ISLE_TASK_FAILED
         end
     else
@@ -296,6 +286,25 @@ local function run_post(runner, m, name, n, ...)
 end
 
 interrupt.protect(run_post, on_error)
+
+-- User callbacks the loop starts as jobs of their own (timers, isle.go,
+-- on_done): rec.fn(rec.args...). Their errors have nobody to go to but
+-- isle.on_error; being stopped (a close with cancel) is not an error.
+local function call_user(rec)
+    local a = rec.args
+    if a then return rec.fn(unpack(a, 1, a.n)) end
+    return rec.fn()
+end
+
+local function run_user(rec)
+    local ok, e = xpcall(call_user, on_error, rec)
+    if not ok and not (rec.stop and errors.is(e) and e.code == rec.stop) then
+        runtime.report(describe(e), rec.what)
+    end
+    interrupt.job_ended(rec)
+end
+
+interrupt.protect(run_user, on_error)
 
 -- What h:stats() shows for a running job: "eval", "exec" or "call <name>"
 -- (made once per name: the label is copied into the task on every start).
@@ -506,6 +515,7 @@ function worker.main(addr)
     local init_task = C.isle_init_task(self_ptr)
     C.isle_task_start(init_task, s.sig, "init")
     local rec = { task = init_task, borrowed = true, spec = spec, args = args }
+    s.run_user = run_user
     s:spawn(run_init, rec)
     -- Init may sleep or await: the loop serves it like any other job.
     s.on_message, s.flush, s.queued = dispatch, flush, queued

@@ -1,0 +1,109 @@
+-- isle.all and isle.first: a task made of other tasks. Its slot is a real
+-- one, completed on this state's own thread by its driver (the isle's loop,
+-- or the host's hub) as the tasks it is made of end, so wait, await,
+-- on_done, status and result work on it as on any task. Cancelling it
+-- cancels them all.
+local ffi = require("ffi")
+local runtime = require("isle.runtime")
+local errors = require("isle.errors")
+local wire = require("isle.wire")
+local task = require("isle.task")
+
+local C = runtime.C
+local type, ipairs, getmetatable, select, unpack, error =
+    type, ipairs, getmetatable, select, unpack, error
+local ISLE_TASK_DONE, ISLE_TASK_FAILED, ISLE_TASK_CANCELLED, ISLE_TASK_CLOSED =
+    C.ISLE_TASK_DONE, C.ISLE_TASK_FAILED, C.ISLE_TASK_CANCELLED, C.ISLE_TASK_CLOSED
+local STOP_STATE = { cancelled = ISLE_TASK_CANCELLED, timeout = ISLE_TASK_CANCELLED, closed = ISLE_TASK_CLOSED }
+
+local combine = {}
+
+local function check_list(tasks, fname)
+    if type(tasks) ~= "table" then
+        error("bad argument #1 to '" .. fname .. "' (list of tasks expected, got " .. type(tasks) .. ")", 3)
+    end
+    for i, t in ipairs(tasks) do
+        if getmetatable(t) ~= task.Task then
+            error("bad argument #1 to '" .. fname .. "' (a task expected at [" .. i .. "], got " .. type(t) .. ")", 3)
+        end
+    end
+end
+
+local function new_slot()
+    local p = C.isle_task_new()
+    if p == nil then error(errors.new("memory", "cannot allocate a task"), 3) end
+    ffi.gc(p, runtime.finalizer(C.isle_task_release))
+    local t = task.new(p)
+    return t, p
+end
+
+local function ended(p) return C.isle_task_state(p) >= ISLE_TASK_DONE end
+
+local function complete_ok(p, n, ...)
+    local enc = runtime.enc
+    local ok, e = wire.put_results(enc, n, ...)
+    if not ok then
+        wire.put_error(enc, e)
+        local b, len = enc:ref()
+        return C.isle_task_complete(p, ISLE_TASK_FAILED, b, len)
+    end
+    local b, len = enc:ref()
+    return C.isle_task_complete(p, ISLE_TASK_DONE, b, len)
+end
+
+local function complete_error(p, e)
+    local enc = runtime.enc
+    wire.put_error(enc, e)
+    local b, len = enc:ref()
+    return C.isle_task_complete(p, STOP_STATE[e.code] or ISLE_TASK_FAILED, b, len)
+end
+
+local function pack(...) return { n = select("#", ...), ... } end
+
+-- isle.all(tasks): ends when every task has ended: done with one result per
+-- task, each a table { n = count, results... } in the order given; failed
+-- with the first error as soon as one fails (the others go on).
+function combine.all(tasks)
+    check_list(tasks, "all")
+    local t, p = new_slot()
+    t.parts = tasks
+    local n = #tasks
+    if n == 0 then
+        complete_ok(p, 0)
+        return t
+    end
+    local d = runtime.driver()
+    local results, left = {}, n
+    for i, sub in ipairs(tasks) do
+        d:watch(sub.ptr, function()
+            if ended(p) then return end
+            local r = pack(sub:result())
+            if not r[1] then return complete_error(p, r[2]) end
+            results[i] = { n = r.n - 1, unpack(r, 2, r.n) }
+            left = left - 1
+            if left == 0 then complete_ok(p, n, unpack(results, 1, n)) end
+        end)
+    end
+    return t
+end
+
+-- isle.first(tasks): ends as the first of them ends, with its results or
+-- its error.
+function combine.first(tasks)
+    check_list(tasks, "first")
+    if #tasks == 0 then error("bad argument #1 to 'first' (an empty list never ends)", 2) end
+    local t, p = new_slot()
+    t.parts = tasks
+    local d = runtime.driver()
+    for _, sub in ipairs(tasks) do
+        d:watch(sub.ptr, function()
+            if ended(p) then return end
+            local r = pack(sub:result())
+            if r[1] then return complete_ok(p, r.n - 1, unpack(r, 2, r.n)) end
+            return complete_error(p, r[2])
+        end)
+    end
+    return t
+end
+
+return combine
