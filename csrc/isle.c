@@ -55,8 +55,8 @@ static void isle_free(isle *i)
     reg_remove_locked(i);
     pthread_mutex_unlock(&reg_lock);
     isle_task_release(i->init);
-    isle_sig_free(i->sig);
-    isle_mbox_free(i->mbox);
+    isle_sig_release(i->sig);
+    isle_mbox_release(i->mbox);
     pthread_cond_destroy(&i->ended_cv);
     pthread_mutex_destroy(&i->join_mu);
     free(i->name);
@@ -76,8 +76,8 @@ void isle_release(isle *i)
 
 int64_t isle_id(const isle *i) { return i->id; }
 const char *isle_name(const isle *i) { return i->name ? i->name : ""; }
-isle_mbox *isle_mailbox(isle *i) { return i->mbox; }
-isle_sig *isle_signal(isle *i) { return i->sig; }
+isle_mbox *isle_mbox_of(isle *i) { return i->mbox; }
+isle_sig *isle_sig_of(isle *i) { return i->sig; }
 isle_task *isle_init_task(isle *i) { return i->init; }
 int64_t isle_state_intr(isle *i) { return i->intr; }
 int isle_instrument(const isle *i) { return i->instrument; }

@@ -5,7 +5,13 @@
  * The core moves bytes and flags. It never serializes a Lua value and never
  * touches a Lua state it did not create; the Lua API (lua/isle.lua) does the
  * rest through the FFI. ffi/isle/cdef.lua mirrors this header declaration by
- * declaration (test/test_cdef.lua checks sizes and values against it).
+ * declaration (test/test_static.lua checks sizes, offsets and values against
+ * it, and that every function here is declared there).
+ *
+ * Verbs: `_new` makes an object holding one reference; `_retain` adds one
+ * and `_release` drops one (the last frees the object; every `_release`
+ * accepts NULL); `_free` destroys what has a single owner (a message, a
+ * list of notices). `isle_X_of(isle)` reads a part of an isle.
  *
  * Lock order (a thread never holds two of these except in this order):
  *   registry lock  ->  task lock  ->  signal-block lock, interrupt-id lock  ->  mailbox lock
@@ -96,10 +102,11 @@ struct isle_done {
 };
 
 /*
- * Per-state signal block. `flag` is what compiled checkpoints read (through
- * a plain pointer load kept in the loop by a store through `scratch`); it is
- * nonzero while anything is pending for the state. `seq` counts requests so
- * the owner can tell a new request from one it already handled.
+ * Per-state signal block. `flag` is what compiled checkpoints read (a load
+ * kept in the loop by a store of the loaded value through `scratch`, a
+ * pointer that may alias it: docs/jit-safety.md); it is nonzero while
+ * anything is pending for the state, and the state lowers it once it has
+ * looked at its requests.
  */
 struct isle_sig {
     volatile int32_t flag;
@@ -166,7 +173,7 @@ int isle_task_expire_at(isle_task *t, double deadline);
  * completed tasks its owner subscribed to. With `with_fd` an eventfd becomes
  * readable whenever something arrives (for host event loops). */
 isle_mbox *isle_mbox_new(size_t capacity, int with_fd);
-void isle_mbox_free(isle_mbox *mb);   /* accepts NULL; queued tasks end CLOSED */
+void isle_mbox_release(isle_mbox *mb);   /* accepts NULL; queued tasks end CLOSED */
 /* timeout 0: do not wait (EBUSY when full); < 0: wait for room forever.
  * On any error the message was not queued and still belongs to the caller. */
 int isle_mbox_push(isle_mbox *mb, isle_msg *m, double timeout);
@@ -187,7 +194,7 @@ void isle_mbox_wake(isle_mbox *mb);   /* make the current or next wait return */
 
 /* ---- signal blocks and interrupt ids ---------------------------------- */
 isle_sig *isle_sig_new(void);
-void isle_sig_free(isle_sig *s);      /* accepts NULL; drops its ids */
+void isle_sig_release(isle_sig *s);      /* accepts NULL; drops its ids */
 /* Register an interrupt target of `s` (the state itself or one coroutine).
  * Ids are never reused within a process. */
 int64_t isle_intr_new(isle_sig *s);
@@ -241,8 +248,8 @@ void isle_retain(isle *i);
 void isle_release(isle *i);           /* accepts NULL */
 int64_t isle_id(const isle *i);
 const char *isle_name(const isle *i); /* "" when unnamed */
-isle_mbox *isle_mailbox(isle *i);
-isle_sig *isle_signal(isle *i);
+isle_mbox *isle_mbox_of(isle *i);
+isle_sig *isle_sig_of(isle *i);
 const char *isle_boot(isle *i, size_t *len);
 isle_task *isle_init_task(isle *i);   /* ends when init ran (or failed) */
 int64_t isle_state_intr(isle *i);     /* the interrupt id of the isle's state */

@@ -62,7 +62,7 @@ void isle_mbox_retain(isle_mbox *mb)
     atomic_fetch_add_explicit(&mb->refs, 1, memory_order_relaxed);
 }
 
-void isle_mbox_free(isle_mbox *mb)
+void isle_mbox_release(isle_mbox *mb)
 {
     if (!mb) return;
     if (atomic_fetch_sub_explicit(&mb->refs, 1, memory_order_acq_rel) != 1) return;
@@ -129,7 +129,7 @@ void isle_mbox_post_done(isle_done *d)
     if (d->sig) {
         /* Before the notice lands, so a compiled loop sees it at once. */
         isle_sig_raise(d->sig);
-        isle_sig_free(d->sig);
+        isle_sig_release(d->sig);
         d->sig = NULL;
     }
     pthread_mutex_lock(&mb->mu);
@@ -138,7 +138,7 @@ void isle_mbox_post_done(isle_done *d)
     mb->done_tail = d;
     signal_consumer(mb);
     pthread_mutex_unlock(&mb->mu);
-    isle_mbox_free(mb); /* the subscription's reference */
+    isle_mbox_release(mb); /* the subscription's reference */
 }
 
 void isle_mbox_wake(isle_mbox *mb)

@@ -46,7 +46,7 @@ void isle_sig_attach_mbox(isle_sig *s, isle_mbox *mb)
     isle_mbox_retain(mb);
     isle_mbox *old = impl(s)->mbox;
     impl(s)->mbox = mb;
-    isle_mbox_free(old);
+    isle_mbox_release(old);
 }
 
 static void unlink_locked(isle_intr *e)
@@ -70,13 +70,13 @@ void isle_sig_drop_ids(isle_sig *s)
     pthread_mutex_unlock(&intr_lock);
 }
 
-void isle_sig_free(isle_sig *s)
+void isle_sig_release(isle_sig *s)
 {
     if (!s) return;
     isle_sig_impl *si = impl(s);
     if (atomic_fetch_sub_explicit(&si->refs, 1, memory_order_acq_rel) != 1) return;
     isle_sig_drop_ids(s);
-    isle_mbox_free(si->mbox);
+    isle_mbox_release(si->mbox);
     pthread_mutex_destroy(&si->mu);
     free(si);
 }

@@ -60,7 +60,7 @@ void isle_task_release(isle_task *t)
     if (atomic_fetch_sub_explicit(&t->refs, 1, memory_order_acq_rel) != 1) return;
     /* Last reference: nobody else can reach the slot any more. Pending
      * notices hold references, so `subs` is empty here. */
-    isle_sig_free(t->sig);
+    isle_sig_release(t->sig);
     free(t->result);
     pthread_cond_destroy(&t->cv);
     pthread_mutex_destroy(&t->mu);
@@ -213,7 +213,7 @@ static void after_finish(isle_task *t, isle_sig *sig, isle_done *subs)
         isle_mbox_post_done(subs);
         subs = next;
     }
-    isle_sig_free(sig);
+    isle_sig_release(sig);
     /* Pairs with isle_task_mark_deadline: either it sees the end, or this
      * sees the mark and the task leaves the watchdog's heap now, result and
      * all, instead of at its deadline. */
@@ -323,8 +323,8 @@ int isle_task_unwatch(isle_task *t, isle_mbox *mb, isle_sig *sig)
     if (!d) return 0;
     /* Released outside the task lock: the last reference to the mailbox may
      * go here, and freeing it ends its queued tasks (their locks). */
-    isle_sig_free(d->sig);
-    isle_mbox_free(d->mbox);
+    isle_sig_release(d->sig);
+    isle_mbox_release(d->mbox);
     free(d);
     isle_task_release(t); /* the subscription's: may be the last one */
     return 1;

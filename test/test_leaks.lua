@@ -30,7 +30,7 @@ end
 -- Is a watch by `h`'s state still on `tok`? Taking one back is the only way
 -- to see it from outside; a watch found is put back, so nothing changes.
 local function watched_by(h, tok)
-    local mbox, sig = C.isle_mailbox(h.ptr), C.isle_signal(h.ptr)
+    local mbox, sig = C.isle_mbox_of(h.ptr), C.isle_sig_of(h.ptr)
     if C.isle_task_unwatch(tok.ptr, mbox, sig) == 0 then return false end
     assert(C.isle_task_watch(tok.ptr, mbox, sig) == 1)
     return true
@@ -38,7 +38,7 @@ end
 
 -- The same for a subscription of `h`'s mailbox (a wait inside `h`).
 local function subscribed_by(h, tok)
-    local mbox = C.isle_mailbox(h.ptr)
+    local mbox = C.isle_mbox_of(h.ptr)
     if C.isle_task_unsubscribe(tok.ptr, mbox) == 0 then return false end
     assert(C.isle_task_subscribe(tok.ptr, mbox) == 1)
     return true
@@ -53,9 +53,9 @@ function TestLeaks:test_a_finished_job_takes_its_token_watch_back()
     local h, tok = self.h, isle.token()
     -- The probe itself sees a watch (here the host's own).
     lu.assertFalse(watched_by(h, tok))
-    lu.assertEquals(C.isle_task_watch(tok.ptr, C.isle_mailbox(h.ptr), C.isle_signal(h.ptr)), 1)
+    lu.assertEquals(C.isle_task_watch(tok.ptr, C.isle_mbox_of(h.ptr), C.isle_sig_of(h.ptr)), 1)
     lu.assertTrue(watched_by(h, tok))
-    lu.assertEquals(C.isle_task_unwatch(tok.ptr, C.isle_mailbox(h.ptr), C.isle_signal(h.ptr)), 1)
+    lu.assertEquals(C.isle_task_unwatch(tok.ptr, C.isle_mbox_of(h.ptr), C.isle_sig_of(h.ptr)), 1)
     -- However a job ends, its watch is gone by the time its caller hears.
     local v = h:with{ token = tok }
     lu.assertEquals(v:call("inc", 1), 2)
@@ -96,7 +96,7 @@ function TestLeaks:test_a_wait_that_gives_up_takes_its_subscription_back()
             local ok, err = t:wait(0.02)
             assert(not ok and err.code == "timeout", "the wait should time out")
             -- 0: nothing left to take back.
-            local left = C.isle_task_unsubscribe(t.ptr, C.isle_mailbox(isle.self().ptr))
+            local left = C.isle_task_unsubscribe(t.ptr, C.isle_mbox_of(isle.self().ptr))
             t:cancel()
             return left
         end
@@ -104,7 +104,7 @@ function TestLeaks:test_a_wait_that_gives_up_takes_its_subscription_back()
             local t = isle.lookup("leaks_peer"):spawn_call("nap", 60)
             local ok = t:wait(0.02)
             -- Taken back here to show the probe sees a live subscription.
-            local mb = C.isle_mailbox(isle.self().ptr)
+            local mb = C.isle_mbox_of(isle.self().ptr)
             local sub = C.isle_task_subscribe(t.ptr, mb)
             local left = C.isle_task_unsubscribe(t.ptr, mb) + C.isle_task_unsubscribe(t.ptr, mb)
             t:cancel()
@@ -247,7 +247,7 @@ function TestLeaks:test_control_the_bounds_catch_the_old_leak()
     -- The old behaviour by hand: jobs' watches never taken back. 200,000 of
     -- them (a fifth of the calls above) must break both bounds used above.
     local h = self.h
-    local mbox, sig = C.isle_mailbox(h.ptr), C.isle_signal(h.ptr)
+    local mbox, sig = C.isle_mbox_of(h.ptr), C.isle_sig_of(h.ptr)
     local leaked = {}
     collectgarbage()
     local before, c_before = mb_mb(), malloc_mb()

@@ -102,7 +102,7 @@ static void peer_stop(peer *p)
 {
     push(p->mb, KIND_STOP, NULL, 0);
     pthread_join(p->th, NULL);
-    isle_mbox_free(p->mb);
+    isle_mbox_release(p->mb);
 }
 
 int main(int argc, char **argv)

@@ -1,6 +1,6 @@
 -- The C API of libisle for the FFI, declaration by declaration as in
 -- csrc/isle.h, and the loader of the library. The only place that calls
--- ffi.cdef or ffi.load for isle (test/test_cdef.lua checks it against the header).
+-- ffi.cdef or ffi.load for isle (test/test_static.lua checks it against the header).
 local ffi = require("ffi")
 local os = require("os")
 
@@ -70,7 +70,7 @@ int isle_task_cancelled(const isle_task *t);
 int isle_task_expire_at(isle_task *t, double deadline);
 
 isle_mbox *isle_mbox_new(size_t capacity, int with_fd);
-void isle_mbox_free(isle_mbox *mb);
+void isle_mbox_release(isle_mbox *mb);
 int isle_mbox_push(isle_mbox *mb, isle_msg *m, double timeout);
 int isle_mbox_wait(isle_mbox *mb, double timeout, isle_msg **msgs, isle_done **done);
 void isle_mbox_close(isle_mbox *mb);
@@ -80,7 +80,7 @@ int isle_mbox_fd(isle_mbox *mb);
 void isle_mbox_wake(isle_mbox *mb);
 
 isle_sig *isle_sig_new(void);
-void isle_sig_free(isle_sig *s);
+void isle_sig_release(isle_sig *s);
 int64_t isle_intr_new(isle_sig *s);
 void isle_intr_free(int64_t id);
 int isle_intr_set(int64_t id, int mode);
@@ -117,8 +117,8 @@ void isle_retain(isle *i);
 void isle_release(isle *i);
 int64_t isle_id(const isle *i);
 const char *isle_name(const isle *i);
-isle_mbox *isle_mailbox(isle *i);
-isle_sig *isle_signal(isle *i);
+isle_mbox *isle_mbox_of(isle *i);
+isle_sig *isle_sig_of(isle *i);
 const char *isle_boot(isle *i, size_t *len);
 isle_task *isle_init_task(isle *i);
 int64_t isle_state_intr(isle *i);

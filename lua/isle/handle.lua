@@ -201,7 +201,7 @@ local function send(self, kind, target, wait, with_task, n, ...)
         error(errors.new("memory", "cannot allocate a message of " .. len .. " bytes"), 3)
     end
     m.flags = flags
-    local rc = C.isle_mbox_push(C.isle_mailbox(self.ptr), m, wait)
+    local rc = C.isle_mbox_push(C.isle_mbox_of(self.ptr), m, wait)
     if rc ~= ISLE_OK then
         C.isle_msg_free(m)
         unship(opts)

@@ -197,7 +197,7 @@ function M.bind_host()
     if sig ~= nil then return end
     local s = C.isle_sig_new()
     if s == nil then error("isle: cannot allocate a signal block", 0) end
-    ffi.gc(s, C.isle_sig_free)
+    ffi.gc(s, C.isle_sig_release)
     M.host_sig = s  -- kept for the life of the state
     M.bind(s, C.isle_intr_new(s))
 end

@@ -495,7 +495,7 @@ function worker.main(addr)
     isle_label = "isle " .. id .. (name ~= "" and (" '" .. name .. "'") or "")
     runtime.label = isle_label
 
-    local s = sched.new(C.isle_mailbox(self_ptr), C.isle_signal(self_ptr))
+    local s = sched.new(C.isle_mbox_of(self_ptr), C.isle_sig_of(self_ptr))
     runtime.sched = s
     interrupt.bind(s.sig, C.isle_state_intr(self_ptr))
     interrupt.install_hook()

@@ -238,7 +238,7 @@ static long mbox_check(void *p, int ok)
     int nm, nd;
     take(c->made_mb, NULL, &nm, &nd);
     CHECK(nm == 1 && nd == 0);
-    isle_mbox_free(c->made_mb);
+    isle_mbox_release(c->made_mb);
     return 0;
 }
 
@@ -258,7 +258,7 @@ static long sig_check(void *p, int ok)
     }
     isle_sig_raise(c->made_sig);
     CHECK_EQ(flag_of(c->made_sig), 1);
-    isle_sig_free(c->made_sig);
+    isle_sig_release(c->made_sig);
     return 0;
 }
 
@@ -303,8 +303,8 @@ static ctx *new_ctx(void)
 
 static void free_ctx(ctx *c)
 {
-    isle_sig_free(c->sig);
-    isle_mbox_free(c->mb);
+    isle_sig_release(c->sig);
+    isle_mbox_release(c->mb);
 }
 
 /* Through volatile pointers, so the compiler cannot drop or fold an

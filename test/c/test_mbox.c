@@ -32,13 +32,13 @@ static int done_len(const isle_done *d)
 static void test_new_free(void)
 {
     CHECK(isle_mbox_new(0, 0) == NULL);   /* a mailbox needs room */
-    isle_mbox_free(NULL);
+    isle_mbox_release(NULL);
     isle_mbox *mb = isle_mbox_new(1, 0);
     CHECK(mb != NULL);
     CHECK_EQ(isle_mbox_count(mb), 0);
     CHECK_EQ(isle_mbox_is_closed(mb), 0);
     CHECK_EQ(isle_mbox_fd(mb), -1);
-    isle_mbox_free(mb);
+    isle_mbox_release(mb);
 }
 
 static void test_fifo(void)
@@ -72,7 +72,7 @@ static void test_fifo(void)
         isle_msg_free_list(msgs);
     }
     CHECK_EQ(next_take, next_push);
-    isle_mbox_free(mb);
+    isle_mbox_release(mb);
 }
 
 static void test_wait_timeout_empty(void)
@@ -86,7 +86,7 @@ static void test_wait_timeout_empty(void)
     CHECK_EQ(isle_mbox_wait(mb, 0.1, &msgs, &done), ISLE_ETIMEOUT);
     CHECK(isle_now() - t0 >= 0.095);
     CHECK(msgs == NULL && done == NULL);
-    isle_mbox_free(mb);
+    isle_mbox_release(mb);
 }
 
 static void test_capacity(void)
@@ -113,7 +113,7 @@ static void test_capacity(void)
     CHECK_EQ(isle_mbox_wait(mb, 0, &msgs, &done), ISLE_OK);
     CHECK(msgs == extra && msgs->next == NULL && msgs->kind == 99);
     isle_msg_free_list(msgs);
-    isle_mbox_free(mb);
+    isle_mbox_release(mb);
 }
 
 /* A producer thread pushing one message and reporting the result. */
@@ -154,7 +154,7 @@ static void test_blocked_pusher_released(void)
         CHECK_EQ(isle_mbox_wait(mb, -1, &msgs, &done), ISLE_OK);
         CHECK(msgs && msgs->kind == 2 && msgs->next == NULL);
         isle_msg_free_list(msgs);
-        isle_mbox_free(mb);
+        isle_mbox_release(mb);
     }
 }
 
@@ -196,7 +196,7 @@ static void test_close_wakes_consumer(void)
         double t0 = isle_now();
         CHECK_EQ(isle_mbox_wait(mb, 0.05, &msgs, &done), ISLE_ECLOSED);
         CHECK(isle_now() - t0 >= 0.045);
-        isle_mbox_free(mb);
+        isle_mbox_release(mb);
     }
 }
 
@@ -214,7 +214,7 @@ static void test_close_wakes_producer(void)
         CHECK_EQ(p.rc, ISLE_ECLOSED);
         isle_msg_free(p.m);                      /* refused: still the caller's */
         CHECK_EQ(isle_mbox_count(mb), 1);
-        isle_mbox_free(mb);                      /* frees the queued one */
+        isle_mbox_release(mb);                      /* frees the queued one */
     }
 }
 
@@ -241,7 +241,7 @@ static void test_closed_state(void)
     CHECK_EQ(isle_mbox_wait(mb, 0, &msgs, &done), ISLE_ECLOSED);
     CHECK(msgs == NULL && done == NULL);
     CHECK_EQ(isle_mbox_wait(mb, 0, &msgs, &done), ISLE_ECLOSED);
-    isle_mbox_free(mb);
+    isle_mbox_release(mb);
 }
 
 /* Completes a task after a delay (for notices reaching a closed mailbox). */
@@ -276,7 +276,7 @@ static void test_closed_still_gets_notices(void)
     isle_done_free_list(done);
     check_join(th);
     isle_task_release(t);
-    isle_mbox_free(mb);
+    isle_mbox_release(mb);
 }
 
 static void test_batch(void)
@@ -297,7 +297,7 @@ static void test_batch(void)
     CHECK_EQ(isle_mbox_count(mb), 0);
     isle_msg_free_list(msgs);
     CHECK_EQ(isle_mbox_wait(mb, 0, &msgs, &done), ISLE_ETIMEOUT);
-    isle_mbox_free(mb);
+    isle_mbox_release(mb);
 }
 
 static void test_batch_with_notices(void)
@@ -324,7 +324,7 @@ static void test_batch_with_notices(void)
     isle_msg_free_list(msgs);
     isle_done_free_list(done);
     for (int i = 0; i < 3; i++) isle_task_release(t[i]);
-    isle_mbox_free(mb);
+    isle_mbox_release(mb);
 }
 
 static void test_wake(void)
@@ -356,7 +356,7 @@ static void test_wake(void)
     CHECK(msgs && msgs->kind == 5 && msgs->next == NULL);
     isle_msg_free_list(msgs);
     CHECK_EQ(isle_mbox_wait(mb, 0, &msgs, &done), ISLE_ETIMEOUT);
-    isle_mbox_free(mb);
+    isle_mbox_release(mb);
 }
 
 static int readable(int fd)
@@ -411,7 +411,7 @@ static void test_eventfd(void)
     CHECK_EQ(isle_mbox_wait(mb, 0, &msgs, &done), ISLE_OK);
     CHECK_EQ(readable(fd), 0);
     CHECK_EQ(isle_mbox_wait(mb, 0, &msgs, &done), ISLE_ECLOSED);
-    isle_mbox_free(mb);
+    isle_mbox_release(mb);
     /* The descriptor was closed with the mailbox. */
     struct pollfd p = {.fd = fd, .events = POLLIN};
     CHECK(poll(&p, 1, 0) == 1 && (p.revents & POLLNVAL));
@@ -429,7 +429,7 @@ static void test_free_completes_queued_tasks(void)
     CHECK_EQ(isle_task_subscribe(t1, sub), 1);
     CHECK_EQ(isle_task_subscribe(t2, sub), 1);
     CHECK_EQ(isle_task_complete(t3, ISLE_TASK_DONE, "done", 4), 1);
-    isle_mbox_free(mb);
+    isle_mbox_release(mb);
     CHECK_EQ(isle_task_state(t1), ISLE_TASK_CLOSED);
     CHECK_EQ(isle_task_state(t2), ISLE_TASK_CLOSED);
     CHECK_EQ(isle_task_state(t3), ISLE_TASK_DONE);  /* already ended: untouched */
@@ -454,7 +454,7 @@ static void test_free_completes_queued_tasks(void)
     isle_task_release(t1);
     isle_task_release(t2);
     isle_task_release(t3);
-    isle_mbox_free(sub);
+    isle_mbox_release(sub);
 }
 
 static void test_free_with_pending_notices(void)
@@ -465,13 +465,13 @@ static void test_free_with_pending_notices(void)
     CHECK_EQ(isle_task_subscribe(t, mb), 1);
     CHECK_EQ(isle_task_complete(t, ISLE_TASK_DONE, "x", 1), 1);
     isle_task_release(t);     /* the notice still holds the task */
-    isle_mbox_free(mb);
+    isle_mbox_release(mb);
 
     /* A subscription keeps the mailbox alive after its owner let go. */
     mb = isle_mbox_new(2, 0);
     t = isle_task_new();
     CHECK_EQ(isle_task_subscribe(t, mb), 1);
-    isle_mbox_free(mb);
+    isle_mbox_release(mb);
     CHECK_EQ(isle_task_complete(t, ISLE_TASK_DONE, NULL, 0), 1);
     isle_task_release(t);
 }

@@ -95,7 +95,7 @@ static long run(int n)
     CHECK(pthread_join(th, &handled) == 0);
     CHECK_EQ((long)handled, n);
     CHECK_EQ(__atomic_load_n(&sig->flag, __ATOMIC_ACQUIRE), 0);  /* nobody cancelled */
-    isle_sig_free(sig);
+    isle_sig_release(sig);
     isle_msg *msgs;
     isle_done *done;
     CHECK_EQ(isle_mbox_wait(mbox_client, 0, &msgs, &done), ISLE_ETIMEOUT);
@@ -113,8 +113,8 @@ static void test_spin_then_park(void)
     double dt = isle_now() - t0;
     printf("    %d round trips, %.2f us each (spin budget %.0f us)\n",
            n, dt / n * 1e6, isle_get_spin() * 1e6);
-    isle_mbox_free(mbox_client);
-    isle_mbox_free(mbox_server);
+    isle_mbox_release(mbox_client);
+    isle_mbox_release(mbox_server);
 }
 
 static void test_park_only(void)
@@ -128,8 +128,8 @@ static void test_park_only(void)
     run(n);
     double dt = isle_now() - t0;
     printf("    %d round trips, %.2f us each (no spinning)\n", n, dt / n * 1e6);
-    isle_mbox_free(mbox_client);
-    isle_mbox_free(mbox_server);
+    isle_mbox_release(mbox_client);
+    isle_mbox_release(mbox_server);
     isle_set_spin(budget);
 }
 

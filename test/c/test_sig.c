@@ -18,8 +18,8 @@ static void test_flag(void)
     CHECK_EQ(flag_of(s), 1);
     isle_sig_lower(s);
     CHECK_EQ(flag_of(s), 0);
-    isle_sig_free(s);
-    isle_sig_free(NULL);
+    isle_sig_release(s);
+    isle_sig_release(NULL);
 }
 
 static void test_ids_unique_increasing(void)
@@ -39,10 +39,10 @@ static void test_ids_unique_increasing(void)
     isle_intr_free(a);
     int64_t b = isle_intr_new(s);
     CHECK(b > a);
-    isle_sig_free(s);
+    isle_sig_release(s);
     int64_t c = isle_intr_new(s2);
     CHECK(c > b);
-    isle_sig_free(s2);
+    isle_sig_release(s2);
 }
 
 static void test_modes(void)
@@ -98,7 +98,7 @@ static void test_modes(void)
     /* Freeing a pending id drops it from the count. */
     isle_intr_free(a);
     CHECK_EQ(isle_sig_pending(s), 0);
-    isle_sig_free(s);
+    isle_sig_release(s);
 }
 
 static void test_unknown(void)
@@ -122,7 +122,7 @@ static void test_unknown(void)
     CHECK_EQ(isle_intr_set(b, ISLE_INTR_ONCE), ISLE_OK);
     CHECK_EQ(isle_intr_take(b), ISLE_INTR_ONCE);
     isle_intr_free(a);                  /* twice: still a no-op */
-    isle_sig_free(s);
+    isle_sig_release(s);
 }
 
 static void test_free_drops_ids(void)
@@ -132,10 +132,10 @@ static void test_free_drops_ids(void)
     CHECK_EQ(isle_intr_set(x, ISLE_INTR_ALWAYS), ISLE_OK);
     /* A second reference keeps the block and its ids. */
     isle_sig_retain(s);
-    isle_sig_free(s);
+    isle_sig_release(s);
     CHECK_EQ(isle_intr_take(x), ISLE_INTR_ALWAYS);
     CHECK_EQ(isle_intr_set(y, ISLE_INTR_ONCE), ISLE_OK);
-    isle_sig_free(s);                   /* the last: ids go with it */
+    isle_sig_release(s);                   /* the last: ids go with it */
     CHECK_EQ(isle_intr_set(x, ISLE_INTR_ONCE), ISLE_ENOENT);
     CHECK_EQ(isle_intr_set(y, ISLE_INTR_CLEAR), ISLE_ENOENT);
     CHECK_EQ(isle_intr_take(x), -1);
@@ -153,7 +153,7 @@ static void test_free_drops_ids(void)
     int64_t k3 = isle_intr_new(keep);   /* the block still takes new ids */
     CHECK(k3 > k2);
     CHECK_EQ(isle_intr_set(k3, ISLE_INTR_ONCE), ISLE_OK);
-    isle_sig_free(keep);
+    isle_sig_release(keep);
     CHECK_EQ(isle_intr_take(k3), -1);
 }
 
@@ -172,14 +172,14 @@ static void test_many_ids(void)
         if (isle_intr_take(ids[i]) != (i % 3 ? ISLE_INTR_ALWAYS : ISLE_INTR_ONCE)) bad++;
     CHECK_EQ(bad, 0);
     for (int i = 0; i < N; i += 7) isle_intr_free(ids[i]);
-    isle_sig_free(s[0]);                /* the even ones go */
+    isle_sig_release(s[0]);                /* the even ones go */
     bad = 0;
     for (int i = 0; i < N; i++) {
         int want = (i % 2 == 0 || i % 7 == 0) ? -1 : (i % 3 ? ISLE_INTR_ALWAYS : ISLE_INTR_CLEAR);
         if (isle_intr_take(ids[i]) != want) bad++;
     }
     CHECK_EQ(bad, 0);
-    isle_sig_free(s[1]);
+    isle_sig_release(s[1]);
     bad = 0;
     for (int i = 0; i < N; i++) bad += isle_intr_take(ids[i]) != -1;
     CHECK_EQ(bad, 0);
@@ -202,9 +202,9 @@ static void test_wakes_mailbox(void)
     isle_sig_raise(s);
     CHECK_EQ(isle_mbox_wait(mb, 0, &msgs, &done), ISLE_OK);
     /* The block holds the mailbox: it outlives its owner's free. */
-    isle_mbox_free(mb);
+    isle_mbox_release(mb);
     CHECK_EQ(isle_intr_set(a, ISLE_INTR_ONCE), ISLE_OK);
-    isle_sig_free(s);
+    isle_sig_release(s);
 }
 
 /* Concurrent id allocation: unique, and increasing per thread. */
@@ -220,7 +220,7 @@ static void *alloc_ids(void *arg)
         CHECK_EQ(isle_intr_set(conc_ids[k][i], ISLE_INTR_ONCE), ISLE_OK);
         CHECK_EQ(isle_intr_take(conc_ids[k][i]), ISLE_INTR_ONCE);
     }
-    isle_sig_free(s);
+    isle_sig_release(s);
     return NULL;
 }
 

@@ -105,7 +105,7 @@ static void test_all_delivered_in_order(void)
     CHECK_EQ(isle_mbox_count(mb), 0);
     printf("    %d messages in %d batches (max %d); EBUSY retries %d, timed-out pushes %d\n",
            total, batches, max_batch, p[2].busy, p[3].busy);
-    isle_mbox_free(mb);
+    isle_mbox_release(mb);
 }
 
 static void test_close_race(void)
@@ -141,7 +141,7 @@ static void test_close_race(void)
         }
         CHECK_EQ(total, pushed);
         CHECK(max_batch <= CAPACITY);
-        isle_mbox_free(mb);
+        isle_mbox_release(mb);
     }
 }
 
@@ -175,7 +175,7 @@ static void test_timed_waits(void)
     isle_msg *msgs;
     isle_done *done;
     CHECK_EQ(isle_mbox_wait(mb, 0, &msgs, &done), ISLE_ETIMEOUT);
-    isle_mbox_free(mb);
+    isle_mbox_release(mb);
 }
 
 int main(void)

@@ -205,9 +205,9 @@ static void test_race(void)
     CHECK_EQ(wins[0] + wins[1] + wins[2], (long)rounds * K);
     pthread_barrier_destroy(&round_start);
     pthread_barrier_destroy(&round_end);
-    isle_sig_free(runner_sig);
-    isle_mbox_free(subs[0]);
-    isle_mbox_free(subs[1]);
+    isle_sig_release(runner_sig);
+    isle_mbox_release(subs[0]);
+    isle_mbox_release(subs[1]);
 }
 
 /* A second, tighter race on one task at a time: two completers, two

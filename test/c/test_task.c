@@ -56,7 +56,7 @@ static void test_complete_once(void)
     isle_sig *s = isle_sig_new();
     CHECK_EQ(isle_task_start(t, s, NULL), 0);        /* ended: the runner skips it */
     CHECK_EQ(flag_of(s), 0);
-    isle_sig_free(s);
+    isle_sig_release(s);
     isle_task_release(t);
 
     /* Every final state is a valid ending; an empty result reads empty. */
@@ -194,8 +194,8 @@ static void test_cancel_queued(void)
     isle_done_free_list(done);
     CHECK_EQ(isle_mbox_wait(mb, 0, &msgs, &done), ISLE_ETIMEOUT);
     CHECK_EQ(isle_task_subscribe(t, mb), 0);
-    isle_sig_free(s);
-    isle_mbox_free(mb);
+    isle_sig_release(s);
+    isle_mbox_release(mb);
     isle_task_release(t);
 }
 
@@ -277,10 +277,10 @@ static void test_cancel_running(void)
      * (LeakSanitizer), and the block outlives its owner's free until then. */
     t = isle_task_new();
     CHECK_EQ(isle_task_start(t, s, NULL), 1);
-    isle_sig_free(s);                      /* owner lets go first */
+    isle_sig_release(s);                      /* owner lets go first */
     CHECK_EQ(isle_task_cancel(t), ISLE_TASK_RUNNING);  /* still safe to raise */
     isle_task_release(t);
-    isle_mbox_free(mb);
+    isle_mbox_release(mb);
 }
 
 static void test_subscribe(void)
@@ -336,9 +336,9 @@ static void test_subscribe(void)
     isle_done_free_list(done);
     for (int i = 0; i < N; i++) isle_task_release(ts[i]);
 
-    isle_mbox_free(a);
-    isle_mbox_free(b);
-    isle_mbox_free(c);
+    isle_mbox_release(a);
+    isle_mbox_release(b);
+    isle_mbox_release(c);
 }
 
 static void test_refs(void)
@@ -360,7 +360,7 @@ static void test_refs(void)
         if (last == 1) { isle_task_release(t); isle_done_free_list(done); isle_msg_free(m); }
         if (last == 2) { isle_msg_free(m); isle_task_release(t); isle_done_free_list(done); }
     }
-    isle_mbox_free(mb);
+    isle_mbox_release(mb);
 }
 
 /* Taking a watch back: one matching subscription goes, with every reference
@@ -387,11 +387,11 @@ static void test_unwatch(void)
     /* The mailboxes' owners let go first: a goes at once, b is held by the
      * (b, s) watch, which is still told: s raised, and the notice posted
      * into b frees b (its last reference) and releases t with it. */
-    isle_mbox_free(a);
-    isle_mbox_free(b);
+    isle_mbox_release(a);
+    isle_mbox_release(b);
     CHECK_EQ(isle_task_cancel(t), ISLE_TASK_QUEUED);
     CHECK_EQ(flag_of(s), 1);
-    isle_sig_free(s);
+    isle_sig_release(s);
     isle_task_release(t);
 
     /* After the end there is nothing to take back; the notice still comes. */
@@ -418,8 +418,8 @@ static void test_unwatch(void)
     CHECK_EQ(isle_task_unwatch(t, a, s), 1);           /* frees the task */
     CHECK_EQ(flag_of(s), 0);
     CHECK_EQ(isle_mbox_wait(a, 0, &msgs, &done), ISLE_ETIMEOUT);
-    isle_sig_free(s);
-    isle_mbox_free(a);
+    isle_sig_release(s);
+    isle_mbox_release(a);
 }
 
 /* A dying state's running tasks end FAILED once, with the given bytes; tasks
@@ -451,8 +451,8 @@ static void test_fail_running(void)
     isle_task_release(done);
     isle_task_release(queued);
     isle_task_release(elsewhere);
-    isle_sig_free(s);
-    isle_sig_free(other);
+    isle_sig_release(s);
+    isle_sig_release(other);
 }
 
 /* A reader that saw a final state finds the result with it, even while the

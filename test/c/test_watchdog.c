@@ -45,7 +45,7 @@ static void test_cancel_reason(void)
     CHECK_EQ(flag_of(s), 1);
     CHECK_EQ(isle_task_complete(t, ISLE_TASK_CANCELLED, NULL, 0), 1);
     isle_task_release(t);
-    isle_sig_free(s);
+    isle_sig_release(s);
 }
 
 static void test_watch(void)
@@ -54,7 +54,7 @@ static void test_watch(void)
     isle_sig *s = isle_sig_new();
     isle_task *t = isle_task_new();
     CHECK_EQ(isle_task_watch(t, mb, s), 1);
-    isle_sig_free(s);               /* the watch keeps the block until it fires */
+    isle_sig_release(s);               /* the watch keeps the block until it fires */
     CHECK_EQ(flag_of(s), 0);
     CHECK_EQ(isle_task_complete(t, ISLE_TASK_DONE, NULL, 0), 1);
     isle_msg *msgs;
@@ -82,8 +82,8 @@ static void test_watch(void)
     CHECK_EQ(flag_of(s), 0);
     CHECK_EQ(isle_mbox_wait(mb, 0, &msgs, &done), ISLE_ETIMEOUT);
     isle_task_release(t);
-    isle_sig_free(s);
-    isle_mbox_free(mb);
+    isle_sig_release(s);
+    isle_mbox_release(mb);
 }
 
 static void *noop(void *arg) { return arg; }
@@ -178,8 +178,8 @@ static void test_expire(void)
     while (threads_now() != base && isle_now() - wait_from < 20) check_sleep(0.05);
     CHECK_EQ(threads_now(), base);
 
-    isle_sig_free(s);
-    isle_mbox_free(mb);
+    isle_sig_release(s);
+    isle_mbox_release(mb);
 }
 
 /* A task that ends leaves the watchdog at once, with its reference (no
@@ -248,7 +248,7 @@ static void test_ended_tasks_leave(void)
     if (in_time) CHECK(in_order);
     CHECK_EQ(isle_watchdog_count(), 0);
     for (int i = 0; i < M; i++) isle_task_release(ms[i]);
-    isle_mbox_free(mb);
+    isle_mbox_release(mb);
 }
 
 int main(void)
