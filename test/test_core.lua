@@ -516,7 +516,7 @@ function TestLifetime:test_tasks_end_once_even_if_the_worker_dies()
     local h = isle.spawn{ init = LIB }
     local sleeper = h:spawn_call("slow", 60)
     while sleeper:status() ~= "running" do isle.sleep(0.001) end
-    h:eval("require('isle.runtime').sched.on_idle = function() error('loop broken') end")
+    h:eval("require('isle.runtime').sched.host.on_idle = function() error('loop broken') end")
     local trigger = h:spawn_eval("return 1") -- the next turn of the loop breaks
     local ok, e = sleeper:wait(10)
     lu.assertFalse(ok)

@@ -130,7 +130,7 @@ function TestLeaks:test_a_dying_loop_takes_back_what_its_jobs_held()
     end))
     lu.assertTrue(helpers.eventually(function() return subscribed_by(h, tok2) end), "the wait subscribes")
     lu.assertTrue(watched_by(h, tok), "the job watches its token")
-    h:eval("require('isle.runtime').sched.on_idle = function() error('loop broken (on purpose)') end")
+    h:eval("require('isle.runtime').sched.host.on_idle = function() error('loop broken (on purpose)') end")
     h:spawn_eval("return 1") -- the next turn of the loop breaks
     lu.assertFalse((napper:wait(10)))
     lu.assertFalse((holder:wait(10)))

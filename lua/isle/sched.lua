@@ -10,7 +10,7 @@ local C = require("isle.cdef").C
 
 local co_create, co_resume, co_yield, co_running, co_isyieldable =
     coroutine.create, coroutine.resume, coroutine.yield, coroutine.running, coroutine.isyieldable
-local setmetatable, tonumber, tostring, error, type = setmetatable, tonumber, tostring, error, type
+local setmetatable, tonumber, tostring, error, type, next = setmetatable, tonumber, tostring, error, type, next
 local ISLE_OK, ISLE_ECLOSED = C.ISLE_OK, C.ISLE_ECLOSED
 
 local SCHED = {}      -- first value of every yield the loop itself asked for
@@ -106,13 +106,26 @@ local function heap_compact(h)
     end
 end
 
-function sched.new(mbox, sig)
+-- sched.new(mbox, sig, host): the loop of one isle. It is the only consumer
+-- of the mailbox. `host` is the worker's side, given once:
+--   host.on_message(s, msgs)  takes a batch of messages (and owns them)
+--   host.flush(s)             starts what the worker holds, at the end of a turn
+--   host.queued()             does the worker hold messages not yet started?
+--   host.on_idle(s)           once a turn, after the wait
+--   host.run_user(rec)        a job that runs a user callback (rec.fn, rec.args)
+--   host.resumed(rec)         runs in a job the loop resumed (interrupts)
+-- Read by others, written only here: s.mbox, s.sig, s.current (the record
+-- of the running job; the worker moves it with s:enter).
+function sched.new(mbox, sig, host)
     return setmetatable({
         mbox = mbox,
         sig = sig,
+        flagp = ffi.cast("int32_t *", sig),
+        host = host,
         timers = {},
         dead_timers = 0,   -- cancelled entries still in `timers`
         ready = {},        -- records to resume on the next turn
+        later = {},        -- user callbacks to start as jobs on the next turn
         waiting = {},      -- task key -> list of records awaiting it
         pool = {},         -- idle coroutines
         parked = {},       -- suspended coroutine -> the record it waits for
@@ -120,16 +133,16 @@ function sched.new(mbox, sig)
         current = nil,     -- record of the running job
         msgs_out = ffi.new("isle_msg*[1]"),
         done_out = ffi.new("isle_done*[1]"),
-        on_message = nil,  -- set by the worker; takes ownership of a batch
         stash_done = nil,  -- notices taken by a job that waited in the mailbox itself
-        flush = nil,       -- worker: start what is queued
         may_block = false, -- a job may wait in the mailbox itself (see run)
-        queued = nil,      -- worker: is anything queued?
-        on_idle = nil,
-        resumed = nil,     -- called in a job the loop resumed (interrupts)
-        later = {},        -- user callbacks to start as jobs on the next turn
-        run_user = nil,    -- worker: runs a callback job (rec.fn, rec.args) protected
     }, Sched)
+end
+
+-- The record of the job now running; returns the previous one.
+function Sched:enter(rec)
+    local prev = self.current
+    self.current = rec
+    return prev
 end
 
 local function job_body(fn, rec)
@@ -303,7 +316,7 @@ end
 -- ("timeout" when the time ran out). The loop arms the timer (step).
 function Sched:sleep(s)
     local why = co_yield(SCHED, SLEEP, s)
-    if self.resumed then self.resumed(self.current) end
+    self.host.resumed(self.current)
     return why
 end
 
@@ -322,7 +335,7 @@ function Sched:await(t, timeout)
         end
     end
     local why = co_yield(SCHED, AWAIT, key, timeout, t)
-    if self.resumed then self.resumed(self.current) end
+    self.host.resumed(self.current)
     return why
 end
 
@@ -384,7 +397,7 @@ function Sched:take_done(done)
 end
 
 local function next_timeout(self)
-    if #self.ready > 0 or #self.later > 0 or self.stash_done ~= nil or (self.queued and self.queued()) then
+    if #self.ready > 0 or #self.later > 0 or self.stash_done ~= nil or self.host.queued() then
         return 0
     end
     local h = self.timers
@@ -404,7 +417,7 @@ end
 -- hand out: `may_block` says so. Anywhere else (notices, timers, ready jobs)
 -- it must give control back, or what this loop holds would wait behind it.
 function Sched:run()
-    local mbox, msgs_out, done_out = self.mbox, self.msgs_out, self.done_out
+    local mbox, msgs_out, done_out, host = self.mbox, self.msgs_out, self.done_out, self.host
     while true do
         -- Notices a job took while it waited in the mailbox itself.
         local stashed = self.stash_done
@@ -420,7 +433,8 @@ function Sched:run()
         local later = self.later
         if #later > 0 then
             self.later = {}
-            for i = 1, #later do self:spawn(self.run_user, later[i]) end
+            local run_user = self.host.run_user
+            for i = 1, #later do self:spawn(run_user, later[i]) end
         end
         local timeout = next_timeout(self)
         -- Closed with nothing left to run: only drain what is still queued
@@ -431,20 +445,70 @@ function Sched:run()
             local done, msgs = done_out[0], msgs_out[0]
             if done ~= nil then self:take_done(done) end
             -- on_message owns the batch: it frees each message when done with it.
-            if msgs ~= nil then self.on_message(self, msgs) end
+            if msgs ~= nil then host.on_message(self, msgs) end
         end
-        if self.on_idle then self.on_idle(self) end
+        host.on_idle(self)
         self:fire_timers()
-        if self.flush then
-            self.may_block = true
-            self.flush(self)
-            self.may_block = false
-        end
+        self.may_block = true
+        host.flush(self)
+        self.may_block = false
         if rc == ISLE_ECLOSED and self.jobs == 0 and #self.ready == 0 and #self.later == 0
-            and not (self.queued and self.queued()) and self.stash_done == nil then
+            and not host.queued() and self.stash_done == nil then
             break -- closed, drained, and every job has finished
         end
     end
+end
+
+-- For a runner job: may it wait for the next batch in the mailbox itself,
+-- keeping a steady stream of messages in one compiled loop? Only from the
+-- flush at the end of a turn (the loop holds nothing undelivered) and when
+-- nothing else needs the loop: no other job, nothing ready or due, no
+-- timer, no request on the flag, not closing. Returns the batch it took (or
+-- nil) and whether the runner may go on with it; notices, wakes and closes
+-- are the loop's business, so then it must hand back.
+function Sched:wait_more()
+    if not (self.may_block and self.jobs == 1 and #self.ready == 0 and #self.later == 0
+            and #self.timers == 0 and self.stash_done == nil and self.flagp[0] == 0
+            and C.isle_mbox_is_closed(self.mbox) == 0) then
+        return nil, false
+    end
+    local msgs_out, done_out = self.msgs_out, self.done_out
+    local rc = C.isle_mbox_wait(self.mbox, -1, msgs_out, done_out)
+    local msgs, done = msgs_out[0], done_out[0]
+    if done ~= nil then self.stash_done = done end
+    if msgs == nil then msgs = nil end -- a NULL cdata is not nil
+    return msgs, rc == ISLE_OK and msgs ~= nil and done == nil
+end
+
+-- Suspended jobs (sleeping, awaiting) that were asked to stop are woken
+-- with the reason reason_of(rec) gives, which their sleep or wait raises.
+function Sched:wake_stopped(reason_of)
+    local recs = {}
+    for _, list in next, self.waiting do
+        for i = 1, #list do recs[#recs + 1] = list[i] end
+    end
+    local h = self.timers
+    for i = 1, #h do
+        local rec = h[i].rec
+        if rec then recs[#recs + 1] = rec end
+    end
+    for i = 1, #recs do
+        local rec = recs[i]
+        if rec.co and not rec.finished then
+            local why = reason_of(rec)
+            if why then self:wake(rec, why) end
+        end
+    end
+end
+
+-- No more messages: a failed init ends the isle this way.
+function Sched:close() C.isle_mbox_close(self.mbox) end
+
+-- The loop itself failed: take back the subscriptions of every wait, or
+-- tasks that never end would keep this isle's mailbox for ever.
+function Sched:abandon()
+    for _, list in next, self.waiting do C.isle_task_unsubscribe(list.task, self.mbox) end
+    self.waiting = {}
 end
 
 return sched

@@ -351,7 +351,7 @@ local function run_message(s, runner, m)
     if t == nil and flags == 0 and m.kind == POST then
         -- A plain post: no task, no options; the runner's own record serves.
         runner.stop = nil -- stops and interrupts are per message
-        s.current = runner
+        s:enter(runner)
         return run_post(runner, m, target, codec.get_values(dec))
     end
     local rec = { task = t, kind = m.kind, target = target, co = runner.co,
@@ -361,32 +361,19 @@ local function run_message(s, runner, m)
         rec.target = target[1]
         if o.token then rec.token = o.token.ptr; rec.token_ref = o.token end
     end
-    s.current = rec
+    s:enter(rec)
     start(rec, m, codec.get_values(dec))
-    s.current = runner
-end
-
--- May a runner block in the mailbox itself? Only when the loop allows it
--- (it holds nothing undelivered) and nothing else needs the loop: no other
--- job, nothing ready, no timer, no signal, not closing.
-local function runner_may_wait(s)
-    return s.may_block and s.jobs == 1 and #s.ready == 0 and #s.timers == 0 and s.stash_done == nil
-        and flagp[0] == 0 and C.isle_mbox_is_closed(s.mbox) == 0
+    s:enter(runner)
 end
 
 local function run_queue(runner)
     local s = runtime.sched
-    local msgs_out, done_out = s.msgs_out, s.done_out
     while true do
         local m = q_head
         if m == nil then
-            if not runner_may_wait(s) then break end
-            local rc = C.isle_mbox_wait(s.mbox, -1, msgs_out, done_out)
-            local msgs, done = msgs_out[0], done_out[0]
+            local msgs, go_on = s:wait_more()
             if msgs ~= nil then enqueue(msgs) end
-            if done ~= nil then s.stash_done = done end
-            -- Notices, wakes and closes are the loop's business: hand back.
-            if rc ~= ISLE_OK or msgs == nil or done ~= nil then break end
+            if not go_on then break end
             m = q_head
         end
         q_head = m.next
@@ -406,26 +393,6 @@ local function queued() return q_head ~= nil end
 -- them (flush) at the end of its turn.
 local function dispatch(s, msgs)
     enqueue(msgs)
-end
-
--- Suspended jobs (sleeping, awaiting) that were asked to stop are woken
--- with the reason, which their sleep or wait raises. Runs when the flag is up.
-local function wake_stopped(s)
-    local recs = {}
-    for _, list in next, s.waiting do
-        for i = 1, #list do recs[#recs + 1] = list[i] end
-    end
-    for i = 1, #s.timers do
-        local rec = s.timers[i].rec
-        if rec then recs[#recs + 1] = rec end
-    end
-    for i = 1, #recs do
-        local rec = recs[i]
-        if rec.co and not rec.finished then
-            local why = interrupt.job_stop_reason(rec)
-            if why then s:wake(rec, why) end
-        end
-    end
 end
 
 -- Boot ------------------------------------------------------------------------
@@ -495,12 +462,28 @@ function worker.main(addr)
     isle_label = "isle " .. id .. (name ~= "" and (" '" .. name .. "'") or "")
     runtime.label = isle_label
 
-    local s = sched.new(C.isle_mbox_of(self_ptr), C.isle_sig_of(self_ptr))
+    local init_failed, rec = false, nil
+    local function on_idle(sl)
+        if rec.ok == false and not init_failed then
+            -- A failed init ends the isle: the spawner closes it.
+            init_failed = true
+            sl:close()
+        end
+        if flagp[0] ~= 0 then
+            -- No job runs here: settle what the flag was raised for.
+            flagp[0] = 0
+            sl:wake_stopped(interrupt.job_stop_reason)
+            if C.isle_sig_pending(sl.sig) > 0 then flagp[0] = 1 end
+        end
+    end
+    local s = sched.new(C.isle_mbox_of(self_ptr), C.isle_sig_of(self_ptr), {
+        on_message = dispatch, flush = flush, queued = queued, on_idle = on_idle,
+        run_user = run_user, resumed = interrupt.resumed,
+    })
     runtime.sched = s
     interrupt.bind(s.sig, C.isle_state_intr(self_ptr))
     interrupt.install_hook()
     interrupt.guard_coroutines(coroutine)
-    s.resumed = interrupt.resumed
     flagp = interrupt.pointers()
     guard_isle_modules()
 
@@ -514,25 +497,9 @@ function worker.main(addr)
 
     local init_task = C.isle_init_task(self_ptr)
     C.isle_task_start(init_task, s.sig, "init")
-    local rec = { task = init_task, borrowed = true, spec = spec, args = args }
-    s.run_user = run_user
-    s:spawn(run_init, rec)
+    rec = { task = init_task, borrowed = true, spec = spec, args = args }
     -- Init may sleep or await: the loop serves it like any other job.
-    s.on_message, s.flush, s.queued = dispatch, flush, queued
-    local init_failed = false
-    s.on_idle = function(sl)
-        if rec.ok == false and not init_failed then
-            -- A failed init ends the isle: the spawner closes it.
-            init_failed = true
-            C.isle_mbox_close(sl.mbox)
-        end
-        if flagp[0] ~= 0 then
-            -- No job runs here: settle what the flag was raised for.
-            flagp[0] = 0
-            wake_stopped(sl)
-            if C.isle_sig_pending(sl.sig) > 0 then flagp[0] = 1 end
-        end
-    end
+    s:spawn(run_init, rec)
     if rec.ok == false then return end
     local ok, err = pcall(s.run, s)
     if not ok then
@@ -543,9 +510,8 @@ function worker.main(addr)
         -- isle closed too and can queue no more. Their token watches and
         -- the subscriptions of their waits are taken back here.
         C.isle_stop(self_ptr, 0)
-        for rec in next, watching do unwatch(rec) end
-        for _, list in next, s.waiting do C.isle_task_unsubscribe(list.task, s.mbox) end
-        s.waiting = {}
+        for r in next, watching do unwatch(r) end
+        s:abandon()
         while q_head ~= nil do
             local m = q_head
             q_head = m.next
