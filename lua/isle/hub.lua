@@ -77,7 +77,11 @@ local function add_count(self, d)
     local n = before + d
     self.count = n
     local f = self.on_busy
-    if f and (before == 0) ~= (n == 0) then f(n > 0) end
+    if f and (before == 0) ~= (n == 0) then
+        -- An adapter's hook must not break the bookkeeping of a poll.
+        local ok, e = pcall(f, n > 0)
+        if not ok then runtime.report(e, "a hub adapter's on_busy hook") end
+    end
 end
 
 -- Callbacks and awaiting coroutines not yet run or resumed for good.
