@@ -40,6 +40,8 @@ C_TEST_TIMEOUT ?= 600
 export ISLE_TEST_SUITE_TIMEOUT = $(SUITE_TIMEOUT)
 
 DEB_PKGS := build-essential clang luajit libluajit-5.1-dev lua-unit valgrind
+# The host adapters' tests: luv (test/test_luv.lua), LÖVE under Xvfb (test/test_love.lua).
+DEB_PKGS += lua-luv love xvfb xauth
 # Wanted but not required: without it check-aarch64 says it is skipped.
 DEB_OPTIONAL := gcc-aarch64-linux-gnu
 AARCH64_CC ?= aarch64-linux-gnu-gcc

@@ -51,7 +51,7 @@ local isle_path = module_dirs()
 local MODULES = { "isle", "isle.cdef", "isle.codec", "isle.errors", "isle.runtime", "isle.sched",
     "isle.interrupt", "isle.libs", "isle.proto", "isle.worker", "isle.handle", "isle.task",
     "isle.token", "isle.chunks", "isle.instrument", "isle.fnsource", "isle.loaders", "isle.wire",
-    "isle.combine" }
+    "isle.combine", "isle.hub", "isle.luv" }
 local function preload_modules()
     if C.isle_preload_count() > 0 then return end
     for _, name in ipairs(MODULES) do
@@ -329,6 +329,15 @@ function isle.on_error(fn)
         error("bad argument #1 to 'on_error' (function or nil expected, got " .. type(fn) .. ")", 2)
     end
     runtime.on_error = fn
+end
+
+-- The state's hub (docs/hub.md): how a host's event loop runs on_done
+-- callbacks and resumes awaiting coroutines. Inside an isle its loop does.
+function isle.hub()
+    if runtime.sched then
+        error("isle.hub() is for host states: inside an isle its loop runs on_done callbacks and awaits", 2)
+    end
+    return require("isle.hub").default()
 end
 
 isle.now = function() return C.isle_now() end
