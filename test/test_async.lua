@@ -156,6 +156,22 @@ function TestAwait:test_await_across_isles_while_serving()
     a:close() b:close()
 end
 
+function TestAwait:test_all_and_first_in_a_host_state()
+    local h = isle.spawn{ init = LIB }
+    -- a blocking wait runs the hub meanwhile
+    local ok, a, b = isle.all{ h:spawn_eval("return 1"), h:spawn_eval("isle.sleep(0.05) return 2, 3") }:wait(10)
+    lu.assertEquals({ ok, a.n, a[1], b.n, b[1], b[2] }, { true, 1, 1, 2, 2, 3 })
+    lu.assertEquals({ isle.first{ h:spawn_eval("isle.sleep(5)"), h:spawn_eval("return 'fast'") }:wait(10) },
+        { true, "fast" })
+    -- on_done of a combined task runs from the hub
+    local got
+    isle.all{ h:spawn_eval("return 7") }:on_done(function(ok2, r) got = ok2 and r[1] end)
+    local hub = isle.hub()
+    lu.assertTrue(helpers.eventually(function() hub:poll() return got ~= nil end, 10))
+    lu.assertEquals(got, 7)
+    h:close{ cancel = true }
+end
+
 TestAsyncClose = {}
 function TestAsyncClose:test_pending_timers_are_dropped_and_never_run()
     local mem, addr = helpers.shared_ints(2)

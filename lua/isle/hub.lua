@@ -41,7 +41,7 @@ function hub.new()
     -- No message is ever pushed here: only completion notices and wakes.
     local mb = C.isle_mbox_new(1, 1)
     if mb == nil then error(errors.new("memory", "cannot make the hub's mailbox (out of memory or fds)"), 2) end
-    ffi.gc(mb, runtime.finalizer(C.isle_mbox_free))
+    ffi.gc(mb, runtime.finalizer(C.isle_mbox_release))
     return setmetatable({
         mbox = mb,
         gen = generation(),

@@ -47,6 +47,22 @@ local function settle(self)
     return false, r[2]
 end
 
+-- A task made of others (isle.all/first) is completed by this state's
+-- driver: in a host, a blocking wait on it runs the hub meanwhile, or it
+-- would wait for ever for callbacks nobody runs.
+local function drive_hub(p, timeout)
+    local hub = runtime.driver()
+    local deadline = timeout >= 0 and C.isle_now() + timeout or nil
+    while C.isle_task_state(p) < ISLE_TASK_DONE do
+        local left = -1
+        if deadline then
+            left = deadline - C.isle_now()
+            if left <= 0 then return end
+        end
+        if hub:run(left) == 0 and hub:pending() == 0 then return end
+    end
+end
+
 -- true, results... or false, err; err.code == "timeout" when the wait ran out
 -- (the task keeps running).
 function Task:wait(timeout)
@@ -55,6 +71,7 @@ function Task:wait(timeout)
     end
     check_process(self, "task")
     if timeout == nil or timeout < 0 then timeout = -1 end
+    if self.parts and runtime.sched == nil then drive_hub(self.ptr, timeout) end
     local why = runtime.wait_task(self.ptr, timeout)
     if why ~= "done" then
         if why == "timeout" then
