@@ -281,30 +281,32 @@ end
 
 isle.timer = {}
 
+local function new_timer(fname, first, interval, fn, ...)
+    local s = need_loop(fname)
+    if type(fn) ~= "function" then
+        error("bad argument #2 to '" .. fname .. "' (function expected, got " .. type(fn) .. ")", 3)
+    end
+    return setmetatable({ sched = s, entry = s:timer(C.isle_now() + first, interval, fn, pack(...)) }, Timer)
+end
+
 -- fn(...) runs `delay` seconds from now on this isle's thread, in a
 -- coroutine of its own (it may sleep and call other isles).
 function isle.timer.at(delay, fn, ...)
-    local s = need_loop("timer.at")
     if type(delay) ~= "number" or not (delay >= 0) then
+        need_loop("timer.at")
         error("bad argument #1 to 'timer.at' (number of seconds >= 0 expected, got " .. tostring(delay) .. ")", 2)
     end
-    if type(fn) ~= "function" then
-        error("bad argument #2 to 'timer.at' (function expected, got " .. type(fn) .. ")", 2)
-    end
-    return setmetatable({ sched = s, entry = s:timer(C.isle_now() + delay, nil, fn, pack(...)) }, Timer)
+    return new_timer("timer.at", delay, nil, fn, ...)
 end
 
 -- fn(...) runs every `interval` seconds (counted from the deadlines, never
 -- in a burst to catch up), until cancelled or the isle closes.
 function isle.timer.every(interval, fn, ...)
-    local s = need_loop("timer.every")
     if type(interval) ~= "number" or not (interval > 0) then
+        need_loop("timer.every")
         error("bad argument #1 to 'timer.every' (number of seconds > 0 expected, got " .. tostring(interval) .. ")", 2)
     end
-    if type(fn) ~= "function" then
-        error("bad argument #2 to 'timer.every' (function expected, got " .. type(fn) .. ")", 2)
-    end
-    return setmetatable({ sched = s, entry = s:timer(C.isle_now() + interval, interval, fn, pack(...)) }, Timer)
+    return new_timer("timer.every", interval, interval, fn, ...)
 end
 
 -- Starts fn(...) in a coroutine on this isle's loop and returns at once.

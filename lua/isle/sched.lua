@@ -63,23 +63,25 @@ local function heap_push(h, e)
     end
 end
 
+-- Puts entry `e` at slot `i` of the first `n` slots and moves it down
+-- until its children are not earlier.
+local function sift_down(h, i, e, n)
+    while true do
+        local l, r, m = 2 * i, 2 * i + 1, i
+        if l <= n and h[l].at < (m == i and e.at or h[m].at) then m = l end
+        if r <= n and h[r].at < (m == i and e.at or h[m].at) then m = r end
+        if m == i then break end
+        h[i] = h[m]
+        i = m
+    end
+    h[i] = e
+end
+
 local function heap_pop(h)
     local top, n = h[1], #h
     local last = h[n]
     h[n] = nil
-    n = n - 1
-    if n > 0 then
-        local i = 1
-        while true do
-            local l, r, m = 2 * i, 2 * i + 1, i
-            if l <= n and h[l].at < (m == i and last.at or h[m].at) then m = l end
-            if r <= n and h[r].at < (m == i and last.at or h[m].at) then m = r end
-            if m == i then break end
-            h[i] = h[m]
-            i = m
-        end
-        h[i] = last
-    end
+    if n > 1 then sift_down(h, 1, last, n - 1) end
     return top
 end
 
@@ -92,18 +94,7 @@ local function heap_compact(h)
         if e.rec or e.cb then n = n + 1; h[n] = e end
     end
     for i = #h, n + 1, -1 do h[i] = nil end
-    for i = (n - n % 2) / 2, 1, -1 do
-        local e, j = h[i], i
-        while true do
-            local l, r, m = 2 * j, 2 * j + 1, j
-            if l <= n and h[l].at < (m == j and e.at or h[m].at) then m = l end
-            if r <= n and h[r].at < (m == j and e.at or h[m].at) then m = r end
-            if m == j then break end
-            h[j] = h[m]
-            j = m
-        end
-        h[j] = e
-    end
+    for i = (n - n % 2) / 2, 1, -1 do sift_down(h, i, h[i], n) end
 end
 
 -- sched.new(mbox, sig, host): the loop of one isle. It is the only consumer

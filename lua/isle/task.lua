@@ -63,23 +63,31 @@ local function drive_hub(p, timeout)
     end
 end
 
+-- The timeout argument of wait and await: seconds, or -1 for no limit.
+local function wait_timeout(self, timeout, fname)
+    if timeout ~= nil and (type(timeout) ~= "number" or timeout ~= timeout) then
+        error("bad argument #1 to '" .. fname .. "' (number of seconds expected, got " .. type(timeout) .. ")", 3)
+    end
+    check_process(self, "task", 3)
+    if timeout == nil or timeout < 0 then return -1 end
+    return timeout
+end
+
+-- What a wait that ended for `why` returns.
+local function waited(self, why, timeout)
+    if why == "done" then return settle(self) end
+    if why == "timeout" then
+        return false, errors.new("timeout", "the task did not end within " .. timeout .. " s")
+    end
+    return false, errors.new(why, "the wait was ended: " .. why)
+end
+
 -- true, results... or false, err; err.code == "timeout" when the wait ran out
 -- (the task keeps running).
 function Task:wait(timeout)
-    if timeout ~= nil and (type(timeout) ~= "number" or timeout ~= timeout) then
-        error("bad argument #1 to 'wait' (number of seconds expected, got " .. type(timeout) .. ")", 2)
-    end
-    check_process(self, "task")
-    if timeout == nil or timeout < 0 then timeout = -1 end
+    timeout = wait_timeout(self, timeout, "wait")
     if self.parts and runtime.sched == nil then drive_hub(self.ptr, timeout) end
-    local why = runtime.wait_task(self.ptr, timeout)
-    if why ~= "done" then
-        if why == "timeout" then
-            return false, errors.new("timeout", "the task did not end within " .. timeout .. " s")
-        end
-        return false, errors.new(why, "the wait was ended: " .. why)
-    end
-    return settle(self)
+    return waited(self, runtime.wait_task(self.ptr, timeout), timeout)
 end
 
 -- Like wait, but suspends the running coroutine instead of blocking the
@@ -87,29 +95,14 @@ end
 -- the state's hub (lua/isle/hub.lua). Raises a misuse error where nothing
 -- can resume it (the main coroutine outside any adapter, a C callback).
 function Task:await(timeout)
-    if timeout ~= nil and (type(timeout) ~= "number" or timeout ~= timeout) then
-        error("bad argument #1 to 'await' (number of seconds expected, got " .. type(timeout) .. ")", 2)
+    timeout = wait_timeout(self, timeout, "await")
+    if C.isle_task_state(self.ptr) >= ISLE_TASK_DONE then return waited(self, "done", timeout) end
+    local d = runtime.driver()
+    if not d:can_suspend() then
+        error("isle: t:await() cannot suspend here (the main coroutine outside an adapter, or inside "
+            .. "a C callback): use t:wait() to block, or t:on_done(fn)", 2)
     end
-    check_process(self, "task")
-    if timeout == nil or timeout < 0 then timeout = -1 end
-    local why
-    if C.isle_task_state(self.ptr) >= ISLE_TASK_DONE then
-        why = "done"
-    else
-        local d = runtime.driver()
-        if not d:can_suspend() then
-            error("isle: t:await() cannot suspend here (the main coroutine outside an adapter, or inside "
-                .. "a C callback): use t:wait() to block, or t:on_done(fn)", 2)
-        end
-        why = d:suspend(self.ptr, timeout)
-    end
-    if why ~= "done" then
-        if why == "timeout" then
-            return false, errors.new("timeout", "the task did not end within " .. timeout .. " s")
-        end
-        return false, errors.new(why, "the wait was ended: " .. why)
-    end
-    return settle(self)
+    return waited(self, d:suspend(self.ptr, timeout), timeout)
 end
 
 -- fn(ok, results... | err) runs later on the thread that owns this task
