@@ -49,6 +49,17 @@ function helpers.pid() return ffi.C.getpid() end
 
 function helpers.rss_kb() return status_field("VmRSS") end
 
+-- Bytes malloc has handed out and not had back, in MB (glibc, every arena):
+-- what the C core holds, unlike RSS, which freed memory need not lower.
+ffi.cdef[[
+struct isle_test_mallinfo2 { size_t arena, ordblks, smblks, hblks, hblkhd, usmblks, fsmblks, uordblks, fordblks, keepcost; };
+struct isle_test_mallinfo2 mallinfo2(void);
+]]
+function helpers.malloc_mb()
+    local m = ffi.C.mallinfo2()
+    return tonumber(m.uordblks + m.hblkhd) / 1048576
+end
+
 -- A gate: a job that runs without yielding until the test opens it, so the
 -- messages behind it stay queued for exactly as long as the test needs.
 -- Start it with h:spawn_eval(helpers.GATE, addr); open with mem[0] = 1.

@@ -16,16 +16,7 @@ local INIT = [[
 
 local function mb_mb() return helpers.rss_kb() / 1024 end
 
--- Bytes malloc has handed out and not had back, in MB (glibc, every arena):
--- what the C core holds, unlike RSS, which freed memory need not lower.
-ffi.cdef[[
-struct isle_test_mallinfo2 { size_t arena, ordblks, smblks, hblks, hblkhd, usmblks, fsmblks, uordblks, fordblks, keepcost; };
-struct isle_test_mallinfo2 mallinfo2(void);
-]]
-local function malloc_mb()
-    local m = ffi.C.mallinfo2()
-    return tonumber(m.uordblks + m.hblkhd) / 1048576
-end
+local malloc_mb = helpers.malloc_mb
 
 -- Is a watch by `h`'s state still on `tok`? Taking one back is the only way
 -- to see it from outside; a watch found is put back, so nothing changes.

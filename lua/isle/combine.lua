@@ -32,7 +32,7 @@ end
 local function new_slot()
     local p = C.isle_task_new()
     if p == nil then error(errors.new("memory", "cannot allocate a task"), 3) end
-    ffi.gc(p, runtime.finalizer(C.isle_task_release))
+    runtime.gc(p, C.isle_task_release)
     local t = task.new(p)
     return t, p
 end

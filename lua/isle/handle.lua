@@ -27,8 +27,9 @@ local EVAL, CALL, EXEC, POST = proto.EVAL, proto.CALL, proto.EXEC, proto.POST
 local generation, check_process = runtime.generation, runtime.check_process
 -- Resolved now: finalizers may run while the state closes, after LuaJIT has
 -- let go of the library object (the library itself stays mapped).
-local isle_abandon, isle_release, isle_retain, isle_stop, isle_join, isle_now, isle_id =
-    C.isle_abandon, C.isle_release, C.isle_retain, C.isle_stop, C.isle_join, C.isle_now, C.isle_id
+local isle_abandon, isle_release, isle_retain, isle_stop, isle_join, isle_now, isle_id, isle_task_release =
+    C.isle_abandon, C.isle_release, C.isle_retain, C.isle_stop, C.isle_join, C.isle_now, C.isle_id,
+    C.isle_task_release
 
 -- Teardown ---------------------------------------------------------------------
 --
@@ -99,7 +100,7 @@ end
 
 function handle.wrap(p, owner)
     local h = setmetatable({ ptr = p, owner = owner, closed = false, gen = generation() }, Handle)
-    ffi.gc(p, runtime.finalizer(owner and release_owned or isle_release))
+    runtime.gc(p, owner and release_owned or isle_release)
     if owner then own(p) end
     return h
 end
@@ -136,7 +137,6 @@ end
 -- Encodes and queues one message. wait: seconds to wait for room (< 0 for
 -- ever, 0 not at all). Returns the task pointer (or true for one-way
 -- messages), or nil, err for busy/closed.
-local task_release = runtime.finalizer(C.isle_task_release)
 
 local function send(self, kind, target, wait, with_task, n, ...)
     if self.gen ~= generation() then check_process(self, "isle handle", 3) end
@@ -186,7 +186,7 @@ local function send(self, kind, target, wait, with_task, n, ...)
             unship(opts)
             error(errors.new("memory", "cannot allocate a task"), 3)
         end
-        ffi.gc(t, task_release)
+        runtime.gc(t, isle_task_release)
         -- The deadline runs from the call, queued time included.
         if opts and opts.timeout
             and C.isle_task_expire_at(t, C.isle_now() + opts.timeout) ~= ISLE_OK then
@@ -405,7 +405,7 @@ function Handle:close(opts)
     end
     disown(self.ptr)
     -- Joined: only the memory is left, released when the handle goes.
-    ffi.gc(self.ptr, runtime.finalizer(isle_release))
+    runtime.gc(self.ptr, isle_release)
     return true
 end
 

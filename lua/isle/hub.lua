@@ -30,7 +30,6 @@ local function task_key(t)
     return tonumber(ffi.cast("uintptr_t", t))
 end
 
-local release_task = runtime.finalizer(C.isle_task_release)
 
 -- A new hub. Most code wants the state's default one (hub.default()); a
 -- private hub only serves what is watched through its own methods.
@@ -41,7 +40,7 @@ function hub.new()
     -- No message is ever pushed here: only completion notices and wakes.
     local mb = C.isle_mbox_new(1, 1)
     if mb == nil then error(errors.new("memory", "cannot make the hub's mailbox (out of memory or fds)"), 2) end
-    ffi.gc(mb, runtime.finalizer(C.isle_mbox_release))
+    runtime.gc(mb, C.isle_mbox_release)
     return setmetatable({
         mbox = mb,
         gen = generation(),
@@ -227,7 +226,7 @@ function Hub:suspend(t, timeout)
         -- reaches this mailbox like any task's, so timeouts need no timer
         -- in the host and hub:run() blocks on the mailbox alone.
         local slot = C.isle_task_new()
-        if slot ~= nil then ffi.gc(slot, release_task) end
+        if slot ~= nil then runtime.gc(slot, C.isle_task_release) end
         if slot == nil or C.isle_task_expire_at(slot, C.isle_now() + timeout) ~= ISLE_OK
             or C.isle_task_subscribe(slot, self.mbox) ~= 1 then
             -- Out of memory: give up the wait cleanly and block instead.

@@ -27,20 +27,22 @@ function runtime.check_process(obj, what, level)
     end
 end
 
--- One finalizer per process generation for objects whose memory is the
--- core's: in a forked child the parent's copies are left alone, since their
--- locks may be held by threads that did not survive the fork.
+-- runtime.gc(p, release): ffi.gc for objects whose memory is the core's.
+-- The finalizer is the one of the process generation current when the
+-- object is made (so it must be chosen here, at creation, never cached by a
+-- caller): in a forked child the parent's copies are left alone, since
+-- their locks may be held by threads that did not survive the fork.
 local finalizers = {}
-function runtime.finalizer(release)
+function runtime.gc(p, release)
     local g = fork_generation()
     local per = finalizers[release]
     if not per then per = {}; finalizers[release] = per end
     local f = per[g]
     if not f then
-        f = function(p) if fork_generation() == g then release(p) end end
+        f = function(q) if fork_generation() == g then release(q) end end
         per[g] = f
     end
-    return f
+    return ffi.gc(p, f)
 end
 
 -- Completion drivers ------------------------------------------------------------

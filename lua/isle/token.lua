@@ -18,7 +18,7 @@ Token.__index = Token
 local generation, check_process = runtime.generation, runtime.check_process
 
 function token.wrap(p)
-    ffi.gc(p, runtime.finalizer(C.isle_task_release))
+    runtime.gc(p, C.isle_task_release)
     return setmetatable({ ptr = p, gen = generation() }, Token)
 end
 
