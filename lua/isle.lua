@@ -115,8 +115,8 @@ function isle.spawn(opts)
             spec.init_code, spec.init_wrapped = chunks.prepare(init)
         end
     elseif type(init) == "function" then
-        local ok, shipped = pcall(codec.check, init, "init")
-        if not ok then error(errors.from_codec(shipped) or shipped, 2) end
+        local ok, e = pcall(codec.check_function, init, "init")
+        if not ok then error(errors.from_codec(e) or e, 2) end
         local src = opts.instrument ~= false and chunks.prepare_function(init)
         if src then spec.init_src = src else spec.init_fn = string.dump(init) end
     elseif init ~= nil then
@@ -281,8 +281,14 @@ end
 
 isle.timer = {}
 
-local function new_timer(fname, first, interval, fn, ...)
+-- A timer first due `first` seconds from now, then every `interval` (nil:
+-- once). `ok` says whether `first` was valid, `want` what it must be.
+local function new_timer(fname, first, ok, want, interval, fn, ...)
     local s = need_loop(fname)
+    if not ok then
+        error("bad argument #1 to '" .. fname .. "' (number of seconds " .. want .. " expected, got "
+            .. tostring(first) .. ")", 3)
+    end
     if type(fn) ~= "function" then
         error("bad argument #2 to '" .. fname .. "' (function expected, got " .. type(fn) .. ")", 3)
     end
@@ -292,21 +298,15 @@ end
 -- fn(...) runs `delay` seconds from now on this isle's thread, in a
 -- coroutine of its own (it may sleep and call other isles).
 function isle.timer.at(delay, fn, ...)
-    if type(delay) ~= "number" or not (delay >= 0) then
-        need_loop("timer.at")
-        error("bad argument #1 to 'timer.at' (number of seconds >= 0 expected, got " .. tostring(delay) .. ")", 2)
-    end
-    return new_timer("timer.at", delay, nil, fn, ...)
+    local ok = type(delay) == "number" and delay >= 0
+    return new_timer("timer.at", delay, ok, ">= 0", nil, fn, ...)
 end
 
 -- fn(...) runs every `interval` seconds (counted from the deadlines, never
 -- in a burst to catch up), until cancelled or the isle closes.
 function isle.timer.every(interval, fn, ...)
-    if type(interval) ~= "number" or not (interval > 0) then
-        need_loop("timer.every")
-        error("bad argument #1 to 'timer.every' (number of seconds > 0 expected, got " .. tostring(interval) .. ")", 2)
-    end
-    return new_timer("timer.every", interval, interval, fn, ...)
+    local ok = type(interval) == "number" and interval > 0
+    return new_timer("timer.every", interval, ok, "> 0", ok and interval or nil, fn, ...)
 end
 
 -- Starts fn(...) in a coroutine on this isle's loop and returns at once.

@@ -81,20 +81,29 @@ codec.CHECKPOINT_UPVALUES = CHECKPOINT_UPVALUES
 -- true } for one whose checkpoints the receiver rebinds; { false, text,
 -- chunkname } for an upvalue-free function whose source was recovered and
 -- instrumented (isle.chunks), so it stays stoppable where it runs.
-local function ship_function(f, path)
+-- Rejects a function that cannot cross (a C function, upvalues of its
+-- own); returns true when it carries checkpoint upvalues.
+local function check_function(f, path)
     local info = getinfo(f, "Su")
     if info.what == "C" then bad(path, "a C function") end
     local nups = info.nups
-    if nups > 0 then
-        local mine = 0
-        for i = 1, nups do
-            if not CHECKPOINT_UPVALUES[getupvalue(f, i)] then mine = mine + 1 end
-        end
-        if mine > 0 then
-            bad(path, "a function with " .. mine .. " upvalue(s) (only upvalue-free functions can be sent)")
-        end
-        return setmetatable({ string_dump(f), true }, FN_MT)
+    if nups == 0 then return false end
+    local mine = 0
+    for i = 1, nups do
+        if not CHECKPOINT_UPVALUES[getupvalue(f, i)] then mine = mine + 1 end
     end
+    if mine > 0 then
+        bad(path, "a function with " .. mine .. " upvalue(s) (only upvalue-free functions can be sent)")
+    end
+    return true
+end
+
+-- The same check alone, for callers that send the bytecode themselves
+-- (exec, init): it raises the codec's rejection, which errors.from_codec reads.
+codec.check_function = check_function
+
+local function ship_function(f, path)
+    if check_function(f, path) then return setmetatable({ string_dump(f), true }, FN_MT) end
     local src = require("isle.chunks").prepare_function(f)
     if src then return setmetatable({ false, src[1], src[2] }, FN_MT) end
     return setmetatable({ string_dump(f) }, FN_MT)

@@ -111,7 +111,7 @@ local function dump_function(fn, what)
     if s then return s end
     -- The check rejects C functions and upvalues with a clear error; what
     -- travels is the bytecode (the worker rebinds checkpoint upvalues).
-    local ok, e = pcall(codec.check, fn, what)
+    local ok, e = pcall(codec.check_function, fn, what)
     if not ok then error(errors.from_codec(e) or e, 4) end
     s = string.dump(fn)
     dumps[fn] = s
