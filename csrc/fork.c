@@ -50,7 +50,7 @@ static void child(void)
 }
 
 /* Registered once, when the library is loaded (it is never unloaded: see
- * the -z nodelete link flag and isle_pin in isle.c). */
+ * the -z nodelete link flag and pin_library in isle.c). */
 __attribute__((constructor)) static void register_fork_handlers(void)
 {
     pthread_atfork(prepare, parent, child);

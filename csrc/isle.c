@@ -175,7 +175,7 @@ static void *isle_thread(void *arg)
     pthread_cond_broadcast(&i->ended_cv);
     pthread_mutex_unlock(&i->join_mu);
     /* From here on only this function's last instructions run: libisle.so
-     * stays mapped for them however it was loaded (isle_pin). */
+     * stays mapped for them however it was loaded (pin_library). */
     isle_release(i);
     return NULL;
 }
@@ -286,7 +286,7 @@ static isle *lookup(int64_t id, const char *name)
 isle *isle_lookup_id(int64_t id) { return lookup(id, NULL); }
 isle *isle_lookup_name(const char *name) { return name ? lookup(0, name) : NULL; }
 
-static void request_stop(isle *i, int cancel)
+void isle_stop(isle *i, int cancel)
 {
     if (cancel) atomic_store(&i->close_mode, 1);
     if (atomic_exchange(&i->closing, 1) == 0) {
@@ -298,8 +298,6 @@ static void request_stop(isle *i, int cancel)
     /* In cancel mode running tasks must stop too: the worker sees the flag. */
     if (cancel) isle_sig_raise(i->sig);
 }
-
-void isle_stop(isle *i, int cancel) { request_stop(i, cancel); }
 
 int isle_join(isle *i, double timeout)
 {
@@ -326,7 +324,7 @@ int isle_join(isle *i, double timeout)
 
 void isle_close(isle *i, int cancel)
 {
-    request_stop(i, cancel);
+    isle_stop(i, cancel);
     isle_join(i, -1);
 }
 
@@ -338,7 +336,7 @@ void isle_stats_get(isle *i, isle_stats *out)
 
 void isle_abandon(isle *i)
 {
-    request_stop(i, 0);
+    isle_stop(i, 0);
     pthread_mutex_lock(&i->join_mu);
     if (!i->joined && !i->detached) {
         pthread_detach(i->thread);

@@ -12,9 +12,7 @@ local task = require("isle.task")
 local C = runtime.C
 local type, ipairs, getmetatable, select, unpack, error =
     type, ipairs, getmetatable, select, unpack, error
-local ISLE_TASK_DONE, ISLE_TASK_FAILED, ISLE_TASK_CANCELLED, ISLE_TASK_CLOSED =
-    C.ISLE_TASK_DONE, C.ISLE_TASK_FAILED, C.ISLE_TASK_CANCELLED, C.ISLE_TASK_CLOSED
-local STOP_STATE = { cancelled = ISLE_TASK_CANCELLED, timeout = ISLE_TASK_CANCELLED, closed = ISLE_TASK_CLOSED }
+local ISLE_TASK_DONE, ISLE_TASK_FAILED = C.ISLE_TASK_DONE, C.ISLE_TASK_FAILED
 
 local combine = {}
 
@@ -55,7 +53,7 @@ local function complete_error(p, e)
     local enc = runtime.enc
     wire.put_error(enc, e)
     local b, len = enc:ref()
-    return C.isle_task_complete(p, STOP_STATE[e.code] or ISLE_TASK_FAILED, b, len)
+    return C.isle_task_complete(p, wire.error_state(e), b, len)
 end
 
 local function pack(...) return { n = select("#", ...), ... } end

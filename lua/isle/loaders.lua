@@ -10,8 +10,8 @@ local io = require("io")
 local table = require("table")
 local interrupt = require("isle.interrupt")
 
-local type, tostring, select, error, pcall, rawget =
-    type, tostring, select, error, pcall, rawget
+local type, tostring, select, error, pcall =
+    type, tostring, select, error, pcall
 local sub, byte = string.sub, string.byte
 
 local loaders = {}
@@ -111,10 +111,7 @@ function loaders.install(G)
 
     G.load, G.loadstring, G.loadfile, G.dofile = load, loadstring, loadfile, dofile
     -- package.loaders: preload, isle's own bytecode, then Lua files (3).
-    local list = package.loaders
-    for i = 1, #list do
-        if list[i] == rawget(list, i) and i == 3 then list[i] = search_lua end
-    end
+    package.loaders[3] = search_lua
 end
 
 return loaders

@@ -226,14 +226,7 @@ function Sched:wake(rec, why)
     if rec.timer then
         rec.timer.rec = nil
         rec.timer = nil
-        -- A cancelled entry stays until it reaches the top; behind a long
-        -- timer that may be never, so they are swept once they are the most.
-        local dead = self.dead_timers + 1
-        if dead > 32 and dead * 2 > #self.timers then
-            heap_compact(self.timers)
-            dead = 0
-        end
-        self.dead_timers = dead
+        self.dead_timers = self.dead_timers + 1
     end
     if rec.awaiting then
         local key = rec.awaiting
@@ -333,6 +326,14 @@ end
 function Sched:fire_timers()
     local h = self.timers
     if #h == 0 then return end
+    -- A cancelled entry (a job woken early, a cancelled user timer) stays
+    -- until it reaches the top; behind a long timer that may be never, so
+    -- they are swept once they are the most. Here, on the loop's own
+    -- coroutine: a stop raised in a job could leave the heap half-sifted.
+    if self.dead_timers > 32 and self.dead_timers * 2 > #h then
+        heap_compact(h)
+        self.dead_timers = 0
+    end
     local now = C.isle_now()
     while #h > 0 and h[1].at <= now do
         local e = heap_pop(h)

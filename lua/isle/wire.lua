@@ -11,8 +11,8 @@ local errors = require("isle.errors")
 
 local C = runtime.C
 local pcall, tostring, tonumber, error = pcall, tostring, tonumber, error
-local ISLE_TASK_DONE, ISLE_TASK_CANCELLED, ISLE_TASK_CLOSED =
-    C.ISLE_TASK_DONE, C.ISLE_TASK_CANCELLED, C.ISLE_TASK_CLOSED
+local ISLE_TASK_DONE, ISLE_TASK_FAILED, ISLE_TASK_CANCELLED, ISLE_TASK_CLOSED =
+    C.ISLE_TASK_DONE, C.ISLE_TASK_FAILED, C.ISLE_TASK_CANCELLED, C.ISLE_TASK_CLOSED
 local TAG_ERROR, TAG_CORE = C.ISLE_WIRE_ERROR, C.ISLE_WIRE_CORE
 local ERROR_TAG = require("string").char(TAG_ERROR)
 
@@ -28,6 +28,13 @@ function wire.put_error(enc, e)
         value = ok and v or nil
     end
     enc:encode({ code = e.code, message = e.message, traceback = e.traceback, value = value })
+end
+
+-- The final state of a task that ends with error object `e`: a stop ends
+-- it cancelled (a timeout is a cancel) or closed, anything else failed.
+local STOP_STATE = { cancelled = ISLE_TASK_CANCELLED, timeout = ISLE_TASK_CANCELLED, closed = ISLE_TASK_CLOSED }
+function wire.error_state(e)
+    return STOP_STATE[e.code] or ISLE_TASK_FAILED
 end
 
 -- Writes the value list n, ... into `enc` (reset first). true, or false and

@@ -24,8 +24,7 @@ local type, select, pcall, xpcall, tostring, tonumber, unpack, load, loadstring,
 local traceback = debug.traceback
 local EVAL, EXEC, POST, F_OPTIONS, F_WRAPPED = proto.EVAL, proto.EXEC, proto.POST, proto.F_OPTIONS, proto.F_WRAPPED
 local ISLE_OK = C.ISLE_OK
-local ISLE_TASK_DONE, ISLE_TASK_FAILED, ISLE_TASK_CANCELLED, ISLE_TASK_CLOSED =
-    C.ISLE_TASK_DONE, C.ISLE_TASK_FAILED, C.ISLE_TASK_CANCELLED, C.ISLE_TASK_CLOSED
+local ISLE_TASK_DONE, ISLE_TASK_FAILED, ISLE_TASK_CLOSED = C.ISLE_TASK_DONE, C.ISLE_TASK_FAILED, C.ISLE_TASK_CLOSED
 
 local worker = {}
 
@@ -91,7 +90,6 @@ end
 
 -- Completing tasks ------------------------------------------------------------
 
-local STOP_STATE = { cancelled = ISLE_TASK_CANCELLED, timeout = ISLE_TASK_CANCELLED, closed = ISLE_TASK_CLOSED }
 
 -- Jobs whose token is watched (run_job), so that a loop that dies can still
 -- take their watches back.
@@ -144,7 +142,7 @@ local function complete(rec, ok, ...)
         -- describe may have run into a stop (a __tostring that loops).
         if rec.stop and e.code ~= rec.stop then e = interrupt.stop_error(rec.stop) end
         put_error(enc, e)
-        state = STOP_STATE[e.code] or ISLE_TASK_FAILED
+        state = wire.error_state(e)
     end
     let_go(rec)
     local p, len = enc:ref()
