@@ -9,13 +9,7 @@ local helpers = require("test.helpers")
 
 local LUAJIT = helpers.luajit()
 
--- Runs a shell command; returns its output.
-local function sh(cmd)
-    local p = io.popen(cmd .. " 2>&1")
-    local out = p:read("*a")
-    p:close()
-    return out
-end
+local sh = helpers.sh -- output, exit code
 
 -- Writes a Lua script to a temporary file; returns its path.
 local function script(text)

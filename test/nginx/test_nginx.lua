@@ -49,12 +49,7 @@ end
 
 local function sleep(s) C.poll(nil, 0, math.floor(s * 1000)) end
 
-local function sh(cmd)
-    local p = io.popen(cmd .. " 2>&1")
-    local out = p:read("*a")
-    p:close()
-    return out
-end
+local sh = require("test.helpers").sh -- output, exit code
 
 local function read_file(path)
     local f = io.open(path)
