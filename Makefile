@@ -10,9 +10,9 @@ WARN := -Wall -Wextra -Werror -std=c11 -D_GNU_SOURCE
 PIC := -fPIC -pthread
 ROOT := $(abspath .)
 BUILD := build
-SRCS := csrc/clock.c csrc/msg.c csrc/task.c csrc/mbox.c csrc/sig.c csrc/watchdog.c csrc/fork.c csrc/preload.c csrc/isle.c
+SRCS := csrc/clock.c csrc/msg.c csrc/task.c csrc/mbox.c csrc/sig.c csrc/watchdog.c csrc/fork.c csrc/notify.c csrc/preload.c csrc/isle.c
 HDRS := csrc/isle.h csrc/internal.h
-CORE_SRCS := csrc/clock.c csrc/msg.c csrc/task.c csrc/mbox.c csrc/sig.c csrc/watchdog.c csrc/fork.c
+CORE_SRCS := csrc/clock.c csrc/msg.c csrc/task.c csrc/mbox.c csrc/sig.c csrc/watchdog.c csrc/fork.c csrc/notify.c
 CTESTS := $(patsubst test/c/%.c,%,$(wildcard test/c/test_*.c))
 # Test builds route the core's allocations through test/c/failalloc.c, which
 # can fail the n-th one (docs/testing.md); the library itself never links it.
@@ -235,4 +235,6 @@ $(BUILD)/nopin/libisle.so: $(SRCS) $(HDRS)
 test-nginx: all nginx-deps $(BUILD)/nopin/libisle.so
 	@echo "== nginx with lua-nginx-module on OpenResty's luajit2"
 	ISLE_ROOT=$(ROOT) timeout 900 $(LUAJIT) test/nginx/test_nginx.lua -o text
+	@echo "== nginx: the OpenResty adapter (waits yield to nginx)"
+	ISLE_ROOT=$(ROOT) timeout 600 $(LUAJIT) test/nginx/test_ngx_async.lua -o text
 test: test-nginx

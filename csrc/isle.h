@@ -191,6 +191,26 @@ int isle_mbox_is_closed(isle_mbox *mb);
 size_t isle_mbox_count(isle_mbox *mb);
 int isle_mbox_fd(isle_mbox *mb);      /* -1 without eventfd */
 void isle_mbox_wake(isle_mbox *mb);   /* make the current or next wait return */
+/* For hosts that can wait on a socket but not on an eventfd (nginx
+ * cosockets): from now on readiness is one byte sent to stream socket `fd`,
+ * whose peer the host reads and drains itself; isle_mbox_wait no longer
+ * reads. The mailbox owns `fd` from the call on (closed with the mailbox,
+ * or at once on failure) and must have been made with_fd; its eventfd is
+ * closed. ISLE_EINVAL otherwise. */
+int isle_mbox_notify_socket(isle_mbox *mb, int fd);
+
+/* ---- wake-up sockets (notify.c) -------------------------------------------- */
+/* A unix stream connection from this process to itself, for hosts that wait
+ * only on sockets they connect (nginx cosockets): isle_notify_listen makes a
+ * listening socket in a new mode-0700 directory and writes its path to
+ * `path` (`cap` bytes); the host connects to it; isle_notify_accept takes
+ * that connection (only one whose peer is this process, waiting at most
+ * `timeout` s; < 0: take nothing, only clean up), removes the path and its
+ * directory, closes `lfd` and returns the connected socket for
+ * isle_mbox_notify_socket. Both return -1 on failure (errno says why),
+ * having cleaned up. */
+int isle_notify_listen(char *path, size_t cap);
+int isle_notify_accept(int lfd, char *path, double timeout);
 
 /* ---- signal blocks and interrupt ids ---------------------------------- */
 isle_sig *isle_sig_new(void);

@@ -10,6 +10,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <sys/eventfd.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 struct isle_mbox {
@@ -26,8 +27,9 @@ struct isle_mbox {
     int blocked;           /* producers in cond_wait */
     int woken;             /* isle_mbox_wake was called */
     atomic_int closed;
-    int efd;
-    int efd_armed;         /* the eventfd holds an unread wake-up */
+    int efd;               /* eventfd, or a socket (isle_mbox_notify_socket) */
+    int efd_socket;        /* efd is a socket: write one byte, never read */
+    int efd_armed;         /* efd holds an unread wake-up */
 };
 
 isle_mbox *isle_mbox_new(size_t capacity, int with_fd)
@@ -78,18 +80,31 @@ void isle_mbox_release(isle_mbox *mb)
     free(mb);
 }
 
+/* Makes efd readable unless it is already (mu held). One unread wake-up
+ * stands for any number of arrivals. */
+static void arm_fd(isle_mbox *mb)
+{
+    if (mb->efd < 0 || mb->efd_armed) return;
+    if (mb->efd_socket) {
+        /* The reader drains the socket itself. MSG_NOSIGNAL: a reader gone
+         * (its process exiting) must not bring SIGPIPE to this thread. */
+        ssize_t rc = send(mb->efd, "!", 1, MSG_NOSIGNAL | MSG_DONTWAIT);
+        (void)rc;
+    } else {
+        uint64_t one = 1;
+        /* EAGAIN only when the counter is saturated: it is readable anyway. */
+        ssize_t rc = write(mb->efd, &one, sizeof(one));
+        (void)rc;
+    }
+    mb->efd_armed = 1;
+}
+
 /* Called with mu held after adding something for the consumer. */
 static void signal_consumer(isle_mbox *mb)
 {
     atomic_store_explicit(&mb->pending, 1, memory_order_release);
     if (mb->parked) pthread_cond_signal(&mb->ready);
-    if (mb->efd >= 0 && !mb->efd_armed) {
-        uint64_t one = 1;
-        /* EAGAIN only when the counter is saturated: it is readable anyway. */
-        ssize_t rc = write(mb->efd, &one, sizeof(one));
-        (void)rc;
-        mb->efd_armed = 1;
-    }
+    arm_fd(mb);
 }
 
 int isle_mbox_push(isle_mbox *mb, isle_msg *m, double timeout)
@@ -187,9 +202,11 @@ int isle_mbox_wait(isle_mbox *mb, double timeout, isle_msg **msgs, isle_done **d
 out:
     atomic_store_explicit(&mb->pending, 0, memory_order_relaxed);
     if (mb->efd >= 0 && mb->efd_armed) {
-        uint64_t v;
-        ssize_t r = read(mb->efd, &v, sizeof(v));
-        (void)r;
+        if (!mb->efd_socket) {
+            uint64_t v;
+            ssize_t r = read(mb->efd, &v, sizeof(v));
+            (void)r;
+        }
         mb->efd_armed = 0;
     }
     pthread_mutex_unlock(&mb->mu);
@@ -204,13 +221,27 @@ void isle_mbox_close(isle_mbox *mb)
     atomic_store(&mb->pending, 1);
     pthread_cond_broadcast(&mb->ready);
     pthread_cond_broadcast(&mb->room);
-    if (mb->efd >= 0 && !mb->efd_armed) {
-        uint64_t one = 1;
-        ssize_t rc = write(mb->efd, &one, sizeof(one));
-        (void)rc;
-        mb->efd_armed = 1;
-    }
+    arm_fd(mb);
     pthread_mutex_unlock(&mb->mu);
+}
+
+int isle_mbox_notify_socket(isle_mbox *mb, int fd)
+{
+    if (fd < 0) return ISLE_EINVAL;
+    pthread_mutex_lock(&mb->mu);
+    if (mb->efd < 0) {
+        pthread_mutex_unlock(&mb->mu);
+        close(fd);
+        return ISLE_EINVAL;
+    }
+    /* Closing the eventfd here is safe: every write to it happens under mu. */
+    close(mb->efd);
+    mb->efd = fd;
+    mb->efd_socket = 1;
+    mb->efd_armed = 0;
+    if (has_work(mb)) arm_fd(mb); /* what arrived before the switch */
+    pthread_mutex_unlock(&mb->mu);
+    return ISLE_OK;
 }
 
 int isle_mbox_is_closed(isle_mbox *mb) { return atomic_load(&mb->closed); }

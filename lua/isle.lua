@@ -339,12 +339,18 @@ function isle.hub()
     if runtime.sched then
         error("isle.hub() is for host states: inside an isle its loop runs on_done callbacks and awaits", 2)
     end
-    return require("isle.hub").default()
+    return runtime.driver()
 end
 
 isle.now = function() return C.isle_now() end
 isle.is_error = errors.is
 isle.error = errors.new
 isle.live_count = function() return C.isle_live_count() end
+
+-- Inside lua-nginx-module, waits yield to nginx instead of blocking the
+-- worker (lua/isle/ngx.lua). Isles never run inside nginx's own states.
+if not runtime.sched and type(package.loaded.ngx) == "table" and type(package.loaded.ngx.get_phase) == "function" then
+    require("isle.ngx").install()
+end
 
 return isle

@@ -78,6 +78,9 @@ int isle_mbox_is_closed(isle_mbox *mb);
 size_t isle_mbox_count(isle_mbox *mb);
 int isle_mbox_fd(isle_mbox *mb);
 void isle_mbox_wake(isle_mbox *mb);
+int isle_mbox_notify_socket(isle_mbox *mb, int fd);
+int isle_notify_listen(char *path, size_t cap);
+int isle_notify_accept(int lfd, char *path, double timeout);
 
 isle_sig *isle_sig_new(void);
 void isle_sig_release(isle_sig *s);

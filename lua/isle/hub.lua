@@ -16,8 +16,8 @@ local C = runtime.C
 local co_create, co_resume, co_yield, co_running, co_isyieldable, co_status =
     coroutine.create, coroutine.resume, coroutine.yield, coroutine.running, coroutine.isyieldable,
     coroutine.status
-local setmetatable, tonumber, type, error, pcall, xpcall, select =
-    setmetatable, tonumber, type, error, pcall, xpcall, select
+local setmetatable, tonumber, tostring, type, error, pcall, xpcall, select =
+    setmetatable, tonumber, tostring, type, error, pcall, xpcall, select
 local ISLE_OK = C.ISLE_OK
 local generation, check_process = runtime.generation, runtime.check_process
 
@@ -123,7 +123,37 @@ end
 -- Only a coroutine (not the main one) with no C call in between may yield,
 -- and in nginx only its adapter knows how to resume one.
 function Hub:can_suspend()
+    local p = self.parking
+    if p then return p.can_suspend() end
     return not self.foreign and co_running() ~= nil and co_isyieldable()
+end
+
+-- Adapters of hosts that drive their own coroutines (isle.ngx) park a
+-- waiting coroutine their way: p.can_suspend() says whether the running code
+-- may park; p.park(wait, timeout) parks it until p.unpark(wait) (called from
+-- a poll when the task ends) or the timeout, and returns "timeout" or
+-- whatever ended it early; wait.task is the awaited task. nil: back to the
+-- hub's own parking (coroutine.yield, resumed by poll).
+function Hub:set_parking(p)
+    check_process(self, "hub")
+    self.parking = p
+end
+
+-- For hosts that wait on sockets only (nginx cosockets): readiness becomes a
+-- byte on connected socket `fd`, which the host reads (isle_notify_accept
+-- makes one). The hub owns `fd` from now on. Returns true, or nil, err.
+function Hub:use_socket(fd)
+    check_process(self, "hub")
+    if C.isle_mbox_notify_socket(self.mbox, fd) ~= ISLE_OK then
+        return nil, "the hub cannot take socket " .. tostring(fd)
+    end
+    return true
+end
+
+-- Makes a later poll return at once (an adapter's way to ring its reader).
+function Hub:wake()
+    check_process(self, "hub")
+    C.isle_mbox_wake(self.mbox)
 end
 
 -- True in a coroutine started by hub:go that may suspend now: where the
@@ -188,6 +218,11 @@ local function wake(self, rec, why)
     if rec.why then return false end
     rec.why = why
     settle_wait(self, rec, why)
+    local p = rec.parking
+    if p then
+        p.unpark(rec)
+        return true
+    end
     local co = rec.co
     if self.parked[co] ~= rec then return false end
     self.parked[co] = nil
@@ -221,6 +256,18 @@ function Hub:suspend(t, timeout)
     local rec = { co = co, key = key, why = nil, timer = nil }
     list[#list + 1] = rec
     add_count(self, 1)
+    local p = self.parking
+    if p then
+        rec.parking, rec.task = p, t
+        local ok, why = pcall(p.park, rec, timeout)
+        if not rec.why then
+            -- Ended by the adapter's own timeout or an error, not by a poll.
+            rec.why = ok and why or "stopped"
+            settle_wait(self, rec, rec.why)
+        end
+        if not ok then error(why, 0) end
+        return rec.why
+    end
     if timeout > 0 then
         -- A private slot the watchdog cancels at the deadline: its notice
         -- reaches this mailbox like any task's, so timeouts need no timer

@@ -59,8 +59,15 @@ end
 --   d:suspend(t, timeout)  only where can_suspend(): yields until `t` ends
 --                          ("done"), `timeout` seconds pass ("timeout"; < 0:
 --                          no limit) or the wait is stopped (its reason).
+-- A host adapter that must set up the hub it drives (isle.ngx) supplies it
+-- through runtime.host_hub.
+runtime.host_hub = nil
 function runtime.driver()
-    return runtime.sched or require("isle.hub").default()
+    local s = runtime.sched
+    if s then return s end
+    local hh = runtime.host_hub
+    if hh then return hh() end
+    return require("isle.hub").default()
 end
 
 -- Where errors with nobody to receive them go (timers, go coroutines,
@@ -86,6 +93,10 @@ end
 -- In a host, a hub whose adapter runs the current coroutine (nginx, luv)
 -- suspends it the same way (runtime.host_suspends, set by the hub).
 runtime.host_suspends = nil
+function runtime.host_can_suspend()
+    local hs = runtime.host_suspends
+    return hs ~= nil and hs() == true
+end
 function runtime.wait_task(t, timeout)
     if C.isle_task_state(t) >= C.ISLE_TASK_DONE then return "done" end
     local s = runtime.sched

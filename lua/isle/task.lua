@@ -86,7 +86,9 @@ end
 -- (the task keeps running).
 function Task:wait(timeout)
     timeout = wait_timeout(self, timeout, "wait")
-    if self.parts and runtime.sched == nil then drive_hub(self.ptr, timeout) end
+    if self.parts and runtime.sched == nil and not runtime.host_can_suspend() then
+        drive_hub(self.ptr, timeout)
+    end
     return waited(self, runtime.wait_task(self.ptr, timeout), timeout)
 end
 

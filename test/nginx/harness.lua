@@ -144,7 +144,7 @@ end
 
 -- One request with curl: body, HTTP status, seconds taken.
 local function get(port, path, max_time)
-    local out = sh(("curl -s -m %d -w '|%%{http_code}|%%{time_total}' 'http://127.0.0.1:%d%s'")
+    local out = sh(("curl -s -m %g -w '|%%{http_code}|%%{time_total}' 'http://127.0.0.1:%d%s'")
         :format(max_time or 30, port, path))
     local body, code, took = out:match("^(.*)|(%d+)|([%d.]+)$")
     return body or out, tonumber(code) or 0, tonumber(took) or 0
