@@ -10,9 +10,9 @@ WARN := -Wall -Wextra -Werror -std=c11 -D_GNU_SOURCE
 PIC := -fPIC -pthread
 ROOT := $(abspath .)
 BUILD := build
-SRCS := csrc/clock.c csrc/msg.c csrc/task.c csrc/mbox.c csrc/sig.c csrc/watchdog.c csrc/fork.c csrc/notify.c csrc/preload.c csrc/isle.c
+SRCS := csrc/clock.c csrc/mem.c csrc/msg.c csrc/task.c csrc/mbox.c csrc/sig.c csrc/watchdog.c csrc/fork.c csrc/notify.c csrc/preload.c csrc/isle.c
 HDRS := csrc/isle.h csrc/internal.h
-CORE_SRCS := csrc/clock.c csrc/msg.c csrc/task.c csrc/mbox.c csrc/sig.c csrc/watchdog.c csrc/fork.c csrc/notify.c
+CORE_SRCS := csrc/clock.c csrc/mem.c csrc/msg.c csrc/task.c csrc/mbox.c csrc/sig.c csrc/watchdog.c csrc/fork.c csrc/notify.c
 CTESTS := $(patsubst test/c/%.c,%,$(wildcard test/c/test_*.c))
 # Test builds route the core's allocations through test/c/failalloc.c, which
 # can fail the n-th one (docs/testing.md); the library itself never links it.
@@ -198,9 +198,12 @@ stress-tsan: deps $(BUILD)/libisle-tsan.so
 
 # The C floor of the benchmarks (bench/c/pingpong.c): the core, no Lua.
 .PHONY: bench-floor
-bench-floor: $(BUILD)/bench_pingpong
+bench-floor: $(BUILD)/bench_pingpong $(BUILD)/bench_alloc
 $(BUILD)/bench_pingpong: bench/c/pingpong.c $(CORE_SRCS) $(HDRS) | $(BUILD)
 	$(CC) $(CFLAGS) $(WARN) -pthread -Icsrc -o $@ bench/c/pingpong.c $(CORE_SRCS) -lm
+# The allocator's floor (bench/c/alloc.c): LuaJIT's allocator plain and wrapped by csrc/mem.c.
+$(BUILD)/bench_alloc: bench/c/alloc.c $(CORE_SRCS) $(HDRS) | $(BUILD)
+	$(CC) $(CFLAGS) $(WARN) -pthread -Icsrc $(LUAJIT_INC) -o $@ bench/c/alloc.c $(CORE_SRCS) $(LUAJIT_LIB) -lm
 
 bench: deps all bench-floor
 	$(LUAJIT) bench/run.lua $(BENCH_ARGS)

@@ -166,9 +166,72 @@ local function run_w7(ctx)
     }
 end
 
+-- MEM: W1-W3 with a memory_limit against the same without ----------------------
+--
+-- Every isle's state allocates through a counting wrapper of LuaJIT's own
+-- allocator (csrc/mem.c); a capped one also switches its limit around each
+-- job and encodes results under a pcall (lua/isle/worker.lua). The floor of
+-- each W row is the same workload on an uncapped isle, measured moments
+-- apart. The allocator rows come from bench/c/alloc.c: a Lua loop that
+-- only allocates (small tables and strings) in a fresh state on LuaJIT's
+-- allocator alone (the floor), then wrapped without a limit and with one
+-- (CPU time per iteration, medians of interleaved runs).
+
+local function alloc_floor(ctx, n, reps)
+    local bin = ctx.root .. "/build/bench_alloc"
+    if not ctx.lib.file_exists(bin) then ctx.lib.capture("make -s -C " .. ctx.root .. " bench-floor") end
+    if not ctx.lib.file_exists(bin) then return nil, "build/bench_alloc not built (make bench-floor)" end
+    local out = ctx.lib.capture(bin .. " " .. n .. " " .. reps)
+    local plain, counted, capped = out:match("^([%d%.]+) ([%d%.]+) ([%d%.]+)")
+    if not plain then return nil, "bench_alloc failed: " .. out end
+    return tonumber(plain), tonumber(counted), tonumber(capped)
+end
+
+local function run_mem(ctx)
+    local limit = 64 * 1024 * 1024
+    local n1, n2, n3 = ctx.n(100000, 10000), ctx.n(1000000, 100000), ctx.n(100000, 10000)
+    local plain = ctx.isle.spawn{ init = serve }
+    local capped = ctx.isle.spawn{ init = serve, memory_limit = limit }
+    stream_isle({ plain }, 10000)
+    stream_isle({ capped }, 10000)
+    local s = ctx.series({
+        { "w1", function() return w1_isle(plain, n1) end },
+        { "w1c", function() return w1_isle(capped, n1) end },
+        { "w2", function() return stream_isle({ plain }, n2) end },
+        { "w2c", function() return stream_isle({ capped }, n2) end },
+        { "w3", function() return w3_isle(plain, n3) end },
+        { "w3c", function() return w3_isle(capped, n3) end },
+    })
+    plain:close()
+    capped:close()
+    local na = ctx.n(2000000, 200000)
+    local a0, a1, a2 = alloc_floor(ctx, na, ctx.quick and 5 or 9)
+    local note = "floor: the same on an isle without a limit"
+    local rows = {
+        ctx.row{ id = "MEM", name = "MEM W1 ping, capped", value = s.w1c.median, unit = "us/rt",
+            floor = s.w1.median, floor_label = "no cap", runs = s.w1c.runs, floor_runs = s.w1.runs,
+            note = note, extra = { n = n1, memory_limit = limit } },
+        ctx.row{ id = "MEM", name = "MEM W2 stream, capped", value = s.w2c.median, unit = "msg/s",
+            better = "higher", floor = s.w2.median, floor_label = "no cap", runs = s.w2c.runs,
+            floor_runs = s.w2.runs, note = note, extra = { n = n2, memory_limit = limit } },
+        ctx.row{ id = "MEM", name = "MEM W3 table, capped", value = s.w3c.median, unit = "us/rt",
+            floor = s.w3.median, floor_label = "no cap", runs = s.w3c.runs, floor_runs = s.w3.runs,
+            note = note, extra = { n = n3, memory_limit = limit } },
+    }
+    local anote = "CPU ns per iteration of an allocating loop; floor: LuaJIT's allocator unwrapped"
+    rows[#rows + 1] = ctx.row{ id = "MEM", name = "MEM allocator, counted", value = a1, unit = "ns/iter",
+        floor = a1 and a0 or nil, floor_label = "LuaJIT", note = a1 and "what every isle runs on; " .. anote or a0,
+        na = not a1 and a0 or nil, extra = { n = na } }
+    rows[#rows + 1] = ctx.row{ id = "MEM", name = "MEM allocator, capped", value = a2, unit = "ns/iter",
+        floor = a2 and a0 or nil, floor_label = "LuaJIT", note = a2 and "a capped isle's jobs; " .. anote or a0,
+        na = not a2 and a0 or nil, extra = { n = na } }
+    return rows
+end
+
 return {
     { id = "W1", title = "ping (call round trip)", run = run_w1 },
     { id = "W2", title = "stream (one-way posts)", run = run_w2 },
     { id = "W3", title = "table (round trip with a table)", run = run_w3 },
     { id = "W7", title = "fanout (posts to 4 isles)", run = run_w7 },
+    { id = "MEM", title = "W1-W3 with a memory_limit (vs without)", run = run_mem },
 }

@@ -28,6 +28,13 @@ struct isle {
     isle_task *init;
     int64_t intr;             /* interrupt id of the isle's state */
     int instrument;
+    isle_mem *mem;            /* the state's account (mem.c) */
+    isle_mem *charge;         /* the spawner's, charged memory_limit until the thread ends */
+    size_t charged;           /* what is charged to it now */
+    lua_State *L;             /* the state, while it closes (closing_alloc) */
+    void *sentinel;           /* a block only lua_close frees (closing_alloc) */
+    isle_mem_allocf allocf;   /* LuaJIT's own allocator of the state */
+    void *allocd;
     pthread_t thread;
     pthread_mutex_t join_mu;  /* serialises join/detach, guards `ended` */
     pthread_cond_t ended_cv;  /* broadcast when the thread is about to return */
@@ -57,6 +64,9 @@ static void isle_free(isle *i)
     isle_task_release(i->init);
     isle_sig_release(i->sig);
     isle_mbox_release(i->mbox);
+    isle_mem_uncharge(i->charge, i->charged);
+    isle_mem_release(i->charge);
+    isle_mem_release(i->mem);
     pthread_cond_destroy(&i->ended_cv);
     pthread_mutex_destroy(&i->join_mu);
     free(i->name);
@@ -78,6 +88,7 @@ int64_t isle_id(const isle *i) { return i->id; }
 const char *isle_name(const isle *i) { return i->name ? i->name : ""; }
 isle_mbox *isle_mbox_of(isle *i) { return i->mbox; }
 isle_sig *isle_sig_of(isle *i) { return i->sig; }
+isle_mem *isle_mem_of(isle *i) { return i->mem; }
 isle_task *isle_init_task(isle *i) { return i->init; }
 int64_t isle_state_intr(isle *i) { return i->intr; }
 int isle_instrument(const isle *i) { return i->instrument; }
@@ -128,11 +139,93 @@ static int run_worker(lua_State *L)
     return 0;
 }
 
+/* Accounting a state ----------------------------------------------------------
+ *
+ * The state is built by LuaJIT's own allocator (luaL_newstate), then
+ * counted through its account (isle_mem_alloc wraps that allocator), so no
+ * limit can fail an allocation inside lua_newstate. lua_close must find
+ * LuaJIT's allocator in place again when it is done, or it does not destroy
+ * that allocator's arena (it only frees the main block into it); but the
+ * finalizers lua_close runs first are the state's code and stay under the
+ * account. So the state holds a sentinel block that nothing but lua_close
+ * frees: a userdata in the registry (the main thread's stack would not do:
+ * lua_close empties it before the finalizers, whose allocations may then
+ * collect it). LuaJIT frees it once every finalizer has run, with the rest
+ * of the state, and then the allocator goes back to LuaJIT's. (Code that
+ * takes it out of the registry only makes the hand-back come at another
+ * moment of the close, or never: then the arena stays mapped.) */
+enum { CAUGHT_MAX = 8 };
+typedef struct caught {
+    isle *i;
+    int n;
+    void *block[CAUGHT_MAX];
+    size_t size[CAUGHT_MAX];
+} caught;
+
+/* Notes the new blocks made while the sentinel is created: the one holding
+ * its payload is the sentinel (account_state). */
+static void *catch_alloc(void *ud, void *p, size_t osz, size_t nsz)
+{
+    caught *c = ud;
+    void *q = isle_mem_alloc(c->i->mem, p, osz, nsz);
+    if (q && !p && c->n < CAUGHT_MAX) {
+        c->block[c->n] = q;
+        c->size[c->n++] = nsz;
+    }
+    return q;
+}
+
+static void *closing_alloc(void *ud, void *p, size_t osz, size_t nsz)
+{
+    isle *i = ud;
+    void *q = isle_mem_alloc(i->mem, p, osz, nsz);
+    if (p == i->sentinel && nsz == 0) lua_setallocf(i->L, (lua_Alloc)i->allocf, i->allocd);
+    return q;
+}
+
+/* Counts the state from now on; 0 if the sentinel could not be made. */
+static int account_state(isle *i, lua_State *L)
+{
+    i->L = L;
+    i->allocf = (isle_mem_allocf)lua_getallocf(L, &i->allocd);
+    size_t heap = (size_t)lua_gc(L, LUA_GCCOUNT, 0) * 1024 + (size_t)lua_gc(L, LUA_GCCOUNTB, 0);
+    isle_mem_wrap(i->mem, i->allocf, i->allocd, heap, i->sig);
+    caught c = { .i = i, .n = 0 };
+    lua_setallocf(L, catch_alloc, &c);
+    void *u = lua_newuserdata(L, 1);
+    lua_setallocf(L, isle_mem_alloc, i->mem);
+    lua_setfield(L, LUA_REGISTRYINDEX, "isle.sentinel");
+    i->sentinel = NULL;
+    for (int k = 0; k < c.n; k++)
+        if ((char *)c.block[k] <= (char *)u && (char *)u < (char *)c.block[k] + c.size[k])
+            i->sentinel = c.block[k];
+    return i->sentinel != NULL;
+}
+
+static void close_state(isle *i, lua_State *L)
+{
+    /* Finalizers that lua_close runs are under the limit too. */
+    isle_mem_enforce(i->mem, ISLE_MEM_CORE);
+    if (i->sentinel) lua_setallocf(L, closing_alloc, i);
+    else lua_setallocf(L, (lua_Alloc)i->allocf, i->allocd);
+    lua_close(L);
+    isle_mem_unwrap(i->mem);
+    /* The state is gone: so is what it may use of its spawner's account. */
+    isle_mem_uncharge(i->charge, i->charged);
+    i->charged = 0;
+}
+
 static void *isle_thread(void *arg)
 {
     isle *i = arg;
     lua_State *L = luaL_newstate();
     if (!L) {
+        fail_init(i, "cannot create a Lua state: not enough memory");
+    } else if (!account_state(i, L)) {
+        lua_setallocf(L, (lua_Alloc)i->allocf, i->allocd);
+        lua_close(L);
+        isle_mem_unwrap(i->mem);
+        L = NULL;
         fail_init(i, "cannot create a Lua state: not enough memory");
     } else {
         luaL_openlibs(L);
@@ -145,7 +238,7 @@ static void *isle_thread(void *arg)
                 fprintf(stderr, "isle %lld: %s\n", (long long)i->id, line);
             fail_init(i, line);
         }
-        lua_close(L);
+        close_state(i, L);
     }
     /* Jobs the state was still running when it ended (only if the worker
      * itself failed: it ends its jobs before returning) end now, once. */
@@ -230,6 +323,16 @@ isle *isle_spawn(const isle_config *cfg, int *err)
     i->mbox = isle_mbox_new(cfg->capacity ? cfg->capacity : 1024, 0);
     i->sig = isle_sig_new();
     i->init = isle_task_new();
+    i->mem = isle_mem_new(cfg->memory_limit);
+    if (!i->mem) goto fail;
+    if (cfg->charge && cfg->memory_limit) {
+        /* Whatever the new isle may hold counts against its spawner's limit
+         * while it lives: a capped isle cannot escape its cap by spawning. */
+        if (!isle_mem_charge(cfg->charge, cfg->memory_limit)) goto fail;
+        isle_mem_retain(cfg->charge);
+        i->charge = cfg->charge;
+        i->charged = cfg->memory_limit;
+    }
     if (!i->path || !i->cpath || (cfg->name && cfg->name[0] && !i->name) || !i->boot
         || !i->mbox || !i->sig || !i->init)
         goto fail;

@@ -81,6 +81,7 @@ typedef struct isle_mbox isle_mbox;
 typedef struct isle_sig isle_sig;
 typedef struct isle isle;
 typedef struct isle_done isle_done;
+typedef struct isle_mem isle_mem;
 
 /* A message: header and payload in one allocation. The payload is opaque. */
 struct isle_msg {
@@ -90,6 +91,7 @@ struct isle_msg {
     int32_t flags;
     size_t len;
     char *data;       /* points just past the header */
+    isle_mem *mem;    /* the account charged for it (isle_msg_charge), or NULL */
 };
 
 /* A completion notice: `task` ended and its subscriber `mbox` is told.
@@ -123,6 +125,11 @@ double isle_get_spin(void);
 isle_msg *isle_msg_new(int32_t kind, isle_task *task, const char *data, size_t len);
 void isle_msg_free(isle_msg *m);          /* accepts NULL; releases the task */
 void isle_msg_free_list(isle_msg *head);  /* frees a taken batch */
+/* Charges the message's whole size (header and payload) to account `a`
+ * until it is freed. 1 if charged (or `a` has no limit, or is NULL: then
+ * nothing is charged); 0 if it would take `a` past its user limit (see
+ * "memory accounts"), and the message is left as it was. */
+int isle_msg_charge(isle_msg *m, isle_mem *a);
 
 /* ---- completion slots ---------------------------------------------------- */
 isle_task *isle_task_new(void);          /* state QUEUED, one reference */
@@ -138,6 +145,13 @@ int isle_task_start(isle_task *t, isle_sig *sig, const char *label);
 /* First completion wins (returns 1), later ones return 0. Copies the bytes.
  * A task that never started may complete straight from QUEUED. */
 int isle_task_complete(isle_task *t, int state, const char *data, size_t len);
+/* The result bytes `t` will hold are charged to account `a` (the state that
+ * made the task and will read them) for as long as the task lives; a result
+ * that does not fit under `a`'s user limit is not stored: the task ends
+ * FAILED with no payload (read as a "memory" error). Call right after
+ * isle_task_new, before anything can complete the task. No-op for a NULL
+ * account or one without a limit. */
+void isle_task_charge_results(isle_task *t, isle_mem *a);
 /* 1 when the task has ended, 0 on timeout (timeout < 0 waits forever). */
 int isle_task_wait(isle_task *t, double timeout);
 const char *isle_task_result(isle_task *t, size_t *len);
@@ -259,6 +273,9 @@ typedef struct isle_config {
     const char *boot;       /* opaque bytes handed to the worker */
     size_t boot_len;
     int instrument;         /* senders insert checkpoints into eval chunks */
+    size_t memory_limit;    /* bytes; 0: none (see "memory accounts") */
+    isle_mem *charge;       /* the spawner's account, charged memory_limit
+                               while the isle lives; may be NULL */
 } isle_config;
 
 /* Starts the thread. The returned handle holds one reference (the owner's).
@@ -296,6 +313,49 @@ int isle_live_count(void);            /* isles whose thread has not ended */
 /* Bumped in a child process by every fork(): objects made under an older
  * generation belong to the parent and must not be used (fork.c). */
 int isle_fork_generation(void);
+
+/* ---- memory accounts (mem.c) --------------------------------------------- */
+/* Every isle's Lua state allocates through an account that counts the bytes
+ * LuaJIT asked for (the sum collectgarbage("count") reports). With a
+ * memory_limit it refuses growth past the limit of the mode its state is
+ * in, and LuaJIT raises "not enough memory" where the state allocated. The
+ * account is installed once the state is built (an allocation that fails
+ * inside lua_newstate crashes LuaJIT), so a new state boots in mode OFF:
+ *   ISLE_MEM_OFF   no limit (boot, teardown)
+ *   ISLE_MEM_CORE  memory_limit itself: isle's own bookkeeping in the state
+ *   ISLE_MEM_USER  memory_limit less a reserve (a sixteenth, 64 KiB to
+ *                  1 MiB) kept for the bookkeeping that reports a failure:
+ *                  user code, and the encoding of what it sends and returns
+ * C memory charged to the account (isle_msg_charge, isle_task_charge_results)
+ * counts against the same limits. Garbage counts until collected: past a mark
+ * the account raises the state's signal flag and isle_mem_gc_wanted says 1;
+ * the state then collects in full and calls isle_mem_collected. The mode,
+ * the request and the collection belong to the state's own thread;
+ * isle_mem_used and isle_mem_limit may be read from any thread. */
+enum { ISLE_MEM_OFF = 0, ISLE_MEM_CORE = 1, ISLE_MEM_USER = 2 };
+typedef void *(*isle_mem_allocf)(void *ud, void *ptr, size_t osize, size_t nsize);
+isle_mem *isle_mem_new(size_t limit);   /* 0: count only */
+void isle_mem_retain(isle_mem *a);
+void isle_mem_release(isle_mem *a);     /* accepts NULL */
+isle_mem *isle_mem_of(isle *i);         /* the isle's account */
+/* The lua_Alloc of a state with account `ud`, wrapping `f`/`fud` as set by
+ * isle_mem_wrap (with `heap`: what the state holds already, and `sig`: the
+ * signal block to raise for a collection, may be NULL). */
+void *isle_mem_alloc(void *ud, void *ptr, size_t osize, size_t nsize);
+void isle_mem_wrap(isle_mem *a, isle_mem_allocf f, void *fud, size_t heap, isle_sig *sig);
+void isle_mem_unwrap(isle_mem *a);      /* the state is gone: heap 0, mode OFF */
+int isle_mem_enforce(isle_mem *a, int mode);  /* returns the previous mode */
+size_t isle_mem_used(isle_mem *a);      /* heap + charged bytes; 0 for NULL */
+size_t isle_mem_limit(isle_mem *a);     /* 0: none */
+/* The least memory_limit that leaves a state holding `used` bytes 64 KiB
+ * under its user limit: below it an isle is refused at spawn. */
+size_t isle_mem_minimum(size_t used);
+int isle_mem_gc_wanted(isle_mem *a);
+void isle_mem_collected(isle_mem *a);
+/* Charge `n` C bytes: 1, or 0 if past the user limit (nothing charged).
+ * Always 1 for NULL or an account without a limit (nothing charged). */
+int isle_mem_charge(isle_mem *a, size_t n);
+void isle_mem_uncharge(isle_mem *a, size_t n);
 
 /* ---- isle's own modules, precompiled once per process ------------------ */
 /* Bytecode for module `name`, found by require in every state an isle starts

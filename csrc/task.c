@@ -29,6 +29,7 @@ struct isle_task {
     size_t deadline_slot;     /* index + 1 in the watchdog's heap, 0 if not in it (its lock) */
     char *result;
     size_t result_len;
+    isle_mem *mem;         /* charged for the result (isle_task_charge_results) */
 };
 
 static int is_final(int state) { return state >= ISLE_TASK_DONE; }
@@ -61,6 +62,10 @@ void isle_task_release(isle_task *t)
     /* Last reference: nobody else can reach the slot any more. Pending
      * notices hold references, so `subs` is empty here. */
     isle_sig_release(t->sig);
+    if (t->mem) {
+        isle_mem_uncharge(t->mem, t->result_len);
+        isle_mem_release(t->mem);
+    }
     free(t->result);
     pthread_cond_destroy(&t->cv);
     pthread_mutex_destroy(&t->mu);
@@ -229,14 +234,30 @@ int isle_task_mark_deadline(isle_task *t)
 
 size_t *isle_task_deadline_slot(isle_task *t) { return &t->deadline_slot; }
 
+void isle_task_charge_results(isle_task *t, isle_mem *a)
+{
+    if (!a || !isle_mem_limit(a) || t->mem) return;
+    isle_mem_retain(a);
+    t->mem = a;
+}
+
 int isle_task_complete(isle_task *t, int state, const char *data, size_t len)
 {
     if (!is_final(state)) return 0;
     char *copy = NULL;
+    /* A result its reader's account cannot hold is not stored. */
+    if (len && t->mem && !isle_mem_charge(t->mem, len)) {
+        state = ISLE_TASK_FAILED; /* read back as a "memory" error */
+        len = 0;
+    }
     if (len) {
         copy = malloc(len);
         if (copy) memcpy(copy, data, len);
-        else { state = ISLE_TASK_FAILED; len = 0; } /* read back as a "memory" error */
+        else {
+            if (t->mem) isle_mem_uncharge(t->mem, len);
+            state = ISLE_TASK_FAILED;
+            len = 0;
+        }
     }
     isle_sig *sig = NULL;
     isle_done *subs = NULL;
@@ -244,8 +265,12 @@ int isle_task_complete(isle_task *t, int state, const char *data, size_t len)
     int won = !is_final(atomic_load(&t->state));
     if (won) finish_locked(t, state, copy, len, &sig, &subs);
     pthread_mutex_unlock(&t->mu);
-    if (!won) free(copy);
-    else after_finish(t, sig, subs);
+    if (!won) {
+        if (copy && t->mem) isle_mem_uncharge(t->mem, len);
+        free(copy);
+    } else {
+        after_finish(t, sig, subs);
+    }
     return won;
 }
 

@@ -84,6 +84,24 @@ local function check_libs(spec)
     return list
 end
 
+-- memory_limit: bytes, a positive integer (csrc/mem.c, docs/sandbox.md). An
+-- isle spawned by a capped isle must have one: it is charged to the
+-- spawner's while it lives, so a cap cannot be escaped by spawning.
+local function check_memory_limit(v)
+    if v == nil then
+        if runtime.mem ~= nil then
+            error("isle.spawn: an isle spawned by a capped isle needs a memory_limit of its own "
+                .. "(charged to the spawner's while the new isle lives)", 3)
+        end
+        return nil
+    end
+    if type(v) ~= "number" or not (v >= 1) or v % 1 ~= 0 or v > 2 ^ 52 then
+        error("isle.spawn: option 'memory_limit' must be a positive integer number of bytes (got "
+            .. (type(v) == "number" and tostring(v) or type(v)) .. ")", 3)
+    end
+    return v
+end
+
 -- Starts an isle. Raises on bad options and on init failure (with the
 -- isle-side traceback); the isle's thread is gone by then.
 function isle.spawn(opts)
@@ -93,7 +111,7 @@ function isle.spawn(opts)
     end
     for k in next, opts do
         if k ~= "init" and k ~= "args" and k ~= "name" and k ~= "libs" and k ~= "capacity"
-            and k ~= "instrument" and k ~= "instrument_loads" then
+            and k ~= "instrument" and k ~= "instrument_loads" and k ~= "memory_limit" then
             error("isle.spawn: unknown option '" .. tostring(k) .. "'", 2)
         end
     end
@@ -130,6 +148,7 @@ function isle.spawn(opts)
     if type(capacity) ~= "number" or capacity < 1 or capacity % 1 ~= 0 or capacity > 2 ^ 31 then
         bad_opt("capacity", "a positive integer", tostring(capacity))
     end
+    local memory_limit = check_memory_limit(opts.memory_limit)
 
     preload_modules()
     local enc = runtime.enc
@@ -146,12 +165,18 @@ function isle.spawn(opts)
         name = name, capacity = capacity,
         path = isle_path .. ";" .. package.path, cpath = package.cpath,
         boot = boot, boot_len = boot_len, instrument = opts.instrument == false and 0 or 1,
+        memory_limit = memory_limit or 0, charge = runtime.mem,
     })
     local errp = ffi.new("int[1]")
     local p = C.isle_spawn(cfg, errp)
     if p == nil then
         if errp[0] == C.ISLE_EINVAL then
             error("isle.spawn: the name '" .. name .. "' is in use by a live isle", 2)
+        end
+        if runtime.mem ~= nil then
+            error(errors.new("memory", "cannot start an isle: its memory_limit of " .. memory_limit
+                .. " bytes does not fit in this isle's own (" .. tonumber(C.isle_mem_used(runtime.mem))
+                .. " of " .. tonumber(C.isle_mem_limit(runtime.mem)) .. " bytes in use), or out of memory"), 2)
         end
         error(errors.new("memory", "cannot start an isle (out of memory or threads)"), 2)
     end

@@ -19,15 +19,16 @@ TestCdef = {}
 -- Like ljsyscall's test: a C program prints what the compiler sees.
 function TestCdef:test_layout_and_constants_match_header()
     local structs = {
-        isle_msg = { "next", "task", "kind", "flags", "len", "data" },
+        isle_msg = { "next", "task", "kind", "flags", "len", "data", "mem" },
         isle_done = { "next", "task", "mbox", "sig" },
         isle_sig = { "flag", "scratch" },
-        isle_config = { "name", "capacity", "path", "cpath", "boot", "boot_len", "instrument" },
+        isle_config = { "name", "capacity", "path", "cpath", "boot", "boot_len", "instrument", "memory_limit", "charge" },
     }
     local consts = { "ISLE_OK", "ISLE_ETIMEOUT", "ISLE_EBUSY", "ISLE_ECLOSED", "ISLE_ENOMEM", "ISLE_EINVAL",
         "ISLE_ENOENT", "ISLE_TASK_QUEUED", "ISLE_TASK_RUNNING", "ISLE_TASK_DONE", "ISLE_TASK_FAILED",
         "ISLE_TASK_CANCELLED", "ISLE_TASK_CLOSED", "ISLE_CANCEL_NONE", "ISLE_CANCEL_USER",
-        "ISLE_CANCEL_TIMEOUT", "ISLE_INTR_CLEAR", "ISLE_INTR_ONCE", "ISLE_INTR_ALWAYS" }
+        "ISLE_CANCEL_TIMEOUT", "ISLE_INTR_CLEAR", "ISLE_INTR_ONCE", "ISLE_INTR_ALWAYS",
+        "ISLE_MEM_OFF", "ISLE_MEM_CORE", "ISLE_MEM_USER" }
     local src = { "#include <stdio.h>\n#include <stddef.h>\n#include \"isle.h\"\nint main(void) {" }
     local expect = {}
     for s, fields in pairs(structs) do
@@ -77,7 +78,8 @@ TestGlobals = {}
 local BASE = {}
 for _, k in ipairs({ "assert", "error", "getmetatable", "ipairs", "load", "loadstring", "next",
     "pairs", "pcall", "rawget", "rawset", "require", "select", "setmetatable", "tonumber",
-    "tostring", "type", "unpack", "xpcall", "newproxy", "loadfile", "_G", "package", "coroutine" }) do BASE[k] = true end
+    "tostring", "type", "unpack", "xpcall", "newproxy", "loadfile", "_G", "package", "coroutine",
+    "collectgarbage" }) do BASE[k] = true end
 
 function TestGlobals:test_modules_neither_set_nor_need_globals()
     local files = {}

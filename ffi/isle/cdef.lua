@@ -23,6 +23,7 @@ typedef struct isle_mbox isle_mbox;
 typedef struct isle_sig isle_sig;
 typedef struct isle isle;
 typedef struct isle_done isle_done;
+typedef struct isle_mem isle_mem;
 
 struct isle_msg {
     isle_msg *next;
@@ -31,6 +32,7 @@ struct isle_msg {
     int32_t flags;
     size_t len;
     char *data;
+    isle_mem *mem;
 };
 struct isle_done {
     isle_done *next;
@@ -50,6 +52,7 @@ double isle_get_spin(void);
 isle_msg *isle_msg_new(int32_t kind, isle_task *task, const char *data, size_t len);
 void isle_msg_free(isle_msg *m);
 void isle_msg_free_list(isle_msg *head);
+int isle_msg_charge(isle_msg *m, isle_mem *a);
 
 isle_task *isle_task_new(void);
 void isle_task_retain(isle_task *t);
@@ -57,6 +60,7 @@ void isle_task_release(isle_task *t);
 int isle_task_state(const isle_task *t);
 int isle_task_start(isle_task *t, isle_sig *sig, const char *label);
 int isle_task_complete(isle_task *t, int state, const char *data, size_t len);
+void isle_task_charge_results(isle_task *t, isle_mem *a);
 int isle_task_wait(isle_task *t, double timeout);
 const char *isle_task_result(isle_task *t, size_t *len);
 int isle_task_subscribe(isle_task *t, isle_mbox *mb);
@@ -113,6 +117,8 @@ typedef struct isle_config {
     const char *boot;
     size_t boot_len;
     int instrument;
+    size_t memory_limit;
+    isle_mem *charge;
 } isle_config;
 
 isle *isle_spawn(const isle_config *cfg, int *err);
@@ -137,6 +143,24 @@ int isle_is_closed(const isle *i);
 int isle_close_mode(const isle *i);
 int isle_live_count(void);
 int isle_fork_generation(void);
+enum { ISLE_MEM_OFF = 0, ISLE_MEM_CORE = 1, ISLE_MEM_USER = 2 };
+typedef void *(*isle_mem_allocf)(void *ud, void *ptr, size_t osize, size_t nsize);
+isle_mem *isle_mem_new(size_t limit);
+void isle_mem_retain(isle_mem *a);
+void isle_mem_release(isle_mem *a);
+isle_mem *isle_mem_of(isle *i);
+void *isle_mem_alloc(void *ud, void *ptr, size_t osize, size_t nsize);
+void isle_mem_wrap(isle_mem *a, isle_mem_allocf f, void *fud, size_t heap, isle_sig *sig);
+void isle_mem_unwrap(isle_mem *a);
+int isle_mem_enforce(isle_mem *a, int mode);
+size_t isle_mem_used(isle_mem *a);
+size_t isle_mem_limit(isle_mem *a);
+size_t isle_mem_minimum(size_t used);
+int isle_mem_gc_wanted(isle_mem *a);
+void isle_mem_collected(isle_mem *a);
+int isle_mem_charge(isle_mem *a, size_t n);
+void isle_mem_uncharge(isle_mem *a, size_t n);
+
 int isle_preload_set(const char *name, const char *data, size_t len);
 int isle_preload_count(void);
 ]]

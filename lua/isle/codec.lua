@@ -194,6 +194,12 @@ local function plain(v, depth)
     return true
 end
 
+-- After the fast check was cut short (out of memory under a memory_limit):
+-- its marks would hold on to the tables they name, and misjudge them later.
+function codec.forget_fast()
+    for k in next, active_fast do active_fast[k] = nil end
+end
+
 -- The hot path: up to three values that pass the fast check are encoded
 -- without a loop or a pcall, so a caller's loop compiles into one trace.
 -- Returns false, writing nothing, when the slow path is needed.

@@ -10,8 +10,8 @@ local wire = require("isle.wire")
 local task = require("isle.task")
 
 local C = runtime.C
-local type, ipairs, getmetatable, select, unpack, error =
-    type, ipairs, getmetatable, select, unpack, error
+local type, ipairs, getmetatable, select, unpack, error, pcall, tostring =
+    type, ipairs, getmetatable, select, unpack, error, pcall, tostring
 local ISLE_TASK_DONE, ISLE_TASK_FAILED = C.ISLE_TASK_DONE, C.ISLE_TASK_FAILED
 
 local combine = {}
@@ -31,6 +31,8 @@ local function new_slot()
     local p = C.isle_task_new()
     if p == nil then error(errors.new("memory", "cannot allocate a task"), 3) end
     runtime.gc(p, C.isle_task_release)
+    -- A capped isle holds the result in C memory: it counts against its limit.
+    if runtime.mem ~= nil then C.isle_task_charge_results(p, runtime.mem) end
     local t = task.new(p)
     return t, p
 end
@@ -58,6 +60,20 @@ end
 
 local function pack(...) return { n = select("#", ...), ... } end
 
+-- Runs a part's callback; if it raises (out of memory decoding or encoding
+-- results under a memory cap), the combined task ends with that error rather
+-- than never.
+local function settle(p, fn)
+    local ok, e = pcall(fn)
+    if ok or ended(p) then return end
+    if e == "not enough memory" then
+        e = errors.new("memory", "not enough memory to combine the results")
+    elseif not errors.is(e) then
+        e = errors.new("runtime", tostring(e))
+    end
+    complete_error(p, e)
+end
+
 -- isle.all(tasks): ends when every task has ended: done with one result per
 -- task, each a table { n = count, results... } in the order given; failed
 -- with the first error as soon as one fails (the others go on).
@@ -73,14 +89,14 @@ function combine.all(tasks)
     local d = runtime.driver()
     local results, left = {}, n
     for i, sub in ipairs(tasks) do
-        d:watch(sub.ptr, function()
+        d:watch(sub.ptr, function() settle(p, function()
             if ended(p) then return end
             local r = pack(sub:result())
             if not r[1] then return complete_error(p, r[2]) end
             results[i] = { n = r.n - 1, unpack(r, 2, r.n) }
             left = left - 1
             if left == 0 then complete_ok(p, n, unpack(results, 1, n)) end
-        end)
+        end) end)
     end
     return t
 end
@@ -94,12 +110,12 @@ function combine.first(tasks)
     t.parts = tasks
     local d = runtime.driver()
     for _, sub in ipairs(tasks) do
-        d:watch(sub.ptr, function()
+        d:watch(sub.ptr, function() settle(p, function()
             if ended(p) then return end
             local r = pack(sub:result())
             if r[1] then return complete_ok(p, r.n - 1, unpack(r, 2, r.n)) end
             return complete_error(p, r[2])
-        end)
+        end) end)
     end
     return t
 end

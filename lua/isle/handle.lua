@@ -12,8 +12,8 @@ local proto = require("isle.proto")
 local chunks = require("isle.chunks")
 
 local C = runtime.C
-local setmetatable, getmetatable, select, error, type, tostring, tonumber, pcall, next, newproxy =
-    setmetatable, getmetatable, select, error, type, tostring, tonumber, pcall, next, newproxy
+local setmetatable, getmetatable, select, error, type, tostring, tonumber, pcall, next, newproxy, collectgarbage =
+    setmetatable, getmetatable, select, error, type, tostring, tonumber, pcall, next, newproxy, collectgarbage
 local debug = require("debug")
 local string = require("string")
 local outcome = task.outcome
@@ -134,6 +134,11 @@ local function unship(opts)
     if tok ~= nil then C.isle_task_release(tok.ptr) end
 end
 
+local function charge_again(m, mem)
+    collectgarbage("collect")
+    return C.isle_msg_charge(m, mem) ~= 0
+end
+
 -- Encodes and queues one message. wait: seconds to wait for room (< 0 for
 -- ever, 0 not at all). Returns the task pointer (or true for one-way
 -- messages), or nil, err for busy/closed.
@@ -187,6 +192,8 @@ local function send(self, kind, target, wait, with_task, n, ...)
             error(errors.new("memory", "cannot allocate a task"), 3)
         end
         runtime.gc(t, isle_task_release)
+        -- A capped isle holds the result in C memory: it counts against its limit.
+        if runtime.mem ~= nil then C.isle_task_charge_results(t, runtime.mem) end
         -- The deadline runs from the call, queued time included.
         if opts and opts.timeout
             and C.isle_task_expire_at(t, C.isle_now() + opts.timeout) ~= ISLE_OK then
@@ -199,6 +206,16 @@ local function send(self, kind, target, wait, with_task, n, ...)
     if m == nil then
         unship(opts)
         error(errors.new("memory", "cannot allocate a message of " .. len .. " bytes"), 3)
+    end
+    local mem = runtime.mem
+    -- A capped isle: what it has queued counts against its memory_limit, and
+    -- so do the results its tasks hold, which garbage tasks keep until they
+    -- are collected: once more after a collection.
+    if mem ~= nil and C.isle_msg_charge(m, mem) == 0 and not charge_again(m, mem) then
+        C.isle_msg_free(m)
+        unship(opts)
+        error(errors.new("memory", "cannot send " .. len .. " bytes: with the messages it has queued, "
+            .. "this isle would pass its memory_limit"), 3)
     end
     m.flags = flags
     local rc = C.isle_mbox_push(C.isle_mbox_of(self.ptr), m, wait)
@@ -426,6 +443,16 @@ function Handle:stats()
                      stopping = STOP_REASON[st.oldest_cancel] }
     end
     return r
+end
+
+-- Bytes the isle's state holds (and C memory charged to it: messages it
+-- sent that are still queued, results it holds), and its memory_limit (nil
+-- when uncapped). Read from any thread; 0 once the isle has ended.
+function Handle:memory()
+    check_process(self, "isle handle")
+    local a = C.isle_mem_of(self.ptr)
+    local limit = tonumber(C.isle_mem_limit(a))
+    return tonumber(C.isle_mem_used(a)), limit > 0 and limit or nil
 end
 
 function Handle:id()

@@ -120,7 +120,10 @@ end
 local MAIN = {}
 local handling = setmetatable({}, { __mode = "k" })
 
+local on_memory -- a capped isle's collection when its allocator asks (M.on_memory)
+
 local function check()
+    if on_memory then on_memory() end
     -- While isle's own modules load, or a handler runs (its checkpoints would
     -- call it again, for ever with interrupt(true)): at the next checkpoint.
     if loading > 0 or handling[co_running() or MAIN] then return end
@@ -307,6 +310,10 @@ function M.guard_coroutines(lib)
         return function(...) return wrap_result(g_resume(co, ...)) end
     end
 end
+
+-- In a capped isle: fn() runs at every checkpoint that sees the flag raised
+-- (the allocator raises it to ask for a full collection).
+function M.on_memory(fn) on_memory = fn end
 
 -- While isle's own modules load (require in an isle), requests wait: a
 -- module left half-loaded would fail every later require.

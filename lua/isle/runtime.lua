@@ -9,6 +9,7 @@ local runtime = {
     C = C,
     self_ptr = nil,   -- isle* when this state is an isle
     sched = nil,      -- the isle's loop (isle.sched) when this state is an isle
+    mem = nil,        -- isle_mem* when this state is an isle with a memory_limit
     enc = codec.new_buffer(),
     dec = codec.new_buffer(),
     lenp = ffi.new("size_t[1]"),

@@ -126,6 +126,8 @@ function sched.new(mbox, sig, host)
         done_out = ffi.new("isle_done*[1]"),
         stash_done = nil,  -- notices taken by a job that waited in the mailbox itself
         may_block = false, -- a job may wait in the mailbox itself (see run)
+        enter_user = nil,  -- with a memory cap: switch to the user's / the worker's limit
+        leave_user = nil,
     }, Sched)
 end
 
@@ -158,6 +160,8 @@ local function step(self, rec, co, ...)
     local prev = self.current
     self.current = rec
     local ok, a, b, c, d, e = co_resume(co, ...)
+    local leave = self.leave_user
+    if leave then leave() end -- a memory cap's mode: the loop is the worker's own
     -- The record the coroutine ran last: a runner's coroutine moves from
     -- record to record (its messages), so it may not be `rec`.
     local cur = self.current
@@ -207,6 +211,10 @@ local function resume_parked(self, rec, ...)
     local co = rec.co
     if co == nil or self.parked[co] ~= rec then return end
     self.parked[co] = nil
+    -- A parked job is suspended inside its user code (a sleep, an await):
+    -- under a memory cap it goes on in the user's mode.
+    local enter = self.enter_user
+    if enter then enter() end
     step(self, rec, co, ...)
 end
 

@@ -22,11 +22,55 @@ local C = runtime.C
 local type, select, pcall, xpcall, tostring, tonumber, unpack, load, loadstring, next, setmetatable =
     type, select, pcall, xpcall, tostring, tonumber, unpack, load, loadstring, next, setmetatable
 local traceback = debug.traceback
+local collectgarbage = collectgarbage -- kept: a sandbox may take the global away
 local EVAL, EXEC, POST, F_OPTIONS, F_WRAPPED = proto.EVAL, proto.EXEC, proto.POST, proto.F_OPTIONS, proto.F_WRAPPED
 local ISLE_OK = C.ISLE_OK
 local ISLE_TASK_DONE, ISLE_TASK_FAILED, ISLE_TASK_CLOSED = C.ISLE_TASK_DONE, C.ISLE_TASK_FAILED, C.ISLE_TASK_CLOSED
 
 local worker = {}
+
+-- Memory caps (isle.spawn's memory_limit, csrc/mem.c) -------------------------
+--
+-- The state's allocator counts what it holds against the limit of the mode
+-- it is in: user code runs in ISLE_MEM_USER (the limit less a reserve), the
+-- worker's own bookkeeping in ISLE_MEM_CORE (the limit itself), so that a
+-- job that runs out ends with a `memory` error the worker can still report,
+-- and the loop never fails for want of what the job took. What user code
+-- makes the worker handle (decoding its arguments, encoding its results and
+-- errors) is done in user mode too, under a pcall. Uncapped isles skip all of
+-- this (`capped` is false).
+local capped = false
+local mem                      -- isle_mem* of this state
+local MEM_CORE, MEM_USER = C.ISLE_MEM_CORE, C.ISLE_MEM_USER
+local OOM = "not enough memory" -- LuaJIT's message; its error handler is not called for it
+local oom_message = OOM
+
+local function user_mode() C.isle_mem_enforce(mem, MEM_USER) end
+local function core_mode() C.isle_mem_enforce(mem, MEM_CORE) end
+
+-- A full collection, outside the user's limit: garbage counts until
+-- collected. Uncapped isles collect this way too after running out.
+local collecting = false -- a finalizer's checkpoint must not start another
+local function collect()
+    if collecting then return end
+    collecting = true
+    local prev = C.isle_mem_enforce(mem, MEM_CORE)
+    -- Older LuaJITs pass on an error raised in a finalizer: not ours to raise.
+    pcall(collectgarbage, "collect")
+    C.isle_mem_collected(mem)
+    C.isle_mem_enforce(mem, prev)
+    collecting = false
+end
+
+-- Asked for by the allocator past its mark (the flag was raised): at the
+-- next checkpoint (interrupt.check) or turn of the loop.
+local function collect_if_wanted()
+    if C.isle_mem_gc_wanted(mem) ~= 0 then collect() end
+end
+
+local function memory_error()
+    return errors.new("memory", oom_message)
+end
 
 -- Error objects --------------------------------------------------------------
 
@@ -55,7 +99,9 @@ end
 -- runs where checkpoints may stop it (a __tostring that loops for ever must
 -- not hang the isle inside its own error handling).
 local function on_error(e)
+    if capped then core_mode() end -- user code is over: this reports it
     if errors.is(e) then return e end
+    if e == OOM then return memory_error() end -- rethrown from a coroutine
     local tb = traceback("", 2):gsub("^\n?stack traceback:", "stack traceback (" .. isle_label .. "):", 1)
     tb = cut_traceback(tb)
     local te = type(e)
@@ -74,7 +120,9 @@ local function describe(e)
     if type(m) == "string" then return e end
     local v = m
     if m == nil then v = e.value end
+    if capped then user_mode() end
     local ok, s = xpcall(describe_value, describe_failed, v)
+    if capped then core_mode() end
     if not ok or type(s) ~= "string" then
         s = "(an error value whose __tostring failed: " .. (errors.is(s) and s.code or type(s)) .. ")"
     end
@@ -112,7 +160,91 @@ local function let_go(rec)
     if watching[rec] then unwatch(rec) end
 end
 
+-- Encodes a job's outcome into `enc`: the final state.
+local function encode_outcome(enc, ok, ...)
+    if ok then
+        local encoded, e = wire.put_results(enc, select("#", ...), ...)
+        if encoded then return ISLE_TASK_DONE end
+        put_error(enc, e)
+        return ISLE_TASK_FAILED
+    end
+    local e = ...
+    put_error(enc, e)
+    return wire.error_state(e)
+end
+
+-- The same for a capped isle, called through pcall. In these LuaJITs a
+-- vararg function cannot return straight into pcall in compiled code
+-- ("NYI: return to lower frame"), which kept the runner loop from
+-- compiling: the common case (a job that returned at most three values)
+-- goes on by a tail call to a function of fixed arity.
+local function encode_few(enc, n, a, b, c)
+    enc:reset()
+    if codec.put_fast(enc, n, a, b, c) then return ISLE_TASK_DONE end
+    local encoded, e = wire.put_results(enc, n, a, b, c)
+    if encoded then return ISLE_TASK_DONE end
+    put_error(enc, e)
+    return ISLE_TASK_FAILED
+end
+
+local function encode_capped(enc, ok, ...)
+    local n = select("#", ...)
+    if ok and n <= 3 then return encode_few(enc, n, ...) end
+    return encode_outcome(enc, ok, ...)
+end
+
+-- A result or error that did not fit under the limit. Every frame that held
+-- its values was left by a tail call to get here, so the collection frees
+-- them (and the buffer they were encoded into goes first).
+local function finish_out_of_memory(rec, t)
+    local enc = runtime.enc
+    enc:free()
+    collect()
+    put_error(enc, errors.new("memory", "the job's result does not fit in the memory_limit of " .. isle_label))
+    let_go(rec)
+    local p, len = enc:ref()
+    C.isle_task_complete(t, ISLE_TASK_FAILED, p, len)
+    if not rec.borrowed then C.isle_task_release(t) end
+end
+
+-- Stores the outcome in the job's task slot. In a capped isle it is encoded
+-- under the user limit: what a job returns or raises is its own (a table
+-- repeating one large string many times encodes to many times the limit).
+local function finish(rec, t, ok, ...)
+    local enc = runtime.enc
+    local state
+    if capped then
+        local done
+        for attempt = 1, 2 do
+            user_mode()
+            done, state = pcall(encode_capped, enc, ok, ...)
+            core_mode()
+            if done then break end
+            codec.forget_fast() -- the check it ran out in may have left marks
+            if state ~= OOM then error(state, 0) end
+            if attempt == 2 then return finish_out_of_memory(rec, t) end
+            -- Garbage may be what is in the way (a job that caught running
+            -- out and returned left it): collected, then once more.
+            collect()
+        end
+    else
+        state = encode_outcome(enc, ok, ...)
+    end
+    let_go(rec)
+    local p, len = enc:ref()
+    C.isle_task_complete(t, state, p, len)
+    if capped then
+        -- A large buffer, once copied, goes back: it would stay counted.
+        if len > 65536 then enc:free() end
+        -- Asked for while the job ran and not done yet (no checkpoint came):
+        -- before the next job, whose first allocations it would be in the way of.
+        collect_if_wanted()
+    end
+    if not rec.borrowed then C.isle_task_release(t) end
+end
+
 local function complete(rec, ok, ...)
+    if capped then core_mode() end
     local t = rec.task
     rec.finished = true
     -- A stopped job ends stopped, even if its code caught the error and
@@ -121,33 +253,34 @@ local function complete(rec, ok, ...)
     if rec.stop and (ok or not errors.is((...)) or (...).code ~= rec.stop) then
         return complete(rec, false, interrupt.stop_error(rec.stop))
     end
-    if t == nil then
-        if not ok then report((...)) end
-        return let_go(rec)
-    end
-    local enc = runtime.enc
-    local state = ISLE_TASK_DONE
-    if ok then
-        local encoded, e = wire.put_results(enc, select("#", ...), ...)
-        if not encoded then
-            put_error(enc, e)
-            state = ISLE_TASK_FAILED
-        end
-    else
+    if not ok then
         local e = ...
+        local collected = false
+        if e == OOM then
+            -- Out of memory: the handler did not run. What the job left is
+            -- garbage now, collected before anything else is made (capped
+            -- or not: other isles and the host share the process's memory).
+            collect()
+            collected = true
+            e = memory_error()
+        end
         -- Our handler always makes an error object; anything else is an
         -- error in the handler itself (LuaJIT reports it as a string).
         if not errors.is(e) then e = errors.new("runtime", tostring(e)) end
         e = describe(e)
         -- describe may have run into a stop (a __tostring that loops).
         if rec.stop and e.code ~= rec.stop then e = interrupt.stop_error(rec.stop) end
-        put_error(enc, e)
-        state = wire.error_state(e)
+        -- (A message or result that did not fit under the limit, raised as
+        -- an error object: the same.)
+        if e.code == "memory" and capped and not collected then collect() end
+        if t == nil then
+            report(e)
+            return let_go(rec)
+        end
+        return finish(rec, t, false, e)
     end
-    let_go(rec)
-    local p, len = enc:ref()
-    C.isle_task_complete(t, state, p, len)
-    if not rec.borrowed then C.isle_task_release(t) end
+    if t == nil then return let_go(rec) end
+    return finish(rec, t, true, ...)
 end
 
 -- Resolving targets -----------------------------------------------------------
@@ -234,7 +367,10 @@ local function run_job(rec, ...)
         end
     end
     if rec.stop then return complete(rec, false, interrupt.stop_error(rec.stop)) end
-    complete(rec, xpcall(call_target, on_error, rec, ...))
+    if capped then user_mode() end -- complete and on_error switch back
+    -- A tail call: the arguments are out of reach while the job's results
+    -- are stored (finish_out_of_memory).
+    return complete(rec, xpcall(call_target, on_error, rec, ...))
 end
 
 local function pack(...)
@@ -273,14 +409,97 @@ local function start(rec, m, n, ...)
     return run_job(rec, ...)
 end
 
+-- In a capped isle the arguments are the job's: decoded under the user
+-- limit (after a collection, a second time), and a call whose arguments do
+-- not fit fails with `memory`.
+-- (Callers switch to user mode and call pcall(get_values, dec) themselves:
+-- a wrapper returning pcall's results kept the runner loop from compiling.)
+local get_values = codec.get_values
+
+-- (The retry is told apart by the function it goes through, not by a field
+-- set on the way: a store of nil to a record on the hot path of these
+-- vararg tail calls made both LuaJITs' compiled code write the key's string
+-- into an unrelated upvalue of the user's handler.)
+local start_retry
+
+local function args_failed(rec, m, e, retried)
+    if e ~= OOM then
+        C.isle_msg_free(m)
+        error(e, 0)
+    end
+    collect()
+    if not retried then
+        local dec = runtime.dec
+        dec:set(m.data, m.len)
+        dec:decode() -- the target, decoded already
+        user_mode()
+        return start_retry(rec, m, pcall(get_values, dec))
+    end
+    C.isle_msg_free(m)
+    return complete(rec, false, errors.new("memory", "the call's arguments do not fit in the memory_limit of "
+        .. isle_label))
+end
+
+local function start_capped(rec, m, ok, ...)
+    core_mode()
+    if ok then return start(rec, m, ...) end
+    return args_failed(rec, m, (...), false)
+end
+
+start_retry = function(rec, m, ok, ...)
+    core_mode()
+    if ok then return start(rec, m, ...) end
+    return args_failed(rec, m, (...), true)
+end
+
 local function call_post(name, ...)
     return resolve_global(name)(...)
 end
 
 local function run_post(runner, m, name, n, ...)
     C.isle_msg_free(m)
+    if capped then user_mode() end
     local ok, e = xpcall(call_post, on_error, name, ...)
-    if not ok then report(e) end
+    if capped then core_mode() end
+    if not ok then
+        if e == OOM then
+            collect()
+            e = memory_error()
+        end
+        report(e)
+    end
+end
+
+local post_retry
+
+local function post_args_failed(runner, m, name, e, retried)
+    if e ~= OOM then
+        C.isle_msg_free(m)
+        error(e, 0)
+    end
+    collect()
+    if not retried then
+        local dec = runtime.dec
+        dec:set(m.data, m.len)
+        dec:decode()
+        user_mode()
+        return post_retry(runner, m, name, pcall(get_values, dec))
+    end
+    C.isle_msg_free(m)
+    report(errors.new("memory", "the post's arguments do not fit in the memory_limit of " .. isle_label))
+end
+
+-- (Arguments decoded under the user limit: see start_capped.)
+local function run_post_capped(runner, m, name, ok, ...)
+    core_mode()
+    if ok then return run_post(runner, m, name, ...) end
+    return post_args_failed(runner, m, name, (...), false)
+end
+
+post_retry = function(runner, m, name, ok, ...)
+    core_mode()
+    if ok then return run_post(runner, m, name, ...) end
+    return post_args_failed(runner, m, name, (...), true)
 end
 
 interrupt.protect(run_post, on_error)
@@ -295,7 +514,13 @@ local function call_user(rec)
 end
 
 local function run_user(rec)
+    if capped then user_mode() end
     local ok, e = xpcall(call_user, on_error, rec)
+    if capped then core_mode() end
+    if not ok and e == OOM then
+        collect()
+        e = memory_error()
+    end
     if not ok and not (rec.stop and errors.is(e) and e.code == rec.stop) then
         runtime.report(describe(e), rec.what)
     end
@@ -350,6 +575,10 @@ local function run_message(s, runner, m)
         -- A plain post: no task, no options; the runner's own record serves.
         runner.stop = nil -- stops and interrupts are per message
         s:enter(runner)
+        if capped then
+            user_mode()
+            return run_post_capped(runner, m, target, pcall(get_values, dec))
+        end
         return run_post(runner, m, target, codec.get_values(dec))
     end
     local rec = { task = t, kind = m.kind, target = target, co = runner.co,
@@ -360,7 +589,12 @@ local function run_message(s, runner, m)
         if o.token then rec.token = o.token.ptr; rec.token_ref = o.token end
     end
     s:enter(rec)
-    start(rec, m, codec.get_values(dec))
+    if capped then
+        user_mode()
+        start_capped(rec, m, pcall(get_values, dec))
+    else
+        start(rec, m, codec.get_values(dec))
+    end
     s:enter(runner)
 end
 
@@ -441,6 +675,7 @@ local function run_init(rec)
         return f(...)
     end
     local a = rec.args
+    if capped then user_mode() end
     local ok, e = xpcall(init, on_error, unpack(a, 1, a.n))
     if ok then
         complete(rec, true)
@@ -451,6 +686,30 @@ local function run_init(rec)
 end
 
 interrupt.protect(run_init, on_error)
+
+-- With a memory_limit: from here on the state is capped (it booted in mode
+-- OFF). Returns an error if the limit leaves no room for a job.
+local function cap_state(s)
+    mem = C.isle_mem_of(self_ptr)
+    local limit = tonumber(C.isle_mem_limit(mem))
+    if limit == 0 then return nil end
+    collectgarbage("collect")
+    local used = tonumber(C.isle_mem_used(mem))
+    local least = tonumber(C.isle_mem_minimum(used))
+    if limit < least then
+        return errors.new("memory", "isle.spawn: memory_limit " .. limit .. " is too small: the isle holds "
+            .. used .. " bytes once started; it needs a memory_limit of at least " .. least .. " bytes")
+    end
+    capped = true
+    runtime.mem = mem
+    oom_message = "not enough memory (the job reached the memory_limit of " .. isle_label .. ", "
+        .. limit .. " bytes)"
+    s.enter_user, s.leave_user = user_mode, core_mode
+    interrupt.on_memory(collect_if_wanted)
+    C.isle_mem_collected(mem) -- the first mark
+    core_mode()
+    return nil
+end
 
 function worker.main(addr)
     self_ptr = ffi.cast("isle*", addr)
@@ -470,6 +729,7 @@ function worker.main(addr)
         if flagp[0] ~= 0 then
             -- No job runs here: settle what the flag was raised for.
             flagp[0] = 0
+            if capped then collect_if_wanted() end
             sl:wake_stopped(interrupt.job_stop_reason)
             if C.isle_sig_pending(sl.sig) > 0 then flagp[0] = 1 end
         end
@@ -496,6 +756,8 @@ function worker.main(addr)
     local init_task = C.isle_init_task(self_ptr)
     C.isle_task_start(init_task, s.sig, "init")
     rec = { task = init_task, borrowed = true, spec = spec, args = args }
+    local too_small = cap_state(s)
+    if too_small then return complete(rec, false, too_small) end
     -- Init may sleep or await: the loop serves it like any other job.
     s:spawn(run_init, rec)
     if rec.ok == false then return end

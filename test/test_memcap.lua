@@ -1,0 +1,478 @@
+-- Memory caps (issue 10): isle.spawn{memory_limit = bytes}. A job that
+-- passes the limit fails with a `memory` error, the isle collects what it
+-- left and serves the next call, h:memory() reports the isle's use, and the
+-- C memory a capped isle can make isle hold (messages it queues, results it
+-- keeps, isles it spawns) counts against the same limit. See docs/sandbox.md.
+local lu = require("luaunit")
+local ffi = require("ffi")
+local isle = require("isle")
+local helpers = require("test.helpers")
+
+local MB = 1024 * 1024
+
+-- What every capped isle here knows. Upvalue-free, so it ships.
+local function serve()
+    function echo(...) return ... end
+    -- Allocates 64 KB strings until it runs out (never returns).
+    function grow()
+        local t = {}
+        for i = 1, 1e9 do t[i] = ("x"):rep(65536 - 32) .. i end
+    end
+    function hold(bytes) keep = ("k"):rep(bytes) end
+    function drop() keep = nil collectgarbage() end
+end
+
+local function spawn(limit, init)
+    return isle.spawn{ memory_limit = limit, init = init or serve }
+end
+
+local function call_error(h, ...)
+    local ok, e = pcall(h.call, h, ...)
+    lu.assertFalse(ok, "the call succeeded")
+    lu.assertTrue(isle.is_error(e), tostring(e))
+    return e
+end
+
+TestMemcap = {}
+
+function TestMemcap:tearDown()
+    collectgarbage()
+    lu.assertTrue(helpers.eventually(function() collectgarbage() return isle.live_count() == 0 end, 10),
+        "an isle is left")
+end
+
+function TestMemcap:test_unbounded_job_fails_with_memory_and_the_isle_serves_on()
+    local limit = 8 * MB
+    local h = spawn(limit)
+    local before = h:memory()
+    for round = 1, 3 do
+        local e = call_error(h, "grow")
+        lu.assertEquals(e.code, "memory", tostring(e))
+        lu.assertStrContains(e.message, "memory_limit")
+        lu.assertStrContains(e.message, tostring(limit))
+        -- What the job left was collected before its error came back.
+        local after = h:memory()
+        lu.assertTrue(after < before + 512 * 1024, ("round %d: %d bytes in use after, %d before"):format(round, after, before))
+        lu.assertEquals(h:call("echo", "next", round), "next")
+    end
+    lu.assertEquals(h:stats().failed, 3)
+    h:close()
+end
+
+-- A job that catches running out and returns leaves its garbage behind:
+-- its result still goes back (encoded after a collection), and so does the
+-- next call's.
+function TestMemcap:test_a_job_that_catches_running_out_still_returns()
+    local h = spawn(8 * MB, function()
+        function grow()
+            local t = {}
+            for i = 1, 1e9 do t[i] = ("x"):rep(65536 - 32) .. i end
+        end
+        function survive()
+            local ok, e = pcall(grow)
+            return "survived", ok, e
+        end
+        function echo(...) return ... end
+    end)
+    for _ = 1, 3 do
+        lu.assertEquals({ h:call("survive") }, { "survived", false, "not enough memory" })
+        lu.assertEquals(#h:call("echo", ("a"):rep(MB)), MB)
+    end
+    h:close()
+end
+
+-- The capped paths run compiled like the others: a stream of posts and
+-- calls gives exact results. (A store on the capped post path once made
+-- both LuaJITs' compiled code write a string into the handler's upvalue.)
+function TestMemcap:test_streams_of_posts_and_calls_to_a_capped_isle_are_exact()
+    local h = spawn(32 * MB, function()
+        local sum = 0
+        function add(i) sum = sum + i end
+        function total() local s = sum sum = 0 return s end
+        function inc(i) return i + 1 end
+        function tab(t) return { id = t.id, n = #t.vals } end
+    end)
+    for _ = 1, 3 do
+        local n = 300000
+        for i = 1, n do h:post("add", i) end
+        lu.assertEquals(h:call("total"), n * (n + 1) / 2)
+        for i = 1, 20000 do
+            if h:call("inc", i) ~= i + 1 then lu.fail("inc " .. i) end
+            local r = h:call("tab", { id = i, vals = { 1, 2, 3 } })
+            if r.id ~= i or r.n ~= 3 then lu.fail("tab " .. i) end
+        end
+    end
+    h:close()
+end
+
+function TestMemcap:test_memory_reports_use_and_limit_and_drops_after_collection()
+    local h = spawn(32 * MB)
+    local used, limit = h:memory()
+    lu.assertEquals(limit, 32 * MB)
+    lu.assertTrue(used > 50000 and used < 4 * MB, "an idle isle holds " .. used)
+    h:call("hold", 8 * MB)
+    local held = h:memory()
+    lu.assertTrue(held >= used + 8 * MB, ("holding 8 MB: %d, idle: %d"):format(held, used))
+    lu.assertTrue(held < used + 20 * MB) -- string.rep's buffer too, until a collection
+    h:call("drop")
+    -- (LuaJIT's string buffer halves at each collection: not all back yet.)
+    lu.assertTrue(h:memory() < used + 3 * MB, "after dropping: " .. h:memory())
+    -- From inside the isle too, through isle.self().
+    local inside = h:eval("return require('isle').self():memory()")
+    lu.assertTrue(inside > 0 and inside < used + 3 * MB)
+    h:close()
+    lu.assertEquals(h:memory(), 0) -- the state is gone
+    -- An isle without a limit is counted all the same.
+    local u = isle.spawn{ init = serve }
+    local n, none = u:memory()
+    lu.assertNil(none)
+    lu.assertTrue(n > 50000)
+    u:call("hold", 4 * MB)
+    lu.assertTrue(u:memory() >= n + 4 * MB)
+    u:close()
+end
+
+function TestMemcap:test_a_limit_too_small_to_start_is_a_spawn_error_naming_the_minimum()
+    local ok, e = pcall(isle.spawn, { memory_limit = 100000, init = serve })
+    lu.assertFalse(ok)
+    lu.assertTrue(isle.is_error(e), tostring(e))
+    lu.assertEquals(e.code, "memory")
+    lu.assertStrContains(e.message, "memory_limit 100000 is too small")
+    local least = tonumber(e.message:match("at least (%d+) bytes"))
+    lu.assertNotNil(least, e.message)
+    lu.assertTrue(least > 100000)
+    lu.assertEquals(isle.live_count(), 0)
+    -- The minimum it names starts (with a little slack: the next isle's
+    -- bookkeeping can differ by a few bytes), and serves calls.
+    local h = spawn(least + 16384)
+    lu.assertEquals(h:call("echo", 7), 7)
+    h:close()
+    -- An init that does not fit fails the spawn the same way.
+    ok, e = pcall(isle.spawn, { memory_limit = 4 * MB, init = "local t = {} for i = 1, 1e9 do t[i] = {} end" })
+    lu.assertFalse(ok)
+    lu.assertEquals(e.code, "memory", tostring(e))
+end
+
+function TestMemcap:test_bad_values_are_refused_before_anything_starts()
+    local live = isle.live_count()
+    for _, v in ipairs({ "1000000", 0, -4096, 1.5, 0 / 0, math.huge, true, {}, 2 ^ 60 }) do
+        local ok, e = pcall(function()
+            local h = isle.spawn{ memory_limit = v }
+            return h -- not a tail call: the error names this line
+        end)
+        lu.assertFalse(ok, "accepted " .. tostring(v))
+        lu.assertStrContains(e, "option 'memory_limit' must be a positive integer number of bytes")
+        lu.assertStrContains(e, "test_memcap.lua") -- blamed on the caller
+    end
+    lu.assertEquals(isle.live_count(), live)
+end
+
+-- The issue's case, where it is safe to show: a child process with a small
+-- address space (ulimit -v), an isle that allocates without bound and holds
+-- on to what it got, and a host that then allocates 16 MB.
+function TestMemcap:test_the_host_keeps_allocating_while_a_capped_isle_runs_out()
+    local function run(limit)
+        local out, rc = helpers.sh(("ulimit -v 1000000 && %s test/fixtures/memcap_host.lua %s")
+            :format(helpers.luajit(), limit or ""))
+        lu.assertEquals(rc, 0, out)
+        return out, tonumber(out:match("isle held (%d+)"))
+    end
+    -- Without a cap the isle takes what the process has, and the host fails.
+    local out = run(nil)
+    lu.assertStrContains(out, "host failed: not enough memory")
+    -- With one it stops at its limit, and the host allocates.
+    local limit = 32 * MB
+    local held
+    out, held = run(limit)
+    lu.assertStrContains(out, "host ok")
+    lu.assertStrContains(out, "isle job: true")
+    lu.assertTrue(held <= limit and held > limit / 2, out)
+end
+
+function TestMemcap:test_use_never_passes_the_limit_while_jobs_run_out()
+    local limit = 16 * MB
+    local h = spawn(limit, function()
+        function churn(seconds)
+            local fails, t0 = 0, os.clock()
+            while os.clock() - t0 < seconds do
+                if not pcall(grow) then fails = fails + 1 end
+            end
+            return fails
+        end
+        function grow()
+            local t = {}
+            for i = 1, 1e9 do t[i] = ("x"):rep(65536 - 32) .. i end
+        end
+    end)
+    local t = h:spawn_call("churn", 0.5)
+    local most, samples = 0, 0
+    while not t:done() do
+        local used = h:memory() -- from this thread while the isle allocates
+        if used > most then most = used end
+        samples = samples + 1
+    end
+    local ok, fails = t:wait()
+    lu.assertTrue(ok, tostring(fails))
+    lu.assertTrue(fails >= 2, "the job ran out " .. tostring(fails) .. " times")
+    lu.assertTrue(most <= limit, ("%d bytes seen in use, limit %d"):format(most, limit))
+    lu.assertTrue(most > limit / 2, ("only %d bytes seen in use in %d samples"):format(most, samples))
+    h:close()
+end
+
+-- Garbage counts until it is collected: past a mark the allocator asks the
+-- state for a full collection at its next checkpoint. A job whose live data
+-- is half the limit and that makes garbage many times the limit succeeds
+-- (without those collections it ran out: LuaJIT's own pace lets garbage
+-- grow to about twice the live data first).
+function TestMemcap:test_garbage_is_collected_before_it_reaches_the_limit()
+    local h = spawn(16 * MB, function()
+        keep = {}
+        function fill(n) for i = 1, n do keep[i] = ("k"):rep(1000) .. i end end
+        function tables(n) local s = 0 for i = 1, n do local t = { i, tostring(i), {} } s = s + #t[2] end return s end
+        function strings(n) local s = 0 for i = 1, n do s = s + #(("y"):rep(5000) .. i) end return s end
+    end)
+    h:call("fill", 8000) -- about 8.5 MB live
+    local live = h:memory()
+    lu.assertTrue(live > 8 * MB)
+    lu.assertEquals(h:call("tables", 3e6), 20888896 - 1000000) -- sum of #tostring(i), i = 1..3e6
+    lu.assertTrue(h:call("strings", 2e5) > 1e9)
+    lu.assertTrue(h:memory() < live + 4 * MB)
+    h:close()
+end
+
+function TestMemcap:test_results_and_errors_are_encoded_under_the_limit()
+    local h = spawn(16 * MB, function()
+        function echo(...) return ... end
+        -- One 1 MB string, referenced 200 times: 200 MB once encoded.
+        function many()
+            local s, t = ("m"):rep(1024 * 1024), {}
+            for i = 1, 200 do t[i] = s end
+            return t
+        end
+        function raise_many() error(many()) end
+        function small() return { n = 1 } end
+    end)
+    for _, name in ipairs({ "many", "raise_many" }) do
+        local e = call_error(h, name)
+        lu.assertEquals(e.code, "memory", tostring(e))
+        lu.assertStrContains(e.message, "memory_limit")
+        lu.assertTrue(h:memory() < 4 * MB, name .. ": " .. h:memory())
+        lu.assertEquals(h:call("small").n, 1)
+    end
+    h:close()
+end
+
+function TestMemcap:test_arguments_that_do_not_fit_fail_the_call()
+    local h = spawn(8 * MB)
+    local e = call_error(h, "echo", ("a"):rep(20 * MB))
+    lu.assertEquals(e.code, "memory")
+    lu.assertStrContains(e.message, "arguments do not fit")
+    lu.assertEquals(h:call("echo", ("b"):rep(MB)), ("b"):rep(MB))
+    h:close()
+end
+
+function TestMemcap:test_posts_timers_and_coroutines_report_memory_and_the_loop_goes_on()
+    local h = spawn(8 * MB, function()
+        function grow()
+            local t = {}
+            for i = 1, 1e9 do t[i] = ("x"):rep(65536 - 32) .. i end
+        end
+        local isle = require("isle")
+        errs = {}
+        isle.on_error(function(e, what) errs[#errs + 1] = e.code .. " in " .. what end)
+        function errors_seen() return table.concat(errs, ", ") end
+        function later() isle.timer.at(0, grow) end
+        function go() isle.go(grow) end
+        -- Out of memory inside a coroutine, raised again by the job.
+        function in_coroutine()
+            local ok, e = coroutine.resume(coroutine.create(grow))
+            error(e, 0)
+        end
+        -- A job that sleeps between allocations stays under the limit.
+        function sleepy()
+            local t = {}
+            for i = 1, 1e9 do
+                t[i] = ("s"):rep(65536 - 32) .. i
+                if i % 16 == 0 then isle.sleep(0) end
+            end
+        end
+        function echo(...) return ... end
+    end)
+    h:post("grow")
+    h:call("later")
+    h:call("go")
+    lu.assertTrue(helpers.eventually(function()
+        return h:call("errors_seen") == "memory in a posted call, memory in a timer, memory in a go coroutine"
+    end, 10), h:call("errors_seen"))
+    lu.assertEquals(call_error(h, "in_coroutine").code, "memory")
+    lu.assertEquals(call_error(h, "sleepy").code, "memory")
+    lu.assertTrue(h:memory() < 2 * MB)
+    lu.assertEquals(h:call("echo", 1), 1)
+    h:close()
+end
+
+-- Cancels, timeouts and interrupts reach jobs of a capped isle as any other
+-- (its jobs run through the capped paths, with their pcalls and modes).
+function TestMemcap:test_stops_reach_jobs_of_a_capped_isle()
+    local h = spawn(8 * MB)
+    local t = h:spawn_eval("local t = {} while true do t[#t % 100 + 1] = {} end")
+    isle.sleep(0.05)
+    t:cancel()
+    local ok, e = t:wait(10)
+    lu.assertFalse(ok)
+    lu.assertEquals(e.code, "cancelled")
+    ok, e = pcall(function() return h:with{ timeout = 0.05 }:eval("while true do end") end)
+    lu.assertFalse(ok)
+    lu.assertEquals(e.code, "timeout")
+    t = h:spawn_eval("while true do end")
+    isle.sleep(0.05)
+    h:interrupt()
+    ok, e = t:wait(10)
+    lu.assertEquals(e.code, "interrupted")
+    lu.assertEquals(h:call("echo", 3), 3)
+    h:close()
+end
+
+-- A job suspended with a large live set keeps it while another runs out;
+-- both end as they should and the loop serves on.
+function TestMemcap:test_jobs_share_the_limit_across_sleeps()
+    local h = spawn(16 * MB, function()
+        local isle = require("isle")
+        function holder(mb)
+            local s = ("h"):rep(mb * 1024 * 1024)
+            isle.sleep(0.2)
+            return #s
+        end
+        function grow()
+            local t = {}
+            for i = 1, 1e9 do t[i] = ("x"):rep(65536 - 32) .. i end
+        end
+    end)
+    local t = h:spawn_call("holder", 6)
+    lu.assertTrue(helpers.eventually(function() return h:memory() > 6 * MB end))
+    lu.assertEquals(call_error(h, "grow").code, "memory")
+    lu.assertEquals({ t:wait() }, { true, 6 * MB })
+    h:close()
+end
+
+-- Messages a capped isle has queued are C memory it made: they count
+-- against its limit until their receiver takes them.
+function TestMemcap:test_messages_a_capped_isle_queues_count_against_its_limit()
+    local gate, addr = helpers.gate_memory()
+    local b = isle.spawn{ init = "function sink() end" }
+    local blocked = b:spawn_eval(helpers.GATE, addr)
+    lu.assertTrue(helpers.eventually(function() return gate[1] == 1 end))
+    local a = spawn(16 * MB, function()
+        local isle = require("isle")
+        function flood(id)
+            local b, s, n = isle.lookup(id), ("p"):rep(1024 * 1024), 0
+            while true do
+                local ok, e = pcall(b.post, b, "sink", s)
+                if not ok then return n, e.code, e.message end
+                n = n + 1
+            end
+        end
+        function again(id) return isle.lookup(id):post("sink", ("q"):rep(1024 * 1024)) end
+    end)
+    local n, code, msg = a:call("flood", b:id())
+    lu.assertEquals(code, "memory", msg)
+    lu.assertTrue(n >= 8 and n <= 16, "queued " .. n .. " MB")
+    lu.assertTrue(a:memory() >= n * MB)
+    gate[0] = 1 -- b takes them: a's account goes down
+    lu.assertEquals({ blocked:wait() }, { true, "gate" })
+    lu.assertTrue(helpers.eventually(function() return a:memory() < 4 * MB end), a:memory())
+    lu.assertTrue(a:call("again", b:id()))
+    a:close()
+    b:close()
+end
+
+-- Results a capped isle holds (tasks it made and keeps) are C memory too.
+function TestMemcap:test_results_a_capped_isle_holds_count_against_its_limit()
+    local b = isle.spawn{ init = "function big() return ('r'):rep(1024 * 1024) end" }
+    local a = spawn(16 * MB, function()
+        local isle = require("isle")
+        tasks = {}
+        function hoard(id)
+            local b = isle.lookup(id)
+            for i = 1, 40 do tasks[i] = b:spawn_call("big") end
+            local got, err = 0, nil
+            for i = 1, 40 do
+                local ok, e = tasks[i]:wait()
+                if ok then got = got + 1 else err = e end
+            end
+            return got, err and err.code, err and err.message
+        end
+        function release() tasks = {} collectgarbage() collectgarbage() end
+    end)
+    local got, code, msg = a:call("hoard", b:id())
+    lu.assertEquals(code, "memory", msg)
+    lu.assertTrue(got >= 8 and got < 16, "held " .. got .. " results of 1 MB")
+    a:call("release")
+    lu.assertTrue(helpers.eventually(function() return a:memory() < 4 * MB end), a:memory())
+    a:close()
+    b:close()
+end
+
+-- An isle a capped isle spawns needs a limit of its own, charged to the
+-- spawner's while it lives: a cap cannot be escaped by spawning.
+function TestMemcap:test_isles_a_capped_isle_spawns_are_charged_to_it()
+    local a = spawn(16 * MB, function()
+        local isle = require("isle")
+        function try(limit)
+            local ok, e = pcall(isle.spawn, { memory_limit = limit })
+            if ok then child = e return true end
+            return false, isle.is_error(e) and e.code or tostring(e)
+        end
+        function close_child() child:close() child = nil end
+    end)
+    local ok, e = a:call("try", nil)
+    lu.assertFalse(ok)
+    lu.assertStrContains(e, "needs a memory_limit of its own")
+    ok, e = a:call("try", 64 * MB)
+    lu.assertFalse(ok)
+    lu.assertEquals(e, "memory")
+    local before = a:memory()
+    lu.assertTrue(a:call("try", 4 * MB))
+    lu.assertTrue(a:memory() >= before + 4 * MB)
+    ok, e = a:call("try", 12 * MB) -- 4 MB is taken now
+    lu.assertFalse(ok)
+    lu.assertEquals(e, "memory")
+    a:call("close_child")
+    lu.assertTrue(a:memory() < before + MB)
+    a:close()
+end
+
+-- lua_close runs the state's finalizers: still under the limit. The
+-- allocator goes back to LuaJIT's before its arena is destroyed, or each
+-- closed isle would leave its arena mapped (about 400 KB).
+function TestMemcap:test_finalizers_at_close_stay_capped_and_closing_leaks_nothing()
+    local mem, addr = helpers.shared_ints(1)
+    local h2 = isle.spawn{ memory_limit = 8 * MB, args = { addr }, init = function(addr)
+        local flag = require("ffi").cast("int32_t *", addr)
+        guard = newproxy(true)
+        getmetatable(guard).__gc = function()
+            local t = {}
+            local ok, e = pcall(function() for i = 1, 1e9 do t[i] = ("f"):rep(65536) .. i end end)
+            flag[0] = (not ok and e == "not enough memory") and 2 or 1
+        end
+    end }
+    lu.assertEquals(mem[0], 0)
+    h2:close()
+    lu.assertEquals(mem[0], 2, "the finalizer was not stopped by the limit")
+
+    local function vm_kb()
+        local f = io.open("/proc/self/status")
+        local s = f:read("*a")
+        f:close()
+        return tonumber(s:match("VmSize:%s*(%d+)"))
+    end
+    for _ = 1, 20 do isle.spawn{ memory_limit = 4 * MB }:close() end
+    collectgarbage()
+    local before = vm_kb()
+    for _ = 1, 200 do isle.spawn{ memory_limit = 4 * MB, init = "x = {} for i = 1, 1000 do x[i] = {} end" }:close() end
+    collectgarbage()
+    local grown = vm_kb() - before
+    lu.assertTrue(grown < 20000, "address space grew by " .. grown .. " KB over 200 isles")
+end
+
+os.exit(lu.LuaUnit.run())
