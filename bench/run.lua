@@ -20,7 +20,7 @@ local lib = require("lib")
 local USAGE = [[
 usage: luajit bench/run.lua [options]
   --quick          fewer iterations and runs (a smoke run, 15-30 s)
-  --only W1,W3     run only these workloads (W1..W8, IDLE; CMP with --compare)
+  --only W1,W3     run only these workloads (W1..W8, IDLE, MEM; CMP with --compare)
   --reps N         runs per workload (default 5, quick 3)
   --compare        also run W1/W2 with other LuaJIT threading libraries found
   --json PATH      where to write the results (default bench/results.json)
