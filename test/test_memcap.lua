@@ -192,9 +192,10 @@ end
 function TestMemcap:test_use_never_passes_the_limit_while_jobs_run_out()
     local limit = 16 * MB
     local h = spawn(limit, function()
-        function churn(seconds)
-            local fails, t0 = 0, os.clock()
-            while os.clock() - t0 < seconds do
+        -- Runs out `times` times (or gives up after `seconds`).
+        function churn(times, seconds)
+            local fails, t0 = 0, require("isle").now()
+            while fails < times and require("isle").now() - t0 < seconds do
                 if not pcall(grow) then fails = fails + 1 end
             end
             return fails
@@ -204,7 +205,7 @@ function TestMemcap:test_use_never_passes_the_limit_while_jobs_run_out()
             for i = 1, 1e9 do t[i] = ("x"):rep(65536 - 32) .. i end
         end
     end)
-    local t = h:spawn_call("churn", 0.5)
+    local t = h:spawn_call("churn", 5, 20)
     local most, samples = 0, 0
     while not t:done() do
         local used = h:memory() -- from this thread while the isle allocates
@@ -213,7 +214,7 @@ function TestMemcap:test_use_never_passes_the_limit_while_jobs_run_out()
     end
     local ok, fails = t:wait()
     lu.assertTrue(ok, tostring(fails))
-    lu.assertTrue(fails >= 2, "the job ran out " .. tostring(fails) .. " times")
+    lu.assertEquals(fails, 5, "the job ran out " .. tostring(fails) .. " times")
     lu.assertTrue(most <= limit, ("%d bytes seen in use, limit %d"):format(most, limit))
     lu.assertTrue(most > limit / 2, ("only %d bytes seen in use in %d samples"):format(most, samples))
     h:close()
