@@ -237,4 +237,6 @@ test-nginx: all nginx-deps $(BUILD)/nopin/libisle.so
 	ISLE_ROOT=$(ROOT) timeout 900 $(LUAJIT) test/nginx/test_nginx.lua -o text
 	@echo "== nginx: the OpenResty adapter (waits yield to nginx)"
 	ISLE_ROOT=$(ROOT) timeout 600 $(LUAJIT) test/nginx/test_ngx_async.lua -o text
+	@echo "== examples/openresty (run.sh --check)"
+	PORT=$$($(LUAJIT) -e 'math.randomseed(os.time()) print(20000 + math.random(20000))') timeout 120 examples/openresty/run.sh --check
 test: test-nginx
