@@ -1,5 +1,5 @@
 # isle - GNU Makefile. `make` builds build/libisle.so; `make demo`, `make test`,
-# `make stress` (and `make stress-tsan`), `make bench`, `make path` (shell exports for using isle from this checkout).
+# `make stress` (and `make stress-tsan`), `make bench` (and `make bench-nginx`), `make path` (shell exports for using isle from this checkout).
 
 LUAJIT ?= luajit
 CC ?= cc
@@ -213,7 +213,7 @@ clean:
 # NDK and lua-resty-core/lrucache are unpacked privately into build/nginx-lua,
 # because installing libnginx-mod-http-lua would replace Debian's luajit with
 # OpenResty's luajit2, which the module needs: it runs on build/luajit2's.
-.PHONY: nginx-deps test-nginx
+.PHONY: nginx-deps test-nginx bench-nginx
 NGX_ROOT := $(BUILD)/nginx-lua
 NGX_MOD := $(NGX_ROOT)/usr/lib/nginx/modules/ngx_http_lua_module.so
 NGX_DEBS := libnginx-mod-http-lua libnginx-mod-http-ndk lua-resty-core lua-resty-lrucache
@@ -240,3 +240,10 @@ test-nginx: all nginx-deps $(BUILD)/nopin/libisle.so
 	@echo "== examples/openresty (run.sh --check)"
 	PORT=$$($(LUAJIT) -e 'math.randomseed(os.time()) print(20000 + math.random(20000))') timeout 120 examples/openresty/run.sh --check
 test: test-nginx
+
+# isle in a real nginx against ngx.run_worker_thread (bench/nginx.lua, see
+# bench/README.md): one worker, batches of 50 requests, a plain request's
+# latency meanwhile, the idle worker's CPU. Every batch has its own deadline;
+# `timeout` is the backstop. BENCH_NGINX_ARGS: --quick, --reps N.
+bench-nginx: all nginx-deps
+	ISLE_ROOT=$(ROOT) timeout -k 10 1800 $(LUAJIT) bench/nginx.lua $(BENCH_NGINX_ARGS)
