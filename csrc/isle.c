@@ -42,6 +42,8 @@ static pthread_mutex_t reg_lock = PTHREAD_MUTEX_INITIALIZER;
 static isle *reg_head;
 static int64_t reg_next_id = 1;
 static atomic_int live_threads;
+/* This library's file, set once by pin_library before the first isle starts. */
+static const char *lib_file;
 
 static void reg_remove_locked(isle *i)
 {
@@ -117,6 +119,11 @@ static int run_worker(lua_State *L)
     lua_pushstring(L, i->cpath);
     lua_setfield(L, -2, "cpath");
     lua_pop(L, 1);
+    /* ffi/isle/cdef.lua loads this file rather than searching (pin_library). */
+    if (lib_file) {
+        lua_pushstring(L, lib_file);
+        lua_setfield(L, LUA_REGISTRYINDEX, "isle.library");
+    }
     lua_getglobal(L, "require");
     lua_pushliteral(L, "isle.worker");
     lua_call(L, 1, 1);
@@ -184,13 +191,19 @@ static void *isle_thread(void *arg)
  * state that loaded it closes, while isle threads, the watchdog and notices
  * may still run this library's code. Linked with -z nodelete it is never
  * unmapped; this asks the dynamic loader for the same thing at run time in
- * case it was built without that flag. */
+ * case it was built without that flag.
+ * It also keeps this library's file name as the loader knows it (lib_file):
+ * every isle's state loads the library by that name (run_worker), which the
+ * loader matches to this very copy whatever the search paths or the working
+ * directory say by then. The name belongs to the loader and lives as long as
+ * the library is mapped, which is for ever once pinned. */
 static pthread_once_t pin_once = PTHREAD_ONCE_INIT;
 static void pin_library(void)
 {
     Dl_info info;
-    if (dladdr((void *)isle_spawn, &info) && info.dli_fname)
-        dlopen(info.dli_fname, RTLD_NOW | RTLD_NOLOAD | RTLD_NODELETE);
+    if (dladdr((void *)isle_spawn, &info) && info.dli_fname && info.dli_fname[0]
+        && dlopen(info.dli_fname, RTLD_NOW | RTLD_NOLOAD | RTLD_NODELETE))
+        lib_file = info.dli_fname;
 }
 
 void isle_registry_fork(int phase)

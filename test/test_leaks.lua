@@ -260,7 +260,7 @@ end
 function TestLeaks:test_a_host_that_exits_without_closing_its_isles_exits_cleanly()
     -- LuaJIT unloads libisle when the host state closes, while an abandoned
     -- isle still finishes on its thread: the library must stay mapped
-    -- (csrc/pin.c). Without it this crashed about every other run.
+    -- (-z nodelete, pin_library in csrc/isle.c). Without it this crashed about every other run.
     local luajit = helpers.luajit()
     local script = "local isle = require('isle') jit.off() "
         .. "local h = isle.spawn{ init = 'function f(x) return x end' } "

@@ -3,6 +3,10 @@
 -- ffi.cdef or ffi.load for isle (test/test_static.lua checks it against the header).
 local ffi = require("ffi")
 local os = require("os")
+local io = require("io")
+local debug = require("debug")
+local package = require("package")
+local table = require("table")
 
 ffi.cdef[[
 enum {
@@ -141,21 +145,83 @@ int isle_preload_set(const char *name, const char *data, size_t len);
 int isle_preload_count(void);
 ]]
 
--- Find libisle.so the way require finds C modules (package.cpath, which
--- `make path` sets), then ISLE_LIB, then the system library path. Every state
--- of the process resolves to the same loaded library.
-local function locate()
-    local env = os.getenv("ISLE_LIB")
-    if env and env ~= "" then return env end
-    local found = package.searchpath("libisle", package.cpath)
-    return found or "isle"
+-- Where libisle.so is looked for, in this order (docs/install.md):
+--   inside an isle, the file of the library that runs it (csrc/isle.c hands
+--     its name over, pin_library): every state of a process uses one copy;
+--   ISLE_LIB, a path (or a bare name for the system's search);
+--   beside the modules: the directory of this file, the Lua module directory
+--     above it, and the library directories of the same prefix ($(PREFIX)/lib
+--     for `make install`, $(PREFIX)/lib/lua/5.1 for LuaRocks);
+--   package.cpath (`eval $(make -s path)` puts a checkout's build/?.so there;
+--     a checkout is left to it, so a test can pick another build of the library);
+--   the system's library path (ffi.load("isle"): LD_LIBRARY_PATH, ld.so.cache).
+-- A file that is found but does not load is an error, not a reason to go on
+-- looking: a second copy would be a second, separate isle core.
+local LIBNAME = "libisle.so"
+
+local function exists(file)
+    local f = io.open(file, "rb")
+    if not f then return false end
+    f:close()
+    return true
 end
 
-local path = locate()
-local ok, lib = pcall(ffi.load, path)
-if not ok then
-    error("isle: cannot load the C library (" .. path .. "): " .. tostring(lib)
-        .. "; build it with `make` and add build/?.so to package.cpath (`make -s path`)", 0)
+-- The directory this file was loaded from ("./x" when relative), or nil.
+local function module_dir()
+    local file = debug.getinfo(1, "S").source:match("^@(.+)$")
+        or package.searchpath("isle.cdef", package.path)
+    if not file then return nil end
+    local dir = file:match("^(.*)/[^/]*$") or "."
+    return dir:sub(1, 1) == "/" and dir or "./" .. dir
 end
+
+local function beside_modules(dir)
+    local list = { dir .. "/" .. LIBNAME }
+    local luadir = dir:match("^(.*)/isle$")
+    if luadir then list[#list + 1] = luadir .. "/" .. LIBNAME end
+    local prefix = dir:match("^(.*)/share/lua/[^/]+/isle$")
+    if prefix then
+        list[#list + 1] = prefix .. "/lib/" .. LIBNAME
+        list[#list + 1] = prefix .. "/lib/lua/5.1/" .. LIBNAME
+    end
+    return list
+end
+
+local function load_found(path, where)
+    local ok, lib = pcall(ffi.load, path)
+    if not ok then
+        error("isle: cannot load the C library " .. path .. " (" .. where .. "): " .. tostring(lib), 0)
+    end
+    return lib, path
+end
+
+local function locate()
+    local running = debug.getregistry()["isle.library"]
+    if running then return load_found(running, "the library running this isle") end
+    local env = os.getenv("ISLE_LIB")
+    if env and env ~= "" then return load_found(env, "from ISLE_LIB") end
+    local looked = { "  ISLE_LIB: not set" }
+    local dir = module_dir()
+    if dir then
+        local list = beside_modules(dir)
+        for _, file in ipairs(list) do
+            if exists(file) then return load_found(file, "beside the modules") end
+        end
+        looked[#looked + 1] = "  beside the modules: " .. table.concat(list, ", ")
+    else
+        looked[#looked + 1] = "  beside the modules: none (isle.cdef was not loaded from a file)"
+    end
+    local found, tried = package.searchpath("libisle", package.cpath)
+    if found then return load_found(found, "on package.cpath") end
+    looked[#looked + 1] = "  package.cpath: " .. (tried:gsub("\n\t?no file '([^']*)'", "%1, "):gsub(", $", ""))
+    local ok, lib = pcall(ffi.load, "isle")
+    if ok then return lib, "isle" end
+    looked[#looked + 1] = "  the system library path: " .. tostring(lib)
+    error("isle: cannot find the C library " .. LIBNAME .. "; looked at\n" .. table.concat(looked, "\n")
+        .. "\nBuild it with `make` and, in a checkout, run `eval $(make -s path)`; or install isle with"
+        .. " `make install` (docs/install.md); or set ISLE_LIB to the library's path.", 0)
+end
+
+local lib, path = locate()
 
 return { C = lib, path = path }
