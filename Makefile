@@ -13,7 +13,7 @@ WARN := -Wall -Wextra -Werror -std=c11 -D_GNU_SOURCE
 PIC := -fPIC -pthread
 ROOT := $(abspath .)
 BUILD := build
-SRCS := csrc/clock.c csrc/msg.c csrc/task.c csrc/mbox.c csrc/sig.c csrc/watchdog.c csrc/fork.c csrc/notify.c csrc/preload.c csrc/isle.c
+SRCS := csrc/clock.c csrc/msg.c csrc/task.c csrc/mbox.c csrc/sig.c csrc/watchdog.c csrc/fork.c csrc/notify.c csrc/preload.c csrc/isle.c csrc/state.c
 HDRS := csrc/isle.h csrc/internal.h
 CORE_SRCS := csrc/clock.c csrc/msg.c csrc/task.c csrc/mbox.c csrc/sig.c csrc/watchdog.c csrc/fork.c csrc/notify.c
 CTESTS := $(patsubst test/c/%.c,%,$(wildcard test/c/test_*.c))
