@@ -80,7 +80,7 @@ TestGlobals = {}
 -- isles spawned with libs = false.
 local BASE = {}
 for _, k in ipairs({ "assert", "error", "getmetatable", "ipairs", "load", "loadstring", "next",
-    "pairs", "pcall", "rawget", "rawset", "require", "select", "setmetatable", "tonumber",
+    "pairs", "pcall", "rawequal", "rawget", "rawset", "require", "select", "setmetatable", "tonumber",
     "tostring", "type", "unpack", "xpcall", "newproxy", "loadfile", "_G", "package", "coroutine" }) do BASE[k] = true end
 
 function TestGlobals:test_modules_neither_set_nor_need_globals()

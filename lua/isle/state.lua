@@ -23,7 +23,7 @@ local traceback = debug.traceback
 local OK, ETIMEOUT, EBUSY, ECLOSED, ENOMEM, ENOENT =
     C.ISLE_OK, C.ISLE_ETIMEOUT, C.ISLE_EBUSY, C.ISLE_ECLOSED, C.ISLE_ENOMEM, C.ISLE_ENOENT
 local EREENTRY, EAMBIGUOUS = C.ISLE_STATE_EREENTRY, C.ISLE_STATE_EAMBIGUOUS
-local TAG_ERROR, TAG_CORE, TAG_F = C.ISLE_WIRE_ERROR, C.ISLE_WIRE_CORE, C.ISLE_WIRE_FUNCS
+local TAG_V, TAG_ERROR, TAG_CORE, TAG_F = C.ISLE_WIRE_VALUES, C.ISLE_WIRE_ERROR, C.ISLE_WIRE_CORE, C.ISLE_WIRE_FUNCS
 local ONCE, ALWAYS = C.ISLE_INTR_ONCE, C.ISLE_INTR_ALWAYS
 local put_fast, get_values = codec.put_fast, codec.get_values
 -- Resolved now: finalizers may run while this state closes.
@@ -53,13 +53,19 @@ local function pack(...) return { n = select("#", ...), ... } end
 -- and the C buffer the results are copied into. Calls nest (a finalizer or
 -- a callback that calls states, a job of an isle that awaits the lock while
 -- others call), so nothing is shared between two calls in flight.
-local pool, npool = {}, 0
+local spare             -- the one most calls take and give back
+local pool, npool = {}, 0 -- more, for calls in flight at once
 local KEEP_BYTES = 1048576 -- buffers that grew past this are not kept
 
 local function take()
+    local e = spare
+    if e then
+        spare = nil
+        return e
+    end
     local n = npool
     if n > 0 then
-        local e = pool[n]
+        e = pool[n]
         pool[n] = nil
         npool = n - 1
         return e
@@ -71,10 +77,31 @@ end
 
 local function give(e)
     if e.out.cap > KEEP_BYTES or #e.enc > KEEP_BYTES then return end -- let the GC have it
-    e.enc:reset()
+    if spare == nil then
+        spare = e
+        return
+    end
     local n = npool + 1
     npool = n
     pool[n] = e
+end
+
+-- A value list at `p` (`len` bytes, as codec.put_values wrote it) decoded
+-- with `dec`: n, values... as codec.get_values returns them, without making
+-- a string of the tag byte on the common path.
+local function values_at(dec, p, len)
+    if p[0] == TAG_V then
+        dec:set(p + 1, len - 1)
+        local n = dec:decode()
+        if n == 1 then return 1, dec:decode() end
+        if n == 0 then return 0 end
+        if n == 2 then
+            local a = dec:decode()
+            return 2, a, dec:decode()
+        end
+    end
+    dec:set(p, len)
+    return get_values(dec)
 end
 
 -- The arguments of a call that did not run: shipped objects in them (tokens
@@ -102,8 +129,7 @@ local function outcome(e)
     elseif tag == TAG_CORE then
         return false, errors.new("runtime", ffi.string(p + 1, len - 1))
     end
-    dec:set(p, len)
-    return true, get_values(dec)
+    return true, values_at(dec, p, len)
 end
 
 -- Caller side -----------------------------------------------------------------------
@@ -193,18 +219,22 @@ local function run_later(p, e, sched, timeout)
     end
 end
 
--- Runs the call encoded in e.enc: a host (or code inside a shared state, or
--- a C callback in an isle) blocks for the lock; a job of an isle spins for
--- the core's spin budget, then awaits it. Returns the core's code, or the
--- reason a waiting job was stopped.
+-- Runs the call encoded in e.enc. When the state is busy, a host (or code
+-- inside a shared state, or a C callback in an isle) blocks for the lock; a
+-- job of an isle spins for the core's spin budget, then awaits it. (Where it
+-- runs is only asked then: coroutine.running and isyieldable are not
+-- compiled.) Returns the core's code, or the reason a waiting job was
+-- stopped.
 local function run(p, e, timeout)
     local ptr, len = e.enc:ref()
+    local rc = state_call(p, 0, ptr, len, e.out)
+    if rc ~= ETIMEOUT or timeout == 0 then return rc end
     local sched = runtime.sched
     if sched == nil or not sched:can_yield() then return state_call(p, timeout, ptr, len, e.out) end
     local spin = C.isle_get_spin()
     if timeout >= 0 and timeout < spin then spin = timeout end
-    local rc = state_call(p, spin, ptr, len, e.out)
-    if rc ~= ETIMEOUT or timeout == 0 then return rc end
+    rc = state_call(p, spin, ptr, len, e.out)
+    if rc ~= ETIMEOUT then return rc end
     if timeout > 0 then
         timeout = timeout - spin
         if timeout < 0 then timeout = 0 end
@@ -678,10 +708,10 @@ end
 
 local function serve_call()
     local dec = in_dec
-    dec:set(io_.args, io_.args_len)
     if callback ~= nil then
-        return finish_call(xpcall(call_callback, on_error, select(2, get_values(dec))))
+        return finish_call(xpcall(call_callback, on_error, select(2, values_at(dec, io_.args, io_.args_len))))
     end
+    dec:set(io_.args, io_.args_len)
     local spec = dec:decode()
     return finish_setup(xpcall(run_setup, on_error, spec, select(2, get_values(dec))))
 end
