@@ -581,8 +581,11 @@ int isle_state_call(isle_state *s, double timeout, const char *in, size_t in_len
     s->io.results_len = 0;
     lua_pushvalue(L, 1);
     int st = lua_pcall(L, 0, 0, 0);
-    if (st == 0) {
+    if (st == 0 && s->io.results) {
         rc = out_put(out, 0, s->io.results, s->io.results_len);
+    } else if (st == 0) {
+        static const char none[] = "the shared state's dispatcher left no results";
+        rc = out_put(out, ISLE_WIRE_CORE, none, sizeof(none) - 1);
     } else if (st == LUA_ERRMEM) {
         rc = ISLE_ENOMEM;
     } else {

@@ -338,6 +338,21 @@ function TestState:test_an_isle_job_waiting_for_the_lock_lets_its_isle_serve()
     mem[0] = 1
     lu.assertEquals({ t:wait(10) }, { true, "held" })
     lu.assertEquals(s:call("get"), 2)
+    -- An interrupt of the waiting job's isle lands when the job resumes: the
+    -- call fails `interrupted` and never runs.
+    mem[0], mem[1] = 0, 0
+    t = holder:spawn_eval("return require('isle').state_ref(...):call('hold', select(2, ...))", s:id(),
+        tonumber(ffi.cast("uintptr_t", mem)))
+    lu.assertTrue(helpers.eventually(function() return mem[1] == 1 end, 10))
+    waiting = h:spawn_eval("return require('isle').state_ref(...):call('inc', 1000)", s:id())
+    isle.sleep(0.05)
+    h:interrupt()
+    mem[0] = 1
+    ok, e = waiting:wait(10)
+    lu.assertFalse(ok)
+    lu.assertEquals(e.code, "interrupted")
+    lu.assertEquals({ t:wait(10) }, { true, "held" })
+    lu.assertEquals(s:call("get"), 2)
     h:close()
     holder:close()
     s:close()

@@ -20,8 +20,8 @@ local type, select, error, pcall, xpcall, tostring, tonumber, setmetatable, unpa
     type, select, error, pcall, xpcall, tostring, tonumber, setmetatable, unpack, next, loadstring, rawequal
 local traceback = debug.traceback
 
-local OK, ETIMEOUT, EBUSY, ECLOSED, ENOMEM, ENOENT =
-    C.ISLE_OK, C.ISLE_ETIMEOUT, C.ISLE_EBUSY, C.ISLE_ECLOSED, C.ISLE_ENOMEM, C.ISLE_ENOENT
+local OK, ETIMEOUT, EBUSY, ECLOSED, ENOMEM =
+    C.ISLE_OK, C.ISLE_ETIMEOUT, C.ISLE_EBUSY, C.ISLE_ECLOSED, C.ISLE_ENOMEM
 local EREENTRY, EAMBIGUOUS = C.ISLE_STATE_EREENTRY, C.ISLE_STATE_EAMBIGUOUS
 local TAG_V, TAG_ERROR, TAG_CORE, TAG_F = C.ISLE_WIRE_VALUES, C.ISLE_WIRE_ERROR, C.ISLE_WIRE_CORE, C.ISLE_WIRE_FUNCS
 local ONCE, ALWAYS = C.ISLE_INTR_ONCE, C.ISLE_INTR_ALWAYS
@@ -115,6 +115,17 @@ local function drop_args(e)
     end
 end
 
+-- The same for a setup message that was not sent (its spec comes first).
+local function drop_setup(dec)
+    dec:decode()
+    return get_values(dec)
+end
+local function drop_setup_args(e)
+    local dec = e.dec
+    dec:set(e.enc:ref())
+    pcall(drop_setup, dec)
+end
+
 -- The outcome in e.out: true, n, values... or false, error object.
 local function outcome(e)
     local o = e.out
@@ -160,6 +171,7 @@ local function call_error(p, rc)
     end
     if rc == ENOMEM then return errors.new("memory", "not enough memory for the results of " .. describe(p)) end
     if type(rc) == "string" then return interrupt.stop_error(rc) end -- the waiting job was stopped
+    if errors.is(rc) then return rc end -- ... with this error
     return errors.new("runtime", "unexpected result " .. tostring(rc) .. " from " .. describe(p))
 end
 
@@ -203,11 +215,12 @@ local function run_later(p, e, sched, timeout)
                 left = deadline - C.isle_now()
                 if left < 0 then left = 0 end
             end
+            -- A stop raised as it resumes (an interrupt that came meanwhile)
+            -- comes back as the result, like the reasons the loop gives.
             local ok, why = pcall(sched.await, sched, t, left)
             if not ok or why ~= "done" then
                 C.isle_state_unwatch(p, t)
                 C.isle_task_release(t)
-                if not ok then error(why, 0) end
                 return why == "timeout" and ETIMEOUT or why
             end
             C.isle_task_release(t)
@@ -466,13 +479,16 @@ local function set_up(p, e)
     return wrap(p, true), unpack(r, 4, 3 + r[3])
 end
 
+-- The strings must outlive the call that reads the config: the caller
+-- keeps `name` and `path` in locals (a cdata does not keep them alive).
 local errbuf = ffi.new("char[256]")
-local function new_config(name)
-    return ffi.new("isle_state_config", { name = name, path = M.path(), cpath = package.cpath,
+local function new_config(name, path)
+    return ffi.new("isle_state_config", { name = name, path = path, cpath = package.cpath,
                                           errbuf = errbuf, errcap = 256 })
 end
 
-local function create_error(fname, name, err)
+-- (`path` is passed only to keep that string alive until after the call.)
+local function create_error(fname, name, err, path) -- luacheck: ignore path
     if err == EAMBIGUOUS then
         return errors.new("ambiguous", "two or more live states are named '" .. tostring(name) .. "'")
     elseif err == EREENTRY then
@@ -489,12 +505,14 @@ function M.new(...)
     local e = take()
     put_setup(e, "state", opts, setup, select(first, ...))
     M.preload()
-    local cfg = new_config(name)
     local errp1 = ffi.new("int[1]")
+    local path = M.path()
+    local cfg = new_config(name, path)
     local p = C.isle_state_new(cfg, errp1)
     if p == nil then
+        drop_setup_args(e)
         give(e)
-        error(create_error("state", name, errp1[0]), 2)
+        error(create_error("state", name, errp1[0], path), 2)
     end
     return set_up(p, e)
 end
@@ -506,8 +524,9 @@ function M.singleton(...)
     local e = take()
     put_setup(e, "singleton", opts, setup, select(first, ...))
     M.preload()
-    local cfg = new_config(name)
     local errp1, createdp = ffi.new("int[1]"), ffi.new("int[1]")
+    local path = M.path()
+    local cfg = new_config(name, path)
     local sched = runtime.sched
     local yields = sched ~= nil and sched:can_yield()
     local backoff = 0.0005
@@ -516,19 +535,21 @@ function M.singleton(...)
         -- A job waits for another caller's setup on its loop, not on the lock.
         p = C.isle_state_singleton(cfg, yields and 0 or -1, errp1, createdp)
         if p ~= nil or errp1[0] ~= ETIMEOUT then break end
-        local why = sched:sleep(backoff)
-        if why ~= "timeout" then
+        local ok, why = pcall(sched.sleep, sched, backoff)
+        if not ok or why ~= "timeout" then
+            drop_setup_args(e)
             give(e)
-            error(interrupt.stop_error(why), 2)
+            error(ok and interrupt.stop_error(why) or why, 2)
         end
         if backoff < 0.01 then backoff = backoff * 2 end
     end
     if p == nil then
+        drop_setup_args(e)
         give(e)
-        error(create_error("singleton", name, errp1[0]), 2)
+        error(create_error("singleton", name, errp1[0], path), 2)
     end
     if createdp[0] == 0 then
-        drop_args(e)
+        drop_setup_args(e) -- found, not made: setup's arguments go unused
         give(e)
         return wrap(p, true)
     end
