@@ -237,6 +237,13 @@ static int enter(isle_state *s, double timeout)
             if (!park_lock(s, left)) return ISLE_ETIMEOUT;
         }
     }
+    if (atomic_load(&s->close_pending) && !atomic_load(&s->closed)) {
+        /* Its last owner went while another call ran: no new call starts,
+         * whoever gets the lock first closes it. */
+        atomic_store_explicit(&s->holder, SELF, memory_order_relaxed);
+        close_locked(s);
+        atomic_store_explicit(&s->holder, NULL, memory_order_relaxed);
+    }
     if (atomic_load(&s->closed)) {
         unlock(s);
         return ISLE_ECLOSED;

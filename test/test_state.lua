@@ -289,8 +289,8 @@ function TestState:test_tcall_timeout_while_another_thread_holds_the_lock()
     -- A waiting tcall gets in as soon as the holder leaves.
     local h2 = isle.spawn{}
     local t2 = h2:spawn_eval("return require('isle').state_ref(...):tcall(30, 'inc', 10)", s:id())
-    isle.sleep(0.05)
-    lu.assertEquals(t2:status(), "running")
+    lu.assertTrue(helpers.eventually(function() return t2:status() == "running" end, 10))
+    isle.sleep(0.02) -- it is inside the call now, waiting for the lock
     mem[0] = 1
     lu.assertEquals({ t:wait(10) }, { true, "held" })
     lu.assertEquals({ t2:wait(10) }, { true, true, 11 })
@@ -313,8 +313,8 @@ function TestState:test_an_isle_job_waiting_for_the_lock_lets_its_isle_serve()
     local t, holder, mem = hold_on_isle(s)
     local h = isle.spawn{ init = "function ping() return 'pong' end" }
     local waiting = h:spawn_eval("return require('isle').state_ref(...):call('inc', 2)", s:id())
-    isle.sleep(0.05)
-    lu.assertEquals(waiting:status(), "running")
+    lu.assertTrue(helpers.eventually(function() return waiting:status() == "running" end, 10))
+    isle.sleep(0.02) -- it is inside the call now, waiting for the lock
     -- The isle serves other messages while its job waits for the lock.
     lu.assertEquals(h:call("ping"), "pong")
     -- And a tcall in a job gives up after its timeout, on the loop too.
@@ -330,7 +330,8 @@ function TestState:test_an_isle_job_waiting_for_the_lock_lets_its_isle_serve()
         tonumber(ffi.cast("uintptr_t", mem)))
     lu.assertTrue(helpers.eventually(function() return mem[1] == 1 end, 10))
     waiting = h:spawn_eval("return require('isle').state_ref(...):call('inc', 100)", s:id())
-    isle.sleep(0.05)
+    lu.assertTrue(helpers.eventually(function() return waiting:status() == "running" end, 10))
+    isle.sleep(0.02)
     waiting:cancel()
     local ok, e = waiting:wait(10)
     lu.assertFalse(ok)
@@ -345,7 +346,8 @@ function TestState:test_an_isle_job_waiting_for_the_lock_lets_its_isle_serve()
         tonumber(ffi.cast("uintptr_t", mem)))
     lu.assertTrue(helpers.eventually(function() return mem[1] == 1 end, 10))
     waiting = h:spawn_eval("return require('isle').state_ref(...):call('inc', 1000)", s:id())
-    isle.sleep(0.05)
+    lu.assertTrue(helpers.eventually(function() return waiting:status() == "running" end, 10))
+    isle.sleep(0.02)
     h:interrupt()
     mem[0] = 1
     ok, e = waiting:wait(10)
@@ -672,8 +674,8 @@ function TestStateMany:test_singleton_callers_wait_for_a_setup()
     lu.assertTrue(helpers.eventually(function() return mem[1] == 1 end, 10))
     local h2 = isle.spawn{ init = "function ping() return 'pong' end" }
     local t2 = h2:spawn_eval("return require('isle').singleton('slow-setup', 'error(\"not run\")'):call()")
-    isle.sleep(0.05)
-    lu.assertEquals(t2:status(), "running")
+    lu.assertTrue(helpers.eventually(function() return t2:status() == "running" end, 10))
+    isle.sleep(0.02) -- inside isle.singleton now, waiting for the setup
     lu.assertEquals(h2:call("ping"), "pong")
     -- Another isle lets the setup finish while the host waits for it.
     local h3 = isle.spawn{}
