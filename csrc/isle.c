@@ -42,7 +42,8 @@ static pthread_mutex_t reg_lock = PTHREAD_MUTEX_INITIALIZER;
 static isle *reg_head;
 static int64_t reg_next_id = 1;
 static atomic_int live_threads;
-/* This library's file, set once by pin_library before the first isle starts. */
+/* This library's file, set once by pin_library before the first isle or shared
+ * state starts. */
 static const char *lib_file;
 
 static void reg_remove_locked(isle *i)
