@@ -13,7 +13,7 @@ WARN := -Wall -Wextra -Werror -std=c11 -D_GNU_SOURCE
 PIC := -fPIC -pthread
 ROOT := $(abspath .)
 BUILD := build
-SRCS := csrc/clock.c csrc/msg.c csrc/task.c csrc/mbox.c csrc/sig.c csrc/watchdog.c csrc/fork.c csrc/notify.c csrc/preload.c csrc/isle.c
+SRCS := csrc/clock.c csrc/msg.c csrc/task.c csrc/mbox.c csrc/sig.c csrc/watchdog.c csrc/fork.c csrc/notify.c csrc/preload.c csrc/isle.c csrc/state.c
 HDRS := csrc/isle.h csrc/internal.h
 CORE_SRCS := csrc/clock.c csrc/msg.c csrc/task.c csrc/mbox.c csrc/sig.c csrc/watchdog.c csrc/fork.c csrc/notify.c
 CTESTS := $(patsubst test/c/%.c,%,$(wildcard test/c/test_*.c))
@@ -215,11 +215,14 @@ stress-tsan: deps $(BUILD)/libisle-tsan.so
 	  LD_PRELOAD=$(TSAN_RT) ISLE_LIB=$(ROOT)/$(BUILD)/libisle-tsan.so TSAN_OPTIONS="halt_on_error=1" \
 	  STRESS_ROUNDS=$${STRESS_ROUNDS:-20} timeout -k 10 $(STRESS_TIMEOUT) $(LUAJIT) $$t -o text || exit 1; done
 
-# The C floor of the benchmarks (bench/c/pingpong.c): the core, no Lua.
+# The C floors of the benchmarks: bench/c/pingpong.c (the core, no Lua) and
+# bench/c/state_floor.c (a mutex and lua_pcall in a plain lua_State, no isle).
 .PHONY: bench-floor
-bench-floor: $(BUILD)/bench_pingpong
+bench-floor: $(BUILD)/bench_pingpong $(BUILD)/bench_state_floor
 $(BUILD)/bench_pingpong: bench/c/pingpong.c $(CORE_SRCS) $(HDRS) | $(BUILD)
 	$(CC) $(CFLAGS) $(WARN) -pthread -Icsrc -o $@ bench/c/pingpong.c $(CORE_SRCS) -lm
+$(BUILD)/bench_state_floor: bench/c/state_floor.c | $(BUILD)
+	$(CC) $(CFLAGS) $(WARN) -pthread $(LUAJIT_INC) -o $@ $< $(LUAJIT_LIB) -lm
 
 bench: deps all bench-floor
 	$(LUAJIT) bench/run.lua $(BENCH_ARGS)
@@ -243,7 +246,7 @@ VERSION := $(shell sed -n 's/.*_VERSION = "\([^"]*\)".*/\1/p' lua/isle.lua | hea
 # test/test_package.lua checks this list and the rockspec's against lua/ and ffi/.
 ISLE_MODULES := isle isle.cdef isle.chunks isle.codec isle.combine isle.errors isle.fnsource \
 	isle.handle isle.hub isle.instrument isle.interrupt isle.libs isle.loaders isle.luv isle.ngx \
-	isle.proto isle.runtime isle.sched isle.task isle.token isle.wire isle.worker
+	isle.proto isle.runtime isle.sched isle.state isle.task isle.token isle.wire isle.worker
 module_src = $(if $(filter isle,$(1)),lua/isle.lua,$(if $(filter isle.cdef,$(1)),ffi/isle/cdef.lua,lua/isle/$(patsubst isle.%,%,$(1)).lua))
 module_dst = $(DESTDIR)$(LUADIR)/$(subst .,/,$(1)).lua
 .PHONY: install uninstall dist test-dist

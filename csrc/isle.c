@@ -42,7 +42,8 @@ static pthread_mutex_t reg_lock = PTHREAD_MUTEX_INITIALIZER;
 static isle *reg_head;
 static int64_t reg_next_id = 1;
 static atomic_int live_threads;
-/* This library's file, set once by pin_library before the first isle starts. */
+/* This library's file, set once by pin_library before the first isle or shared
+ * state starts. */
 static const char *lib_file;
 
 static void reg_remove_locked(isle *i)
@@ -109,14 +110,22 @@ static void fail_init(isle *i, const char *msg)
     free(buf);
 }
 
-static int run_worker(lua_State *L)
+/* What every state the core creates starts from (isles here, shared states
+ * in state.c): the standard libraries, isle's preloaded modules and the
+ * creator's package paths. Run protected: setting them can raise. */
+typedef struct boot_paths {
+    const char *path, *cpath;
+} boot_paths;
+
+static int boot_state(lua_State *L)
 {
-    isle *i = lua_touserdata(L, 1);
+    boot_paths *bp = lua_touserdata(L, 1);
+    luaL_openlibs(L);
     isle_preload_install(L);
     lua_getglobal(L, "package");
-    lua_pushstring(L, i->path);
+    lua_pushstring(L, bp->path);
     lua_setfield(L, -2, "path");
-    lua_pushstring(L, i->cpath);
+    lua_pushstring(L, bp->cpath);
     lua_setfield(L, -2, "cpath");
     lua_pop(L, 1);
     /* ffi/isle/cdef.lua loads this file rather than searching (pin_library). */
@@ -124,6 +133,28 @@ static int run_worker(lua_State *L)
         lua_pushstring(L, lib_file);
         lua_setfield(L, LUA_REGISTRYINDEX, "isle.library");
     }
+    return 0;
+}
+
+static pthread_once_t pin_once = PTHREAD_ONCE_INIT;
+static void pin_library(void);
+
+lua_State *isle_lua_new(const char *path, const char *cpath)
+{
+    pthread_once(&pin_once, pin_library);
+    lua_State *L = luaL_newstate();
+    if (!L) return NULL;
+    boot_paths bp = { path ? path : "", cpath ? cpath : "" };
+    if (lua_cpcall(L, boot_state, &bp) != 0) {
+        lua_close(L);
+        return NULL;
+    }
+    return L;
+}
+
+static int run_worker(lua_State *L)
+{
+    isle *i = lua_touserdata(L, 1);
     lua_getglobal(L, "require");
     lua_pushliteral(L, "isle.worker");
     lua_call(L, 1, 1);
@@ -138,11 +169,10 @@ static int run_worker(lua_State *L)
 static void *isle_thread(void *arg)
 {
     isle *i = arg;
-    lua_State *L = luaL_newstate();
+    lua_State *L = isle_lua_new(i->path, i->cpath);
     if (!L) {
         fail_init(i, "cannot create a Lua state: not enough memory");
     } else {
-        luaL_openlibs(L);
         if (lua_cpcall(L, run_worker, i) != 0) {
             const char *msg = lua_tostring(L, -1);
             char line[512];
@@ -193,11 +223,10 @@ static void *isle_thread(void *arg)
  * unmapped; this asks the dynamic loader for the same thing at run time in
  * case it was built without that flag.
  * It also keeps this library's file name as the loader knows it (lib_file):
- * every isle's state loads the library by that name (run_worker), which the
+ * every state the core makes loads the library by that name (boot_state), which the
  * loader matches to this very copy whatever the search paths or the working
  * directory say by then. The name belongs to the loader and lives as long as
  * the library is mapped, which is for ever once pinned. */
-static pthread_once_t pin_once = PTHREAD_ONCE_INIT;
 static void pin_library(void)
 {
     Dl_info info;

@@ -15,9 +15,14 @@
  *
  * Lock order (a thread never holds two of these except in this order):
  *   registry lock  ->  task lock  ->  signal-block lock, interrupt-id lock  ->  mailbox lock
- * The watchdog's lock is never held while any other is taken.
+ * (the registry of shared states ranks with the registry of isles; the two
+ * are never held together). The watchdog's lock is never held while any
+ * other is taken, nor is a shared state's wait lock.
  * Nothing here runs Lua code while holding a lock, so a Lua finalizer can
- * never run inside a core critical section.
+ * never run inside a core critical section. The one exception is by design:
+ * a shared state's call lock (state.c) is held while its Lua code runs, and
+ * is outside this order; a thread may hold several (one state's callback
+ * calling another), and re-entering one it holds is refused.
  */
 #ifndef ISLE_H
 #define ISLE_H
@@ -296,6 +301,98 @@ int isle_live_count(void);            /* isles whose thread has not ended */
 /* Bumped in a child process by every fork(): objects made under an older
  * generation belong to the parent and must not be used (fork.c). */
 int isle_fork_generation(void);
+
+/* ---- shared states (state.c) ------------------------------------------------
+ * A lua_State with no thread of its own (lua-mtstates' model): whichever
+ * thread calls it runs its callback on itself, under the state's call lock.
+ * Bytes in, bytes out: the caller's encoded arguments are read by the
+ * state's dispatcher (lua/isle/state.lua) through its isle_state_io, and its
+ * encoded results are copied into the caller's isle_state_out before the
+ * lock is let go. References: every Lua object on a state holds one; the
+ * owning ones are also counted as owners, and the last owner to go closes
+ * the state (at once, or when the call running then ends). */
+typedef struct isle_state isle_state;
+
+/* Return codes of the state calls beyond the common ones. */
+enum {
+    ISLE_STATE_EREENTRY = 20,   /* this thread is inside that state's callback */
+    ISLE_STATE_EAMBIGUOUS = 21  /* two live states have that name */
+};
+
+typedef struct isle_state_io {
+    const char *args;     /* the caller's arguments, during a call */
+    size_t args_len;
+    const char *results;  /* the dispatcher's results, until the call ends */
+    size_t results_len;
+} isle_state_io;
+
+/* Where a call's results land: the caller's own growable buffer. */
+typedef struct isle_state_out {
+    char *data;
+    size_t len;
+    size_t cap;
+} isle_state_out;
+
+typedef struct isle_state_config {
+    const char *name;   /* may be NULL */
+    const char *path;   /* package.path of the new state */
+    const char *cpath;
+    char *errbuf;       /* why booting failed (ISLE_EINVAL), cut to errcap - 1 bytes */
+    size_t errcap;
+} isle_state_config;
+
+/* A new state, booted (isle_lua_new, then lua/isle/state.lua's dispatcher)
+ * but not listed yet: the caller runs its setup with isle_state_call, then
+ * isle_state_publish or isle_state_discard. One reference, one owner. NULL
+ * with *err = ISLE_ENOMEM when it cannot be made, ISLE_EINVAL when its Lua
+ * side failed to boot (cfg->errbuf says why). */
+isle_state *isle_state_new(const isle_state_config *cfg, int *err);
+/* The live state named cfg->name with one more reference and owner
+ * (*created = 0), or, when there is none, a new one as isle_state_new makes
+ * it (*created = 1; the caller runs setup, then publishes or discards it).
+ * While another caller's new state of that name is being set up it waits,
+ * at most `timeout` s (< 0: for ever); NULL then with *err: ISLE_ETIMEOUT
+ * (still being set up), ISLE_STATE_EAMBIGUOUS, ISLE_STATE_EREENTRY (this
+ * thread is setting it up), or those of isle_state_new. */
+isle_state *isle_state_singleton(const isle_state_config *cfg, double timeout, int *err, int *created);
+void isle_state_publish(isle_state *s);   /* setup ran: lookups find it now */
+void isle_state_discard(isle_state *s);   /* setup failed: closed, and waiting singletons retry */
+/* A retained reference to a live state by id (name NULL) or name; NULL with
+ * *err = ISLE_ENOENT (none) or ISLE_STATE_EAMBIGUOUS. */
+isle_state *isle_state_lookup(int64_t id, const char *name, int *err);
+void isle_state_retain(isle_state *s);
+void isle_state_release(isle_state *s);   /* accepts NULL */
+/* An owner lets go (its reference stays): the last one closes the state, at
+ * once or, if a call runs, when that call ends. Never blocks. */
+void isle_state_disown(isle_state *s);
+int64_t isle_state_id(const isle_state *s);
+const char *isle_state_name(const isle_state *s);  /* "" when unnamed */
+int isle_state_is_closed(const isle_state *s);
+isle_sig *isle_state_sig(isle_state *s);
+int64_t isle_state_intr_id(isle_state *s);   /* interrupt id of the state's code */
+isle_state_io *isle_state_io_of(isle_state *s);
+/* Runs the state's dispatcher on the calling thread with the `in_len` bytes
+ * at `in` and copies its results into `out`: takes the call lock, waiting at
+ * most `timeout` s (0: only if free now; < 0: for ever), and lets it go
+ * before returning. ISLE_OK (results in `out`; a core failure is text tagged
+ * ISLE_WIRE_CORE there), ISLE_ETIMEOUT (busy: nothing ran), ISLE_ECLOSED,
+ * ISLE_STATE_EREENTRY (nothing ran), ISLE_ENOMEM (it ran; its results are
+ * lost). */
+int isle_state_call(isle_state *s, double timeout, const char *in, size_t in_len, isle_state_out *out);
+/* For callers that must not block their thread (an isle's job): a task that
+ * ends when the call lock is next let go (or the state closes), retained for
+ * the caller, to await before trying again; NULL with *err = ISLE_OK when
+ * the lock is free now (try again at once), or ISLE_ECLOSED, ISLE_ENOMEM. */
+isle_task *isle_state_watch(isle_state *s, int *err);
+/* Takes back a watch whose waiter gave up (1 if it was still there). */
+int isle_state_unwatch(isle_state *s, isle_task *t);
+/* Closes the state (lua_close of its Lua state) if no call runs: ISLE_OK
+ * (also when closed already), ISLE_EBUSY (a call runs on another thread),
+ * ISLE_STATE_EREENTRY (this thread is inside its callback). */
+int isle_state_close(isle_state *s);
+int isle_state_count(void);                /* live (listed) states */
+isle_state_out *isle_state_out_new(void);
+void isle_state_out_free(isle_state_out *o);  /* accepts NULL */
 
 /* ---- isle's own modules, precompiled once per process ------------------ */
 /* Bytecode for module `name`, found by require in every state an isle starts

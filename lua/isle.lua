@@ -51,7 +51,7 @@ local isle_path = module_dirs()
 local MODULES = { "isle", "isle.cdef", "isle.codec", "isle.errors", "isle.runtime", "isle.sched",
     "isle.interrupt", "isle.libs", "isle.proto", "isle.worker", "isle.handle", "isle.task",
     "isle.token", "isle.chunks", "isle.instrument", "isle.fnsource", "isle.loaders", "isle.wire",
-    "isle.combine", "isle.hub", "isle.luv" }
+    "isle.combine", "isle.hub", "isle.luv", "isle.state" }
 local function preload_modules()
     if C.isle_preload_count() > 0 then return end
     for _, name in ipairs(MODULES) do
@@ -341,6 +341,18 @@ function isle.hub()
     end
     return runtime.driver()
 end
+
+-- Shared states (lua-mtstates' model, docs/states.md): a state with no
+-- thread of its own whose callback any thread runs under its lock. The
+-- module loads on first use.
+local function shared_states()
+    local st = require("isle.state")
+    st.configure(preload_modules, function() return isle_path .. ";" .. package.path end)
+    return st
+end
+function isle.state(...) return shared_states().new(...) end
+function isle.state_ref(key) return shared_states().ref(key) end
+function isle.singleton(...) return shared_states().singleton(...) end
 
 isle.now = function() return C.isle_now() end
 isle.is_error = errors.is

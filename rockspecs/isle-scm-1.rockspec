@@ -65,6 +65,7 @@ build = {
       ["isle.proto"] = "lua/isle/proto.lua",
       ["isle.runtime"] = "lua/isle/runtime.lua",
       ["isle.sched"] = "lua/isle/sched.lua",
+      ["isle.state"] = "lua/isle/state.lua",
       ["isle.task"] = "lua/isle/task.lua",
       ["isle.token"] = "lua/isle/token.lua",
       ["isle.wire"] = "lua/isle/wire.lua",

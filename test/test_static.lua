@@ -23,15 +23,19 @@ function TestCdef:test_layout_and_constants_match_header()
         isle_done = { "next", "task", "mbox", "sig" },
         isle_sig = { "flag", "scratch" },
         isle_config = { "name", "capacity", "path", "cpath", "boot", "boot_len", "instrument" },
+        isle_state_io = { "args", "args_len", "results", "results_len" },
+        isle_state_out = { "data", "len", "cap" },
+        isle_state_config = { "name", "path", "cpath", "errbuf", "errcap" },
     }
     local consts = { "ISLE_OK", "ISLE_ETIMEOUT", "ISLE_EBUSY", "ISLE_ECLOSED", "ISLE_ENOMEM", "ISLE_EINVAL",
         "ISLE_ENOENT", "ISLE_TASK_QUEUED", "ISLE_TASK_RUNNING", "ISLE_TASK_DONE", "ISLE_TASK_FAILED",
         "ISLE_TASK_CANCELLED", "ISLE_TASK_CLOSED", "ISLE_CANCEL_NONE", "ISLE_CANCEL_USER",
-        "ISLE_CANCEL_TIMEOUT", "ISLE_INTR_CLEAR", "ISLE_INTR_ONCE", "ISLE_INTR_ALWAYS" }
+        "ISLE_CANCEL_TIMEOUT", "ISLE_INTR_CLEAR", "ISLE_INTR_ONCE", "ISLE_INTR_ALWAYS",
+        "ISLE_STATE_EREENTRY", "ISLE_STATE_EAMBIGUOUS" }
     local src = { "#include <stdio.h>\n#include <stddef.h>\n#include \"isle.h\"\nint main(void) {" }
     local expect = {}
     for s, fields in pairs(structs) do
-        local ty = s == "isle_config" and s or ("struct " .. s)
+        local ty = (s == "isle_config" or s:find("^isle_state_")) and s or ("struct " .. s)
         src[#src + 1] = ('printf("%s %%zu\\n", sizeof(%s));'):format(s, ty)
         expect[#expect + 1] = s .. " " .. ffi.sizeof(ty)
         for _, f in ipairs(fields) do
@@ -76,7 +80,7 @@ TestGlobals = {}
 -- isles spawned with libs = false.
 local BASE = {}
 for _, k in ipairs({ "assert", "error", "getmetatable", "ipairs", "load", "loadstring", "next",
-    "pairs", "pcall", "rawget", "rawset", "require", "select", "setmetatable", "tonumber",
+    "pairs", "pcall", "rawequal", "rawget", "rawset", "require", "select", "setmetatable", "tonumber",
     "tostring", "type", "unpack", "xpcall", "newproxy", "loadfile", "_G", "package", "coroutine" }) do BASE[k] = true end
 
 function TestGlobals:test_modules_neither_set_nor_need_globals()

@@ -141,6 +141,48 @@ int isle_is_closed(const isle *i);
 int isle_close_mode(const isle *i);
 int isle_live_count(void);
 int isle_fork_generation(void);
+typedef struct isle_state isle_state;
+enum { ISLE_STATE_EREENTRY = 20, ISLE_STATE_EAMBIGUOUS = 21 };
+typedef struct isle_state_io {
+    const char *args;
+    size_t args_len;
+    const char *results;
+    size_t results_len;
+} isle_state_io;
+typedef struct isle_state_out {
+    char *data;
+    size_t len;
+    size_t cap;
+} isle_state_out;
+typedef struct isle_state_config {
+    const char *name;
+    const char *path;
+    const char *cpath;
+    char *errbuf;
+    size_t errcap;
+} isle_state_config;
+isle_state *isle_state_new(const isle_state_config *cfg, int *err);
+isle_state *isle_state_singleton(const isle_state_config *cfg, double timeout, int *err, int *created);
+void isle_state_publish(isle_state *s);
+void isle_state_discard(isle_state *s);
+isle_state *isle_state_lookup(int64_t id, const char *name, int *err);
+void isle_state_retain(isle_state *s);
+void isle_state_release(isle_state *s);
+void isle_state_disown(isle_state *s);
+int64_t isle_state_id(const isle_state *s);
+const char *isle_state_name(const isle_state *s);
+int isle_state_is_closed(const isle_state *s);
+isle_sig *isle_state_sig(isle_state *s);
+int64_t isle_state_intr_id(isle_state *s);
+isle_state_io *isle_state_io_of(isle_state *s);
+int isle_state_call(isle_state *s, double timeout, const char *in, size_t in_len, isle_state_out *out);
+isle_task *isle_state_watch(isle_state *s, int *err);
+int isle_state_unwatch(isle_state *s, isle_task *t);
+int isle_state_close(isle_state *s);
+int isle_state_count(void);
+isle_state_out *isle_state_out_new(void);
+void isle_state_out_free(isle_state_out *o);
+
 int isle_preload_set(const char *name, const char *data, size_t len);
 int isle_preload_count(void);
 ]]

@@ -32,22 +32,7 @@ local worker = {}
 
 local isle_label = "isle"
 
--- Drops the frames of isle's own machinery from a traceback: everything from
--- the first frame of an isle module (precompiled ones show as [string
--- "isle.x"], source ones as .../isle/x.lua), with the xpcall just above it.
-local function cut_traceback(tb)
-    local lines, out = {}, {}
-    for line in tb:gmatch("[^\n]+") do lines[#lines + 1] = line end
-    for i = 1, #lines do
-        local l = lines[i]
-        if l:find('[string "isle.', 1, true) or l:find("/isle/[%w_]+%.lua:") then
-            if #out > 1 and out[#out]:find("^%s*%[C%]: in ") then out[#out] = nil end
-            break
-        end
-        out[#out + 1] = l
-    end
-    return table.concat(out, "\n")
-end
+local cut_traceback = errors.cut_traceback
 
 -- Message handler for xpcall: an error object with the isle-side traceback,
 -- cut where the worker's own frames begin. It runs no user code: a message
@@ -395,36 +380,6 @@ end
 
 -- Boot ------------------------------------------------------------------------
 
--- isle's own modules load from the preloaded bytecode (csrc/preload.c, the
--- searcher at package.loaders[2]); an interrupt must not land while one
--- loads, or the module would stay broken for every later require.
-local function guard_isle_modules()
-    local loaders, loaded = package.loaders, package.loaded
-    local blob = loaders[2]
-    local function finish(name, ok, ...)
-        if ok then
-            -- Registered before requests may land again: an error raised
-            -- between here and require's own bookkeeping must not leave
-            -- require's "loading" mark behind.
-            local v = ...
-            if v == nil then
-                v = loaded[name]
-                if type(v) == "userdata" then v = true end
-            end
-            loaded[name] = v
-        end
-        interrupt.loading(-1)
-        if not ok then error((...), 0) end
-        return ...
-    end
-    loaders[2] = function(name)
-        local loader = blob(name)
-        if type(loader) ~= "function" then return loader end
-        -- Counted from here: require calls the loader right after.
-        interrupt.loading(1)
-        return function(...) return finish(name, pcall(loader, ...)) end
-    end
-end
 local function run_init(rec)
     local spec = rec.spec
     local function init(...)
@@ -483,7 +438,7 @@ function worker.main(addr)
     interrupt.install_hook()
     interrupt.guard_coroutines(coroutine)
     flagp = interrupt.pointers()
-    guard_isle_modules()
+    interrupt.guard_modules(package)
 
     local dec, lenp = runtime.dec, runtime.lenp
     local boot = C.isle_boot(self_ptr, lenp)

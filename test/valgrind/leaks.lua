@@ -54,6 +54,30 @@ end
 assert(a:call("relay", "b") == true)
 -- A job still running with a live token when its isle closes with cancel.
 local t = b:with{ token = isle.token() }:spawn_call("nap", 600)
+-- Shared states: calls from this thread and from an isle (a job that waits
+-- for the lock while the other holds it, a tcall that gives up), errors,
+-- re-entry, a singleton, a state closed by its last owner's collection, and
+-- one still owned when this state closes.
+local s = isle.state("leaky", "local n = 0 return function(cmd, x) "
+    .. "if cmd == 'hold' then local t = require('isle').now() + x while require('isle').now() < t do end end "
+    .. "if cmd == 'fail' then error('no') end "
+    .. "if cmd == 'self' then return require('isle').state_ref('leaky'):call('inc') end "
+    .. "n = n + 1 return n end")
+for i = 1, 20 do assert(s:call("inc") == i) end
+assert(not pcall(s.call, s, "fail"))
+assert(not pcall(s.call, s, "self"))
+local holder = a:spawn_eval("return require('isle').state_ref('leaky'):call('hold', 0.3)")
+isle.sleep(0.05)
+assert(b:eval("return require('isle').state_ref('leaky'):tcall(0.01, 'inc')") == false)
+local waiter = b:spawn_eval("return require('isle').state_ref('leaky'):call('inc')")
+assert(holder:wait() == true and waiter:wait() == true)
+local one = isle.singleton("one", "return function() return 1 end")
+assert(isle.singleton("one", "return function() return 2 end"):call() == 1)
+one = nil
+isle.state("return function() end")
+collectgarbage()
+collectgarbage()
+KEPT = s
 a:close()
 b:close{ cancel = true }
 assert(t:wait() == false)
