@@ -1,30 +1,64 @@
-/* msg.c - byte messages: one allocation holding the header and the payload. */
+/* msg.c - byte messages: one allocation holding the header, the task
+ * references the payload carries and the payload.
+ *
+ * The references belong to the message, not to whoever reads it: a token
+ * written into a payload is only an index into `refs`, so a message freed
+ * unread (its mailbox released, a push that failed, a result nobody
+ * decoded) gives back every reference it was made with, and a reader that
+ * keeps a token takes a reference of its own. */
 #include "internal.h"
 
 #include <stdlib.h>
 #include <string.h>
 
-isle_msg *isle_msg_new(int32_t kind, isle_task *task, const char *data, size_t len)
+_Static_assert(sizeof(isle_msg) % _Alignof(isle_task *) == 0,
+               "the references that follow the header must be aligned");
+
+isle_msg *isle_msg_new_refs(int32_t kind, isle_task *task, const char *data, size_t len,
+                            isle_task *const *refs, size_t nrefs)
 {
-    if (len > SIZE_MAX - sizeof(isle_msg) - 1) return NULL;
-    isle_msg *m = malloc(sizeof(*m) + len + 1);
+    if (nrefs > ISLE_MSG_REFS_MAX) return NULL;
+    /* nrefs is bounded, so only `len` can overflow the size. */
+    size_t head = sizeof(isle_msg) + nrefs * sizeof(isle_task *);
+    if (len > SIZE_MAX - head - 1) return NULL;
+    isle_msg *m = malloc(head + len + 1);
     if (!m) return NULL;
     m->next = NULL;
     m->task = task;
     m->kind = kind;
     m->flags = 0;
     m->len = len;
-    m->data = (char *)(m + 1);
+    m->nrefs = nrefs;
+    m->refs = NULL;
+    m->data = (char *)m + head;
+    if (nrefs) {
+        /* Pointers right after the header keep their alignment: the header
+         * is a multiple of the pointer size. */
+        m->refs = (isle_task **)(m + 1);
+        for (size_t i = 0; i < nrefs; i++) {
+            m->refs[i] = refs[i];
+            isle_task_retain(refs[i]);
+        }
+    }
     if (len) memcpy(m->data, data, len);
     m->data[len] = '\0';
     if (task) isle_task_retain(task);
     return m;
 }
 
+isle_msg *isle_msg_new(int32_t kind, isle_task *task, const char *data, size_t len)
+{
+    return isle_msg_new_refs(kind, task, data, len, NULL, 0);
+}
+
 void isle_msg_free(isle_msg *m)
 {
     if (!m) return;
     isle_task_release(m->task);
+    /* A reference may be the last one of a token whose slot holds a result
+     * with references of its own: that frees in turn, never back into this
+     * message (only tokens are carried, and a token ends without a result). */
+    for (size_t i = 0; i < m->nrefs; i++) isle_task_release(m->refs[i]);
     free(m);
 }
 
