@@ -349,15 +349,34 @@ function TestCarriedTokens:test_a_token_among_the_values_of_a_message_never_run(
     end)
 end
 
-function TestCarriedTokens:test_a_message_left_in_the_mailbox_of_a_collected_isle()
-    -- Not even taken by the isle's loop: freed with its mailbox.
+function TestCarriedTokens:test_posts_still_queued_when_the_isle_closes()
+    -- Whether the closing loop takes them and frees them unread, or its
+    -- thread drains them from the mailbox.
     leaves_no_slot(function()
-        local b, gate, mem = gated_isle()
-        local mbox = C.isle_mbox_of(b.ptr)
-        for i = 1, 3 do b:post("inc", isle.token()) end
-        lu.assertTrue(C.isle_mbox_count(mbox) >= 1)
+        local b, gate = gated_isle()
+        for _ = 1, 3 do b:post("inc", isle.token()) end
+        lu.assertTrue(C.isle_mbox_count(C.isle_mbox_of(b.ptr)) >= 1)
         b:close{ cancel = true }
         gate:wait()
+    end)
+end
+
+function TestCarriedTokens:test_a_message_freed_with_its_mailbox()
+    -- The encoder's message pushed into a mailbox that is released with it
+    -- still queued (what happens to an isle's mailbox when the isle is freed).
+    local runtime, codec, wire = require("isle.runtime"), require("isle.codec"), require("isle.wire")
+    leaves_no_slot(function()
+        local mb = C.isle_mbox_new(4, 0)
+        local kept = isle.token()
+        for i = 1, 3 do
+            local enc = codec.reset(runtime.enc)
+            codec.put_values(enc, "args", 1, 3, isle.token(), { kept }, i)
+            local m = wire.new_msg(0, nil, enc)
+            lu.assertEquals(tonumber(m.nrefs), 2)
+            lu.assertEquals(codec.attached.n, 0) -- handed over: the encoder keeps nothing
+            lu.assertEquals(C.isle_mbox_push(mb, m, 0), C.ISLE_OK)
+        end
+        C.isle_mbox_release(mb)
     end)
 end
 
