@@ -5,9 +5,9 @@
  * The core moves bytes, the task references they carry (isle_msg.refs: a
  * token sent as a value) and flags. It never serializes a Lua value and
  * never touches a Lua state it did not create; the Lua API (lua/isle.lua)
- * does the rest through the FFI. ffi/isle/cdef.lua mirrors this header declaration by
- * declaration (test/test_static.lua checks sizes, offsets and values against
- * it, and that every function here is declared there).
+ * does the rest through the FFI. ffi/isle/cdef.lua mirrors this header
+ * declaration by declaration (test/test_static.lua checks sizes, offsets
+ * and values against it, and that every function here is declared there).
  *
  * Verbs: `_new` makes an object holding one reference; `_retain` adds one
  * and `_release` drops one (the last frees the object; every `_release`
