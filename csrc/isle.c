@@ -21,8 +21,7 @@ struct isle {
     int64_t id;
     char *name;
     char *path, *cpath;
-    char *boot;
-    size_t boot_len;
+    isle_msg *boot;           /* the boot bytes and the references they carry */
     isle_mbox *mbox;
     isle_sig *sig;
     isle_task *init;
@@ -65,7 +64,7 @@ static void isle_free(isle *i)
     free(i->name);
     free(i->path);
     free(i->cpath);
-    free(i->boot);
+    isle_msg_free(i->boot);
     free(i);
 }
 
@@ -88,11 +87,7 @@ int isle_is_closed(const isle *i) { return atomic_load(&i->closing); }
 int isle_close_mode(const isle *i) { return atomic_load(&i->close_mode); }
 int isle_live_count(void) { return atomic_load(&live_threads); }
 
-const char *isle_boot(isle *i, size_t *len)
-{
-    *len = i->boot_len;
-    return i->boot;
-}
+const isle_msg *isle_boot(isle *i) { return i->boot; }
 
 /* Bootstrap failures are reported as raw text, tagged ISLE_WIRE_CORE so the
  * Lua side can tell them from results its own encoder wrote. */
@@ -254,6 +249,10 @@ static char *dup_or_empty(const char *s) { return strdup(s ? s : ""); }
 
 isle *isle_spawn(const isle_config *cfg, int *err)
 {
+    if (cfg->boot_nrefs > ISLE_MSG_REFS_MAX) {
+        *err = ISLE_EINVAL;
+        return NULL;
+    }
     *err = ISLE_ENOMEM;
     pthread_once(&pin_once, pin_library);
     isle *i = calloc(1, sizeof(*i));
@@ -268,15 +267,16 @@ isle *isle_spawn(const isle_config *cfg, int *err)
     i->path = dup_or_empty(cfg->path);
     i->cpath = dup_or_empty(cfg->cpath);
     i->name = cfg->name && cfg->name[0] ? strdup(cfg->name) : NULL;
-    i->boot = malloc(cfg->boot_len ? cfg->boot_len : 1);
+    /* A message, so that the references its tokens need go with it: the
+     * worker reads them, and they are let go when the isle is freed, even if
+     * its thread never got to decode them. */
+    i->boot = isle_msg_new_refs(0, NULL, cfg->boot, cfg->boot_len, cfg->boot_refs, cfg->boot_nrefs);
     i->mbox = isle_mbox_new(cfg->capacity ? cfg->capacity : 1024, 0);
     i->sig = isle_sig_new();
     i->init = isle_task_new();
     if (!i->path || !i->cpath || (cfg->name && cfg->name[0] && !i->name) || !i->boot
         || !i->mbox || !i->sig || !i->init)
         goto fail;
-    if (cfg->boot_len) memcpy(i->boot, cfg->boot, cfg->boot_len);
-    i->boot_len = cfg->boot_len;
     i->instrument = cfg->instrument;
     isle_sig_attach_mbox(i->sig, i->mbox);
     i->intr = isle_intr_new(i->sig);

@@ -2,11 +2,12 @@
  * isle.h - the C core of isle: threads, bounded mailboxes of byte messages,
  * one-shot completion slots, interrupt flags and Lua state bootstrap.
  *
- * The core moves bytes and flags. It never serializes a Lua value and never
- * touches a Lua state it did not create; the Lua API (lua/isle.lua) does the
- * rest through the FFI. ffi/isle/cdef.lua mirrors this header declaration by
- * declaration (test/test_static.lua checks sizes, offsets and values against
- * it, and that every function here is declared there).
+ * The core moves bytes, the task references they carry (isle_msg.refs: a
+ * token sent as a value) and flags. It never serializes a Lua value and
+ * never touches a Lua state it did not create; the Lua API (lua/isle.lua)
+ * does the rest through the FFI. ffi/isle/cdef.lua mirrors this header
+ * declaration by declaration (test/test_static.lua checks sizes, offsets
+ * and values against it, and that every function here is declared there).
  *
  * Verbs: `_new` makes an object holding one reference; `_retain` adds one
  * and `_release` drops one (the last frees the object; every `_release`
@@ -87,15 +88,25 @@ typedef struct isle_sig isle_sig;
 typedef struct isle isle;
 typedef struct isle_done isle_done;
 
-/* A message: header and payload in one allocation. The payload is opaque. */
+/* A message: header, carried references and payload in one allocation.
+ * The payload is opaque. `refs` are the task slots the payload names by
+ * index (a token sent as a value travels as its index here, never as an
+ * address): the message holds one reference to each, so whoever frees the
+ * message, read or not, lets go of them, and a reader takes references of
+ * its own. Task results are messages too (isle_task_result_msg). */
 struct isle_msg {
     isle_msg *next;   /* intrusive link while queued or in a taken batch */
     isle_task *task;  /* completion slot, or NULL for one-way messages */
     int32_t kind;     /* meaning is the sender's and receiver's business */
     int32_t flags;
     size_t len;
-    char *data;       /* points just past the header */
+    char *data;       /* points just past the header and `refs` */
+    size_t nrefs;
+    isle_task **refs; /* nrefs retained slots, just past the header; NULL when none */
 };
+
+/* The most references one message (or result, or boot) may carry. */
+enum { ISLE_MSG_REFS_MAX = 65536 };
 
 /* A completion notice: `task` ended and its subscriber `mbox` is told.
  * Holds a reference to the task until freed with isle_done_free_list. */
@@ -126,7 +137,12 @@ double isle_get_spin(void);
 /* ---- messages ---------------------------------------------------------- */
 /* Copies `len` bytes of `data`; retains `task` if not NULL. NULL on ENOMEM. */
 isle_msg *isle_msg_new(int32_t kind, isle_task *task, const char *data, size_t len);
-void isle_msg_free(isle_msg *m);          /* accepts NULL; releases the task */
+/* The same, carrying `refs[0..nrefs)` (none NULL; one may appear twice):
+ * each is retained, in the same allocation. NULL on ENOMEM or when nrefs >
+ * ISLE_MSG_REFS_MAX, having retained nothing. */
+isle_msg *isle_msg_new_refs(int32_t kind, isle_task *task, const char *data, size_t len,
+                            isle_task *const *refs, size_t nrefs);
+void isle_msg_free(isle_msg *m);          /* accepts NULL; releases the task and the refs */
 void isle_msg_free_list(isle_msg *head);  /* frees a taken batch */
 
 /* ---- completion slots ---------------------------------------------------- */
@@ -141,11 +157,21 @@ int isle_task_state(const isle_task *t);
  * or already runs): the runner must then skip it. */
 int isle_task_start(isle_task *t, isle_sig *sig, const char *label);
 /* First completion wins (returns 1), later ones return 0. Copies the bytes.
- * A task that never started may complete straight from QUEUED. */
+ * A task that never started may complete straight from QUEUED. If the copy
+ * cannot be made the task still ends, FAILED with no result. */
 int isle_task_complete(isle_task *t, int state, const char *data, size_t len);
+/* The same with references carried by the result, as isle_msg_new_refs:
+ * retained by the result (only if this completion wins) and released when
+ * the slot is freed, whether or not anyone reads the result. */
+int isle_task_complete_refs(isle_task *t, int state, const char *data, size_t len,
+                            isle_task *const *refs, size_t nrefs);
 /* 1 when the task has ended, 0 on timeout (timeout < 0 waits forever). */
 int isle_task_wait(isle_task *t, double timeout);
+/* The result of an ended task: its bytes (NULL and 0 when it has none or
+ * has not ended), or the whole result message with its references (NULL
+ * likewise). Both stay valid as long as the caller holds the task. */
 const char *isle_task_result(isle_task *t, size_t *len);
+const isle_msg *isle_task_result_msg(isle_task *t);
 /* Ask to be told through `mb` (isle_mbox_wait's `done` list) when `t` ends;
  * any number of mailboxes may subscribe. Returns 0 if it has already ended
  * (nothing will be posted), 1 if subscribed, -1 on ENOMEM. */
@@ -172,6 +198,10 @@ int isle_task_cancelled(const isle_task *t);  /* ISLE_CANCEL_* reason, 0 if none
  * it has ended by then. A watchdog thread does it, started on first use and
  * gone again when it has nothing to watch. ISLE_ENOMEM on failure. */
 int isle_task_expire_at(isle_task *t, double deadline);
+/* Task slots allocated and not yet freed in this process (tokens included):
+ * a leak check for the tests (docs/testing.md). A forked child starts with
+ * its parent's count. */
+int isle_task_live_count(void);
 
 /* ---- mailboxes ------------------------------------------------------------- */
 /* A bounded multi-producer queue of messages plus an unbounded list of
@@ -263,11 +293,14 @@ typedef struct isle_config {
     const char *cpath;      /* package.cpath */
     const char *boot;       /* opaque bytes handed to the worker */
     size_t boot_len;
+    isle_task *const *boot_refs; /* references carried with them (isle_msg_new_refs) */
+    size_t boot_nrefs;
     int instrument;         /* senders insert checkpoints into eval chunks */
 } isle_config;
 
 /* Starts the thread. The returned handle holds one reference (the owner's).
- * NULL on failure with *err set (ISLE_ENOMEM, ISLE_EINVAL for a name in use). */
+ * NULL on failure with *err set (ISLE_ENOMEM, ISLE_EINVAL for a name in use
+ * or too many boot_refs), holding none of boot_refs. */
 isle *isle_spawn(const isle_config *cfg, int *err);
 void isle_retain(isle *i);
 void isle_release(isle *i);           /* accepts NULL */
@@ -275,7 +308,8 @@ int64_t isle_id(const isle *i);
 const char *isle_name(const isle *i); /* "" when unnamed */
 isle_mbox *isle_mbox_of(isle *i);
 isle_sig *isle_sig_of(isle *i);
-const char *isle_boot(isle *i, size_t *len);
+/* cfg->boot and cfg->boot_refs as a message, kept until the isle is freed. */
+const isle_msg *isle_boot(isle *i);
 isle_task *isle_init_task(isle *i);   /* ends when init ran (or failed) */
 int64_t isle_state_intr(isle *i);     /* the interrupt id of the isle's state */
 int isle_instrument(const isle *i);   /* isle_config.instrument */

@@ -17,6 +17,7 @@ local libs = require("isle.libs")
 local interrupt = require("isle.interrupt")
 local token = require("isle.token")
 local chunks = require("isle.chunks")
+local wire = require("isle.wire")
 local table = require("table")
 
 local C = runtime.C
@@ -132,23 +133,27 @@ function isle.spawn(opts)
     end
 
     preload_modules()
-    local enc = runtime.enc
-    enc:reset()
+    local enc = codec.reset(runtime.enc)
     enc:encode(spec)
     local nargs = args and (args.n or #args) or 0
     local ok, e = pcall(codec.put_values, enc, "args", 1, nargs, unpack(args or {}, 1, nargs))
     if not ok then
-        enc:reset()
+        codec.reset(enc)
         error(errors.from_codec(e) or e, 2)
     end
     local boot, boot_len = enc:ref()
+    -- Tokens among the arguments travel with the boot bytes (isle.wire):
+    -- the isle holds them from here, until it is freed.
+    local nrefs, refs = wire.refs()
     local cfg = ffi.new("isle_config", {
         name = name, capacity = capacity,
         path = isle_path .. ";" .. package.path, cpath = package.cpath,
-        boot = boot, boot_len = boot_len, instrument = opts.instrument == false and 0 or 1,
+        boot = boot, boot_len = boot_len, boot_refs = refs, boot_nrefs = nrefs,
+        instrument = opts.instrument == false and 0 or 1,
     })
     local errp = ffi.new("int[1]")
     local p = C.isle_spawn(cfg, errp)
+    codec.reset(enc) -- the isle, if any, took its references
     if p == nil then
         if errp[0] == C.ISLE_EINVAL then
             error("isle.spawn: the name '" .. name .. "' is in use by a live isle", 2)

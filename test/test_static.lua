@@ -19,10 +19,11 @@ TestCdef = {}
 -- Like ljsyscall's test: a C program prints what the compiler sees.
 function TestCdef:test_layout_and_constants_match_header()
     local structs = {
-        isle_msg = { "next", "task", "kind", "flags", "len", "data" },
+        isle_msg = { "next", "task", "kind", "flags", "len", "data", "nrefs", "refs" },
         isle_done = { "next", "task", "mbox", "sig" },
         isle_sig = { "flag", "scratch" },
-        isle_config = { "name", "capacity", "path", "cpath", "boot", "boot_len", "instrument" },
+        isle_config = { "name", "capacity", "path", "cpath", "boot", "boot_len", "boot_refs", "boot_nrefs",
+            "instrument" },
         isle_state_io = { "args", "args_len", "results", "results_len" },
         isle_state_out = { "data", "len", "cap" },
         isle_state_config = { "name", "path", "cpath", "errbuf", "errcap" },
@@ -30,7 +31,8 @@ function TestCdef:test_layout_and_constants_match_header()
     local consts = { "ISLE_OK", "ISLE_ETIMEOUT", "ISLE_EBUSY", "ISLE_ECLOSED", "ISLE_ENOMEM", "ISLE_EINVAL",
         "ISLE_ENOENT", "ISLE_TASK_QUEUED", "ISLE_TASK_RUNNING", "ISLE_TASK_DONE", "ISLE_TASK_FAILED",
         "ISLE_TASK_CANCELLED", "ISLE_TASK_CLOSED", "ISLE_CANCEL_NONE", "ISLE_CANCEL_USER",
-        "ISLE_CANCEL_TIMEOUT", "ISLE_INTR_CLEAR", "ISLE_INTR_ONCE", "ISLE_INTR_ALWAYS",
+        "ISLE_CANCEL_TIMEOUT", "ISLE_INTR_CLEAR", "ISLE_INTR_ONCE", "ISLE_INTR_ALWAYS", "ISLE_MSG_REFS_MAX",
+        "ISLE_WIRE_VALUES", "ISLE_WIRE_FUNCS", "ISLE_WIRE_ERROR", "ISLE_WIRE_CORE", "ISLE_LABEL_MAX",
         "ISLE_STATE_EREENTRY", "ISLE_STATE_EAMBIGUOUS" }
     local src = { "#include <stdio.h>\n#include <stddef.h>\n#include \"isle.h\"\nint main(void) {" }
     local expect = {}
@@ -58,6 +60,11 @@ function TestCdef:test_layout_and_constants_match_header()
     os.remove(exe)
     lu.assertTrue(ok, out)
     lu.assertEquals(out, table.concat(expect, "\n") .. "\n")
+end
+
+function TestCdef:test_the_codec_bound_on_tokens_is_the_cores()
+    -- The encoder refuses what isle_msg_new_refs would refuse, with a path.
+    lu.assertEquals(require("isle.codec").MAX_ATTACHED, require("isle.cdef").C.ISLE_MSG_REFS_MAX)
 end
 
 function TestCdef:test_every_header_function_is_declared()

@@ -35,7 +35,10 @@ struct isle_msg {
     int32_t flags;
     size_t len;
     char *data;
+    size_t nrefs;
+    isle_task **refs;
 };
+enum { ISLE_MSG_REFS_MAX = 65536 };
 struct isle_done {
     isle_done *next;
     isle_task *task;
@@ -52,6 +55,8 @@ void isle_set_spin(double seconds);
 double isle_get_spin(void);
 
 isle_msg *isle_msg_new(int32_t kind, isle_task *task, const char *data, size_t len);
+isle_msg *isle_msg_new_refs(int32_t kind, isle_task *task, const char *data, size_t len,
+                            isle_task *const *refs, size_t nrefs);
 void isle_msg_free(isle_msg *m);
 void isle_msg_free_list(isle_msg *head);
 
@@ -61,8 +66,11 @@ void isle_task_release(isle_task *t);
 int isle_task_state(const isle_task *t);
 int isle_task_start(isle_task *t, isle_sig *sig, const char *label);
 int isle_task_complete(isle_task *t, int state, const char *data, size_t len);
+int isle_task_complete_refs(isle_task *t, int state, const char *data, size_t len,
+                            isle_task *const *refs, size_t nrefs);
 int isle_task_wait(isle_task *t, double timeout);
 const char *isle_task_result(isle_task *t, size_t *len);
+const isle_msg *isle_task_result_msg(isle_task *t);
 int isle_task_subscribe(isle_task *t, isle_mbox *mb);
 int isle_task_watch(isle_task *t, isle_mbox *mb, isle_sig *sig);
 int isle_task_unwatch(isle_task *t, isle_mbox *mb, isle_sig *sig);
@@ -72,6 +80,7 @@ int isle_task_cancel(isle_task *t);
 int isle_task_cancel_reason(isle_task *t, int reason);
 int isle_task_cancelled(const isle_task *t);
 int isle_task_expire_at(isle_task *t, double deadline);
+int isle_task_live_count(void);
 
 isle_mbox *isle_mbox_new(size_t capacity, int with_fd);
 void isle_mbox_release(isle_mbox *mb);
@@ -116,6 +125,8 @@ typedef struct isle_config {
     const char *cpath;
     const char *boot;
     size_t boot_len;
+    isle_task *const *boot_refs;
+    size_t boot_nrefs;
     int instrument;
 } isle_config;
 
@@ -126,7 +137,7 @@ int64_t isle_id(const isle *i);
 const char *isle_name(const isle *i);
 isle_mbox *isle_mbox_of(isle *i);
 isle_sig *isle_sig_of(isle *i);
-const char *isle_boot(isle *i, size_t *len);
+const isle_msg *isle_boot(isle *i);
 isle_task *isle_init_task(isle *i);
 int64_t isle_state_intr(isle *i);
 int isle_instrument(const isle *i);

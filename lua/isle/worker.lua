@@ -25,6 +25,7 @@ local traceback = debug.traceback
 local EVAL, EXEC, POST, F_OPTIONS, F_WRAPPED = proto.EVAL, proto.EXEC, proto.POST, proto.F_OPTIONS, proto.F_WRAPPED
 local ISLE_OK = C.ISLE_OK
 local ISLE_TASK_DONE, ISLE_TASK_FAILED, ISLE_TASK_CLOSED = C.ISLE_TASK_DONE, C.ISLE_TASK_FAILED, C.ISLE_TASK_CLOSED
+local attached, isle_task_complete = wire.attached, C.isle_task_complete
 
 local worker = {}
 
@@ -130,8 +131,12 @@ local function complete(rec, ok, ...)
         state = wire.error_state(e)
     end
     let_go(rec)
-    local p, len = enc:ref()
-    C.isle_task_complete(t, state, p, len)
+    if attached.n == 0 then -- no token to carry: inline (isle.wire)
+        local p, len = enc:ref()
+        isle_task_complete(t, state, p, len)
+    else
+        wire.complete(t, state, enc)
+    end
     if not rec.borrowed then C.isle_task_release(t) end
 end
 
@@ -263,7 +268,7 @@ local function call_post(name, ...)
 end
 
 local function run_post(runner, m, name, n, ...)
-    C.isle_msg_free(m)
+    C.isle_msg_free(m) -- decoded tokens hold references of their own
     local ok, e = xpcall(call_post, on_error, name, ...)
     if not ok then report(e) end
 end
@@ -335,17 +340,17 @@ local function run_message(s, runner, m)
         -- A plain post: no task, no options; the runner's own record serves.
         runner.stop = nil -- stops and interrupts are per message
         s:enter(runner)
-        return run_post(runner, m, target, codec.get_values(dec))
+        return run_post(runner, m, target, codec.get_values(dec, m))
     end
     local rec = { task = t, kind = m.kind, target = target, co = runner.co,
                   wrapped = band(flags, F_WRAPPED) ~= 0 }
     if band(flags, F_OPTIONS) ~= 0 then -- { target, options } from h:with{...}
-        local o = codec.restore(target[2])
+        local o = codec.restore(target[2], m)
         rec.target = target[1]
         if o.token then rec.token = o.token.ptr; rec.token_ref = o.token end
     end
     s:enter(rec)
-    start(rec, m, codec.get_values(dec))
+    start(rec, m, codec.get_values(dec, m))
     s:enter(runner)
 end
 
@@ -440,11 +445,11 @@ function worker.main(addr)
     flagp = interrupt.pointers()
     interrupt.guard_modules(package)
 
-    local dec, lenp = runtime.dec, runtime.lenp
-    local boot = C.isle_boot(self_ptr, lenp)
-    dec:set(boot, lenp[0])
+    local dec = runtime.dec
+    local boot = C.isle_boot(self_ptr) -- kept by the isle, with its references
+    dec:set(boot.data, boot.len)
     local spec = dec:decode()
-    local args = pack(select(2, codec.get_values(dec)))
+    local args = pack(select(2, codec.get_values(dec, boot)))
     if spec.instrument_loads then require("isle.loaders").install(_G) end
     libs.apply(spec.libs, _G)
 
