@@ -185,6 +185,15 @@ local function wrap(p, owner)
     return setmetatable({ ptr = p, owner = owner, gen = generation() }, State)
 end
 
+-- Values that travel as references (tokens) need a carrier the core frees
+-- (an isle message or result); a state call's bytes have none, so they are
+-- refused: a `value` error naming where, instead of a leaked reference.
+local attached = codec.attached
+local function refs_error(where)
+    codec.drop_attached()
+    return errors.new("value", where .. ": tokens cannot cross into or out of a shared state (pass them to isles)")
+end
+
 -- Encodes the call's arguments into e.enc; a bad one raises a `value` error
 -- naming it, before anything runs.
 local function put_args(e, level, n, ...)
@@ -192,6 +201,7 @@ local function put_args(e, level, n, ...)
     enc:reset()
     if put_fast(enc, n, ...) then return end
     local ok, err = pcall(codec.put_values, enc, "args", 1, n, ...)
+    if ok and attached.n > 0 then ok, err = false, refs_error("args") end
     if not ok then
         enc:reset()
         give(e)
@@ -448,6 +458,7 @@ local function put_setup(e, fname, opts, setup, ...)
     enc:encode(spec)
     local n = select("#", ...)
     local ok, err = pcall(codec.put_values, enc, "args", 1, n, ...)
+    if ok and attached.n > 0 then ok, err = false, refs_error("setup args") end
     if not ok then
         enc:reset()
         give(e)
@@ -651,6 +662,7 @@ local function put_error(e)
         end
     end
     wire.put_error(out_enc, e)
+    if attached.n > 0 then wire.put_error(out_enc, refs_error("the error value")) end
 end
 
 local function set_results()
@@ -669,6 +681,7 @@ local function put_results(...)
         put_error(interrupt.stop_error("interrupted"))
     else
         local encoded, err = wire.put_results(out_enc, select("#", ...), ...)
+        if encoded and attached.n > 0 then encoded, err = false, refs_error("results") end
         if not encoded then put_error(err) end
     end
     return true
@@ -720,6 +733,7 @@ local function finish_setup(ok, ...)
         out_enc:reset()
         local n = select("#", ...) - 1
         local enc_ok, err = pcall(codec.put_values, out_enc, "results", 2, n, select(2, ...))
+        if enc_ok and attached.n > 0 then enc_ok, err = false, refs_error("setup results") end
         if not enc_ok then put_error(errors.from_codec(err) or errors.new("value", tostring(err))) end
     else
         put_error(cb)
