@@ -224,7 +224,7 @@ static uint64_t mix64(uint64_t h)
 
 static uint64_t key_hash(const ihost_value *k)
 {
-    if (k->type == IHOST_TBOOLEAN) return (uint64_t)k->v.boolean + 1;
+    if (k->type == IHOST_TBOOLEAN) return (uint64_t)(k->v.boolean != 0) + 1;
     if (k->type == IHOST_TNUMBER) {
         double d = k->v.number == 0 ? 0.0 : k->v.number; /* -0.0 is 0 */
         uint64_t bits;
@@ -241,7 +241,7 @@ static int key_eq(const ihost_value *a, const ihost_value *b)
 {
     if (a->type != b->type) return 0;
     switch (a->type) {
-    case IHOST_TBOOLEAN: return a->v.boolean == b->v.boolean;
+    case IHOST_TBOOLEAN: return (a->v.boolean != 0) == (b->v.boolean != 0);
     case IHOST_TNUMBER: return a->v.number == b->v.number;
     case IHOST_TSTRING:
         return a->v.str.len == b->v.str.len
@@ -413,6 +413,7 @@ static int valid_value(const ihost_value *v)
 static int copy_value(const ihost_value *v, ihost_value *out)
 {
     *out = *v;
+    if (v->type == IHOST_TBOOLEAN) out->v.boolean = v->v.boolean != 0;
     if (v->type != IHOST_TSTRING) return IHOST_OK;
     char *s = malloc(v->v.str.len + 1);
     if (!s) return IHOST_EMEMORY;

@@ -49,6 +49,7 @@ static const char INIT[] =
     "  inner()\n"
     "end\n"
     "function fail_table() error({ code = 42, why = 'a table', f = function() end }) end\n"
+    "function fail_code() error(require('isle.errors').new('newfangled', 'a code C does not know')) end\n"
     "counter = 0\n"
     "function bump(n) counter = counter + (n or 1) end\n"
     "function get() return counter end\n"
@@ -439,6 +440,12 @@ static void test_runtime_errors(void)
     CHECK_EQ(ihost_table_getfield(ev.v.table, "f").type, IHOST_TNIL);
     ihost_error_free(e);
 
+    /* A code this header does not know: kept as sent, read as runtime. */
+    e = call_fails(h, "fail_code", NULL, 0, 30, IHOST_ERUNTIME);
+    CHECK(strcmp(ihost_error_code(e), "newfangled") == 0);
+    CHECK(strcmp(ihost_error_message(e), "a code C does not know") == 0);
+    ihost_error_free(e);
+
     e = call_fails(h, "no_such_function", NULL, 0, 30, IHOST_ERUNTIME);
     CHECK(strstr(ihost_error_message(e), "no function 'no_such_function'") != NULL);
     ihost_error_free(e);
@@ -665,6 +672,12 @@ static void test_cancel_compiled_loop(void)
     wait_running(t);
     ihost_task_cancel(t);
     expect_task_error(t, IHOST_ECANCELLED);
+    ihost_task_free(t);
+    /* An interrupt of the isle's state (isle.h, through ihost_core). */
+    CHECK_EQ(ihost_spawn_call(h, "spin", NULL, 0, -1, &t, NULL), IHOST_OK);
+    wait_running(t);
+    CHECK_EQ(isle_intr_set(isle_state_intr(ihost_core(h)), ISLE_INTR_ONCE), ISLE_OK);
+    expect_task_error(t, IHOST_EINTERRUPTED);
     ihost_task_free(t);
     /* A queued task ends at once. */
     ihost_task *first = NULL;
