@@ -1276,12 +1276,18 @@ static int task_outcome(isle_task *t, ihost_results **results, ihost_error **err
 
 /* ---- set-up: where the isle finds isle's Lua modules ------------------------------ */
 
+/* This library's file as the dynamic loader knows it ("" if unknown). */
+static const char *library_file(void)
+{
+    Dl_info info;
+    return dladdr((void *)ihost_spawn, &info) && info.dli_fname ? info.dli_fname : "";
+}
+
 /* The directory of this library, for the default paths: a checkout has
  * build/libisle.so next to lua/ and ffi/. */
 static char *library_dir(void)
 {
-    Dl_info info;
-    const char *file = dladdr((void *)ihost_spawn, &info) && info.dli_fname ? info.dli_fname : "";
+    const char *file = library_file();
     const char *slash = strrchr(file, '/');
     size_t n = slash ? (size_t)(slash - file) : 1;
     char *dir = malloc(n + 1);
@@ -1359,6 +1365,12 @@ static int preload(const char *path, const char *cpath, ihost_error **err)
             lua_pushstring(L, cpath);
             lua_setfield(L, -2, "cpath");
             lua_pop(L, 1);
+            /* The FFI side loads this very copy, as in an isle (isle.c). */
+            const char *file = library_file();
+            if (file[0]) {
+                lua_pushstring(L, file);
+                lua_setfield(L, LUA_REGISTRYINDEX, "isle.library");
+            }
             if (luaL_loadstring(L, "require('isle')._preload()") || lua_pcall(L, 0, 0, 0)) {
                 const char *msg = lua_tostring(L, -1);
                 rc = fail(err, IHOST_ERUNTIME,

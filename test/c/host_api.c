@@ -9,8 +9,9 @@
  *
  * Not one of the test_*.c (those build from the core's sources alone):
  * isles are LuaJIT states, so this links build/libisle-failalloc.so (the
- * library with the failing allocator, as spawn_alloc.c does) and needs
- * LUA_PATH as the Makefile exports it. `make test-chost` runs it plain and
+ * library with the failing allocator, as spawn_alloc.c does; the isles load
+ * that same copy by themselves) and needs LUA_PATH as the Makefile exports
+ * it. `make test-chost` runs it plain and
  * under AddressSanitizer.
  */
 #define CHECK_TIMEOUT 300
@@ -1298,13 +1299,18 @@ static const char *library_path(void)
 
 int main(void)
 {
-    /* The isles' Lua side must load this very copy of the library. */
-    CHECK_EQ(setenv("ISLE_LIB", library_path(), 1), 0);
+    /* No ISLE_LIB: the isles (and the scratch state that precompiles
+     * isle's modules) must find this copy of the library by themselves,
+     * though build/libisle.so is on the default cpath too. */
+    CHECK(strstr(library_path(), "libisle-failalloc.so") != NULL);
+    CHECK_EQ(unsetenv("ISLE_LIB"), 0);
+    CHECK_EQ(isle_preload_count(), 0);
     ihost_options o = {0};
     ihost_value args[2] = {ihost_number(1), ihost_number(2)};
     o.args = args;
     o.nargs = 2;
     test_isle = spawn_ok(INIT, &o);
+    CHECK(isle_preload_count() > 10); /* isle's modules, registered in this copy */
 
     RUN(test_scalars_round_trip);
     RUN(test_tables_round_trip);
