@@ -15,6 +15,9 @@ ROOT := $(abspath .)
 BUILD := build
 SRCS := csrc/clock.c csrc/msg.c csrc/task.c csrc/mbox.c csrc/sig.c csrc/watchdog.c csrc/fork.c csrc/notify.c csrc/preload.c csrc/isle.c csrc/state.c
 HDRS := csrc/isle.h csrc/internal.h
+# The C hosts' API (csrc/isle_host.h, docs/c-api.md): part of libisle.so.
+SRCS += csrc/host.c
+HDRS += csrc/isle_host.h
 CORE_SRCS := csrc/clock.c csrc/msg.c csrc/task.c csrc/mbox.c csrc/sig.c csrc/watchdog.c csrc/fork.c csrc/notify.c
 CTESTS := $(patsubst test/c/%.c,%,$(wildcard test/c/test_*.c))
 # Test builds route the core's allocations through test/c/failalloc.c, which
@@ -257,13 +260,14 @@ install: all
 	@$(foreach m,$(ISLE_MODULES),$(INSTALL) -m 644 $(call module_src,$(m)) $(call module_dst,$(m)) && ) true
 	$(INSTALL) -m 755 $(BUILD)/libisle.so $(DESTDIR)$(LIBDIR)/libisle.so
 	$(INSTALL) -m 644 csrc/isle.h $(DESTDIR)$(INCDIR)/isle.h
+	$(INSTALL) -m 644 csrc/isle_host.h $(DESTDIR)$(INCDIR)/isle_host.h
 	[ -z '$(PKGCONFIGDIR)' ] || printf '%s\n' 'prefix=$(PREFIX)' 'libdir=$(LIBDIR)' 'includedir=$(INCDIR)' '' 'Name: isle' \
 	  'Description: isolated LuaJIT states on their own OS threads (the C core)' 'Version: $(VERSION)' \
 	  'Libs: -L$${libdir} -lisle' 'Cflags: -I$${includedir}' > $(DESTDIR)$(PKGCONFIGDIR)/isle.pc
 
 uninstall:
 	rm -f $(foreach m,$(ISLE_MODULES),$(call module_dst,$(m))) $(DESTDIR)$(LIBDIR)/libisle.so \
-	  $(DESTDIR)$(INCDIR)/isle.h $(if $(PKGCONFIGDIR),$(DESTDIR)$(PKGCONFIGDIR)/isle.pc)
+	  $(DESTDIR)$(INCDIR)/isle.h $(DESTDIR)$(INCDIR)/isle_host.h $(if $(PKGCONFIGDIR),$(DESTDIR)$(PKGCONFIGDIR)/isle.pc)
 	[ ! -d $(DESTDIR)$(LUADIR)/isle ] || rmdir --ignore-fail-on-non-empty $(DESTDIR)$(LUADIR)/isle
 
 # The release tarball: the sources, docs, examples, tests and the rockspec,
@@ -325,3 +329,34 @@ test: test-nginx
 # `timeout` is the backstop. BENCH_NGINX_ARGS: --quick, --reps N.
 bench-nginx: all nginx-deps
 	ISLE_ROOT=$(ROOT) timeout -k 10 1800 $(LUAJIT) bench/nginx.lua $(BENCH_NGINX_ARGS)
+
+# The C hosts' API (csrc/isle_host.h, docs/c-api.md): test/c/host_api.c plain
+# and under AddressSanitizer, linked like spawn_alloc to the library with
+# the failing allocator (its allocation sweeps); and examples/c-host built
+# against build/libisle.so and run under valgrind, as a user would build it.
+.PHONY: test-chost example-c-host
+HOST_TEST_DEPS := test/c/host_api.c test/c/alloc_sweep.h test/c/check.h csrc/isle_host.h
+$(BUILD)/host_api: $(HOST_TEST_DEPS) $(BUILD)/libisle-failalloc.so
+	$(CC) $(CFLAGS) $(WARN) -pthread -Icsrc -Itest/c -o $@ $< \
+	  -L$(BUILD) -lisle-failalloc -Wl,-rpath,$(ROOT)/$(BUILD) -ldl -lm
+$(BUILD)/host_api-asan: $(HOST_TEST_DEPS) $(BUILD)/asan/libisle-failalloc.so
+	$(CC) $(ALLOC_ASAN) $(WARN) -pthread -Icsrc -Itest/c -o $@ $< \
+	  -L$(BUILD)/asan -lisle-failalloc -Wl,-rpath,$(ROOT)/$(BUILD)/asan -ldl -lm
+$(BUILD)/c-host: examples/c-host/main.c csrc/isle_host.h $(BUILD)/libisle.so
+	$(CC) $(CFLAGS) $(WARN) -Icsrc -o $@ $< -L$(BUILD) -lisle -Wl,-rpath,$(ROOT)/$(BUILD) -lm
+example-c-host: $(BUILD)/c-host
+	@echo "== examples/c-host under valgrind"
+	timeout 300 valgrind -q --error-exitcode=9 --leak-check=full --show-leak-kinds=definite --errors-for-leak-kinds=definite \
+	  --smc-check=all-non-file $(BUILD)/c-host
+test-chost: $(BUILD)/host_api $(BUILD)/host_api-asan example-c-host
+	@t=host_api; echo "== C $$t"; $(C_RUN) $(BUILD)/$$t; rc=$$?; [ $$rc = 0 ] || { $(C_TIMED_OUT); exit 1; }
+	@t=host_api-asan; echo "== C host_api under address sanitizer"; $(C_RUN) $(BUILD)/$$t; rc=$$?; \
+	  [ $$rc = 0 ] || { $(C_TIMED_OUT); exit 1; }
+test: test-chost
+
+# What the C hosts' API costs against the C floor (bench/c/host_call.c).
+.PHONY: bench-chost
+$(BUILD)/bench_host_call: bench/c/host_call.c csrc/isle_host.h $(BUILD)/libisle.so
+	$(CC) $(CFLAGS) $(WARN) -Icsrc -o $@ $< -L$(BUILD) -lisle -Wl,-rpath,$(ROOT)/$(BUILD) -lm
+bench-chost: bench-floor $(BUILD)/bench_host_call
+	$(BUILD)/bench_host_call $(BENCH_ARGS)

@@ -66,6 +66,10 @@ local function preload_modules()
     end
 end
 
+-- For C hosts (csrc/host.c), which have no Lua state of their own: they
+-- run this once in a scratch state before their first spawn.
+isle._preload = preload_modules
+
 local function bad_opt(name, what, got)
     error("isle.spawn: option '" .. name .. "' must be " .. what .. " (got " .. got .. ")", 3)
 end

@@ -55,7 +55,7 @@ function TestModuleLists:test_make_install_installs_every_module_and_uninstall_r
             expect[#expect + 1] = dest
             lu.assertEquals(pkg.read(dir .. "/stage/" .. dest), pkg.read(ROOT .. "/" .. file), dest)
         end
-        for _, f in ipairs({ "usr/lib/libisle.so", "usr/include/isle.h", "usr/lib/pkgconfig/isle.pc" }) do
+        for _, f in ipairs({ "usr/lib/libisle.so", "usr/include/isle.h", "usr/include/isle_host.h", "usr/lib/pkgconfig/isle.pc" }) do
             expect[#expect + 1] = f
         end
         table.sort(expect)

@@ -22,7 +22,8 @@ local C = runtime.C
 local type, select, pcall, xpcall, tostring, tonumber, unpack, load, loadstring, next, setmetatable =
     type, select, pcall, xpcall, tostring, tonumber, unpack, load, loadstring, next, setmetatable
 local traceback = debug.traceback
-local EVAL, EXEC, POST, F_OPTIONS, F_WRAPPED = proto.EVAL, proto.EXEC, proto.POST, proto.F_OPTIONS, proto.F_WRAPPED
+local EVAL, EXEC, POST, F_OPTIONS, F_WRAPPED, F_INSTRUMENT =
+    proto.EVAL, proto.EXEC, proto.POST, proto.F_OPTIONS, proto.F_WRAPPED, proto.F_INSTRUMENT
 local ISLE_OK = C.ISLE_OK
 local ISLE_TASK_DONE, ISLE_TASK_FAILED, ISLE_TASK_CLOSED = C.ISLE_TASK_DONE, C.ISLE_TASK_FAILED, C.ISLE_TASK_CLOSED
 local attached, isle_task_complete = wire.attached, C.isle_task_complete
@@ -147,17 +148,29 @@ local chunk_cache, chunk_count = {}, 0
 -- Compiles a chunk. A `wrapped` one was instrumented by its sender
 -- (isle.chunks): loading it gives a factory, which takes this state's
 -- checkpoint flag, scratch word and slow path and returns the chunk.
-local function compile(code, chunkname, wrapped)
-    local key = wrapped and code or "\0" .. code
+-- `here`: a sender that has no instrumenter (a C host, csrc/host.c) asks the
+-- isle to insert the checkpoints itself, as isle.chunks.prepare would have
+-- (only for a chunk that compiles by itself, so a syntax error is Lua's own
+-- and text cannot reach outside the wrapper); source the instrumenter cannot
+-- handle compiles as it is. Either way the result is cached like any chunk.
+local function compile(code, chunkname, wrapped, here)
+    local key = wrapped and code or (here and "\1" or "\0") .. code
     local f = chunk_cache[key]
     if f then return f end
-    local err
-    f, err = loadstring(code, chunkname)
-    if not f then error(errors.new("runtime", err), 0) end
-    if wrapped then
-        f = f()(interrupt.pointers())
-    elseif code:byte(1) == 27 then
-        codec.bind_checkpoints(f) -- bytecode of a function made by instrumented code
+    if here and code:byte(1) ~= 27 and loadstring(code, chunkname) then
+        local out = require("isle.instrument").source(code)
+        local factory = out and loadstring(out, chunkname)
+        if factory then f = factory()(interrupt.pointers()) end
+    end
+    if not f then
+        local err
+        f, err = loadstring(code, chunkname)
+        if not f then error(errors.new("runtime", err), 0) end
+        if wrapped then
+            f = f()(interrupt.pointers())
+        elseif code:byte(1) == 27 then
+            codec.bind_checkpoints(f) -- bytecode of a function made by instrumented code
+        end
     end
     if chunk_count >= 256 then chunk_cache, chunk_count = {}, 0 end
     chunk_cache[key] = f
@@ -196,7 +209,7 @@ end
 
 local function target_function(rec)
     local kind, target = rec.kind, rec.target
-    if kind == EVAL then return compile(target, "=eval", rec.wrapped) end
+    if kind == EVAL then return compile(target, "=eval", rec.wrapped, rec.here) end
     if kind == EXEC then
         if rec.wrapped then return exec_function(target) end
         return compile(target, "=exec", false) -- bytecode: the hook and isle.checkpoint() only
@@ -343,7 +356,7 @@ local function run_message(s, runner, m)
         return run_post(runner, m, target, codec.get_values(dec, m))
     end
     local rec = { task = t, kind = m.kind, target = target, co = runner.co,
-                  wrapped = band(flags, F_WRAPPED) ~= 0 }
+                  wrapped = band(flags, F_WRAPPED) ~= 0, here = band(flags, F_INSTRUMENT) ~= 0 }
     if band(flags, F_OPTIONS) ~= 0 then -- { target, options } from h:with{...}
         local o = codec.restore(target[2], m)
         rec.target = target[1]
@@ -390,7 +403,7 @@ local function run_init(rec)
     local function init(...)
         local f
         if spec.init_code then
-            f = compile(spec.init_code, "=init", spec.init_wrapped)
+            f = compile(spec.init_code, "=init", spec.init_wrapped, spec.init_instrument)
         elseif spec.init_src then
             f = exec_function(spec.init_src)
         elseif spec.init_fn then
