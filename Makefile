@@ -1,17 +1,23 @@
 # isle - GNU Makefile. `make` builds build/libisle.so; `make demo`, `make test`,
-# `make stress` (and `make stress-tsan`), `make bench`, `make path` (shell exports for using isle from this checkout).
+# `make stress` (and `make stress-tsan`), `make bench` (and `make bench-nginx`), `make path` (shell exports for using isle from this checkout).
 
 LUAJIT ?= luajit
 CC ?= cc
-LUAJIT_INC ?= $(shell pkg-config --cflags luajit 2>/dev/null || echo -I/usr/include/luajit-2.1)
-LUAJIT_LIB ?= $(shell pkg-config --libs luajit 2>/dev/null || echo -lluajit-5.1)
+# LuaRocks and distributions pass LUA_INCDIR/LUA_LIBDIR (where the Lua headers
+# and library are), CFLAGS and LIBFLAG (how to link a shared library).
+LUAJIT_INC ?= $(if $(LUA_INCDIR),-I$(LUA_INCDIR),$(shell pkg-config --cflags luajit 2>/dev/null || echo -I/usr/include/luajit-2.1))
+LUAJIT_LIB ?= $(if $(LUA_LIBDIR),-L$(LUA_LIBDIR) -lluajit-5.1,$(shell pkg-config --libs luajit 2>/dev/null || echo -lluajit-5.1))
 CFLAGS ?= -O2 -g
+LIBFLAG ?= -shared
 WARN := -Wall -Wextra -Werror -std=c11 -D_GNU_SOURCE
 PIC := -fPIC -pthread
 ROOT := $(abspath .)
 BUILD := build
-SRCS := csrc/clock.c csrc/mem.c csrc/msg.c csrc/task.c csrc/mbox.c csrc/sig.c csrc/watchdog.c csrc/fork.c csrc/notify.c csrc/preload.c csrc/isle.c
+SRCS := csrc/clock.c csrc/mem.c csrc/msg.c csrc/task.c csrc/mbox.c csrc/sig.c csrc/watchdog.c csrc/fork.c csrc/notify.c csrc/preload.c csrc/isle.c csrc/state.c
 HDRS := csrc/isle.h csrc/internal.h
+# The C hosts' API (csrc/isle_host.h, docs/c-api.md): part of libisle.so.
+SRCS += csrc/host.c
+HDRS += csrc/isle_host.h
 CORE_SRCS := csrc/clock.c csrc/mem.c csrc/msg.c csrc/task.c csrc/mbox.c csrc/sig.c csrc/watchdog.c csrc/fork.c csrc/notify.c
 CTESTS := $(patsubst test/c/%.c,%,$(wildcard test/c/test_*.c))
 # Test builds route the core's allocations through test/c/failalloc.c, which
@@ -42,6 +48,8 @@ export ISLE_TEST_SUITE_TIMEOUT = $(SUITE_TIMEOUT)
 DEB_PKGS := build-essential clang luajit libluajit-5.1-dev lua-unit valgrind
 # The host adapters' tests: luv (test/test_luv.lua), LÖVE under Xvfb (test/test_love.lua).
 DEB_PKGS += lua-luv love xvfb xauth
+# Packaging (test/test_package.lua, make test-dist): luarocks, pkg-config.
+DEB_PKGS += luarocks pkg-config
 # Wanted but not required: without it check-aarch64 says it is skipped.
 DEB_OPTIONAL := gcc-aarch64-linux-gnu
 AARCH64_CC ?= aarch64-linux-gnu-gcc
@@ -50,18 +58,26 @@ AARCH64_CC ?= aarch64-linux-gnu-gcc
 all: $(BUILD)/libisle.so
 
 $(BUILD)/libisle.so: $(SRCS) $(HDRS) | $(BUILD)
-	$(CC) $(CFLAGS) $(WARN) $(PIC) $(LUAJIT_INC) -shared -Wl,-z,nodelete -o $@ $(SRCS) $(LUAJIT_LIB) -lm
+	$(CC) $(CFLAGS) $(WARN) $(PIC) $(LUAJIT_INC) $(LIBFLAG) -Wl,-z,nodelete -o $@ $(SRCS) $(LUAJIT_LIB) -lm
 
 $(BUILD):
 	mkdir -p $(BUILD)
 
-# Installs what is missing when run as root; otherwise prints the command.
+# The set-up of a Debian machine, which the README's two commands start with:
+# the Debian packages the tests need (installed when run as root; otherwise
+# the exact command is printed), then OpenResty's luajit2 and the nginx Lua
+# module unpacked privately under build/ (they conflict with Debian's luajit;
+# apt-get download and dpkg -x need no root).
 deps:
 	@missing=""; for p in $(DEB_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
-	  else echo "missing packages; run: sudo apt-get install -y$$missing"; exit 1; fi; \
+	  else echo "isle's tests need Debian packages that are missing; as root run:"; \
+	    echo "  apt-get update && apt-get install -y$$missing"; \
+	    echo "then \`make deps\` again, as any user: it unpacks OpenResty's luajit2 into $(LJ2_ROOT) and"; \
+	    echo "the nginx Lua module into $(NGX_ROOT) (\`make luajit2 nginx-lua\`: apt-get download, dpkg -x)."; \
+	    exit 1; fi; \
 	fi
 	@missing=""; for p in $(DEB_OPTIONAL); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
@@ -70,11 +86,17 @@ deps:
 	      || echo "NOTE: could not install$$missing (optional): check-aarch64 will be skipped"; \
 	  else echo "NOTE: optional packages missing (check-aarch64 will be skipped); run: sudo apt-get install -y$$missing"; fi; \
 	fi
+	@$(MAKE) --no-print-directory $(LJ2) $(NGX_MOD)
+
+# apt-get download $(1) into the current directory. A fresh machine has no
+# package lists: as root they are fetched first, otherwise the command is named.
+APT_DOWNLOAD = apt-get download $(1) || { [ "$$(id -u)" = 0 ] && apt-get update -qq && apt-get download $(1); } \
+	|| { echo "apt-get download failed; if the package lists are missing, run as root: apt-get update"; exit 1; }
 
 luajit2: $(LJ2)
 $(LJ2):
 	@mkdir -p $(LJ2_ROOT)/debs
-	cd $(LJ2_ROOT)/debs && apt-get download luajit2 libluajit2-5.1-2 libluajit2-5.1-common
+	cd $(LJ2_ROOT)/debs && { $(call APT_DOWNLOAD,luajit2 libluajit2-5.1-2 libluajit2-5.1-common); }
 	for f in $(LJ2_ROOT)/debs/*.deb; do dpkg -x $$f $(LJ2_ROOT); done
 	@test -x $@
 
@@ -196,11 +218,14 @@ stress-tsan: deps $(BUILD)/libisle-tsan.so
 	  LD_PRELOAD=$(TSAN_RT) ISLE_LIB=$(ROOT)/$(BUILD)/libisle-tsan.so TSAN_OPTIONS="halt_on_error=1" \
 	  STRESS_ROUNDS=$${STRESS_ROUNDS:-20} timeout -k 10 $(STRESS_TIMEOUT) $(LUAJIT) $$t -o text || exit 1; done
 
-# The C floor of the benchmarks (bench/c/pingpong.c): the core, no Lua.
+# The C floors of the benchmarks: bench/c/pingpong.c (the core, no Lua) and
+# bench/c/state_floor.c (a mutex and lua_pcall in a plain lua_State, no isle).
 .PHONY: bench-floor
-bench-floor: $(BUILD)/bench_pingpong $(BUILD)/bench_alloc
+bench-floor: $(BUILD)/bench_pingpong $(BUILD)/bench_state_floor $(BUILD)/bench_alloc
 $(BUILD)/bench_pingpong: bench/c/pingpong.c $(CORE_SRCS) $(HDRS) | $(BUILD)
 	$(CC) $(CFLAGS) $(WARN) -pthread -Icsrc -o $@ bench/c/pingpong.c $(CORE_SRCS) -lm
+$(BUILD)/bench_state_floor: bench/c/state_floor.c | $(BUILD)
+	$(CC) $(CFLAGS) $(WARN) -pthread $(LUAJIT_INC) -o $@ $< $(LUAJIT_LIB) -lm
 # The allocator's floor (bench/c/alloc.c): LuaJIT's allocator plain and wrapped by csrc/mem.c.
 $(BUILD)/bench_alloc: bench/c/alloc.c $(CORE_SRCS) $(HDRS) | $(BUILD)
 	$(CC) $(CFLAGS) $(WARN) -pthread -Icsrc $(LUAJIT_INC) -o $@ bench/c/alloc.c $(CORE_SRCS) $(LUAJIT_LIB) -lm
@@ -211,20 +236,77 @@ bench: deps all bench-floor
 clean:
 	rm -rf $(BUILD)
 
+# Install and packaging (docs/install.md). The conventions of LuaRocks and
+# distributions: PREFIX, DESTDIR in front of every path, LUADIR for the Lua
+# modules, LIBDIR for libisle.so; the header and a pkg-config file for C
+# (none when PKGCONFIGDIR is empty).
+PREFIX ?= /usr/local
+LUADIR ?= $(PREFIX)/share/lua/5.1
+LIBDIR ?= $(PREFIX)/lib
+INCDIR ?= $(PREFIX)/include
+PKGCONFIGDIR ?= $(LIBDIR)/pkgconfig
+INSTALL ?= install
+VERSION := $(shell sed -n 's/.*_VERSION = "\([^"]*\)".*/\1/p' lua/isle.lua | head -n 1)
+# Every module `make install` puts under LUADIR: isle is lua/isle.lua, isle.cdef
+# is ffi/isle/cdef.lua (installed as isle/cdef.lua), isle.X is lua/isle/X.lua.
+# test/test_package.lua checks this list and the rockspec's against lua/ and ffi/.
+ISLE_MODULES := isle isle.cdef isle.chunks isle.codec isle.combine isle.errors isle.fnsource \
+	isle.handle isle.hub isle.instrument isle.interrupt isle.libs isle.loaders isle.luv isle.ngx \
+	isle.proto isle.runtime isle.sched isle.state isle.task isle.token isle.wire isle.worker
+module_src = $(if $(filter isle,$(1)),lua/isle.lua,$(if $(filter isle.cdef,$(1)),ffi/isle/cdef.lua,lua/isle/$(patsubst isle.%,%,$(1)).lua))
+module_dst = $(DESTDIR)$(LUADIR)/$(subst .,/,$(1)).lua
+.PHONY: install uninstall dist test-dist
+
+install: all
+	$(INSTALL) -d $(DESTDIR)$(LUADIR)/isle $(DESTDIR)$(LIBDIR) $(DESTDIR)$(INCDIR) $(if $(PKGCONFIGDIR),$(DESTDIR)$(PKGCONFIGDIR))
+	@echo '$(INSTALL) -m 644 <$(words $(ISLE_MODULES)) Lua modules> $(DESTDIR)$(LUADIR)'
+	@$(foreach m,$(ISLE_MODULES),$(INSTALL) -m 644 $(call module_src,$(m)) $(call module_dst,$(m)) && ) true
+	$(INSTALL) -m 755 $(BUILD)/libisle.so $(DESTDIR)$(LIBDIR)/libisle.so
+	$(INSTALL) -m 644 csrc/isle.h $(DESTDIR)$(INCDIR)/isle.h
+	$(INSTALL) -m 644 csrc/isle_host.h $(DESTDIR)$(INCDIR)/isle_host.h
+	[ -z '$(PKGCONFIGDIR)' ] || printf '%s\n' 'prefix=$(PREFIX)' 'libdir=$(LIBDIR)' 'includedir=$(INCDIR)' '' 'Name: isle' \
+	  'Description: isolated LuaJIT states on their own OS threads (the C core)' 'Version: $(VERSION)' \
+	  'Libs: -L$${libdir} -lisle' 'Cflags: -I$${includedir}' > $(DESTDIR)$(PKGCONFIGDIR)/isle.pc
+
+uninstall:
+	rm -f $(foreach m,$(ISLE_MODULES),$(call module_dst,$(m))) $(DESTDIR)$(LIBDIR)/libisle.so \
+	  $(DESTDIR)$(INCDIR)/isle.h $(DESTDIR)$(INCDIR)/isle_host.h $(if $(PKGCONFIGDIR),$(DESTDIR)$(PKGCONFIGDIR)/isle.pc)
+	[ ! -d $(DESTDIR)$(LUADIR)/isle ] || rmdir --ignore-fail-on-non-empty $(DESTDIR)$(LUADIR)/isle
+
+# The release tarball: the sources, docs, examples, tests and the rockspec,
+# under isle-<version>/ (the version is lua/isle.lua's _VERSION).
+DIST := $(BUILD)/isle-$(VERSION).tar.gz
+DIST_FILES := Makefile README.md csrc ffi lua docs examples rockspecs test bench
+dist: | $(BUILD)
+	tar -czf $(DIST) --sort=name --owner=0 --group=0 --numeric-owner --exclude-vcs \
+	  --transform 's,^,isle-$(VERSION)/,' $(DIST_FILES)
+	@echo "$(DIST)"
+
+# The tarball unpacked in a temporary directory, built, installed (DESTDIR and
+# PREFIX=/usr; and LUADIR = LIBDIR, as for OpenResty's lualib), then a smoke
+# script run against the installed copy only, on Debian's luajit and on
+# OpenResty's luajit2; uninstall leaves nothing behind (test/package/).
+test-dist: dist $(LJ2)
+	@echo "== test/package/test_dist.lua ($(DIST))"
+	@ISLE_DIST=$(ROOT)/$(DIST) ISLE_TEST_LJ2="env $(LJ2_ENV) $(ROOT)/$(LJ2)" \
+	  timeout -k 10 600 $(LUAJIT) test/run.lua test/package/test_dist.lua -o text
+test: test-dist
+
 # isle inside a real nginx (issue 7: teardown at reload, fork; docs/testing.md).
 # Debian's nginx binary comes from apt-get install (deps); the Lua module, its
 # NDK and lua-resty-core/lrucache are unpacked privately into build/nginx-lua,
 # because installing libnginx-mod-http-lua would replace Debian's luajit with
 # OpenResty's luajit2, which the module needs: it runs on build/luajit2's.
-.PHONY: nginx-deps test-nginx
+.PHONY: nginx-deps nginx-lua test-nginx bench-nginx
 NGX_ROOT := $(BUILD)/nginx-lua
 NGX_MOD := $(NGX_ROOT)/usr/lib/nginx/modules/ngx_http_lua_module.so
 NGX_DEBS := libnginx-mod-http-lua libnginx-mod-http-ndk lua-resty-core lua-resty-lrucache
-DEB_PKGS += nginx curl libpcre3
+DEB_PKGS += nginx curl libpcre3 procps
 nginx-deps: deps $(LJ2) $(NGX_MOD)
+nginx-lua: $(NGX_MOD)
 $(NGX_MOD):
 	@mkdir -p $(NGX_ROOT)/debs
-	cd $(NGX_ROOT)/debs && apt-get download $(NGX_DEBS)
+	cd $(NGX_ROOT)/debs && { $(call APT_DOWNLOAD,$(NGX_DEBS)); }
 	for f in $(NGX_ROOT)/debs/*.deb; do dpkg -x $$f $(NGX_ROOT); done
 	@test -f $@
 # The library as it was before the fix (no -z nodelete, no RTLD_NODELETE pin):
@@ -240,4 +322,44 @@ test-nginx: all nginx-deps $(BUILD)/nopin/libisle.so
 	ISLE_ROOT=$(ROOT) timeout 900 $(LUAJIT) test/nginx/test_nginx.lua -o text
 	@echo "== nginx: the OpenResty adapter (waits yield to nginx)"
 	ISLE_ROOT=$(ROOT) timeout 600 $(LUAJIT) test/nginx/test_ngx_async.lua -o text
+	@echo "== examples/openresty (run.sh --check)"
+	PORT=$$($(LUAJIT) -e 'math.randomseed(os.time()) print(20000 + math.random(20000))') timeout 120 examples/openresty/run.sh --check
 test: test-nginx
+
+# isle in a real nginx against ngx.run_worker_thread (bench/nginx.lua, see
+# bench/README.md): one worker, batches of 50 requests, a plain request's
+# latency meanwhile, the idle worker's CPU. Every batch has its own deadline;
+# `timeout` is the backstop. BENCH_NGINX_ARGS: --quick, --reps N.
+bench-nginx: all nginx-deps
+	ISLE_ROOT=$(ROOT) timeout -k 10 1800 $(LUAJIT) bench/nginx.lua $(BENCH_NGINX_ARGS)
+
+# The C hosts' API (csrc/isle_host.h, docs/c-api.md): test/c/host_api.c plain
+# and under AddressSanitizer, linked like spawn_alloc to the library with
+# the failing allocator (its allocation sweeps); and examples/c-host built
+# against build/libisle.so and run under valgrind, as a user would build it.
+.PHONY: test-chost example-c-host
+HOST_TEST_DEPS := test/c/host_api.c test/c/alloc_sweep.h test/c/check.h csrc/isle_host.h
+$(BUILD)/host_api: $(HOST_TEST_DEPS) $(BUILD)/libisle-failalloc.so
+	$(CC) $(CFLAGS) $(WARN) -pthread -Icsrc -Itest/c -o $@ $< \
+	  -L$(BUILD) -lisle-failalloc -Wl,-rpath,$(ROOT)/$(BUILD) -ldl -lm
+$(BUILD)/host_api-asan: $(HOST_TEST_DEPS) $(BUILD)/asan/libisle-failalloc.so
+	$(CC) $(ALLOC_ASAN) $(WARN) -pthread -Icsrc -Itest/c -o $@ $< \
+	  -L$(BUILD)/asan -lisle-failalloc -Wl,-rpath,$(ROOT)/$(BUILD)/asan -ldl -lm
+$(BUILD)/c-host: examples/c-host/main.c csrc/isle_host.h $(BUILD)/libisle.so
+	$(CC) $(CFLAGS) $(WARN) -Icsrc -o $@ $< -L$(BUILD) -lisle -Wl,-rpath,$(ROOT)/$(BUILD) -lm
+example-c-host: $(BUILD)/c-host
+	@echo "== examples/c-host under valgrind"
+	timeout 300 valgrind -q --error-exitcode=9 --leak-check=full --show-leak-kinds=definite --errors-for-leak-kinds=definite \
+	  --smc-check=all-non-file $(BUILD)/c-host
+test-chost: $(BUILD)/host_api $(BUILD)/host_api-asan example-c-host
+	@t=host_api; echo "== C $$t"; $(C_RUN) $(BUILD)/$$t; rc=$$?; [ $$rc = 0 ] || { $(C_TIMED_OUT); exit 1; }
+	@t=host_api-asan; echo "== C host_api under address sanitizer"; $(C_RUN) $(BUILD)/$$t; rc=$$?; \
+	  [ $$rc = 0 ] || { $(C_TIMED_OUT); exit 1; }
+test: test-chost
+
+# What the C hosts' API costs against the C floor (bench/c/host_call.c).
+.PHONY: bench-chost
+$(BUILD)/bench_host_call: bench/c/host_call.c csrc/isle_host.h $(BUILD)/libisle.so
+	$(CC) $(CFLAGS) $(WARN) -Icsrc -o $@ $< -L$(BUILD) -lisle -Wl,-rpath,$(ROOT)/$(BUILD) -lm
+bench-chost: bench-floor $(BUILD)/bench_host_call
+	$(BUILD)/bench_host_call $(BENCH_ARGS)

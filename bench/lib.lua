@@ -10,20 +10,20 @@ local lib = {}
 
 ffi.cdef[[
 typedef struct bench_timespec { long tv_sec; long tv_nsec; } bench_timespec;
-int clock_gettime(int clk, bench_timespec *ts);
+int bench_clock_gettime(int clk, bench_timespec *ts) __asm__("clock_gettime");
 ]]
 local ts = ffi.new("bench_timespec")
 local CLOCK_MONOTONIC, CLOCK_PROCESS_CPUTIME_ID = 1, 2
 
 -- Monotonic wall time in seconds.
 function lib.now()
-    ffi.C.clock_gettime(CLOCK_MONOTONIC, ts)
+    ffi.C.bench_clock_gettime(CLOCK_MONOTONIC, ts)
     return tonumber(ts.tv_sec) + tonumber(ts.tv_nsec) * 1e-9
 end
 
 -- CPU time of the whole process (every thread), in seconds.
 function lib.cpu()
-    ffi.C.clock_gettime(CLOCK_PROCESS_CPUTIME_ID, ts)
+    ffi.C.bench_clock_gettime(CLOCK_PROCESS_CPUTIME_ID, ts)
     return tonumber(ts.tv_sec) + tonumber(ts.tv_nsec) * 1e-9
 end
 

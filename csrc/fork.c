@@ -5,8 +5,8 @@
  * moment would stay locked in the child for ever, and the registry, the
  * watchdog and the interrupt table would describe threads that do not exist
  * there. So before a fork the forking thread takes every process-wide lock
- * of the core, in the lock order of isle.h (registry, interrupt table,
- * preload blobs, watchdog); the parent then releases them, and the child
+ * of the core, in the lock order of isle.h (registries of isles and of
+ * shared states, interrupt table, preload blobs, watchdog); the parent then releases them, and the child
  * releases them and forgets the parent's threads. Objects made before the
  * fork (isles, tasks, mailboxes) are not repaired: their own locks may be
  * held by threads that are gone, so the Lua layer refuses to use them in the
@@ -20,14 +20,17 @@ static atomic_int generation;
 
 int isle_fork_generation(void) { return atomic_load_explicit(&generation, memory_order_relaxed); }
 
-/* The registry and the preload blobs live in the parts of the core that link
- * Lua (isle.c, preload.c); the C tests link the core without them. */
+/* The registries and the preload blobs live in the parts of the core that
+ * link Lua (isle.c, state.c, preload.c); the C tests link the core without
+ * them. */
 __attribute__((weak)) void isle_registry_fork(int phase);
 __attribute__((weak)) void isle_preload_fork(int phase);
+__attribute__((weak)) void isle_state_fork(int phase);
 
 static void prepare(void)
 {
     if (isle_registry_fork) isle_registry_fork(ISLE_FORK_PREPARE);
+    if (isle_state_fork) isle_state_fork(ISLE_FORK_PREPARE);
     isle_intr_fork(ISLE_FORK_PREPARE);
     if (isle_preload_fork) isle_preload_fork(ISLE_FORK_PREPARE);
     isle_watchdog_fork(ISLE_FORK_PREPARE);
@@ -38,6 +41,7 @@ static void after(int phase)
     isle_watchdog_fork(phase);
     if (isle_preload_fork) isle_preload_fork(phase);
     isle_intr_fork(phase);
+    if (isle_state_fork) isle_state_fork(phase);
     if (isle_registry_fork) isle_registry_fork(phase);
 }
 

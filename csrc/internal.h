@@ -71,6 +71,10 @@ void isle_mbox_post_done(isle_done *d);
 /* Installs the preload searcher in a fresh state (preload.c). */
 struct lua_State;
 int isle_preload_install(struct lua_State *L);
+/* A fresh lua_State with the standard libraries, the preload searcher and
+ * these package paths: how every state the core creates begins (isle.c;
+ * isles and shared states). NULL when out of memory. */
+struct lua_State *isle_lua_new(const char *path, const char *cpath);
 
 /* fork() support (fork.c): each module with process-wide locks takes them
  * before a fork and releases (parent) or resets (child) them after. */
@@ -79,5 +83,6 @@ void isle_intr_fork(int phase);      /* sig.c: the interrupt-id table */
 void isle_watchdog_fork(int phase);  /* watchdog.c */
 void isle_registry_fork(int phase);  /* isle.c: live isles */
 void isle_preload_fork(int phase);   /* preload.c: bytecode blobs */
+void isle_state_fork(int phase);     /* state.c: shared states */
 
 #endif

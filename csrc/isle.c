@@ -21,8 +21,7 @@ struct isle {
     int64_t id;
     char *name;
     char *path, *cpath;
-    char *boot;
-    size_t boot_len;
+    isle_msg *boot;           /* the boot bytes and the references they carry */
     isle_mbox *mbox;
     isle_sig *sig;
     isle_task *init;
@@ -49,6 +48,9 @@ static pthread_mutex_t reg_lock = PTHREAD_MUTEX_INITIALIZER;
 static isle *reg_head;
 static int64_t reg_next_id = 1;
 static atomic_int live_threads;
+/* This library's file, set once by pin_library before the first isle or shared
+ * state starts. */
+static const char *lib_file;
 
 static void reg_remove_locked(isle *i)
 {
@@ -72,7 +74,7 @@ static void isle_free(isle *i)
     free(i->name);
     free(i->path);
     free(i->cpath);
-    free(i->boot);
+    isle_msg_free(i->boot);
     free(i);
 }
 
@@ -96,11 +98,7 @@ int isle_is_closed(const isle *i) { return atomic_load(&i->closing); }
 int isle_close_mode(const isle *i) { return atomic_load(&i->close_mode); }
 int isle_live_count(void) { return atomic_load(&live_threads); }
 
-const char *isle_boot(isle *i, size_t *len)
-{
-    *len = i->boot_len;
-    return i->boot;
-}
+const isle_msg *isle_boot(isle *i) { return i->boot; }
 
 /* Bootstrap failures are reported as raw text, tagged ISLE_WIRE_CORE so the
  * Lua side can tell them from results its own encoder wrote. */
@@ -118,16 +116,51 @@ static void fail_init(isle *i, const char *msg)
     free(buf);
 }
 
+/* What every state the core creates starts from (isles here, shared states
+ * in state.c): the standard libraries, isle's preloaded modules and the
+ * creator's package paths. Run protected: setting them can raise. */
+typedef struct boot_paths {
+    const char *path, *cpath;
+} boot_paths;
+
+static int boot_state(lua_State *L)
+{
+    boot_paths *bp = lua_touserdata(L, 1);
+    luaL_openlibs(L);
+    isle_preload_install(L);
+    lua_getglobal(L, "package");
+    lua_pushstring(L, bp->path);
+    lua_setfield(L, -2, "path");
+    lua_pushstring(L, bp->cpath);
+    lua_setfield(L, -2, "cpath");
+    lua_pop(L, 1);
+    /* ffi/isle/cdef.lua loads this file rather than searching (pin_library). */
+    if (lib_file) {
+        lua_pushstring(L, lib_file);
+        lua_setfield(L, LUA_REGISTRYINDEX, "isle.library");
+    }
+    return 0;
+}
+
+static pthread_once_t pin_once = PTHREAD_ONCE_INIT;
+static void pin_library(void);
+
+lua_State *isle_lua_new(const char *path, const char *cpath)
+{
+    pthread_once(&pin_once, pin_library);
+    lua_State *L = luaL_newstate();
+    if (!L) return NULL;
+    boot_paths bp = { path ? path : "", cpath ? cpath : "" };
+    if (lua_cpcall(L, boot_state, &bp) != 0) {
+        lua_close(L);
+        return NULL;
+    }
+    return L;
+}
+
 static int run_worker(lua_State *L)
 {
     isle *i = lua_touserdata(L, 1);
-    isle_preload_install(L);
-    lua_getglobal(L, "package");
-    lua_pushstring(L, i->path);
-    lua_setfield(L, -2, "path");
-    lua_pushstring(L, i->cpath);
-    lua_setfield(L, -2, "cpath");
-    lua_pop(L, 1);
     lua_getglobal(L, "require");
     lua_pushliteral(L, "isle.worker");
     lua_call(L, 1, 1);
@@ -218,7 +251,7 @@ static void close_state(isle *i, lua_State *L)
 static void *isle_thread(void *arg)
 {
     isle *i = arg;
-    lua_State *L = luaL_newstate();
+    lua_State *L = isle_lua_new(i->path, i->cpath);
     if (!L) {
         fail_init(i, "cannot create a Lua state: not enough memory");
     } else if (!account_state(i, L)) {
@@ -228,7 +261,6 @@ static void *isle_thread(void *arg)
         L = NULL;
         fail_init(i, "cannot create a Lua state: not enough memory");
     } else {
-        luaL_openlibs(L);
         if (lua_cpcall(L, run_worker, i) != 0) {
             const char *msg = lua_tostring(L, -1);
             char line[512];
@@ -277,13 +309,18 @@ static void *isle_thread(void *arg)
  * state that loaded it closes, while isle threads, the watchdog and notices
  * may still run this library's code. Linked with -z nodelete it is never
  * unmapped; this asks the dynamic loader for the same thing at run time in
- * case it was built without that flag. */
-static pthread_once_t pin_once = PTHREAD_ONCE_INIT;
+ * case it was built without that flag.
+ * It also keeps this library's file name as the loader knows it (lib_file):
+ * every state the core makes loads the library by that name (boot_state), which the
+ * loader matches to this very copy whatever the search paths or the working
+ * directory say by then. The name belongs to the loader and lives as long as
+ * the library is mapped, which is for ever once pinned. */
 static void pin_library(void)
 {
     Dl_info info;
-    if (dladdr((void *)isle_spawn, &info) && info.dli_fname)
-        dlopen(info.dli_fname, RTLD_NOW | RTLD_NOLOAD | RTLD_NODELETE);
+    if (dladdr((void *)isle_spawn, &info) && info.dli_fname && info.dli_fname[0]
+        && dlopen(info.dli_fname, RTLD_NOW | RTLD_NOLOAD | RTLD_NODELETE))
+        lib_file = info.dli_fname;
 }
 
 void isle_registry_fork(int phase)
@@ -305,6 +342,10 @@ static char *dup_or_empty(const char *s) { return strdup(s ? s : ""); }
 
 isle *isle_spawn(const isle_config *cfg, int *err)
 {
+    if (cfg->boot_nrefs > ISLE_MSG_REFS_MAX) {
+        *err = ISLE_EINVAL;
+        return NULL;
+    }
     *err = ISLE_ENOMEM;
     pthread_once(&pin_once, pin_library);
     isle *i = calloc(1, sizeof(*i));
@@ -319,7 +360,10 @@ isle *isle_spawn(const isle_config *cfg, int *err)
     i->path = dup_or_empty(cfg->path);
     i->cpath = dup_or_empty(cfg->cpath);
     i->name = cfg->name && cfg->name[0] ? strdup(cfg->name) : NULL;
-    i->boot = malloc(cfg->boot_len ? cfg->boot_len : 1);
+    /* A message, so that the references its tokens need go with it: the
+     * worker reads them, and they are let go when the isle is freed, even if
+     * its thread never got to decode them. */
+    i->boot = isle_msg_new_refs(0, NULL, cfg->boot, cfg->boot_len, cfg->boot_refs, cfg->boot_nrefs);
     i->mbox = isle_mbox_new(cfg->capacity ? cfg->capacity : 1024, 0);
     i->sig = isle_sig_new();
     i->init = isle_task_new();
@@ -336,8 +380,6 @@ isle *isle_spawn(const isle_config *cfg, int *err)
     if (!i->path || !i->cpath || (cfg->name && cfg->name[0] && !i->name) || !i->boot
         || !i->mbox || !i->sig || !i->init)
         goto fail;
-    if (cfg->boot_len) memcpy(i->boot, cfg->boot, cfg->boot_len);
-    i->boot_len = cfg->boot_len;
     i->instrument = cfg->instrument;
     isle_sig_attach_mbox(i->sig, i->mbox);
     i->intr = isle_intr_new(i->sig);

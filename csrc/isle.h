@@ -2,11 +2,12 @@
  * isle.h - the C core of isle: threads, bounded mailboxes of byte messages,
  * one-shot completion slots, interrupt flags and Lua state bootstrap.
  *
- * The core moves bytes and flags. It never serializes a Lua value and never
- * touches a Lua state it did not create; the Lua API (lua/isle.lua) does the
- * rest through the FFI. ffi/isle/cdef.lua mirrors this header declaration by
- * declaration (test/test_static.lua checks sizes, offsets and values against
- * it, and that every function here is declared there).
+ * The core moves bytes, the task references they carry (isle_msg.refs: a
+ * token sent as a value) and flags. It never serializes a Lua value and
+ * never touches a Lua state it did not create; the Lua API (lua/isle.lua)
+ * does the rest through the FFI. ffi/isle/cdef.lua mirrors this header
+ * declaration by declaration (test/test_static.lua checks sizes, offsets
+ * and values against it, and that every function here is declared there).
  *
  * Verbs: `_new` makes an object holding one reference; `_retain` adds one
  * and `_release` drops one (the last frees the object; every `_release`
@@ -15,9 +16,14 @@
  *
  * Lock order (a thread never holds two of these except in this order):
  *   registry lock  ->  task lock  ->  signal-block lock, interrupt-id lock  ->  mailbox lock
- * The watchdog's lock is never held while any other is taken.
+ * (the registry of shared states ranks with the registry of isles; the two
+ * are never held together). The watchdog's lock is never held while any
+ * other is taken, nor is a shared state's wait lock.
  * Nothing here runs Lua code while holding a lock, so a Lua finalizer can
- * never run inside a core critical section.
+ * never run inside a core critical section. The one exception is by design:
+ * a shared state's call lock (state.c) is held while its Lua code runs, and
+ * is outside this order; a thread may hold several (one state's callback
+ * calling another), and re-entering one it holds is refused.
  */
 #ifndef ISLE_H
 #define ISLE_H
@@ -83,16 +89,26 @@ typedef struct isle isle;
 typedef struct isle_done isle_done;
 typedef struct isle_mem isle_mem;
 
-/* A message: header and payload in one allocation. The payload is opaque. */
+/* A message: header, carried references and payload in one allocation.
+ * The payload is opaque. `refs` are the task slots the payload names by
+ * index (a token sent as a value travels as its index here, never as an
+ * address): the message holds one reference to each, so whoever frees the
+ * message, read or not, lets go of them, and a reader takes references of
+ * its own. Task results are messages too (isle_task_result_msg). */
 struct isle_msg {
     isle_msg *next;   /* intrusive link while queued or in a taken batch */
     isle_task *task;  /* completion slot, or NULL for one-way messages */
     int32_t kind;     /* meaning is the sender's and receiver's business */
     int32_t flags;
     size_t len;
-    char *data;       /* points just past the header */
+    char *data;       /* points just past the header and `refs` */
+    size_t nrefs;
+    isle_task **refs; /* nrefs retained slots, just past the header; NULL when none */
     isle_mem *mem;    /* the account charged for it (isle_msg_charge), or NULL */
 };
+
+/* The most references one message (or result, or boot) may carry. */
+enum { ISLE_MSG_REFS_MAX = 65536 };
 
 /* A completion notice: `task` ended and its subscriber `mbox` is told.
  * Holds a reference to the task until freed with isle_done_free_list. */
@@ -123,10 +139,15 @@ double isle_get_spin(void);
 /* ---- messages ---------------------------------------------------------- */
 /* Copies `len` bytes of `data`; retains `task` if not NULL. NULL on ENOMEM. */
 isle_msg *isle_msg_new(int32_t kind, isle_task *task, const char *data, size_t len);
-void isle_msg_free(isle_msg *m);          /* accepts NULL; releases the task */
+/* The same, carrying `refs[0..nrefs)` (none NULL; one may appear twice):
+ * each is retained, in the same allocation. NULL on ENOMEM or when nrefs >
+ * ISLE_MSG_REFS_MAX, having retained nothing. */
+isle_msg *isle_msg_new_refs(int32_t kind, isle_task *task, const char *data, size_t len,
+                            isle_task *const *refs, size_t nrefs);
+void isle_msg_free(isle_msg *m);          /* accepts NULL; releases the task and the refs */
 void isle_msg_free_list(isle_msg *head);  /* frees a taken batch */
-/* Charges the message's whole size (header and payload) to account `a`
- * until it is freed. 1 if charged (or `a` has no limit, or is NULL: then
+/* Charges the message's whole allocation (header, references and payload)
+ * to account `a` until it is freed. 1 if charged (or `a` has no limit, or is NULL: then
  * nothing is charged); 0 if it would take `a` past its user limit (see
  * "memory accounts"), and the message is left as it was. */
 int isle_msg_charge(isle_msg *m, isle_mem *a);
@@ -143,18 +164,30 @@ int isle_task_state(const isle_task *t);
  * or already runs): the runner must then skip it. */
 int isle_task_start(isle_task *t, isle_sig *sig, const char *label);
 /* First completion wins (returns 1), later ones return 0. Copies the bytes.
- * A task that never started may complete straight from QUEUED. */
+ * A task that never started may complete straight from QUEUED. If the copy
+ * cannot be made the task still ends, FAILED with no result. */
 int isle_task_complete(isle_task *t, int state, const char *data, size_t len);
-/* The result bytes `t` will hold are charged to account `a` (the state that
- * made the task and will read them) for as long as the task lives; a result
- * that does not fit under `a`'s user limit is not stored: the task ends
- * FAILED with no payload (read as a "memory" error). Call right after
+/* The same with references carried by the result, as isle_msg_new_refs:
+ * retained by the result (only if this completion wins) and released when
+ * the slot is freed, whether or not anyone reads the result. */
+int isle_task_complete_refs(isle_task *t, int state, const char *data, size_t len,
+                            isle_task *const *refs, size_t nrefs);
+/* The result message `t` will hold (its bytes and the references it
+ * carries, as isle_msg_charge counts them) is charged to account `a` (the
+ * state that made the task and will read it) for as long as the task lives;
+ * a result that does not fit under `a`'s user limit is not stored: the task
+ * ends FAILED with no result (read as a "memory" error), its references let
+ * go. Call right after
  * isle_task_new, before anything can complete the task. No-op for a NULL
  * account or one without a limit. */
 void isle_task_charge_results(isle_task *t, isle_mem *a);
 /* 1 when the task has ended, 0 on timeout (timeout < 0 waits forever). */
 int isle_task_wait(isle_task *t, double timeout);
+/* The result of an ended task: its bytes (NULL and 0 when it has none or
+ * has not ended), or the whole result message with its references (NULL
+ * likewise). Both stay valid as long as the caller holds the task. */
 const char *isle_task_result(isle_task *t, size_t *len);
+const isle_msg *isle_task_result_msg(isle_task *t);
 /* Ask to be told through `mb` (isle_mbox_wait's `done` list) when `t` ends;
  * any number of mailboxes may subscribe. Returns 0 if it has already ended
  * (nothing will be posted), 1 if subscribed, -1 on ENOMEM. */
@@ -181,6 +214,10 @@ int isle_task_cancelled(const isle_task *t);  /* ISLE_CANCEL_* reason, 0 if none
  * it has ended by then. A watchdog thread does it, started on first use and
  * gone again when it has nothing to watch. ISLE_ENOMEM on failure. */
 int isle_task_expire_at(isle_task *t, double deadline);
+/* Task slots allocated and not yet freed in this process (tokens included):
+ * a leak check for the tests (docs/testing.md). A forked child starts with
+ * its parent's count. */
+int isle_task_live_count(void);
 
 /* ---- mailboxes ------------------------------------------------------------- */
 /* A bounded multi-producer queue of messages plus an unbounded list of
@@ -272,6 +309,8 @@ typedef struct isle_config {
     const char *cpath;      /* package.cpath */
     const char *boot;       /* opaque bytes handed to the worker */
     size_t boot_len;
+    isle_task *const *boot_refs; /* references carried with them (isle_msg_new_refs) */
+    size_t boot_nrefs;
     int instrument;         /* senders insert checkpoints into eval chunks */
     size_t memory_limit;    /* bytes; 0: none (see "memory accounts") */
     isle_mem *charge;       /* the spawner's account, charged memory_limit
@@ -279,7 +318,8 @@ typedef struct isle_config {
 } isle_config;
 
 /* Starts the thread. The returned handle holds one reference (the owner's).
- * NULL on failure with *err set (ISLE_ENOMEM, ISLE_EINVAL for a name in use). */
+ * NULL on failure with *err set (ISLE_ENOMEM, ISLE_EINVAL for a name in use
+ * or too many boot_refs), holding none of boot_refs. */
 isle *isle_spawn(const isle_config *cfg, int *err);
 void isle_retain(isle *i);
 void isle_release(isle *i);           /* accepts NULL */
@@ -287,7 +327,8 @@ int64_t isle_id(const isle *i);
 const char *isle_name(const isle *i); /* "" when unnamed */
 isle_mbox *isle_mbox_of(isle *i);
 isle_sig *isle_sig_of(isle *i);
-const char *isle_boot(isle *i, size_t *len);
+/* cfg->boot and cfg->boot_refs as a message, kept until the isle is freed. */
+const isle_msg *isle_boot(isle *i);
 isle_task *isle_init_task(isle *i);   /* ends when init ran (or failed) */
 int64_t isle_state_intr(isle *i);     /* the interrupt id of the isle's state */
 int isle_instrument(const isle *i);   /* isle_config.instrument */
@@ -314,6 +355,97 @@ int isle_live_count(void);            /* isles whose thread has not ended */
  * generation belong to the parent and must not be used (fork.c). */
 int isle_fork_generation(void);
 
+/* ---- shared states (state.c) ------------------------------------------------
+ * A lua_State with no thread of its own (lua-mtstates' model): whichever
+ * thread calls it runs its callback on itself, under the state's call lock.
+ * Bytes in, bytes out: the caller's encoded arguments are read by the
+ * state's dispatcher (lua/isle/state.lua) through its isle_state_io, and its
+ * encoded results are copied into the caller's isle_state_out before the
+ * lock is let go. References: every Lua object on a state holds one; the
+ * owning ones are also counted as owners, and the last owner to go closes
+ * the state (at once, or when the call running then ends). */
+typedef struct isle_state isle_state;
+
+/* Return codes of the state calls beyond the common ones. */
+enum {
+    ISLE_STATE_EREENTRY = 20,   /* this thread is inside that state's callback */
+    ISLE_STATE_EAMBIGUOUS = 21  /* two live states have that name */
+};
+
+typedef struct isle_state_io {
+    const char *args;     /* the caller's arguments, during a call */
+    size_t args_len;
+    const char *results;  /* the dispatcher's results, until the call ends */
+    size_t results_len;
+} isle_state_io;
+
+/* Where a call's results land: the caller's own growable buffer. */
+typedef struct isle_state_out {
+    char *data;
+    size_t len;
+    size_t cap;
+} isle_state_out;
+
+typedef struct isle_state_config {
+    const char *name;   /* may be NULL */
+    const char *path;   /* package.path of the new state */
+    const char *cpath;
+    char *errbuf;       /* why booting failed (ISLE_EINVAL), cut to errcap - 1 bytes */
+    size_t errcap;
+} isle_state_config;
+
+/* A new state, booted (isle_lua_new, then lua/isle/state.lua's dispatcher)
+ * but not listed yet: the caller runs its setup with isle_state_call, then
+ * isle_state_publish or isle_state_discard. One reference, one owner. NULL
+ * with *err = ISLE_ENOMEM when it cannot be made, ISLE_EINVAL when its Lua
+ * side failed to boot (cfg->errbuf says why). */
+isle_state *isle_state_new(const isle_state_config *cfg, int *err);
+/* The live state named cfg->name with one more reference and owner
+ * (*created = 0), or, when there is none, a new one as isle_state_new makes
+ * it (*created = 1; the caller runs setup, then publishes or discards it).
+ * While another caller's new state of that name is being set up it waits,
+ * at most `timeout` s (< 0: for ever); NULL then with *err: ISLE_ETIMEOUT
+ * (still being set up), ISLE_STATE_EAMBIGUOUS, ISLE_STATE_EREENTRY (this
+ * thread is setting it up), or those of isle_state_new. */
+isle_state *isle_state_singleton(const isle_state_config *cfg, double timeout, int *err, int *created);
+void isle_state_publish(isle_state *s);   /* setup ran: lookups find it now */
+void isle_state_discard(isle_state *s);   /* setup failed: closed, and waiting singletons retry */
+/* A retained reference to a live state by id (name NULL) or name; NULL with
+ * *err = ISLE_ENOENT (none) or ISLE_STATE_EAMBIGUOUS. */
+isle_state *isle_state_lookup(int64_t id, const char *name, int *err);
+void isle_state_retain(isle_state *s);
+void isle_state_release(isle_state *s);   /* accepts NULL */
+/* An owner lets go (its reference stays): the last one closes the state, at
+ * once or, if a call runs, when that call ends. Never blocks. */
+void isle_state_disown(isle_state *s);
+int64_t isle_state_id(const isle_state *s);
+const char *isle_state_name(const isle_state *s);  /* "" when unnamed */
+int isle_state_is_closed(const isle_state *s);
+isle_sig *isle_state_sig(isle_state *s);
+int64_t isle_state_intr_id(isle_state *s);   /* interrupt id of the state's code */
+isle_state_io *isle_state_io_of(isle_state *s);
+/* Runs the state's dispatcher on the calling thread with the `in_len` bytes
+ * at `in` and copies its results into `out`: takes the call lock, waiting at
+ * most `timeout` s (0: only if free now; < 0: for ever), and lets it go
+ * before returning. ISLE_OK (results in `out`; a core failure is text tagged
+ * ISLE_WIRE_CORE there), ISLE_ETIMEOUT (busy: nothing ran), ISLE_ECLOSED,
+ * ISLE_STATE_EREENTRY (nothing ran), ISLE_ENOMEM (it ran; its results are
+ * lost). */
+int isle_state_call(isle_state *s, double timeout, const char *in, size_t in_len, isle_state_out *out);
+/* For callers that must not block their thread (an isle's job): a task that
+ * ends when the call lock is next let go (or the state closes), retained for
+ * the caller, to await before trying again; NULL with *err = ISLE_OK when
+ * the lock is free now (try again at once), or ISLE_ECLOSED, ISLE_ENOMEM. */
+isle_task *isle_state_watch(isle_state *s, int *err);
+/* Takes back a watch whose waiter gave up (1 if it was still there). */
+int isle_state_unwatch(isle_state *s, isle_task *t);
+/* Closes the state (lua_close of its Lua state) if no call runs: ISLE_OK
+ * (also when closed already), ISLE_EBUSY (a call runs on another thread),
+ * ISLE_STATE_EREENTRY (this thread is inside its callback). */
+int isle_state_close(isle_state *s);
+int isle_state_count(void);                /* live (listed) states */
+isle_state_out *isle_state_out_new(void);
+void isle_state_out_free(isle_state_out *o);  /* accepts NULL */
 /* ---- memory accounts (mem.c) --------------------------------------------- */
 /* Every isle's Lua state allocates through an account that counts the bytes
  * LuaJIT asked for (the sum collectgarbage("count") reports). With a

@@ -1,20 +1,40 @@
-/* msg.c - byte messages: one allocation holding the header and the payload. */
+/* msg.c - byte messages: one allocation holding the header, the task
+ * references the payload carries and the payload.
+ *
+ * The references belong to the message, not to whoever reads it: a token
+ * written into a payload is only an index into `refs`, so a message freed
+ * unread (its mailbox released, a push that failed, a result nobody
+ * decoded) gives back every reference it was made with, and a reader that
+ * keeps a token takes a reference of its own. A message (or result) made
+ * for a capped isle is charged to its account, the whole allocation, until
+ * it is freed (isle_msg_charge, mem.c). */
 #include "internal.h"
 
 #include <stdlib.h>
 #include <string.h>
 
-isle_msg *isle_msg_new(int32_t kind, isle_task *task, const char *data, size_t len)
+_Static_assert(sizeof(isle_msg) % _Alignof(isle_task *) == 0,
+               "the references that follow the header must be aligned");
+
+/* The header and the payload, with room for `nrefs` references after the
+ * header (left for the caller to fill). Inlined into both constructors, so
+ * that a message without references costs what it did before they existed. */
+static inline isle_msg *msg_alloc(int32_t kind, isle_task *task, const char *data, size_t len,
+                                  size_t nrefs)
 {
-    if (len > SIZE_MAX - sizeof(isle_msg) - 1) return NULL;
-    isle_msg *m = malloc(sizeof(*m) + len + 1);
+    /* nrefs is bounded by the callers, so only `len` can overflow the size. */
+    size_t head = sizeof(isle_msg) + nrefs * sizeof(isle_task *);
+    if (len > SIZE_MAX - head - 1) return NULL;
+    isle_msg *m = malloc(head + len + 1);
     if (!m) return NULL;
     m->next = NULL;
     m->task = task;
     m->kind = kind;
     m->flags = 0;
     m->len = len;
-    m->data = (char *)(m + 1);
+    m->data = (char *)m + head;
+    m->nrefs = nrefs;
+    m->refs = NULL;
     m->mem = NULL;
     if (len) memcpy(m->data, data, len);
     m->data[len] = '\0';
@@ -22,7 +42,28 @@ isle_msg *isle_msg_new(int32_t kind, isle_task *task, const char *data, size_t l
     return m;
 }
 
-static size_t msg_size(const isle_msg *m) { return sizeof(*m) + m->len + 1; }
+isle_msg *isle_msg_new(int32_t kind, isle_task *task, const char *data, size_t len)
+{
+    return msg_alloc(kind, task, data, len, 0);
+}
+
+isle_msg *isle_msg_new_refs(int32_t kind, isle_task *task, const char *data, size_t len,
+                            isle_task *const *refs, size_t nrefs)
+{
+    if (nrefs > ISLE_MSG_REFS_MAX) return NULL;
+    isle_msg *m = msg_alloc(kind, task, data, len, nrefs);
+    if (!m || !nrefs) return m;
+    /* Right after the header, which is a multiple of the pointer size. */
+    m->refs = (isle_task **)(m + 1);
+    for (size_t i = 0; i < nrefs; i++) {
+        m->refs[i] = refs[i];
+        isle_task_retain(refs[i]);
+    }
+    return m;
+}
+
+/* The whole allocation: header, references and payload (msg_alloc). */
+static size_t msg_size(const isle_msg *m) { return (size_t)(m->data - (char *)m) + m->len + 1; }
 
 int isle_msg_charge(isle_msg *m, isle_mem *a)
 {
@@ -41,6 +82,10 @@ void isle_msg_free(isle_msg *m)
         isle_mem_uncharge(m->mem, msg_size(m));
         isle_mem_release(m->mem);
     }
+    /* A reference may be the last one of a token whose slot holds a result
+     * with references of its own: that frees in turn, never back into this
+     * message (only tokens are carried, and a token ends without a result). */
+    for (size_t i = 0, n = m->nrefs; i < n; i++) isle_task_release(m->refs[i]);
     free(m);
 }
 

@@ -6,6 +6,8 @@
  * the caller's handle, the queued message and each pending notice hold one.
  * A subscription (a pending notice) also holds its mailbox and signal block
  * until the task ends or the subscriber takes it back (isle_task_unwatch).
+ * The result is a message (msg.c): the references it carries are let go
+ * with the slot, whether or not anyone decoded it.
  */
 #include "internal.h"
 
@@ -27,12 +29,17 @@ struct isle_task {
     char label[ISLE_LABEL_MAX]; /* what runs, for isle_stats (set before it is linked) */
     atomic_int has_deadline;  /* set once by isle_task_expire_at */
     size_t deadline_slot;     /* index + 1 in the watchdog's heap, 0 if not in it (its lock) */
-    char *result;
-    size_t result_len;
-    isle_mem *mem;         /* charged for the result (isle_task_charge_results) */
+    isle_msg *result;         /* NULL: ended with no bytes and no references */
+    isle_mem *mem;            /* charged for the result (isle_task_charge_results) */
 };
 
 static int is_final(int state) { return state >= ISLE_TASK_DONE; }
+
+/* Slots not yet freed, for isle_task_live_count (a leak check). Relaxed: a
+ * count, ordering nothing. */
+static atomic_int live_tasks;
+
+int isle_task_live_count(void) { return atomic_load_explicit(&live_tasks, memory_order_relaxed); }
 
 isle_task *isle_task_new(void)
 {
@@ -42,6 +49,7 @@ isle_task *isle_task_new(void)
     if (isle_cond_init(&t->cv)) goto fail_cv;
     atomic_init(&t->refs, 1);
     atomic_init(&t->state, ISLE_TASK_QUEUED);
+    atomic_fetch_add_explicit(&live_tasks, 1, memory_order_relaxed);
     return t;
 fail_cv:
     pthread_mutex_destroy(&t->mu);
@@ -62,14 +70,12 @@ void isle_task_release(isle_task *t)
     /* Last reference: nobody else can reach the slot any more. Pending
      * notices hold references, so `subs` is empty here. */
     isle_sig_release(t->sig);
-    if (t->mem) {
-        isle_mem_uncharge(t->mem, t->result_len);
-        isle_mem_release(t->mem);
-    }
-    free(t->result);
+    isle_msg_free(t->result); /* uncharges it from `mem` too */
+    isle_mem_release(t->mem);
     pthread_cond_destroy(&t->cv);
     pthread_mutex_destroy(&t->mu);
     free(t);
+    atomic_fetch_sub_explicit(&live_tasks, 1, memory_order_relaxed);
 }
 
 int isle_task_state(const isle_task *t)
@@ -193,11 +199,10 @@ int isle_task_start(isle_task *t, isle_sig *sig, const char *label)
 
 /* The one way a task ends. Called with `mu` held and the task not final;
  * hands back what must be released once the lock is dropped. */
-static void finish_locked(isle_task *t, int state, char *data, size_t len,
+static void finish_locked(isle_task *t, int state, isle_msg *result,
                           isle_sig **sig, isle_done **subs)
 {
-    t->result = data;
-    t->result_len = len;
+    t->result = result;
     *sig = t->sig;
     *subs = t->subs;
     if (t->sig) {
@@ -241,37 +246,38 @@ void isle_task_charge_results(isle_task *t, isle_mem *a)
     t->mem = a;
 }
 
-int isle_task_complete(isle_task *t, int state, const char *data, size_t len)
+int isle_task_complete_refs(isle_task *t, int state, const char *data, size_t len,
+                            isle_task *const *refs, size_t nrefs)
 {
     if (!is_final(state)) return 0;
-    char *copy = NULL;
-    /* A result its reader's account cannot hold is not stored. */
-    if (len && t->mem && !isle_mem_charge(t->mem, len)) {
-        state = ISLE_TASK_FAILED; /* read back as a "memory" error */
-        len = 0;
-    }
-    if (len) {
-        copy = malloc(len);
-        if (copy) memcpy(copy, data, len);
-        else {
-            if (t->mem) isle_mem_uncharge(t->mem, len);
+    isle_msg *result = NULL;
+    if (len || nrefs) {
+        result = isle_msg_new_refs(0, NULL, data, len, refs, nrefs);
+        if (!result) state = ISLE_TASK_FAILED; /* read back as a "memory" error */
+        /* A result its reader's account cannot hold is not stored: the
+         * message goes, and with it the references it took. */
+        else if (t->mem && !isle_msg_charge(result, t->mem)) {
+            isle_msg_free(result);
+            result = NULL;
             state = ISLE_TASK_FAILED;
-            len = 0;
         }
     }
     isle_sig *sig = NULL;
     isle_done *subs = NULL;
     pthread_mutex_lock(&t->mu);
     int won = !is_final(atomic_load(&t->state));
-    if (won) finish_locked(t, state, copy, len, &sig, &subs);
+    if (won) finish_locked(t, state, result, &sig, &subs);
     pthread_mutex_unlock(&t->mu);
-    if (!won) {
-        if (copy && t->mem) isle_mem_uncharge(t->mem, len);
-        free(copy);
-    } else {
-        after_finish(t, sig, subs);
-    }
+    /* A lost race gives its references (and its charge) back here, outside
+     * the lock: the last reference of a token frees it. */
+    if (!won) isle_msg_free(result);
+    else after_finish(t, sig, subs);
     return won;
+}
+
+int isle_task_complete(isle_task *t, int state, const char *data, size_t len)
+{
+    return isle_task_complete_refs(t, state, data, len, NULL, 0);
 }
 
 int isle_task_wait(isle_task *t, double timeout)
@@ -293,17 +299,20 @@ int isle_task_wait(isle_task *t, double timeout)
     return ended;
 }
 
-const char *isle_task_result(isle_task *t, size_t *len)
+const isle_msg *isle_task_result_msg(isle_task *t)
 {
     /* By `state`, not `ended`: finish_locked stores `ended` after `state`,
      * so a caller that saw a final isle_task_state() could still find
      * `ended` 0 here and take a finished task for one without a result. */
-    if (!is_final(atomic_load_explicit(&t->state, memory_order_acquire))) {
-        if (len) *len = 0;
-        return NULL;
-    }
-    if (len) *len = t->result_len;
+    if (!is_final(atomic_load_explicit(&t->state, memory_order_acquire))) return NULL;
     return t->result;
+}
+
+const char *isle_task_result(isle_task *t, size_t *len)
+{
+    const isle_msg *m = isle_task_result_msg(t);
+    if (len) *len = m ? m->len : 0;
+    return m && m->len ? m->data : NULL;
 }
 
 int isle_task_subscribe(isle_task *t, isle_mbox *mb)
@@ -390,7 +399,7 @@ int isle_task_cancel_reason(isle_task *t, int reason)
      * its waiters and subscribers are told exactly once; the worker will
      * find it ended and skip it. */
     if (state == ISLE_TASK_QUEUED)
-        finish_locked(t, ISLE_TASK_CANCELLED, NULL, 0, &sig, &subs);
+        finish_locked(t, ISLE_TASK_CANCELLED, NULL, &sig, &subs);
     pthread_mutex_unlock(&t->mu);
     if (state == ISLE_TASK_QUEUED) after_finish(t, sig, subs);
     return state;

@@ -17,6 +17,7 @@ local libs = require("isle.libs")
 local interrupt = require("isle.interrupt")
 local token = require("isle.token")
 local chunks = require("isle.chunks")
+local wire = require("isle.wire")
 local table = require("table")
 
 local C = runtime.C
@@ -51,7 +52,7 @@ local isle_path = module_dirs()
 local MODULES = { "isle", "isle.cdef", "isle.codec", "isle.errors", "isle.runtime", "isle.sched",
     "isle.interrupt", "isle.libs", "isle.proto", "isle.worker", "isle.handle", "isle.task",
     "isle.token", "isle.chunks", "isle.instrument", "isle.fnsource", "isle.loaders", "isle.wire",
-    "isle.combine", "isle.hub", "isle.luv" }
+    "isle.combine", "isle.hub", "isle.luv", "isle.state" }
 local function preload_modules()
     if C.isle_preload_count() > 0 then return end
     for _, name in ipairs(MODULES) do
@@ -64,6 +65,10 @@ local function preload_modules()
         end
     end
 end
+
+-- For C hosts (csrc/host.c), which have no Lua state of their own: they
+-- run this once in a scratch state before their first spawn.
+isle._preload = preload_modules
 
 local function bad_opt(name, what, got)
     error("isle.spawn: option '" .. name .. "' must be " .. what .. " (got " .. got .. ")", 3)
@@ -151,24 +156,28 @@ function isle.spawn(opts)
     local memory_limit = check_memory_limit(opts.memory_limit)
 
     preload_modules()
-    local enc = runtime.enc
-    enc:reset()
+    local enc = codec.reset(runtime.enc)
     enc:encode(spec)
     local nargs = args and (args.n or #args) or 0
     local ok, e = pcall(codec.put_values, enc, "args", 1, nargs, unpack(args or {}, 1, nargs))
     if not ok then
-        enc:reset()
+        codec.reset(enc)
         error(errors.from_codec(e) or e, 2)
     end
     local boot, boot_len = enc:ref()
+    -- Tokens among the arguments travel with the boot bytes (isle.wire):
+    -- the isle holds them from here, until it is freed.
+    local nrefs, refs = wire.refs()
     local cfg = ffi.new("isle_config", {
         name = name, capacity = capacity,
         path = isle_path .. ";" .. package.path, cpath = package.cpath,
-        boot = boot, boot_len = boot_len, instrument = opts.instrument == false and 0 or 1,
+        boot = boot, boot_len = boot_len, boot_refs = refs, boot_nrefs = nrefs,
+        instrument = opts.instrument == false and 0 or 1,
         memory_limit = memory_limit or 0, charge = runtime.mem,
     })
     local errp = ffi.new("int[1]")
     local p = C.isle_spawn(cfg, errp)
+    codec.reset(enc) -- the isle, if any, took its references
     if p == nil then
         if errp[0] == C.ISLE_EINVAL then
             error("isle.spawn: the name '" .. name .. "' is in use by a live isle", 2)
@@ -366,6 +375,18 @@ function isle.hub()
     end
     return runtime.driver()
 end
+
+-- Shared states (lua-mtstates' model, docs/states.md): a state with no
+-- thread of its own whose callback any thread runs under its lock. The
+-- module loads on first use.
+local function shared_states()
+    local st = require("isle.state")
+    st.configure(preload_modules, function() return isle_path .. ";" .. package.path end)
+    return st
+end
+function isle.state(...) return shared_states().new(...) end
+function isle.state_ref(key) return shared_states().ref(key) end
+function isle.singleton(...) return shared_states().singleton(...) end
 
 isle.now = function() return C.isle_now() end
 isle.is_error = errors.is

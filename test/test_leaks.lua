@@ -257,10 +257,263 @@ function TestLeaks:test_control_the_bounds_catch_the_old_leak()
     lu.assertTrue(c_grown >= 8, string.format("200,000 leaked watches grew C memory by only %.1f MB", c_grown))
 end
 
+-- Tokens travel with the C objects that carry them (isle.wire): a message,
+-- a result, an isle's boot holds a reference to each of its tokens and lets
+-- go of it when freed, whether or not anything decoded it. These count the
+-- live task slots of the process (isle_task_live_count; tokens are slots):
+-- after each test, with its isles closed and its objects collected, the
+-- count must be back where it started. Before tokens were carried, each
+-- of these shapes left slots behind (a reference taken at encode time for a
+-- receiver that never came).
+TestCarriedTokens = {}
+
+local function live_slots() return C.isle_task_live_count() end
+
+-- Collects until the count stops moving; returns it.
+local function settled_slots()
+    local n = -1
+    for _ = 1, 50 do
+        collectgarbage()
+        collectgarbage()
+        local m = live_slots()
+        if m == n then return m end
+        n = m
+        isle.sleep(0.01)
+    end
+    return n
+end
+
+-- Runs scenario(), then requires the count of live slots to come back to
+-- where it was (isles close on their threads: given a few seconds).
+local function leaves_no_slot(scenario)
+    local before = settled_slots()
+    scenario()
+    local after = live_slots()
+    helpers.eventually(function()
+        collectgarbage()
+        collectgarbage()
+        after = live_slots()
+        return after == before
+    end, 3)
+    lu.assertEquals(after, before, string.format("%d task slot(s) left behind", after - before))
+end
+
+-- An isle whose queue is held by a gate job, so that what is sent behind it
+-- stays queued until the test closes the isle with cancel.
+local function gated_isle(opts)
+    local b = isle.spawn(opts or { init = INIT })
+    local mem, addr = helpers.gate_memory()
+    local gate = b:spawn_eval(helpers.GATE, addr)
+    lu.assertTrue(helpers.eventually(function() return mem[1] == 1 end), "the gate job did not start")
+    return b, gate, mem
+end
+
+function TestCarriedTokens:test_the_count_sees_a_slot_left_behind()
+    -- The detector: one reference taken and never given back.
+    local before = settled_slots()
+    local extra = isle.token()
+    -- A pointer of its own (a cast to the same type would return extra.ptr
+    -- itself, finalizer and all).
+    local p = ffi.cast("void *", extra.ptr)
+    C.isle_task_retain(p)
+    extra = nil
+    lu.assertEquals(settled_slots(), before + 1)
+    C.isle_task_release(p)
+    lu.assertEquals(settled_slots(), before)
+end
+
+function TestCarriedTokens:test_a_token_in_the_options_of_a_message_never_run()
+    leaves_no_slot(function()
+        local b, gate, mem = gated_isle()
+        local t = b:with{ token = isle.token() }:spawn_call("inc", 1)
+        local t2 = b:with{ token = isle.token(), timeout = 60 }:spawn_call("inc", 2)
+        lu.assertEquals(t:status(), "queued")
+        b:close{ cancel = true }
+        lu.assertEquals(select(2, t:wait()).code, "closed")
+        lu.assertEquals(select(2, t2:wait()).code, "closed")
+        gate:wait()
+        mem = nil
+    end)
+end
+
+function TestCarriedTokens:test_a_token_among_the_values_of_a_message_never_run()
+    leaves_no_slot(function()
+        local b, gate = gated_isle()
+        local kept = isle.token()
+        local t = b:spawn_call("inc", isle.token(), { deep = { isle.token(), kept, kept } })
+        b:post("inc", isle.token(), kept)
+        lu.assertEquals(t:status(), "queued")
+        b:close{ cancel = true }
+        lu.assertEquals(select(2, t:wait()).code, "closed")
+        gate:wait()
+    end)
+end
+
+function TestCarriedTokens:test_posts_still_queued_when_the_isle_closes()
+    -- Whether the closing loop takes them and frees them unread, or its
+    -- thread drains them from the mailbox.
+    leaves_no_slot(function()
+        local b, gate = gated_isle()
+        for _ = 1, 3 do b:post("inc", isle.token()) end
+        lu.assertTrue(C.isle_mbox_count(C.isle_mbox_of(b.ptr)) >= 1)
+        b:close{ cancel = true }
+        gate:wait()
+    end)
+end
+
+function TestCarriedTokens:test_a_message_freed_with_its_mailbox()
+    -- The encoder's message pushed into a mailbox that is released with it
+    -- still queued (what happens to an isle's mailbox when the isle is freed).
+    local runtime, codec, wire = require("isle.runtime"), require("isle.codec"), require("isle.wire")
+    leaves_no_slot(function()
+        local mb = C.isle_mbox_new(4, 0)
+        local kept = isle.token()
+        for i = 1, 3 do
+            local enc = codec.reset(runtime.enc)
+            codec.put_values(enc, "args", 1, 3, isle.token(), { kept }, i)
+            local m = wire.new_msg(0, nil, enc)
+            lu.assertEquals(tonumber(m.nrefs), 2)
+            lu.assertEquals(codec.attached.n, 0) -- handed over: the encoder keeps nothing
+            lu.assertEquals(C.isle_mbox_push(mb, m, 0), C.ISLE_OK)
+        end
+        C.isle_mbox_release(mb)
+    end)
+end
+
+function TestCarriedTokens:test_tokens_in_a_result_nobody_decodes()
+    leaves_no_slot(function()
+        local b = isle.spawn{ init = INIT .. [[
+            function give(tok) return tok, { isle.token(), tok } end
+            function fail_with(tok) error({ tok = tok, mine = isle.token() }) end
+        ]] }
+        local tok = isle.token()
+        local t = b:spawn_call("give", tok)
+        local f = b:spawn_call("fail_with", tok)
+        -- Ended, and never decoded: no wait, no result.
+        lu.assertEquals(C.isle_task_wait(t.ptr, 10), 1)
+        lu.assertEquals(C.isle_task_wait(f.ptr, 10), 1)
+        lu.assertEquals(t:status(), "done")
+        lu.assertEquals(f:status(), "failed")
+        t, f = nil, nil
+        b:close()
+    end)
+end
+
+function TestCarriedTokens:test_a_result_decoded_twice_keeps_its_tokens()
+    -- Each decode takes its own references: reading the outcome of a slot
+    -- twice gives two working tokens, and freeing them all frees the slots.
+    leaves_no_slot(function()
+        local b = isle.spawn{ init = INIT .. "function give(tok) return tok end" }
+        local tok = isle.token()
+        local t = b:spawn_call("give", tok)
+        lu.assertTrue((t:wait()))
+        local wire = require("isle.wire")
+        local _, _, a = wire.outcome(t.ptr)
+        local _, _, c = wire.outcome(t.ptr)
+        lu.assertTrue(a.ptr == tok.ptr and c.ptr == tok.ptr)
+        t, a, c = nil, nil, nil
+        collectgarbage()
+        collectgarbage()
+        lu.assertFalse(tok:cancelled())
+        tok:cancel()
+        b:close()
+    end)
+end
+
+function TestCarriedTokens:test_tokens_in_a_combined_result_nobody_decodes()
+    leaves_no_slot(function()
+        local b = isle.spawn{ init = INIT .. "function give(tok) return tok, isle.token() end" }
+        local tok = isle.token()
+        local all = isle.all({ b:spawn_call("give", tok), b:spawn_call("give", isle.token()) })
+        local first = isle.first({ b:spawn_call("give", tok) })
+        local hub = isle.hub()
+        while C.isle_task_state(all.ptr) < C.ISLE_TASK_DONE or C.isle_task_state(first.ptr) < C.ISLE_TASK_DONE do
+            hub:run(1)
+        end
+        lu.assertEquals(all:status(), "done")
+        all, first = nil, nil
+        b:close()
+    end)
+end
+
+function TestCarriedTokens:test_an_encode_that_fails_after_a_token()
+    leaves_no_slot(function()
+        local b = isle.spawn{ init = INIT .. [[
+            function bad_result(tok) return tok, isle.token(), coroutine.create(print) end
+        ]] }
+        local co = coroutine.create(print)
+        local ok, e = pcall(b.call, b, "inc", isle.token(), co)
+        lu.assertFalse(ok)
+        lu.assertEquals(e.code, "value")
+        ok, e = pcall(b.call, b:with{ token = isle.token() }, "inc", { isle.token() }, co)
+        lu.assertEquals(e.code, "value")
+        ok, e = pcall(b.post, b, "inc", isle.token(), co)
+        lu.assertEquals(e.code, "value")
+        -- A result that cannot be encoded after a token.
+        ok, e = pcall(b.call, b, "bad_result", isle.token())
+        lu.assertFalse(ok)
+        lu.assertEquals(e.code, "value")
+        lu.assertStrContains(e.message, "results[3]")
+        -- The next call works, with a token.
+        local tok = isle.token()
+        lu.assertEquals(b:with{ token = tok }:call("inc", 1), 2)
+        b:close()
+    end)
+end
+
+function TestCarriedTokens:test_a_message_refused_by_a_full_mailbox()
+    leaves_no_slot(function()
+        local b, gate = gated_isle{ init = INIT, capacity = 1 }
+        lu.assertTrue(b:try_post("inc", 1))
+        local t, e = b:try_spawn_call("inc", isle.token())
+        lu.assertNil(t)
+        lu.assertEquals(e.code, "busy")
+        local ok, e2 = b:with{ token = isle.token() }:try_post("inc", isle.token())
+        lu.assertNil(ok)
+        lu.assertEquals(e2.code, "busy")
+        b:close{ cancel = true }
+        gate:wait()
+    end)
+end
+
+function TestCarriedTokens:test_tokens_among_the_arguments_of_a_spawn()
+    leaves_no_slot(function()
+        local tok = isle.token()
+        local b = isle.spawn{ name = "carried_boot", init = "tok, other = ...", args = { tok, isle.token() } }
+        lu.assertEquals(b:eval("return tok:cancelled()"), false)
+        tok:cancel()
+        lu.assertEquals(b:eval("return tok:cancelled()"), true)
+        -- A spawn that fails after its arguments were encoded (the name is taken).
+        local ok, e = pcall(isle.spawn, { name = "carried_boot", args = { isle.token() } })
+        lu.assertFalse(ok)
+        lu.assertStrContains(tostring(e), "in use")
+        b:close()
+    end)
+end
+
+function TestCarriedTokens:test_too_many_tokens_in_one_message_is_a_value_error()
+    local codec = require("isle.codec")
+    local max = codec.MAX_ATTACHED
+    lu.assertEquals(max, C.ISLE_MSG_REFS_MAX)
+    leaves_no_slot(function()
+        local b = isle.spawn{ init = INIT .. "function count(t) return #t, t[#t]:cancelled() end" }
+        local tok = isle.token()
+        local many = {}
+        for i = 1, max do many[i] = tok end
+        lu.assertEquals({ b:call("count", many) }, { max, false })
+        many[max + 1] = tok
+        local ok, e = pcall(b.call, b, "count", many)
+        lu.assertFalse(ok)
+        lu.assertEquals(e.code, "value")
+        lu.assertStrContains(e.message, "more than " .. max .. " tokens in one message at args[1][" .. (max + 1) .. "]")
+        b:close()
+    end)
+end
+
 function TestLeaks:test_a_host_that_exits_without_closing_its_isles_exits_cleanly()
     -- LuaJIT unloads libisle when the host state closes, while an abandoned
     -- isle still finishes on its thread: the library must stay mapped
-    -- (csrc/pin.c). Without it this crashed about every other run.
+    -- (-z nodelete, pin_library in csrc/isle.c). Without it this crashed about every other run.
     local luajit = helpers.luajit()
     local script = "local isle = require('isle') jit.off() "
         .. "local h = isle.spawn{ init = 'function f(x) return x end' } "

@@ -443,6 +443,60 @@ function TestMemcap:test_isles_a_capped_isle_spawns_are_charged_to_it()
     a:close()
 end
 
+-- Tokens travel as references carried by messages and results (isle.wire):
+-- through a capped isle too, where those messages and results are charged
+-- to it. A token it receives, sends on and gets back in a result is the same
+-- slot, a call it runs stops when that token is cancelled, and nothing is
+-- left holding a slot once the isles are gone.
+function TestMemcap:test_tokens_travel_through_a_capped_isle_and_leave_nothing()
+    local C = require("isle.cdef").C
+    local function settled()
+        local n = -1
+        for _ = 1, 50 do
+            collectgarbage()
+            collectgarbage()
+            local m = C.isle_task_live_count()
+            if m == n then return m end
+            n = m
+            isle.sleep(0.01)
+        end
+        return n
+    end
+    local before = settled()
+    do
+        local b = isle.spawn{ init = "function back(tok) return tok, { tok } end" }
+        local a = spawn(8 * MB, function()
+            local isle = require("isle")
+            function relay(tok, id)
+                local t1, t2 = isle.lookup(id):call("back", tok)
+                return t1, t2[1], tok:cancelled()
+            end
+            function wait_cancel()
+                while true do isle.sleep(0.01) end
+            end
+            function echo(...) return ... end
+        end)
+        local tok = isle.token()
+        local t1, t2, was = a:call("relay", tok, b:id())
+        lu.assertFalse(was)
+        lu.assertFalse(t1:cancelled())
+        local job = a:with{ token = tok }:spawn_call("wait_cancel")
+        tok:cancel()
+        lu.assertTrue(t1:cancelled())
+        lu.assertTrue(t2:cancelled())
+        lu.assertEquals(select(2, job:wait(10)).code, "cancelled")
+        lu.assertEquals(a:call("echo", 1), 1)
+        a:close()
+        b:close()
+    end
+    local after = before
+    helpers.eventually(function()
+        after = settled()
+        return after == before
+    end, 5)
+    lu.assertEquals(after, before, (after - before) .. " task slot(s) left behind")
+end
+
 -- lua_close runs the state's finalizers: still under the limit. The
 -- allocator goes back to LuaJIT's before its arena is destroyed, or each
 -- closed isle would leave its arena mapped (about 400 KB).

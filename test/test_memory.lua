@@ -164,4 +164,34 @@ function TestMemory:test_token_and_interrupt_id_fail_with_memory_errors()
     end)
 end
 
+-- Shared states (csrc/state.c, lua/isle/state.lua): making one fails with a
+-- memory error at every allocation site (the caller's result buffer, the
+-- state, its name, signal block and interrupt id, the copy of setup's
+-- results), leaves nothing behind, and the next one works; a call whose
+-- results cannot be copied out fails with a memory error too.
+function TestMemory:test_shared_state_fails_at_every_site()
+    local SETUP = "return function(...) return ... end"
+    both_modes(THIS_THREAD, function(flags)
+        local sites, s = sweep(flags, function()
+            return isle.state("mem-state", SETUP)
+        end, function()
+            lu.assertFalse(pcall(isle.state_ref, "mem-state"))
+            local again = isle.state("mem-state", SETUP)
+            lu.assertEquals(again:call("next"), "next")
+            again:close()
+        end)
+        lu.assertTrue(sites >= 4, "sites: " .. sites)
+        lu.assertEquals(s:call(1), 1)
+        -- Above the size a caller keeps its result buffer at: each round
+        -- starts with a new one (its allocation, then its growth).
+        local big = string.rep("x", 2e6)
+        local csites, r = sweep(flags, function() return s:call(big) end, function()
+            lu.assertEquals(s:call("ok"), "ok")
+        end)
+        lu.assertTrue(csites >= 1, "call sites: " .. csites)
+        lu.assertEquals(r, big)
+        s:close()
+    end)
+end
+
 os.exit(lu.LuaUnit.run())

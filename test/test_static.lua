@@ -19,20 +19,25 @@ TestCdef = {}
 -- Like ljsyscall's test: a C program prints what the compiler sees.
 function TestCdef:test_layout_and_constants_match_header()
     local structs = {
-        isle_msg = { "next", "task", "kind", "flags", "len", "data", "mem" },
+        isle_msg = { "next", "task", "kind", "flags", "len", "data", "nrefs", "refs", "mem" },
         isle_done = { "next", "task", "mbox", "sig" },
         isle_sig = { "flag", "scratch" },
-        isle_config = { "name", "capacity", "path", "cpath", "boot", "boot_len", "instrument", "memory_limit", "charge" },
+        isle_config = { "name", "capacity", "path", "cpath", "boot", "boot_len", "boot_refs", "boot_nrefs",
+            "instrument", "memory_limit", "charge" },
+        isle_state_io = { "args", "args_len", "results", "results_len" },
+        isle_state_out = { "data", "len", "cap" },
+        isle_state_config = { "name", "path", "cpath", "errbuf", "errcap" },
     }
     local consts = { "ISLE_OK", "ISLE_ETIMEOUT", "ISLE_EBUSY", "ISLE_ECLOSED", "ISLE_ENOMEM", "ISLE_EINVAL",
         "ISLE_ENOENT", "ISLE_TASK_QUEUED", "ISLE_TASK_RUNNING", "ISLE_TASK_DONE", "ISLE_TASK_FAILED",
         "ISLE_TASK_CANCELLED", "ISLE_TASK_CLOSED", "ISLE_CANCEL_NONE", "ISLE_CANCEL_USER",
-        "ISLE_CANCEL_TIMEOUT", "ISLE_INTR_CLEAR", "ISLE_INTR_ONCE", "ISLE_INTR_ALWAYS",
-        "ISLE_MEM_OFF", "ISLE_MEM_CORE", "ISLE_MEM_USER" }
+        "ISLE_CANCEL_TIMEOUT", "ISLE_INTR_CLEAR", "ISLE_INTR_ONCE", "ISLE_INTR_ALWAYS", "ISLE_MSG_REFS_MAX",
+        "ISLE_WIRE_VALUES", "ISLE_WIRE_FUNCS", "ISLE_WIRE_ERROR", "ISLE_WIRE_CORE", "ISLE_LABEL_MAX",
+        "ISLE_STATE_EREENTRY", "ISLE_STATE_EAMBIGUOUS", "ISLE_MEM_OFF", "ISLE_MEM_CORE", "ISLE_MEM_USER" }
     local src = { "#include <stdio.h>\n#include <stddef.h>\n#include \"isle.h\"\nint main(void) {" }
     local expect = {}
     for s, fields in pairs(structs) do
-        local ty = s == "isle_config" and s or ("struct " .. s)
+        local ty = (s == "isle_config" or s:find("^isle_state_")) and s or ("struct " .. s)
         src[#src + 1] = ('printf("%s %%zu\\n", sizeof(%s));'):format(s, ty)
         expect[#expect + 1] = s .. " " .. ffi.sizeof(ty)
         for _, f in ipairs(fields) do
@@ -57,6 +62,11 @@ function TestCdef:test_layout_and_constants_match_header()
     lu.assertEquals(out, table.concat(expect, "\n") .. "\n")
 end
 
+function TestCdef:test_the_codec_bound_on_tokens_is_the_cores()
+    -- The encoder refuses what isle_msg_new_refs would refuse, with a path.
+    lu.assertEquals(require("isle.codec").MAX_ATTACHED, require("isle.cdef").C.ISLE_MSG_REFS_MAX)
+end
+
 function TestCdef:test_every_header_function_is_declared()
     local f = io.open(ROOT .. "/csrc/isle.h")
     local header = f:read("*a")
@@ -77,7 +87,7 @@ TestGlobals = {}
 -- isles spawned with libs = false.
 local BASE = {}
 for _, k in ipairs({ "assert", "error", "getmetatable", "ipairs", "load", "loadstring", "next",
-    "pairs", "pcall", "rawget", "rawset", "require", "select", "setmetatable", "tonumber",
+    "pairs", "pcall", "rawequal", "rawget", "rawset", "require", "select", "setmetatable", "tonumber",
     "tostring", "type", "unpack", "xpcall", "newproxy", "loadfile", "_G", "package", "coroutine",
     "collectgarbage" }) do BASE[k] = true end
 

@@ -3,6 +3,10 @@
 -- ffi.cdef or ffi.load for isle (test/test_static.lua checks it against the header).
 local ffi = require("ffi")
 local os = require("os")
+local io = require("io")
+local debug = require("debug")
+local package = require("package")
+local table = require("table")
 
 ffi.cdef[[
 enum {
@@ -32,8 +36,11 @@ struct isle_msg {
     int32_t flags;
     size_t len;
     char *data;
+    size_t nrefs;
+    isle_task **refs;
     isle_mem *mem;
 };
+enum { ISLE_MSG_REFS_MAX = 65536 };
 struct isle_done {
     isle_done *next;
     isle_task *task;
@@ -50,6 +57,8 @@ void isle_set_spin(double seconds);
 double isle_get_spin(void);
 
 isle_msg *isle_msg_new(int32_t kind, isle_task *task, const char *data, size_t len);
+isle_msg *isle_msg_new_refs(int32_t kind, isle_task *task, const char *data, size_t len,
+                            isle_task *const *refs, size_t nrefs);
 void isle_msg_free(isle_msg *m);
 void isle_msg_free_list(isle_msg *head);
 int isle_msg_charge(isle_msg *m, isle_mem *a);
@@ -60,9 +69,12 @@ void isle_task_release(isle_task *t);
 int isle_task_state(const isle_task *t);
 int isle_task_start(isle_task *t, isle_sig *sig, const char *label);
 int isle_task_complete(isle_task *t, int state, const char *data, size_t len);
+int isle_task_complete_refs(isle_task *t, int state, const char *data, size_t len,
+                            isle_task *const *refs, size_t nrefs);
 void isle_task_charge_results(isle_task *t, isle_mem *a);
 int isle_task_wait(isle_task *t, double timeout);
 const char *isle_task_result(isle_task *t, size_t *len);
+const isle_msg *isle_task_result_msg(isle_task *t);
 int isle_task_subscribe(isle_task *t, isle_mbox *mb);
 int isle_task_watch(isle_task *t, isle_mbox *mb, isle_sig *sig);
 int isle_task_unwatch(isle_task *t, isle_mbox *mb, isle_sig *sig);
@@ -72,6 +84,7 @@ int isle_task_cancel(isle_task *t);
 int isle_task_cancel_reason(isle_task *t, int reason);
 int isle_task_cancelled(const isle_task *t);
 int isle_task_expire_at(isle_task *t, double deadline);
+int isle_task_live_count(void);
 
 isle_mbox *isle_mbox_new(size_t capacity, int with_fd);
 void isle_mbox_release(isle_mbox *mb);
@@ -116,6 +129,8 @@ typedef struct isle_config {
     const char *cpath;
     const char *boot;
     size_t boot_len;
+    isle_task *const *boot_refs;
+    size_t boot_nrefs;
     int instrument;
     size_t memory_limit;
     isle_mem *charge;
@@ -128,7 +143,7 @@ int64_t isle_id(const isle *i);
 const char *isle_name(const isle *i);
 isle_mbox *isle_mbox_of(isle *i);
 isle_sig *isle_sig_of(isle *i);
-const char *isle_boot(isle *i, size_t *len);
+const isle_msg *isle_boot(isle *i);
 isle_task *isle_init_task(isle *i);
 int64_t isle_state_intr(isle *i);
 int isle_instrument(const isle *i);
@@ -160,26 +175,129 @@ int isle_mem_gc_wanted(isle_mem *a);
 void isle_mem_collected(isle_mem *a);
 int isle_mem_charge(isle_mem *a, size_t n);
 void isle_mem_uncharge(isle_mem *a, size_t n);
+typedef struct isle_state isle_state;
+enum { ISLE_STATE_EREENTRY = 20, ISLE_STATE_EAMBIGUOUS = 21 };
+typedef struct isle_state_io {
+    const char *args;
+    size_t args_len;
+    const char *results;
+    size_t results_len;
+} isle_state_io;
+typedef struct isle_state_out {
+    char *data;
+    size_t len;
+    size_t cap;
+} isle_state_out;
+typedef struct isle_state_config {
+    const char *name;
+    const char *path;
+    const char *cpath;
+    char *errbuf;
+    size_t errcap;
+} isle_state_config;
+isle_state *isle_state_new(const isle_state_config *cfg, int *err);
+isle_state *isle_state_singleton(const isle_state_config *cfg, double timeout, int *err, int *created);
+void isle_state_publish(isle_state *s);
+void isle_state_discard(isle_state *s);
+isle_state *isle_state_lookup(int64_t id, const char *name, int *err);
+void isle_state_retain(isle_state *s);
+void isle_state_release(isle_state *s);
+void isle_state_disown(isle_state *s);
+int64_t isle_state_id(const isle_state *s);
+const char *isle_state_name(const isle_state *s);
+int isle_state_is_closed(const isle_state *s);
+isle_sig *isle_state_sig(isle_state *s);
+int64_t isle_state_intr_id(isle_state *s);
+isle_state_io *isle_state_io_of(isle_state *s);
+int isle_state_call(isle_state *s, double timeout, const char *in, size_t in_len, isle_state_out *out);
+isle_task *isle_state_watch(isle_state *s, int *err);
+int isle_state_unwatch(isle_state *s, isle_task *t);
+int isle_state_close(isle_state *s);
+int isle_state_count(void);
+isle_state_out *isle_state_out_new(void);
+void isle_state_out_free(isle_state_out *o);
 
 int isle_preload_set(const char *name, const char *data, size_t len);
 int isle_preload_count(void);
 ]]
 
--- Find libisle.so the way require finds C modules (package.cpath, which
--- `make path` sets), then ISLE_LIB, then the system library path. Every state
--- of the process resolves to the same loaded library.
-local function locate()
-    local env = os.getenv("ISLE_LIB")
-    if env and env ~= "" then return env end
-    local found = package.searchpath("libisle", package.cpath)
-    return found or "isle"
+-- Where libisle.so is looked for, in this order (docs/install.md):
+--   inside an isle, the file of the library that runs it (csrc/isle.c hands
+--     its name over, pin_library): every state of a process uses one copy;
+--   ISLE_LIB, a path (or a bare name for the system's search);
+--   beside the modules: the directory of this file, the Lua module directory
+--     above it, and the library directories of the same prefix ($(PREFIX)/lib
+--     for `make install`, $(PREFIX)/lib/lua/5.1 for LuaRocks);
+--   package.cpath (`eval $(make -s path)` puts a checkout's build/?.so there;
+--     a checkout is left to it, so a test can pick another build of the library);
+--   the system's library path (ffi.load("isle"): LD_LIBRARY_PATH, ld.so.cache).
+-- A file that is found but does not load is an error, not a reason to go on
+-- looking: a second copy would be a second, separate isle core.
+local LIBNAME = "libisle.so"
+
+local function exists(file)
+    local f = io.open(file, "rb")
+    if not f then return false end
+    f:close()
+    return true
 end
 
-local path = locate()
-local ok, lib = pcall(ffi.load, path)
-if not ok then
-    error("isle: cannot load the C library (" .. path .. "): " .. tostring(lib)
-        .. "; build it with `make` and add build/?.so to package.cpath (`make -s path`)", 0)
+-- The directory this file was loaded from ("./x" when relative), or nil.
+local function module_dir()
+    local file = debug.getinfo(1, "S").source:match("^@(.+)$")
+        or package.searchpath("isle.cdef", package.path)
+    if not file then return nil end
+    local dir = file:match("^(.*)/[^/]*$") or "."
+    return dir:sub(1, 1) == "/" and dir or "./" .. dir
 end
+
+local function beside_modules(dir)
+    local list = { dir .. "/" .. LIBNAME }
+    local luadir = dir:match("^(.*)/isle$")
+    if luadir then list[#list + 1] = luadir .. "/" .. LIBNAME end
+    local prefix = dir:match("^(.*)/share/lua/[^/]+/isle$")
+    if prefix then
+        list[#list + 1] = prefix .. "/lib/" .. LIBNAME
+        list[#list + 1] = prefix .. "/lib/lua/5.1/" .. LIBNAME
+    end
+    return list
+end
+
+local function load_found(path, where)
+    local ok, lib = pcall(ffi.load, path)
+    if not ok then
+        error("isle: cannot load the C library " .. path .. " (" .. where .. "): " .. tostring(lib), 0)
+    end
+    return lib, path
+end
+
+local function locate()
+    local running = debug.getregistry()["isle.library"]
+    if running then return load_found(running, "the library running this isle") end
+    local env = os.getenv("ISLE_LIB")
+    if env and env ~= "" then return load_found(env, "from ISLE_LIB") end
+    local looked = { "  ISLE_LIB: not set" }
+    local dir = module_dir()
+    if dir then
+        local list = beside_modules(dir)
+        for _, file in ipairs(list) do
+            if exists(file) then return load_found(file, "beside the modules") end
+        end
+        looked[#looked + 1] = "  beside the modules: " .. table.concat(list, ", ")
+    else
+        looked[#looked + 1] = "  beside the modules: none (isle.cdef was not loaded from a file)"
+    end
+    local found, tried = package.searchpath("libisle", package.cpath)
+    if found then return load_found(found, "on package.cpath") end
+    looked[#looked + 1] = "  package.cpath: " .. (tried:gsub("\n\t?no file '([^']*)'", "%1, "):gsub(", $", ""))
+    local ok, lib = pcall(ffi.load, "isle")
+    if ok then return lib, "isle" end
+    looked[#looked + 1] = "  the system library path: " .. tostring(lib)
+    error("isle: cannot find the C library " .. LIBNAME .. "; looked at\n" .. table.concat(looked, "\n")
+        .. "\nBuild it with `make` and, in a checkout, run `eval $(make -s path)`; or install isle with"
+        .. " `make install` (docs/install.md); or set ISLE_LIB to the library's path.", 0)
+end
+
+local lib, path = locate()
 
 return { C = lib, path = path }

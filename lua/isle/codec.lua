@@ -6,6 +6,13 @@
 -- keeps the marker through its `metatable` option) and are loaded back on the
 -- other side. Everything is checked before a byte is sent, so a bad value is
 -- reported in the sender with its path, e.g. `args[2].cb`.
+--
+-- Objects that live in C memory (tokens) are not written as addresses: the
+-- encoder "attaches" them (codec.attach) and writes their index. The list
+-- of attachments goes with the bytes into the C object that carries them
+-- (isle.wire: a message, a result, an isle's boot), which holds a reference
+-- to each for as long as it lives; whoever decodes reads them back from
+-- that object (the `from` argument of restore and get_values).
 local ffi = require("ffi")
 local buffer = require("string.buffer")
 local string = require("string")
@@ -29,24 +36,29 @@ local special_kinds = {}
 -- a kind is loaded on first use in a state that receives one.
 local SPECIAL_MODULES = { [1] = "isle.token" }
 
--- Lets a module send its objects: ship(obj) returns a plain value,
--- restore(value) rebuilds the object in the receiving state.
+-- Lets a module send its objects: ship(obj, path) returns a plain value
+-- (usually the index codec.attach gave it), restore(value, from) rebuilds
+-- the object in the receiving state, `from` being the carrier the bytes
+-- were read from.
 function codec.register_special(kind, mt, ship, restore)
     local s = { kind = kind, ship = ship, restore = restore }
     specials[mt] = s
     special_kinds[kind] = s
 end
 
-local function special_restore(kind, payload)
+local function special_restore(kind, payload, from)
     local s = special_kinds[kind]
     if not s then
         require(SPECIAL_MODULES[kind])
         s = special_kinds[kind]
     end
-    return s.restore(payload)
+    return s.restore(payload, from)
 end
 
 codec.MAX_DEPTH = 100
+-- At most this many attachments per encode: ISLE_MSG_REFS_MAX of csrc/isle.h
+-- (test/test_static.lua checks that they agree).
+codec.MAX_ATTACHED = 65536
 
 function codec.new_buffer()
     return buffer.new(OPTS)
@@ -66,6 +78,41 @@ end
 -- A rejected value: raised as a "value" error by the caller (isle.errors).
 local function bad(path, what)
     error({ isle_value_error = true, message = "cannot send " .. what .. " at " .. path }, 0)
+end
+
+-- The attachments of the encode under way, in order: attached[1..n]. One
+-- list per state, as the encode buffer is (runtime.enc); isle.wire hands
+-- it to the core with the bytes. Strong references, so that what is attached
+-- stays alive until the core has taken its own.
+local attached = { n = 0 }
+codec.attached = attached
+
+-- Appends `x` to the attachments; returns its index (from 1).
+function codec.attach(x, path)
+    local n = attached.n + 1
+    if n > codec.MAX_ATTACHED then
+        bad(path, "more than " .. codec.MAX_ATTACHED .. " tokens in one message")
+    end
+    attached[n] = x
+    attached.n = n
+    return n
+end
+
+-- Forgets the attachments (after the core took its references, or when an
+-- encode is abandoned): nothing is left holding them.
+local function drop_attached()
+    for i = 1, attached.n do attached[i] = nil end
+    attached.n = 0
+end
+codec.drop_attached = drop_attached
+
+-- Starts an encode into `buf`: empties it and the attachments. Every encode
+-- that may attach starts here; one that fails comes back here too, so that
+-- the list does not keep its objects alive until the next encode.
+function codec.reset(buf)
+    buf:reset()
+    if attached.n > 0 then drop_attached() end
+    return buf
 end
 
 local function cdata_ok(v)
@@ -149,7 +196,7 @@ check = function(v, path, depth, active)
         local mt = getmetatable(v)
         if mt == FN_MT or mt == SPECIAL_MT then return v end
         local sp = mt and specials[mt]
-        if sp then return setmetatable({ sp.kind, sp.ship(v) }, SPECIAL_MT) end
+        if sp then return setmetatable({ sp.kind, sp.ship(v, path) }, SPECIAL_MT) end
         return check_table(v, path, depth, active)
     elseif tv == "function" then
         return ship_function(v, path)
@@ -268,27 +315,30 @@ local function from_source(text, chunkname)
     return f
 end
 
-local function restore(v, chunkname)
+-- Rebuilds what check shipped; `from` is the carrier of the bytes (see the
+-- top of this file), which specials read their attachments from.
+local function restore(v, from)
     if type(v) ~= "table" then return v end
     local mt = getmetatable(v)
     if mt == FN_MT then
         if v[1] == false then return from_source(v[2], v[3]) end
-        local f, err = load(v[1], chunkname)
+        local f, err = load(v[1])
         if not f then error("cannot load a shipped function: " .. tostring(err), 0) end
         if v[2] then bind_checkpoints(f) end
         return f
     elseif mt == SPECIAL_MT then
-        return special_restore(v[1], v[2])
+        return special_restore(v[1], v[2], from)
     end
     for k, x in next, v do
-        if type(x) == "table" then v[k] = restore(x, chunkname) end
+        if type(x) == "table" then v[k] = restore(x, from) end
     end
     return v
 end
 codec.restore = restore
 
--- Reads a value list written by put_values from `buf`; returns n, values...
-function codec.get_values(buf)
+-- Reads a value list written by put_values from `buf`, whose bytes came
+-- from carrier `from`; returns n, values...
+function codec.get_values(buf, from)
     local tag = buf:get(1)
     local n = buf:decode()
     if tag == "V" then
@@ -302,7 +352,7 @@ function codec.get_values(buf)
     local t = {}
     for i = 1, n do
         local v = buf:decode()
-        if tag == "F" then v = restore(v) end
+        if tag == "F" then v = restore(v, from) end
         t[i] = v
     end
     return n, unpack(t, 1, n)

@@ -39,23 +39,22 @@ end
 
 local function ended(p) return C.isle_task_state(p) >= ISLE_TASK_DONE end
 
+-- Results and errors carry their tokens as any result does (isle.wire):
+-- the combined slot holds them until it is freed.
 local function complete_ok(p, n, ...)
     local enc = runtime.enc
     local ok, e = wire.put_results(enc, n, ...)
     if not ok then
         wire.put_error(enc, e)
-        local b, len = enc:ref()
-        return C.isle_task_complete(p, ISLE_TASK_FAILED, b, len)
+        return wire.complete(p, ISLE_TASK_FAILED, enc)
     end
-    local b, len = enc:ref()
-    return C.isle_task_complete(p, ISLE_TASK_DONE, b, len)
+    return wire.complete(p, ISLE_TASK_DONE, enc)
 end
 
 local function complete_error(p, e)
     local enc = runtime.enc
     wire.put_error(enc, e)
-    local b, len = enc:ref()
-    return C.isle_task_complete(p, wire.error_state(e), b, len)
+    return wire.complete(p, wire.error_state(e), enc)
 end
 
 local function pack(...) return { n = select("#", ...), ... } end

@@ -9,7 +9,7 @@ local errors = {}
 
 errors.CODES = {
     runtime = true, cancelled = true, timeout = true, closed = true, value = true,
-    busy = true, memory = true, unknown = true, interrupted = true,
+    busy = true, memory = true, unknown = true, interrupted = true, ambiguous = true,
 }
 
 local Error = {}
@@ -49,6 +49,21 @@ function errors.describe(v)
         if type(m) == "string" then return m end
     end
     return "(error object is a " .. tv .. " value)"
+end
+
+-- Drops the frames of isle's own machinery from a traceback: everything from
+-- the first frame of an isle module (precompiled ones show as [string
+-- "isle.x"], source ones as .../isle/x.lua), with the C frame just above it.
+function errors.cut_traceback(tb)
+    local out = {}
+    for l in tb:gmatch("[^\n]+") do
+        if l:find('[string "isle.', 1, true) or l:find("/isle/[%w_]+%.lua:") then
+            if #out > 1 and out[#out]:find("^%s*%[C%]: in ") then out[#out] = nil end
+            break
+        end
+        out[#out + 1] = l
+    end
+    return require("table").concat(out, "\n")
 end
 
 -- The "value" error for bad input, from codec's internal rejection.

@@ -10,6 +10,7 @@ local interrupt = require("isle.interrupt")
 local token = require("isle.token")
 local proto = require("isle.proto")
 local chunks = require("isle.chunks")
+local wire = require("isle.wire")
 
 local C = runtime.C
 local setmetatable, getmetatable, select, error, type, tostring, tonumber, pcall, next, newproxy, collectgarbage =
@@ -25,6 +26,8 @@ Handle.__index = Handle
 
 local EVAL, CALL, EXEC, POST = proto.EVAL, proto.CALL, proto.EXEC, proto.POST
 local generation, check_process = runtime.generation, runtime.check_process
+local new_msg, attached = wire.new_msg, wire.attached
+local isle_msg_new = C.isle_msg_new
 -- Resolved now: finalizers may run while the state closes, after LuaJIT has
 -- let go of the library object (the library itself stays mapped).
 local isle_abandon, isle_release, isle_retain, isle_stop, isle_join, isle_now, isle_id, isle_task_release =
@@ -126,12 +129,10 @@ local function is_closed(self)
     return self.closed or (self.base and self.base.closed) or C.isle_is_closed(self.ptr) ~= 0
 end
 
--- A token in the call options was shipped holding a reference for the
--- receiver (lua/isle/token.lua): a message that is never sent gives it back,
--- or the token would never be freed.
-local function unship(opts)
-    local tok = opts and opts.wire.token
-    if tok ~= nil then C.isle_task_release(tok.ptr) end
+-- An encode that will not be sent: drop what it attached, then raise.
+local function abandon(enc, e)
+    codec.reset(enc)
+    error(e, 4)
 end
 
 local function charge_again(m, mem)
@@ -141,14 +142,14 @@ end
 
 -- Encodes and queues one message. wait: seconds to wait for room (< 0 for
 -- ever, 0 not at all). Returns the task pointer (or true for one-way
--- messages), or nil, err for busy/closed.
-
+-- messages), or nil, err for busy/closed. Tokens (in the options or among
+-- the values) take no reference until the message is made, which carries
+-- them (isle.wire): a failure anywhere leaves nothing to give back.
 local function send(self, kind, target, wait, with_task, n, ...)
     if self.gen ~= generation() then check_process(self, "isle handle", 3) end
     -- A closed isle is an expected failure: nil, err (the raising callers raise it).
     if is_closed(self) then return nil, closed_error(self) end
-    local enc = runtime.enc
-    enc:reset()
+    local enc = codec.reset(runtime.enc)
     local opts = self.opts
     local flags = 0
     if kind == EVAL or kind == EXEC then
@@ -178,50 +179,44 @@ local function send(self, kind, target, wait, with_task, n, ...)
     end
     if not codec.put_fast(enc, n, ...) then
         local ok, e = pcall(codec.put_values, enc, "args", 1, n, ...)
-        if not ok then
-            enc:reset()
-            unship(opts)
-            error(errors.from_codec(e) or e, 3)
-        end
+        if not ok then abandon(enc, errors.from_codec(e) or e) end
     end
     local t
     if with_task then
         t = C.isle_task_new()
-        if t == nil then
-            unship(opts)
-            error(errors.new("memory", "cannot allocate a task"), 3)
-        end
+        if t == nil then abandon(enc, errors.new("memory", "cannot allocate a task")) end
         runtime.gc(t, isle_task_release)
         -- A capped isle holds the result in C memory: it counts against its limit.
         if runtime.mem ~= nil then C.isle_task_charge_results(t, runtime.mem) end
         -- The deadline runs from the call, queued time included.
         if opts and opts.timeout
             and C.isle_task_expire_at(t, C.isle_now() + opts.timeout) ~= ISLE_OK then
-            unship(opts)
-            error(errors.new("memory", "cannot arm the timeout"), 3)
+            abandon(enc, errors.new("memory", "cannot arm the timeout"))
         end
     end
-    local p, len = enc:ref()
-    local m = C.isle_msg_new(kind, t, p, len)
+    local m
+    if attached.n == 0 then -- no token to carry: inline, as on every hot path (isle.wire)
+        local p, len = enc:ref()
+        m = isle_msg_new(kind, t, p, len)
+    else
+        m = new_msg(kind, t, enc)
+    end
     if m == nil then
-        unship(opts)
-        error(errors.new("memory", "cannot allocate a message of " .. len .. " bytes"), 3)
+        error(errors.new("memory", "cannot allocate a message of " .. #enc .. " bytes"), 3)
     end
     local mem = runtime.mem
     -- A capped isle: what it has queued counts against its memory_limit, and
     -- so do the results its tasks hold, which garbage tasks keep until they
     -- are collected: once more after a collection.
     if mem ~= nil and C.isle_msg_charge(m, mem) == 0 and not charge_again(m, mem) then
-        C.isle_msg_free(m)
-        unship(opts)
-        error(errors.new("memory", "cannot send " .. len .. " bytes: with the messages it has queued, "
+        C.isle_msg_free(m) -- and the references it carries
+        error(errors.new("memory", "cannot send " .. #enc .. " bytes: with the messages it has queued, "
             .. "this isle would pass its memory_limit"), 3)
     end
     m.flags = flags
     local rc = C.isle_mbox_push(C.isle_mbox_of(self.ptr), m, wait)
     if rc ~= ISLE_OK then
-        C.isle_msg_free(m)
-        unship(opts)
+        C.isle_msg_free(m) -- and the references it carries
         if rc == ISLE_EBUSY then
             return nil, errors.new("busy", "the mailbox of isle " .. tonumber(C.isle_id(self.ptr)) .. " is full")
         end

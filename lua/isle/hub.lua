@@ -150,6 +150,12 @@ function Hub:use_socket(fd)
     return true
 end
 
+-- True while poll/run runs callbacks and resumptions (adapters: a wait
+-- started from one of those cannot be woken by the same poll).
+function Hub:in_poll()
+    return self.polling
+end
+
 -- Makes a later poll return at once (an adapter's way to ring its reader).
 function Hub:wake()
     check_process(self, "hub")

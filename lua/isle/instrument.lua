@@ -50,17 +50,16 @@ local PAT  = "[0-9A-Za-z_\128-\255\"'%-%[]"
 local PATF = "[0-9A-Za-z_\128-\255\"'%-%[%)]"   -- also `)` after `function`
 
 -- Byte classes: 1 identifier start, 2 digit, 3 quote, 4 '-', 5 '[', 6 ')'.
-local CLASS = {}
-for c = 0, 255 do
-  local ch = string.char(c)
-  if find(ch, "^[A-Za-z_\128-\255]") then CLASS[c] = 1
-  elseif find(ch, "^[0-9]") then CLASS[c] = 2
-  elseif c == 34 or c == 39 then CLASS[c] = 3
-  elseif c == 45 then CLASS[c] = 4
-  elseif c == 91 then CLASS[c] = 5
-  elseif c == 41 then CLASS[c] = 6
-  else CLASS[c] = 0 end
-end
+-- Written out by runs of bytes rather than computed in a 256-turn loop:
+-- the JIT would compile that loop and its branches, which made loading
+-- this module cost about 1.5 ms in every state that loads it (each isle
+-- that instruments a chunk itself, as for C hosts) instead of 0.05 ms.
+local function run(n, class) return string.rep(string.char(class), n) end
+local CLASSES = run(34, 0) .. run(1, 3) .. run(4, 0) .. run(1, 3) .. run(1, 0) -- 0-40: '"' 34, "'" 39
+  .. run(1, 6) .. run(3, 0) .. run(1, 4) .. run(2, 0)                          -- 41 ')', 45 '-'
+  .. run(10, 2) .. run(7, 0) .. run(26, 1) .. run(1, 5) .. run(3, 0)           -- 0-9, A-Z, 91 '['
+  .. run(1, 1) .. run(1, 0) .. run(26, 1) .. run(5, 0) .. run(128, 1)          -- '_', a-z, 128-255
+local CLASS = { [0] = byte(CLASSES, 1), byte(CLASSES, 2, 256) }
 
 -- Keywords that change block structure.
 local K_WHILE, K_FOR, K_DO, K_REPEAT, K_UNTIL, K_IF, K_FUNCTION, K_END, K_GOTO =

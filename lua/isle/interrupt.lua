@@ -316,8 +316,43 @@ end
 function M.on_memory(fn) on_memory = fn end
 
 -- While isle's own modules load (require in an isle), requests wait: a
--- module left half-loaded would fail every later require.
-function M.loading(delta) loading = loading + delta end
+-- module left half-loaded would fail every later require. Returns the count.
+-- (A shared state keeps it at 1 outside its callbacks: lua/isle/state.lua.)
+function M.loading(delta)
+    loading = loading + delta
+    return loading
+end
+
+-- isle's own modules load from the preloaded bytecode (csrc/preload.c, the
+-- searcher at package.loaders[2]); an interrupt must not land while one
+-- loads, or the module would stay broken for every later require.
+function M.guard_modules(package)
+    local loaders, loaded = package.loaders, package.loaded
+    local blob = loaders[2]
+    local function finish(name, ok, ...)
+        if ok then
+            -- Registered before requests may land again: an error raised
+            -- between here and require's own bookkeeping must not leave
+            -- require's "loading" mark behind.
+            local v = ...
+            if v == nil then
+                v = loaded[name]
+                if type(v) == "userdata" then v = true end
+            end
+            loaded[name] = v
+        end
+        loading = loading - 1
+        if not ok then error((...), 0) end
+        return ...
+    end
+    loaders[2] = function(name)
+        local loader = blob(name)
+        if type(loader) ~= "function" then return loader end
+        -- Counted from here: require calls the loader right after.
+        loading = loading + 1
+        return function(...) return finish(name, pcall(loader, ...)) end
+    end
+end
 
 local MODES = { [true] = C.ISLE_INTR_ALWAYS, [false] = C.ISLE_INTR_CLEAR }
 

@@ -43,17 +43,22 @@ local REQUEST = { rewrite = true, access = true, content = true, server_rewrite 
 local READ_TIMEOUT = 2 ^ 31 - 1 -- ms
 local WAIT_SLICE = 86400        -- s: sema:wait's timeout is an int of ms
 local RING_EVERY = 86400        -- s: the shutdown ringer's pending timer
+local SELF_POLL = 0.01          -- s: how often a wait polls when no reader can run
 
 -- lua-nginx-module replaces the coroutine library and its copy has no
 -- isyieldable: there, a wait inside a C callback (a table.sort comparator)
 -- raises "attempt to yield across C-call boundary" (docs/hub.md).
+local worker = nil -- this process's state (current() below)
+
 local function can_suspend()
     if YIELDING[get_phase()] ~= true or co_running() == nil then return false end
+    -- Inside a callback that the reader's hub:poll() runs: the reader is
+    -- busy with it and could not wake this wait, so it blocks instead.
+    local w = worker
+    if w and w.hub:in_poll() then return false end
     return co_isyieldable == nil or co_isyieldable()
 end
 
--- Per worker: made again after a fork (the master's belongs to the master).
-local worker = nil
 
 local function report(e, what)
     runtime.report(e, "isle.ngx: " .. what)
@@ -63,8 +68,9 @@ end
 -- socket into hub:poll() calls. It exits when the worker is exiting and
 -- nothing is pending any more (the ringer makes sure it sees the exit).
 local function reader(premature, w)
-    if premature then w.reading = false return end
     local hub = w.hub
+    -- Fired early by a shutdown: still needed if waits are parked.
+    if premature and hub:pending() == 0 then w.reading = false return end
     local buf = ffi.new("char[256]")
     local lfd = C.isle_notify_listen(buf, 256)
     if lfd < 0 then
@@ -169,6 +175,7 @@ local function park(wait, timeout)
     wait.sema = sema
     local req = request_of(w)
     if req then req.waits[wait] = true end
+    ngx.update_time()
     local deadline = timeout >= 0 and ngx.now() + timeout or nil
     local why
     while not wait.why do
@@ -179,8 +186,14 @@ local function park(wait, timeout)
             if slice <= 0 then why = "timeout" break end
             if slice > WAIT_SLICE then slice = WAIT_SLICE end
         end
+        -- No reader, and none can start: the worker is exiting (nginx
+        -- refuses new timers then) and the reader has left. This wait polls
+        -- the hub itself, every 10 ms, until the worker is gone.
+        local self_poll = not w.reading
+        if self_poll and slice > SELF_POLL then slice = SELF_POLL end
         local ok, err = sema:wait(slice)
         if not ok and err ~= "timeout" then why = "semaphore: " .. tostring(err) break end
+        if self_poll and not wait.why and not w.hub:in_poll() then w.hub:poll() end
     end
     if req then req.waits[wait] = nil end
     return wait.why or why

@@ -3,13 +3,13 @@
 -- state running a job that carries it (isle_task_watch) and wakes the jobs
 -- waiting on it. Tokens cross states as values: the receiver gets a token on
 -- the same slot.
-local ffi = require("ffi")
 local runtime = require("isle.runtime")
 local codec = require("isle.codec")
 local errors = require("isle.errors")
 
 local C = runtime.C
-local setmetatable, tonumber = setmetatable, tonumber
+local isle_task_retain = C.isle_task_retain
+local setmetatable, tonumber, tostring, type, error = setmetatable, tonumber, tostring, type, error
 
 local token = {}
 local Token = {}
@@ -44,13 +44,21 @@ function Token:__tostring()
     return "isle.token (" .. (self:cancelled() and "cancelled" or "live") .. ")"
 end
 
--- On the wire: the slot's address, with one reference handed to the receiver.
-codec.register_special(1, Token, function(tok)
+-- On the wire: an index into the references of the message (or result, or
+-- boot) that carries the bytes (isle_msg.refs). The core retains the slot
+-- when that carrier is made and releases it when the carrier is freed,
+-- decoded or not; a receiver that decodes the token takes a reference of
+-- its own.
+codec.register_special(1, Token, function(tok, path)
     check_process(tok, "token", 4)
-    C.isle_task_retain(tok.ptr)
-    return tonumber(ffi.cast("uintptr_t", tok.ptr))
-end, function(addr)
-    return token.wrap(ffi.cast("isle_task *", addr))
+    return codec.attach(tok.ptr, path)
+end, function(index, from)
+    if from == nil or type(index) ~= "number" or index < 1 or index > tonumber(from.nrefs) then
+        error("isle: a token arrived without its reference (index " .. tostring(index) .. ")", 0)
+    end
+    local p = from.refs[index - 1]
+    isle_task_retain(p)
+    return token.wrap(p)
 end)
 
 token.Token = Token

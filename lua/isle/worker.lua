@@ -23,9 +23,12 @@ local type, select, pcall, xpcall, tostring, tonumber, unpack, load, loadstring,
     type, select, pcall, xpcall, tostring, tonumber, unpack, load, loadstring, next, setmetatable
 local traceback = debug.traceback
 local collectgarbage = collectgarbage -- kept: a sandbox may take the global away
-local EVAL, EXEC, POST, F_OPTIONS, F_WRAPPED = proto.EVAL, proto.EXEC, proto.POST, proto.F_OPTIONS, proto.F_WRAPPED
+local EVAL, EXEC, POST, F_OPTIONS, F_WRAPPED, F_INSTRUMENT =
+    proto.EVAL, proto.EXEC, proto.POST, proto.F_OPTIONS, proto.F_WRAPPED, proto.F_INSTRUMENT
 local ISLE_OK = C.ISLE_OK
 local ISLE_TASK_DONE, ISLE_TASK_FAILED, ISLE_TASK_CLOSED = C.ISLE_TASK_DONE, C.ISLE_TASK_FAILED, C.ISLE_TASK_CLOSED
+local attached, isle_task_complete = wire.attached, C.isle_task_complete
+local reset = codec.reset
 
 local worker = {}
 
@@ -76,22 +79,7 @@ end
 
 local isle_label = "isle"
 
--- Drops the frames of isle's own machinery from a traceback: everything from
--- the first frame of an isle module (precompiled ones show as [string
--- "isle.x"], source ones as .../isle/x.lua), with the xpcall just above it.
-local function cut_traceback(tb)
-    local lines, out = {}, {}
-    for line in tb:gmatch("[^\n]+") do lines[#lines + 1] = line end
-    for i = 1, #lines do
-        local l = lines[i]
-        if l:find('[string "isle.', 1, true) or l:find("/isle/[%w_]+%.lua:") then
-            if #out > 1 and out[#out]:find("^%s*%[C%]: in ") then out[#out] = nil end
-            break
-        end
-        out[#out + 1] = l
-    end
-    return table.concat(out, "\n")
-end
+local cut_traceback = errors.cut_traceback
 
 -- Message handler for xpcall: an error object with the isle-side traceback,
 -- cut where the worker's own frames begin. It runs no user code: a message
@@ -179,7 +167,7 @@ end
 -- compiling: the common case (a job that returned at most three values)
 -- goes on by a tail call to a function of fixed arity.
 local function encode_few(enc, n, a, b, c)
-    enc:reset()
+    reset(enc) -- and what an encode that ran out left attached
     if codec.put_fast(enc, n, a, b, c) then return ISLE_TASK_DONE end
     local encoded, e = wire.put_results(enc, n, a, b, c)
     if encoded then return ISLE_TASK_DONE end
@@ -198,12 +186,13 @@ end
 -- them (and the buffer they were encoded into goes first).
 local function finish_out_of_memory(rec, t)
     local enc = runtime.enc
+    reset(enc) -- the tokens it attached are not sent
     enc:free()
     collect()
     put_error(enc, errors.new("memory", "the job's result does not fit in the memory_limit of " .. isle_label))
     let_go(rec)
     local p, len = enc:ref()
-    C.isle_task_complete(t, ISLE_TASK_FAILED, p, len)
+    isle_task_complete(t, ISLE_TASK_FAILED, p, len)
     if not rec.borrowed then C.isle_task_release(t) end
 end
 
@@ -231,11 +220,15 @@ local function finish(rec, t, ok, ...)
         state = encode_outcome(enc, ok, ...)
     end
     let_go(rec)
-    local p, len = enc:ref()
-    C.isle_task_complete(t, state, p, len)
+    if attached.n == 0 then -- no token to carry: inline (isle.wire)
+        local p, len = enc:ref()
+        isle_task_complete(t, state, p, len)
+    else
+        wire.complete(t, state, enc)
+    end
     if capped then
         -- A large buffer, once copied, goes back: it would stay counted.
-        if len > 65536 then enc:free() end
+        if #enc > 65536 then enc:free() end
         -- Asked for while the job ran and not done yet (no checkpoint came):
         -- before the next job, whose first allocations it would be in the way of.
         collect_if_wanted()
@@ -290,17 +283,29 @@ local chunk_cache, chunk_count = {}, 0
 -- Compiles a chunk. A `wrapped` one was instrumented by its sender
 -- (isle.chunks): loading it gives a factory, which takes this state's
 -- checkpoint flag, scratch word and slow path and returns the chunk.
-local function compile(code, chunkname, wrapped)
-    local key = wrapped and code or "\0" .. code
+-- `here`: a sender that has no instrumenter (a C host, csrc/host.c) asks the
+-- isle to insert the checkpoints itself, as isle.chunks.prepare would have
+-- (only for a chunk that compiles by itself, so a syntax error is Lua's own
+-- and text cannot reach outside the wrapper); source the instrumenter cannot
+-- handle compiles as it is. Either way the result is cached like any chunk.
+local function compile(code, chunkname, wrapped, here)
+    local key = wrapped and code or (here and "\1" or "\0") .. code
     local f = chunk_cache[key]
     if f then return f end
-    local err
-    f, err = loadstring(code, chunkname)
-    if not f then error(errors.new("runtime", err), 0) end
-    if wrapped then
-        f = f()(interrupt.pointers())
-    elseif code:byte(1) == 27 then
-        codec.bind_checkpoints(f) -- bytecode of a function made by instrumented code
+    if here and code:byte(1) ~= 27 and loadstring(code, chunkname) then
+        local out = require("isle.instrument").source(code)
+        local factory = out and loadstring(out, chunkname)
+        if factory then f = factory()(interrupt.pointers()) end
+    end
+    if not f then
+        local err
+        f, err = loadstring(code, chunkname)
+        if not f then error(errors.new("runtime", err), 0) end
+        if wrapped then
+            f = f()(interrupt.pointers())
+        elseif code:byte(1) == 27 then
+            codec.bind_checkpoints(f) -- bytecode of a function made by instrumented code
+        end
     end
     if chunk_count >= 256 then chunk_cache, chunk_count = {}, 0 end
     chunk_cache[key] = f
@@ -339,7 +344,7 @@ end
 
 local function target_function(rec)
     local kind, target = rec.kind, rec.target
-    if kind == EVAL then return compile(target, "=eval", rec.wrapped) end
+    if kind == EVAL then return compile(target, "=eval", rec.wrapped, rec.here) end
     if kind == EXEC then
         if rec.wrapped then return exec_function(target) end
         return compile(target, "=exec", false) -- bytecode: the hook and isle.checkpoint() only
@@ -412,7 +417,7 @@ end
 -- In a capped isle the arguments are the job's: decoded under the user
 -- limit (after a collection, a second time), and a call whose arguments do
 -- not fit fails with `memory`.
--- (Callers switch to user mode and call pcall(get_values, dec) themselves:
+-- (Callers switch to user mode and call pcall(get_values, dec, m) themselves:
 -- a wrapper returning pcall's results kept the runner loop from compiling.)
 local get_values = codec.get_values
 
@@ -433,7 +438,7 @@ local function args_failed(rec, m, e, retried)
         dec:set(m.data, m.len)
         dec:decode() -- the target, decoded already
         user_mode()
-        return start_retry(rec, m, pcall(get_values, dec))
+        return start_retry(rec, m, pcall(get_values, dec, m))
     end
     C.isle_msg_free(m)
     return complete(rec, false, errors.new("memory", "the call's arguments do not fit in the memory_limit of "
@@ -457,7 +462,7 @@ local function call_post(name, ...)
 end
 
 local function run_post(runner, m, name, n, ...)
-    C.isle_msg_free(m)
+    C.isle_msg_free(m) -- decoded tokens hold references of their own
     if capped then user_mode() end
     local ok, e = xpcall(call_post, on_error, name, ...)
     if capped then core_mode() end
@@ -483,7 +488,7 @@ local function post_args_failed(runner, m, name, e, retried)
         dec:set(m.data, m.len)
         dec:decode()
         user_mode()
-        return post_retry(runner, m, name, pcall(get_values, dec))
+        return post_retry(runner, m, name, pcall(get_values, dec, m))
     end
     C.isle_msg_free(m)
     report(errors.new("memory", "the post's arguments do not fit in the memory_limit of " .. isle_label))
@@ -577,23 +582,23 @@ local function run_message(s, runner, m)
         s:enter(runner)
         if capped then
             user_mode()
-            return run_post_capped(runner, m, target, pcall(get_values, dec))
+            return run_post_capped(runner, m, target, pcall(get_values, dec, m))
         end
-        return run_post(runner, m, target, codec.get_values(dec))
+        return run_post(runner, m, target, codec.get_values(dec, m))
     end
     local rec = { task = t, kind = m.kind, target = target, co = runner.co,
-                  wrapped = band(flags, F_WRAPPED) ~= 0 }
+                  wrapped = band(flags, F_WRAPPED) ~= 0, here = band(flags, F_INSTRUMENT) ~= 0 }
     if band(flags, F_OPTIONS) ~= 0 then -- { target, options } from h:with{...}
-        local o = codec.restore(target[2])
+        local o = codec.restore(target[2], m)
         rec.target = target[1]
         if o.token then rec.token = o.token.ptr; rec.token_ref = o.token end
     end
     s:enter(rec)
     if capped then
         user_mode()
-        start_capped(rec, m, pcall(get_values, dec))
+        start_capped(rec, m, pcall(get_values, dec, m))
     else
-        start(rec, m, codec.get_values(dec))
+        start(rec, m, codec.get_values(dec, m))
     end
     s:enter(runner)
 end
@@ -629,42 +634,12 @@ end
 
 -- Boot ------------------------------------------------------------------------
 
--- isle's own modules load from the preloaded bytecode (csrc/preload.c, the
--- searcher at package.loaders[2]); an interrupt must not land while one
--- loads, or the module would stay broken for every later require.
-local function guard_isle_modules()
-    local loaders, loaded = package.loaders, package.loaded
-    local blob = loaders[2]
-    local function finish(name, ok, ...)
-        if ok then
-            -- Registered before requests may land again: an error raised
-            -- between here and require's own bookkeeping must not leave
-            -- require's "loading" mark behind.
-            local v = ...
-            if v == nil then
-                v = loaded[name]
-                if type(v) == "userdata" then v = true end
-            end
-            loaded[name] = v
-        end
-        interrupt.loading(-1)
-        if not ok then error((...), 0) end
-        return ...
-    end
-    loaders[2] = function(name)
-        local loader = blob(name)
-        if type(loader) ~= "function" then return loader end
-        -- Counted from here: require calls the loader right after.
-        interrupt.loading(1)
-        return function(...) return finish(name, pcall(loader, ...)) end
-    end
-end
 local function run_init(rec)
     local spec = rec.spec
     local function init(...)
         local f
         if spec.init_code then
-            f = compile(spec.init_code, "=init", spec.init_wrapped)
+            f = compile(spec.init_code, "=init", spec.init_wrapped, spec.init_instrument)
         elseif spec.init_src then
             f = exec_function(spec.init_src)
         elseif spec.init_fn then
@@ -743,13 +718,13 @@ function worker.main(addr)
     interrupt.install_hook()
     interrupt.guard_coroutines(coroutine)
     flagp = interrupt.pointers()
-    guard_isle_modules()
+    interrupt.guard_modules(package)
 
-    local dec, lenp = runtime.dec, runtime.lenp
-    local boot = C.isle_boot(self_ptr, lenp)
-    dec:set(boot, lenp[0])
+    local dec = runtime.dec
+    local boot = C.isle_boot(self_ptr) -- kept by the isle, with its references
+    dec:set(boot.data, boot.len)
     local spec = dec:decode()
-    local args = pack(select(2, codec.get_values(dec)))
+    local args = pack(select(2, codec.get_values(dec, boot)))
     if spec.instrument_loads then require("isle.loaders").install(_G) end
     libs.apply(spec.libs, _G)
 

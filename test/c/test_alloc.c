@@ -16,6 +16,7 @@ typedef struct ctx {
     isle_mbox *mb;    /* a subscriber for notices, alive for the whole test */
     isle_sig *sig;    /* likewise: a state's signal block */
     isle_task *t;
+    isle_task *toks[2]; /* slots a message or a result carries (tokens) */
     isle_mbox *made_mb;
     isle_sig *made_sig;
     int64_t id;
@@ -69,6 +70,55 @@ static long push_check(void *p, int ok)
     /* A failed isle_msg_new took no reference: this frees the task (the
      * sweep's leak check). */
     isle_task_release(c->t);
+    return 0;
+}
+
+/* ---- carried references: isle_msg_new_refs + isle_mbox_push --------------- */
+static void refs_setup(void *p)
+{
+    ctx *c = p;
+    c->t = isle_task_new();
+    c->toks[0] = isle_task_new();
+    c->toks[1] = isle_task_new();
+}
+
+/* The caller's references go; what is left is what the core holds. */
+static void refs_release(ctx *c)
+{
+    isle_task_release(c->toks[0]);
+    isle_task_release(c->toks[1]);
+    isle_task_release(c->t);
+}
+
+static int push_refs_run(void *p)
+{
+    ctx *c = p;
+    isle_msg *m = isle_msg_new_refs(3, c->t, "payload", 7, c->toks, 2);
+    if (!m) return 0;
+    CHECK_EQ(isle_mbox_push(c->mb, m, 0), ISLE_OK);
+    return 1;
+}
+
+static long push_refs_check(void *p, int ok)
+{
+    ctx *c = p;
+    int live0 = isle_task_live_count();
+    if (!ok) {
+        CHECK_EQ(isle_mbox_count(c->mb), 0);
+        CHECK(push_refs_run(c));
+    }
+    refs_release(c);
+    CHECK_EQ(isle_task_live_count(), live0);   /* the queued message holds all three */
+    isle_msg *msgs;
+    isle_done *done;
+    CHECK_EQ(isle_mbox_wait(c->mb, 0, &msgs, &done), ISLE_OK);
+    CHECK(msgs && !msgs->next && !done);
+    CHECK(msgs->nrefs == 2 && msgs->refs[0] == c->toks[0] && msgs->refs[1] == c->toks[1]);
+    CHECK_EQ(isle_task_state(msgs->refs[1]), ISLE_TASK_QUEUED);
+    /* Freed unread: every reference goes, and a failed isle_msg_new_refs
+     * took none (the sweep's leak check). */
+    isle_msg_free_list(msgs);
+    CHECK_EQ(isle_task_live_count(), live0 - 3);
     return 0;
 }
 
@@ -135,6 +185,41 @@ static long complete_check(void *p, int ok)
 }
 
 static void new_task(void *p) { ((ctx *)p)->t = isle_task_new(); }
+
+/* A result that carries references: when it cannot be made the task ends
+ * FAILED with no result and holds none of them. */
+static int complete_refs_run(void *p)
+{
+    ctx *c = p;
+    CHECK_EQ(isle_task_complete_refs(c->t, ISLE_TASK_DONE, "result", 6, c->toks, 2), 1);
+    return isle_task_state(c->t) == ISLE_TASK_DONE;
+}
+
+static long complete_refs_check(void *p, int ok)
+{
+    ctx *c = p;
+    int live0 = isle_task_live_count();
+    const isle_msg *r = isle_task_result_msg(c->t);
+    if (ok) {
+        CHECK(r && r->len == 6 && r->nrefs == 2 && r->refs[0] == c->toks[0]);
+    } else {
+        CHECK_EQ(isle_task_state(c->t), ISLE_TASK_FAILED);
+        CHECK(r == NULL);
+    }
+    isle_task *t = c->t;
+    isle_task_retain(t);
+    refs_release(c);
+    /* Held by the result: the tokens live while the slot does. */
+    CHECK_EQ(isle_task_live_count(), live0 - (ok ? 0 : 2));
+    isle_task_release(t);
+    CHECK_EQ(isle_task_live_count(), live0 - 3);
+    if (!ok) {
+        refs_setup(c);
+        CHECK(complete_refs_run(c));
+        return complete_refs_check(c, 1);
+    }
+    return 0;
+}
 
 static int subscribe_run(void *p)
 {
@@ -369,6 +454,8 @@ static void test_push(void)
     ctx *c = new_ctx();
     alloc_op op = {"isle_msg_new + isle_mbox_push", push_setup, push_run, push_check};
     CHECK_EQ(alloc_sweep_both(&op, c, 0), 1);
+    alloc_op refs = {"isle_msg_new_refs + isle_mbox_push", refs_setup, push_refs_run, push_refs_check};
+    CHECK_EQ(alloc_sweep_both(&refs, c, 0), 1);
     free_ctx(c);
 }
 
@@ -378,6 +465,7 @@ static void test_task_slots(void)
     alloc_op ops[] = {
         {"isle_task_new", NULL, task_new_run, task_new_check},
         {"isle_task_complete with a payload", complete_setup, complete_run, complete_check},
+        {"isle_task_complete_refs", refs_setup, complete_refs_run, complete_refs_check},
         {"isle_task_subscribe", new_task, subscribe_run, subscribe_check},
     };
     for (size_t k = 0; k < sizeof ops / sizeof ops[0]; k++) CHECK_EQ(alloc_sweep_both(&ops[k], c, 0), 1);

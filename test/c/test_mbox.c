@@ -457,6 +457,29 @@ static void test_free_completes_queued_tasks(void)
     isle_mbox_release(sub);
 }
 
+/* Messages still queued when the last reference to their mailbox goes are
+ * freed unread: the slots they carry (tokens) are let go with them. */
+static void test_free_releases_carried_refs(void)
+{
+    int live0 = isle_task_live_count();
+    isle_mbox *mb = isle_mbox_new(8, 0);
+    isle_task *tok = isle_task_new(), *t = isle_task_new();
+    CHECK_EQ(isle_mbox_push(mb, isle_msg_new_refs(1, t, "a", 1, &tok, 1), 0), ISLE_OK);
+    CHECK_EQ(isle_mbox_push(mb, isle_msg_new_refs(2, NULL, "b", 1, &tok, 1), 0), ISLE_OK);
+    /* Refused by a closed mailbox: the message is still the caller's. */
+    isle_mbox_close(mb);
+    isle_msg *m = isle_msg_new_refs(3, NULL, "c", 1, &tok, 1);
+    CHECK_EQ(isle_mbox_push(mb, m, 0), ISLE_ECLOSED);
+    isle_msg_free(m);
+    isle_task_release(tok);
+    CHECK_EQ(isle_task_live_count(), live0 + 2);
+    isle_mbox_release(mb);
+    CHECK_EQ(isle_task_state(t), ISLE_TASK_CLOSED);
+    CHECK_EQ(isle_task_live_count(), live0 + 1);        /* only t, the caller's */
+    isle_task_release(t);
+    CHECK_EQ(isle_task_live_count(), live0);
+}
+
 static void test_free_with_pending_notices(void)
 {
     /* Notices never taken are released with the mailbox (LeakSanitizer). */
@@ -493,5 +516,6 @@ int main(void)
     RUN(test_eventfd);
     RUN(test_free_completes_queued_tasks);
     RUN(test_free_with_pending_notices);
+    RUN(test_free_releases_carried_refs);
     return check_done();
 }

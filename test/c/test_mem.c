@@ -210,6 +210,24 @@ static void test_message_charges(void)
     free(payload);
 }
 
+/* A message that carries references is charged for them too: the whole
+ * allocation. */
+static void test_message_with_refs_charges(void)
+{
+    isle_mem *a = isle_mem_new(1 << 20);
+    isle_mem_wrap(a, plain_alloc, NULL, 0, NULL);
+    isle_task *refs[2] = { isle_task_new(), isle_task_new() };
+    isle_msg *m = isle_msg_new_refs(0, NULL, "abc", 3, refs, 2);
+    CHECK(m != NULL);
+    CHECK_EQ(isle_msg_charge(m, a), 1);
+    CHECK_EQ(isle_mem_used(a), sizeof(isle_msg) + 2 * sizeof(isle_task *) + 3 + 1);
+    isle_msg_free(m);
+    CHECK_EQ(isle_mem_used(a), 0);
+    isle_task_release(refs[0]);
+    isle_task_release(refs[1]);
+    isle_mem_release(a);
+}
+
 static void test_result_charges(void)
 {
     const size_t limit = 1 << 20;
@@ -217,10 +235,12 @@ static void test_result_charges(void)
     isle_mem_wrap(a, plain_alloc, NULL, 0, NULL);
     char *big = calloc(1, 600 << 10);
 
+    /* A result is a message: its whole allocation is charged. */
+    const size_t each = sizeof(isle_msg) + (600 << 10) + 1;
     isle_task *t = isle_task_new();
     isle_task_charge_results(t, a);
     CHECK_EQ(isle_task_complete(t, ISLE_TASK_DONE, big, 600 << 10), 1);
-    CHECK_EQ(isle_mem_used(a), 600 << 10);
+    CHECK_EQ(isle_mem_used(a), each);
     size_t len = 0;
     CHECK(isle_task_result(t, &len) != NULL && len == (600 << 10));
     /* A second one does not fit: the task fails with no payload. */
@@ -230,10 +250,33 @@ static void test_result_charges(void)
     CHECK_EQ(isle_task_state(u), ISLE_TASK_FAILED);
     isle_task_result(u, &len);
     CHECK_EQ(len, 0);
-    CHECK_EQ(isle_mem_used(a), 600 << 10);
+    CHECK_EQ(isle_mem_used(a), each);
+    /* One that carries references and does not fit lets go of them: the
+     * token is freed with its creator's reference (the live count). */
+    int live = isle_task_live_count();
+    isle_task *tok = isle_task_new();
+    isle_task *v = isle_task_new();
+    isle_task_charge_results(v, a);
+    CHECK_EQ(isle_task_complete_refs(v, ISLE_TASK_DONE, big, 600 << 10, &tok, 1), 1);
+    CHECK_EQ(isle_task_state(v), ISLE_TASK_FAILED);
+    CHECK(isle_task_result_msg(v) == NULL);
+    CHECK_EQ(isle_mem_used(a), each);
+    isle_task_release(tok);
+    CHECK_EQ(isle_task_live_count(), live + 1);
+    isle_task_release(v);
+    /* One that fits is charged with its references. */
+    tok = isle_task_new();
+    v = isle_task_new();
+    isle_task_charge_results(v, a);
+    CHECK_EQ(isle_task_complete_refs(v, ISLE_TASK_DONE, "xy", 2, &tok, 1), 1);
+    CHECK_EQ(isle_task_state(v), ISLE_TASK_DONE);
+    CHECK_EQ(isle_mem_used(a), each + sizeof(isle_msg) + sizeof(isle_task *) + 2 + 1);
+    isle_task_release(tok);
+    isle_task_release(v);
+    CHECK_EQ(isle_mem_used(a), each);
     /* A completion that loses is not charged. */
     CHECK_EQ(isle_task_complete(t, ISLE_TASK_DONE, "x", 1), 0);
-    CHECK_EQ(isle_mem_used(a), 600 << 10);
+    CHECK_EQ(isle_mem_used(a), each);
     isle_task_release(t);
     CHECK_EQ(isle_mem_used(a), 0);
     isle_task_release(u);
@@ -290,6 +333,7 @@ int main(void)
     RUN(test_minimum);
     RUN(test_collection_request);
     RUN(test_message_charges);
+    RUN(test_message_with_refs_charges);
     RUN(test_result_charges);
     RUN(test_threads);
     return check_done();

@@ -3,6 +3,7 @@
 #include "check.h"
 #include "internal.h"
 
+#include <stdlib.h>
 #include <string.h>
 
 static int32_t flag_of(isle_sig *s) { return __atomic_load_n(&s->flag, __ATOMIC_ACQUIRE); }
@@ -471,6 +472,63 @@ static void *race_completer(void *arg)
     return NULL;
 }
 
+/* A result carries the references of what it names (tokens), as a message
+ * does: taken only by the completion that wins, let go when the slot is
+ * freed, read or not. */
+static void test_result_carries_refs(void)
+{
+    int live0 = isle_task_live_count();
+    isle_task *t = isle_task_new(), *a = isle_task_new(), *b = isle_task_new();
+    isle_task *refs[] = {a, b};
+    CHECK(isle_task_result_msg(t) == NULL);               /* not ended */
+    CHECK_EQ(isle_task_complete_refs(t, ISLE_TASK_RUNNING, "no", 2, refs, 2), 0);
+    CHECK_EQ(isle_task_complete_refs(t, ISLE_TASK_DONE, "Vab", 3, refs, 2), 1);
+    /* A losing completion takes nothing, keeps nothing. */
+    CHECK_EQ(isle_task_complete_refs(t, ISLE_TASK_FAILED, "E", 1, refs, 1), 0);
+    isle_task_release(a);
+    isle_task_release(b);
+    CHECK_EQ(isle_task_live_count(), live0 + 3);           /* the result holds a and b */
+    const isle_msg *r = isle_task_result_msg(t);
+    CHECK(r != NULL && r->len == 3 && memcmp(r->data, "Vab", 3) == 0);
+    CHECK(r->nrefs == 2 && r->refs[0] == a && r->refs[1] == b);
+    size_t len = 0;
+    CHECK(isle_task_result(t, &len) == r->data && len == 3);
+    /* Read twice, as two readers would: each takes its own reference. */
+    isle_task_retain(r->refs[0]);
+    isle_task_retain(isle_task_result_msg(t)->refs[0]);
+    isle_task_release(t);                                  /* the slot goes: its result too */
+    CHECK_EQ(isle_task_live_count(), live0 + 1);           /* only a, held twice by its readers */
+    CHECK_EQ(isle_task_state(a), ISLE_TASK_QUEUED);
+    isle_task_release(a);
+    isle_task_release(a);
+    CHECK_EQ(isle_task_live_count(), live0);
+
+    /* References with no bytes: a result all the same, with no bytes to read. */
+    t = isle_task_new();
+    a = isle_task_new();
+    CHECK_EQ(isle_task_complete_refs(t, ISLE_TASK_DONE, NULL, 0, &a, 1), 1);
+    r = isle_task_result_msg(t);
+    CHECK(r != NULL && r->len == 0 && r->nrefs == 1);
+    CHECK(isle_task_result(t, &len) == NULL && len == 0);
+    isle_task_release(a);
+    isle_task_release(t);
+    CHECK_EQ(isle_task_live_count(), live0);
+
+    /* Too many references: the task still ends, FAILED with no result,
+     * holding none of them. */
+    t = isle_task_new();
+    a = isle_task_new();
+    isle_task **many = malloc((ISLE_MSG_REFS_MAX + 1) * sizeof *many);
+    for (size_t i = 0; i <= ISLE_MSG_REFS_MAX; i++) many[i] = a;
+    CHECK_EQ(isle_task_complete_refs(t, ISLE_TASK_DONE, "V", 1, many, ISLE_MSG_REFS_MAX + 1), 1);
+    free(many);
+    CHECK_EQ(isle_task_state(t), ISLE_TASK_FAILED);
+    CHECK(isle_task_result_msg(t) == NULL);
+    isle_task_release(a);
+    isle_task_release(t);
+    CHECK_EQ(isle_task_live_count(), live0);
+}
+
 static void test_final_state_has_its_result(void)
 {
     int n = SCALE(RESULT_RACE_N);
@@ -503,5 +561,6 @@ int main(void)
     RUN(test_refs);
     RUN(test_unwatch);
     RUN(test_final_state_has_its_result);
+    RUN(test_result_carries_refs);
     return check_done();
 }

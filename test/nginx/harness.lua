@@ -199,7 +199,7 @@ http {
     fastcgi_temp_path ${dir}/tmp/fastcgi;
     uwsgi_temp_path ${dir}/tmp/uwsgi;
     scgi_temp_path ${dir}/tmp/scgi;
-    lua_package_path "${root}/lua/?.lua;${root}/lua/?/init.lua;${root}/ffi/?.lua;${resty}/?.lua;;";
+    lua_package_path "${package_path}${root}/lua/?.lua;${root}/lua/?/init.lua;${root}/ffi/?.lua;${resty}/?.lua;;";
     lua_package_cpath "${cpath}/?.so;;";
 ${http}
     init_by_lua_block {
@@ -239,6 +239,8 @@ local function start_nginx(opts)
         init = opts.init or "", init_worker = opts.init_worker or "",
         exit_worker = opts.exit_worker or "", locations = opts.locations or "",
         main = opts.main or "", http = opts.http or "", workers = opts.workers or 2,
+        -- Searched before isle's own paths, e.g. "/dir/?.lua" (a module for ngx.run_worker_thread).
+        package_path = opts.package_path and (opts.package_path .. ";") or "",
     }
     self.conf = dir .. "/nginx.conf"
     write_file(self.conf, (CONF:gsub("%${([%w_]+)}", function(k) return tostring(vars[k]) end)))

@@ -345,4 +345,41 @@ function TestNgxAsync:test_reloads_with_waits_in_flight()
     end)
 end
 
+-- A reload that catches a request between two calls: the reader leaves
+-- once nothing is pending, nginx refuses new timers in an exiting worker,
+-- and the second wait must still be woken (it polls the hub itself then).
+-- And a reload right after a worker's first wait, before its reader ran.
+function TestNgxAsync:test_waits_that_begin_while_the_worker_exits()
+    H.with_nginx(conf{ locations = NAP_LOCATIONS .. [[
+        location = /two-calls {
+            content_by_lua_block {
+                ngx.shared.isle_test:set("two", ngx.var.arg_i)
+                local a = W:call("nap", 3)
+                local b = W:call("nap", 1)
+                ngx.print("two ", a + b, " exiting=", tostring(ngx.worker.exiting()))
+            }
+        }
+        location = /two-started { content_by_lua_block { ngx.print(ngx.shared.isle_test:get("two")) } }
+    ]] }, function(ngx)
+        for i = 1, 2 do
+            local out = ngx.dir .. "/two" .. i .. ".log"
+            local pid = H.spawn({ "/usr/bin/curl", "-s", "-m", "30", ("http://127.0.0.1:%d/two-calls?i=%d"):format(ngx.port, i) }, nil, out)
+            lu.assertTrue(eventually(function() return ngx:get("/two-started") == tostring(i) end, 10), "request " .. i .. " did not start")
+            sleep(1) -- inside the first call (the master takes a while to reload)
+            local t0 = now()
+            ngx:reload()
+            lu.assertTrue(now() - t0 < 20, "reload " .. i .. " took " .. (now() - t0) .. " s")
+            lu.assertEquals(H.reap(pid, 30), "exit 0")
+            lu.assertEquals(read_file(out), "two 4 exiting=true")
+        end
+        -- The first wait of a fresh worker, then a reload at once.
+        for i = 1, 3 do
+            local b = start_batch(ngx, 4, "/nap?s=0.2")
+            ngx:reload()
+            local _, codes = finish_batch(b)
+            lu.assertTrue(all_200(codes, 4), "fresh worker reload " .. i .. ": " .. table.concat(codes, " "))
+        end
+    end)
+end
+
 os.exit(lu.LuaUnit.run())
