@@ -71,10 +71,28 @@ void isle_mbox_post_done(isle_done *d);
 /* Installs the preload searcher in a fresh state (preload.c). */
 struct lua_State;
 int isle_preload_install(struct lua_State *L);
+/* A Lua state counted by a memory account (mem.c): set `mem` (and `sig`,
+ * raised to ask the state for a collection; may be NULL) before
+ * isle_lua_new, which fills in the rest; isle_lua_close needs them to hand
+ * the state back to LuaJIT's own allocator as it closes (isle.c). */
+typedef struct isle_lua_acct {
+    isle_mem *mem;
+    isle_sig *sig;
+    struct lua_State *L;
+    void *sentinel;           /* a block only lua_close frees */
+    isle_mem_allocf allocf;   /* LuaJIT's own allocator of the state */
+    void *allocd;
+} isle_lua_acct;
+
 /* A fresh lua_State with the standard libraries, the preload searcher and
  * these package paths: how every state the core creates begins (isle.c;
- * isles and shared states). NULL when out of memory. */
-struct lua_State *isle_lua_new(const char *path, const char *cpath);
+ * isles and shared states). With `acct` (may be NULL) it allocates through
+ * that account from then on, in mode ISLE_MEM_OFF. NULL when out of memory.
+ * Close it with isle_lua_close and the same `acct`. */
+struct lua_State *isle_lua_new(const char *path, const char *cpath, isle_lua_acct *acct);
+/* lua_close under the account: the finalizers it runs are held to its
+ * limit (ISLE_MEM_CORE); then the account counts nothing (unwrapped). */
+void isle_lua_close(struct lua_State *L, isle_lua_acct *acct);
 
 /* fork() support (fork.c): each module with process-wide locks takes them
  * before a fork and releases (parent) or resets (child) them after. */

@@ -30,10 +30,7 @@ struct isle {
     isle_mem *mem;            /* the state's account (mem.c) */
     isle_mem *charge;         /* the spawner's, charged memory_limit until the thread ends */
     size_t charged;           /* what is charged to it now */
-    lua_State *L;             /* the state, while it closes (closing_alloc) */
-    void *sentinel;           /* a block only lua_close frees (closing_alloc) */
-    isle_mem_allocf allocf;   /* LuaJIT's own allocator of the state */
-    void *allocd;
+    isle_lua_acct acct;       /* the state under `mem` (isle_lua_new) */
     pthread_t thread;
     pthread_mutex_t join_mu;  /* serialises join/detach, guards `ended` */
     pthread_cond_t ended_cv;  /* broadcast when the thread is about to return */
@@ -145,7 +142,86 @@ static int boot_state(lua_State *L)
 static pthread_once_t pin_once = PTHREAD_ONCE_INIT;
 static void pin_library(void);
 
-lua_State *isle_lua_new(const char *path, const char *cpath)
+/* Accounting a state ----------------------------------------------------------
+ *
+ * The state is built by LuaJIT's own allocator (luaL_newstate), then
+ * counted through its account (isle_mem_alloc wraps that allocator), so no
+ * limit can fail an allocation inside lua_newstate. lua_close must find
+ * LuaJIT's allocator in place again when it is done, or it does not destroy
+ * that allocator's arena (it only frees the main block into it); but the
+ * finalizers lua_close runs first are the state's code and stay under the
+ * account. So the state holds a sentinel block that nothing but lua_close
+ * frees: a userdata in the registry (the main thread's stack would not do:
+ * lua_close empties it before the finalizers, whose allocations may then
+ * collect it). LuaJIT frees it once every finalizer has run, with the rest
+ * of the state, and then the allocator goes back to LuaJIT's. (Code that
+ * takes it out of the registry only makes the hand-back come at another
+ * moment of the close, or never: then the arena stays mapped.) */
+enum { CAUGHT_MAX = 8 };
+typedef struct caught {
+    isle_mem *mem;
+    int n;
+    void *block[CAUGHT_MAX];
+    size_t size[CAUGHT_MAX];
+} caught;
+
+/* Notes the new blocks made while the sentinel is created: the one holding
+ * its payload is the sentinel (account_state). */
+static void *catch_alloc(void *ud, void *p, size_t osz, size_t nsz)
+{
+    caught *c = ud;
+    void *q = isle_mem_alloc(c->mem, p, osz, nsz);
+    if (q && !p && c->n < CAUGHT_MAX) {
+        c->block[c->n] = q;
+        c->size[c->n++] = nsz;
+    }
+    return q;
+}
+
+static void *closing_alloc(void *ud, void *p, size_t osz, size_t nsz)
+{
+    isle_lua_acct *a = ud;
+    void *q = isle_mem_alloc(a->mem, p, osz, nsz);
+    if (p == a->sentinel && nsz == 0) lua_setallocf(a->L, (lua_Alloc)a->allocf, a->allocd);
+    return q;
+}
+
+/* Counts the state from now on; 0 if the sentinel could not be made. */
+static int account_state(isle_lua_acct *a, lua_State *L)
+{
+    a->L = L;
+    a->allocf = (isle_mem_allocf)lua_getallocf(L, &a->allocd);
+    size_t heap = (size_t)lua_gc(L, LUA_GCCOUNT, 0) * 1024 + (size_t)lua_gc(L, LUA_GCCOUNTB, 0);
+    isle_mem_wrap(a->mem, a->allocf, a->allocd, heap, a->sig);
+    caught c = { .mem = a->mem, .n = 0 };
+    lua_setallocf(L, catch_alloc, &c);
+    void *u = lua_newuserdata(L, 1);
+    lua_setallocf(L, isle_mem_alloc, a->mem);
+    lua_setfield(L, LUA_REGISTRYINDEX, "isle.sentinel");
+    a->sentinel = NULL;
+    for (int k = 0; k < c.n; k++)
+        if ((char *)c.block[k] <= (char *)u && (char *)u < (char *)c.block[k] + c.size[k])
+            a->sentinel = c.block[k];
+    return a->sentinel != NULL;
+}
+
+void isle_lua_close(lua_State *L, isle_lua_acct *a)
+{
+    if (!a) {
+        lua_close(L);
+        return;
+    }
+    /* Finalizers that lua_close runs are under the limit too. */
+    isle_mem_enforce(a->mem, ISLE_MEM_CORE);
+    if (a->sentinel) lua_setallocf(L, closing_alloc, a);
+    else lua_setallocf(L, (lua_Alloc)a->allocf, a->allocd);
+    lua_close(L);
+    isle_mem_unwrap(a->mem);
+    a->L = NULL;
+    a->sentinel = NULL;
+}
+
+lua_State *isle_lua_new(const char *path, const char *cpath, isle_lua_acct *acct)
 {
     pthread_once(&pin_once, pin_library);
     lua_State *L = luaL_newstate();
@@ -153,6 +229,10 @@ lua_State *isle_lua_new(const char *path, const char *cpath)
     boot_paths bp = { path ? path : "", cpath ? cpath : "" };
     if (lua_cpcall(L, boot_state, &bp) != 0) {
         lua_close(L);
+        return NULL;
+    }
+    if (acct && !account_state(acct, L)) {
+        isle_lua_close(L, acct); /* the sentinel is missing: LuaJIT's allocator at once */
         return NULL;
     }
     return L;
@@ -172,93 +252,13 @@ static int run_worker(lua_State *L)
     return 0;
 }
 
-/* Accounting a state ----------------------------------------------------------
- *
- * The state is built by LuaJIT's own allocator (luaL_newstate), then
- * counted through its account (isle_mem_alloc wraps that allocator), so no
- * limit can fail an allocation inside lua_newstate. lua_close must find
- * LuaJIT's allocator in place again when it is done, or it does not destroy
- * that allocator's arena (it only frees the main block into it); but the
- * finalizers lua_close runs first are the state's code and stay under the
- * account. So the state holds a sentinel block that nothing but lua_close
- * frees: a userdata in the registry (the main thread's stack would not do:
- * lua_close empties it before the finalizers, whose allocations may then
- * collect it). LuaJIT frees it once every finalizer has run, with the rest
- * of the state, and then the allocator goes back to LuaJIT's. (Code that
- * takes it out of the registry only makes the hand-back come at another
- * moment of the close, or never: then the arena stays mapped.) */
-enum { CAUGHT_MAX = 8 };
-typedef struct caught {
-    isle *i;
-    int n;
-    void *block[CAUGHT_MAX];
-    size_t size[CAUGHT_MAX];
-} caught;
-
-/* Notes the new blocks made while the sentinel is created: the one holding
- * its payload is the sentinel (account_state). */
-static void *catch_alloc(void *ud, void *p, size_t osz, size_t nsz)
-{
-    caught *c = ud;
-    void *q = isle_mem_alloc(c->i->mem, p, osz, nsz);
-    if (q && !p && c->n < CAUGHT_MAX) {
-        c->block[c->n] = q;
-        c->size[c->n++] = nsz;
-    }
-    return q;
-}
-
-static void *closing_alloc(void *ud, void *p, size_t osz, size_t nsz)
-{
-    isle *i = ud;
-    void *q = isle_mem_alloc(i->mem, p, osz, nsz);
-    if (p == i->sentinel && nsz == 0) lua_setallocf(i->L, (lua_Alloc)i->allocf, i->allocd);
-    return q;
-}
-
-/* Counts the state from now on; 0 if the sentinel could not be made. */
-static int account_state(isle *i, lua_State *L)
-{
-    i->L = L;
-    i->allocf = (isle_mem_allocf)lua_getallocf(L, &i->allocd);
-    size_t heap = (size_t)lua_gc(L, LUA_GCCOUNT, 0) * 1024 + (size_t)lua_gc(L, LUA_GCCOUNTB, 0);
-    isle_mem_wrap(i->mem, i->allocf, i->allocd, heap, i->sig);
-    caught c = { .i = i, .n = 0 };
-    lua_setallocf(L, catch_alloc, &c);
-    void *u = lua_newuserdata(L, 1);
-    lua_setallocf(L, isle_mem_alloc, i->mem);
-    lua_setfield(L, LUA_REGISTRYINDEX, "isle.sentinel");
-    i->sentinel = NULL;
-    for (int k = 0; k < c.n; k++)
-        if ((char *)c.block[k] <= (char *)u && (char *)u < (char *)c.block[k] + c.size[k])
-            i->sentinel = c.block[k];
-    return i->sentinel != NULL;
-}
-
-static void close_state(isle *i, lua_State *L)
-{
-    /* Finalizers that lua_close runs are under the limit too. */
-    isle_mem_enforce(i->mem, ISLE_MEM_CORE);
-    if (i->sentinel) lua_setallocf(L, closing_alloc, i);
-    else lua_setallocf(L, (lua_Alloc)i->allocf, i->allocd);
-    lua_close(L);
-    isle_mem_unwrap(i->mem);
-    /* The state is gone: so is what it may use of its spawner's account. */
-    isle_mem_uncharge(i->charge, i->charged);
-    i->charged = 0;
-}
-
 static void *isle_thread(void *arg)
 {
     isle *i = arg;
-    lua_State *L = isle_lua_new(i->path, i->cpath);
+    i->acct.mem = i->mem;
+    i->acct.sig = i->sig;
+    lua_State *L = isle_lua_new(i->path, i->cpath, &i->acct);
     if (!L) {
-        fail_init(i, "cannot create a Lua state: not enough memory");
-    } else if (!account_state(i, L)) {
-        lua_setallocf(L, (lua_Alloc)i->allocf, i->allocd);
-        lua_close(L);
-        isle_mem_unwrap(i->mem);
-        L = NULL;
         fail_init(i, "cannot create a Lua state: not enough memory");
     } else {
         if (lua_cpcall(L, run_worker, i) != 0) {
@@ -270,7 +270,10 @@ static void *isle_thread(void *arg)
                 fprintf(stderr, "isle %lld: %s\n", (long long)i->id, line);
             fail_init(i, line);
         }
-        close_state(i, L);
+        isle_lua_close(L, &i->acct);
+        /* The state is gone: so is what it may use of its spawner's account. */
+        isle_mem_uncharge(i->charge, i->charged);
+        i->charged = 0;
     }
     /* Jobs the state was still running when it ended (only if the worker
      * itself failed: it ends its jobs before returning) end now, once. */

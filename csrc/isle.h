@@ -384,6 +384,7 @@ typedef struct isle_state_out {
     char *data;
     size_t len;
     size_t cap;
+    isle_mem *mem;      /* charged for `cap` (isle_state_out_charge), or NULL */
 } isle_state_out;
 
 typedef struct isle_state_config {
@@ -392,13 +393,19 @@ typedef struct isle_state_config {
     const char *cpath;
     char *errbuf;       /* why booting failed (ISLE_EINVAL), cut to errcap - 1 bytes */
     size_t errcap;
+    size_t memory_limit; /* bytes; 0: none (see "memory accounts") */
+    isle_mem *charge;   /* the creator's account, charged memory_limit while
+                           the state lives (until it closes); may be NULL */
 } isle_state_config;
 
 /* A new state, booted (isle_lua_new, then lua/isle/state.lua's dispatcher)
  * but not listed yet: the caller runs its setup with isle_state_call, then
- * isle_state_publish or isle_state_discard. One reference, one owner. NULL
- * with *err = ISLE_ENOMEM when it cannot be made, ISLE_EINVAL when its Lua
- * side failed to boot (cfg->errbuf says why). */
+ * isle_state_publish or isle_state_discard. One reference, one owner. Its
+ * Lua state allocates through an account of its own (isle_state_mem), with
+ * cfg->memory_limit as its limit, as an isle's does. NULL with *err =
+ * ISLE_ENOMEM when it cannot be made (also: the memory_limit does not fit
+ * under cfg->charge's, or is too small for the booted state), ISLE_EINVAL
+ * when its Lua side failed to boot (cfg->errbuf says why). */
 isle_state *isle_state_new(const isle_state_config *cfg, int *err);
 /* The live state named cfg->name with one more reference and owner
  * (*created = 0), or, when there is none, a new one as isle_state_new makes
@@ -424,6 +431,7 @@ int isle_state_is_closed(const isle_state *s);
 isle_sig *isle_state_sig(isle_state *s);
 int64_t isle_state_intr_id(isle_state *s);   /* interrupt id of the state's code */
 isle_state_io *isle_state_io_of(isle_state *s);
+isle_mem *isle_state_mem(isle_state *s);     /* the state's account */
 /* Runs the state's dispatcher on the calling thread with the `in_len` bytes
  * at `in` and copies its results into `out`: takes the call lock, waiting at
  * most `timeout` s (0: only if free now; < 0: for ever), and lets it go
@@ -446,6 +454,11 @@ int isle_state_close(isle_state *s);
 int isle_state_count(void);                /* live (listed) states */
 isle_state_out *isle_state_out_new(void);
 void isle_state_out_free(isle_state_out *o);  /* accepts NULL */
+/* The buffer's capacity is charged to account `a` (a capped caller's) from
+ * now until it is freed; growth that does not fit under `a`'s user limit
+ * fails the call with ISLE_ENOMEM. Call before the first use. No-op for a
+ * NULL account or one without a limit. */
+void isle_state_out_charge(isle_state_out *o, isle_mem *a);
 /* ---- memory accounts (mem.c) --------------------------------------------- */
 /* Every isle's Lua state allocates through an account that counts the bytes
  * LuaJIT asked for (the sum collectgarbage("count") reports). With a

@@ -47,6 +47,11 @@ struct isle_state {
     int64_t id;
     char *name;
     lua_State *L;             /* NULL once closed; used under the call lock only */
+    isle_mem *mem;            /* the Lua state's account (mem.c) */
+    isle_lua_acct acct;       /* the Lua state under `mem` (isle_lua_new) */
+    isle_mem *charge;         /* the creator's, charged memory_limit until the state closes */
+    size_t charged;
+    int boot_memory;          /* booting failed for want of memory (memory_limit too small) */
     isle_state_io io;         /* call lock */
     isle_sig *sig;
     int64_t intr;
@@ -191,6 +196,14 @@ static void unlock(isle_state *s)
     if (atomic_exchange_explicit(&s->lock, 0, memory_order_acq_rel) == 2) wake_waiters(s);
 }
 
+/* The state is closed (or never booted): what its memory_limit held of its
+ * creator's account goes back. Under the call lock, or by the last reference. */
+static void drop_charge(isle_state *s)
+{
+    isle_mem_uncharge(s->charge, s->charged);
+    s->charged = 0;
+}
+
 /* The caller holds the lock. Runs the state's finalizers (Lua) on this
  * thread, as its holder: one that calls the state itself is refused. */
 static void close_locked(isle_state *s)
@@ -202,7 +215,8 @@ static void close_locked(isle_state *s)
     isle_sig_drop_ids(s->sig); /* interrupts of a closed state: unknown */
     lua_State *L = s->L;
     s->L = NULL;
-    if (L) lua_close(L);
+    if (L) isle_lua_close(L, &s->acct);
+    drop_charge(s);
 }
 
 /* A close was asked for while a call ran: whoever finds the lock free
@@ -263,12 +277,13 @@ static void leave(isle_state *s)
 
 /* ---- life -------------------------------------------------------------------- */
 
-static void state_free(isle_state *s)
+/* Frees a state nobody can reach: never listed, or unlisted already. */
+static void state_destroy(isle_state *s)
 {
-    pthread_mutex_lock(&reg_lock);
-    unlist_locked(s);
-    pthread_mutex_unlock(&reg_lock);
-    if (s->L) lua_close(s->L); /* only a state whose boot half failed */
+    if (s->L) isle_lua_close(s->L, &s->acct); /* only a state whose boot half failed */
+    drop_charge(s);
+    isle_mem_release(s->charge);
+    isle_mem_release(s->mem);
     for (watch_node *w = s->watches, *next; w; w = next) {
         next = w->next;
         isle_task_release(w->task);
@@ -281,8 +296,24 @@ static void state_free(isle_state *s)
     free(s);
 }
 
-static isle_state *state_alloc(const isle_state_config *cfg)
+static void state_free(isle_state *s)
 {
+    pthread_mutex_lock(&reg_lock);
+    unlist_locked(s);
+    pthread_mutex_unlock(&reg_lock);
+    state_destroy(s);
+}
+
+static void set_error(const isle_state_config *cfg, const char *msg)
+{
+    if (cfg->errbuf && cfg->errcap) snprintf(cfg->errbuf, cfg->errcap, "%s", msg);
+}
+
+/* NULL with *err = ISLE_ENOMEM and cfg->errbuf saying why. */
+static isle_state *state_alloc(const isle_state_config *cfg, int *err)
+{
+    *err = ISLE_ENOMEM;
+    set_error(cfg, "cannot allocate a shared state");
     isle_state *s = calloc(1, sizeof(*s));
     if (!s) return NULL;
     if (pthread_mutex_init(&s->wmu, NULL)) {
@@ -300,15 +331,23 @@ static isle_state *state_alloc(const isle_state_config *cfg)
     if (cfg->name && cfg->name[0] && !(s->name = strdup(cfg->name))) goto fail;
     if (!(s->sig = isle_sig_new())) goto fail;
     if (!(s->intr = isle_intr_new(s->sig))) goto fail;
+    if (!(s->mem = isle_mem_new(cfg->memory_limit))) goto fail;
+    if (cfg->charge && cfg->memory_limit) {
+        /* What the new state may hold counts against its creator's limit
+         * while it lives (as for an isle a capped isle spawns). */
+        if (!isle_mem_charge(cfg->charge, cfg->memory_limit)) {
+            set_error(cfg, "its memory_limit does not fit under its creator's");
+            goto fail;
+        }
+        isle_mem_retain(cfg->charge);
+        s->charge = cfg->charge;
+        s->charged = cfg->memory_limit;
+    }
     return s;
 fail:
-    state_free(s);
+    /* Not listed yet, and isle_state_singleton holds the registry lock. */
+    state_destroy(s);
     return NULL;
-}
-
-static void set_error(const isle_state_config *cfg, const char *msg)
-{
-    if (cfg->errbuf && cfg->errcap) snprintf(cfg->errbuf, cfg->errcap, "%s", msg);
 }
 
 /* In the new state: require isle.state, whose serve(addr) binds the state
@@ -324,6 +363,10 @@ static int boot_dispatcher(lua_State *L)
     /* The address travels as a number, as for isles (no lightuserdata range). */
     lua_pushnumber(L, (lua_Number)(uintptr_t)s);
     lua_call(L, 1, 1);
+    if (lua_type(L, -1) == LUA_TSTRING) { /* its memory_limit is too small: why */
+        s->boot_memory = 1;
+        return lua_error(L);
+    }
     if (!lua_isfunction(L, -1)) return luaL_error(L, "isle.state.serve returned no dispatcher");
     lua_setfield(L, LUA_REGISTRYINDEX, "isle.state.dispatch");
     return 0;
@@ -331,7 +374,9 @@ static int boot_dispatcher(lua_State *L)
 
 static int boot(isle_state *s, const isle_state_config *cfg, int *err)
 {
-    lua_State *L = isle_lua_new(cfg->path, cfg->cpath);
+    s->acct.mem = s->mem;
+    s->acct.sig = s->sig;
+    lua_State *L = isle_lua_new(cfg->path, cfg->cpath, &s->acct);
     if (!L) {
         set_error(cfg, "cannot create a Lua state: not enough memory");
         *err = ISLE_ENOMEM;
@@ -341,8 +386,8 @@ static int boot(isle_state *s, const isle_state_config *cfg, int *err)
     if (rc != 0) {
         const char *msg = lua_tostring(L, -1);
         set_error(cfg, msg ? msg : "the shared state failed to boot");
-        *err = rc == LUA_ERRMEM ? ISLE_ENOMEM : ISLE_EINVAL;
-        lua_close(L);
+        *err = rc == LUA_ERRMEM || s->boot_memory ? ISLE_ENOMEM : ISLE_EINVAL;
+        isle_lua_close(L, &s->acct);
         return 0;
     }
     lua_settop(L, 0);
@@ -370,12 +415,8 @@ static isle_state *boot_or_discard(isle_state *s, const isle_state_config *cfg, 
 isle_state *isle_state_new(const isle_state_config *cfg, int *err)
 {
     pthread_once(&reg_cv_once, reg_cv_init);
-    isle_state *s = state_alloc(cfg);
-    if (!s) {
-        *err = ISLE_ENOMEM;
-        set_error(cfg, "cannot allocate a shared state");
-        return NULL;
-    }
+    isle_state *s = state_alloc(cfg, err);
+    if (!s) return NULL;
     pthread_mutex_lock(&reg_lock);
     list_locked(s);
     pthread_mutex_unlock(&reg_lock);
@@ -424,12 +465,8 @@ isle_state *isle_state_singleton(const isle_state_config *cfg, double timeout, i
             return found;
         }
         if (!pending) {
-            isle_state *s = state_alloc(cfg);
-            if (!s) {
-                *err = ISLE_ENOMEM;
-                set_error(cfg, "cannot allocate a shared state");
-                break;
-            }
+            isle_state *s = state_alloc(cfg, err);
+            if (!s) break;
             s->singleton = 1;
             list_locked(s);
             pthread_mutex_unlock(&reg_lock);
@@ -545,6 +582,7 @@ int isle_state_is_closed(const isle_state *s) { return atomic_load(&s->closed); 
 isle_sig *isle_state_sig(isle_state *s) { return s->sig; }
 int64_t isle_state_intr_id(isle_state *s) { return s->intr; }
 isle_state_io *isle_state_io_of(isle_state *s) { return &s->io; }
+isle_mem *isle_state_mem(isle_state *s) { return s->mem; }
 
 int isle_state_count(void)
 {
@@ -562,8 +600,14 @@ static int out_put(isle_state_out *o, char tag, const char *data, size_t len)
     if (need > o->cap) {
         size_t cap = o->cap ? o->cap : 256;
         while (cap < need) cap *= 2;
+        /* A capped caller's buffer is charged to it (isle_state_out_charge). */
+        if (o->mem && !isle_mem_charge(o->mem, cap - o->cap)) {
+            o->len = 0;
+            return ISLE_ENOMEM;
+        }
         char *p = realloc(o->data, cap);
         if (!p) {
+            if (o->mem) isle_mem_uncharge(o->mem, cap - o->cap);
             o->len = 0;
             return ISLE_ENOMEM;
         }
@@ -664,6 +708,17 @@ isle_state_out *isle_state_out_new(void) { return calloc(1, sizeof(isle_state_ou
 void isle_state_out_free(isle_state_out *o)
 {
     if (!o) return;
+    if (o->mem) {
+        isle_mem_uncharge(o->mem, o->cap);
+        isle_mem_release(o->mem);
+    }
     free(o->data);
     free(o);
+}
+
+void isle_state_out_charge(isle_state_out *o, isle_mem *a)
+{
+    if (!a || !isle_mem_limit(a) || o->mem || o->cap) return;
+    isle_mem_retain(a);
+    o->mem = a;
 }

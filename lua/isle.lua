@@ -95,7 +95,7 @@ end
 local function check_memory_limit(v)
     if v == nil then
         if runtime.mem ~= nil then
-            error("isle.spawn: an isle spawned by a capped isle needs a memory_limit of its own "
+            error("isle.spawn: an isle spawned by a capped isle or state needs a memory_limit of its own "
                 .. "(charged to the spawner's while the new isle lives)", 3)
         end
         return nil
@@ -184,7 +184,8 @@ function isle.spawn(opts)
         end
         if runtime.mem ~= nil then
             error(errors.new("memory", "cannot start an isle: its memory_limit of " .. memory_limit
-                .. " bytes does not fit in this isle's own (" .. tonumber(C.isle_mem_used(runtime.mem))
+                .. " bytes does not fit in the memory_limit of " .. runtime.label .. " ("
+                .. tonumber(C.isle_mem_used(runtime.mem))
                 .. " of " .. tonumber(C.isle_mem_limit(runtime.mem)) .. " bytes in use), or out of memory"), 2)
         end
         error(errors.new("memory", "cannot start an isle (out of memory or threads)"), 2)

@@ -530,4 +530,236 @@ function TestMemcap:test_finalizers_at_close_stay_capped_and_closing_leaks_nothi
     lu.assertTrue(grown < 20000, "address space grew by " .. grown .. " KB over 200 isles")
 end
 
+-- Shared states (isle.state, isle.singleton) take a memory_limit through
+-- their options table: calls run under it as an isle's jobs do, and a
+-- capped isle's states are charged to it as the isles it spawns are.
+TestStateMemcap = {}
+
+function TestStateMemcap:tearDown()
+    collectgarbage()
+    lu.assertTrue(helpers.eventually(function()
+        collectgarbage()
+        return isle.live_count() == 0 and require("isle.cdef").C.isle_state_count() == 0
+    end, 10), "an isle or a state is left")
+end
+
+-- The callback every capped state here runs. Upvalue-free, so it ships.
+local function state_setup()
+    local keep
+    return function(cmd, a)
+        if cmd == "grow" then
+            local t = {}
+            for i = 1, 1e9 do t[i] = ("x"):rep(65536 - 32) .. i end
+        elseif cmd == "survive" then
+            local ok, e = pcall(function()
+                local t = {}
+                for i = 1, 1e9 do t[i] = ("x"):rep(65536 - 32) .. i end
+            end)
+            return "survived", ok, e
+        elseif cmd == "hold" then
+            keep = ("k"):rep(a)
+            return true
+        elseif cmd == "drop" then
+            keep = nil
+            collectgarbage()
+            return true
+        elseif cmd == "big" then
+            return ("r"):rep(a)
+        elseif cmd == "many" then
+            local s, t = ("m"):rep(1024 * 1024), {}
+            for i = 1, a do t[i] = s end
+            return t
+        elseif cmd == "tables" then
+            local n = 0
+            for i = 1, a do local t = { i, tostring(i), {} } n = n + #t[2] end
+            return n
+        end
+        return a
+    end
+end
+
+local function state_error(s, ...)
+    local ok, e = pcall(s.call, s, ...)
+    lu.assertFalse(ok, "the call succeeded")
+    lu.assertTrue(isle.is_error(e), tostring(e))
+    return e
+end
+
+function TestStateMemcap:test_a_call_that_runs_out_fails_with_memory_and_the_state_serves_on()
+    local limit = 8 * MB
+    local s = isle.state({ memory_limit = limit }, state_setup)
+    local before, lim = s:memory()
+    lu.assertEquals(lim, limit)
+    lu.assertTrue(before > 50000 and before < 2 * MB, "an idle state holds " .. before)
+    s:call("hold", 3 * MB)
+    lu.assertTrue(s:memory() >= before + 3 * MB)
+    lu.assertEquals(state_error(s, "hold", 5 * MB).code, "memory")
+    s:call("drop")
+    lu.assertTrue(s:memory() < before + 2 * MB, "after dropping: " .. s:memory())
+    for round = 1, 3 do
+        local e = state_error(s, "grow")
+        lu.assertEquals(e.code, "memory", tostring(e))
+        lu.assertStrContains(e.message, "memory_limit")
+        lu.assertStrContains(e.message, tostring(limit))
+        -- What the call left was collected before its error came back.
+        local after = s:memory()
+        lu.assertTrue(after < before + 512 * 1024, ("round %d: %d bytes in use after, %d before"):format(round, after, before))
+        lu.assertEquals(s:call("echo", round), round)
+        -- A callback that catches running out still returns.
+        lu.assertEquals({ s:call("survive") }, { "survived", false, "not enough memory" })
+    end
+    s:close()
+    lu.assertEquals(s:memory(), 0)
+    -- Uncapped states are counted all the same.
+    local u = isle.state(state_setup)
+    local n, none = u:memory()
+    lu.assertNil(none)
+    lu.assertTrue(n > 50000)
+    u:close()
+end
+
+function TestStateMemcap:test_arguments_and_results_that_do_not_fit_fail_the_call()
+    local s = isle.state({ memory_limit = 8 * MB }, state_setup)
+    local e = state_error(s, "echo", ("a"):rep(12 * MB))
+    lu.assertEquals(e.code, "memory")
+    lu.assertStrContains(e.message, "arguments do not fit")
+    lu.assertEquals(state_error(s, "big", 20 * MB).code, "memory")
+    -- One 1 MB string twenty times: small in the state, 20 MB encoded.
+    lu.assertEquals(state_error(s, "many", 20).code, "memory")
+    lu.assertEquals(#s:call("big", MB), MB)
+    lu.assertEquals(s:call("echo", "next"), "next")
+    s:close()
+end
+
+-- Garbage is collected before it reaches the limit: a call that makes many
+-- times the limit in garbage, next to half the limit live, succeeds.
+function TestStateMemcap:test_garbage_is_collected_before_it_reaches_the_limit()
+    local s = isle.state({ memory_limit = 16 * MB }, state_setup)
+    s:call("hold", 6 * MB)
+    lu.assertEquals(s:call("tables", 3e6), 20888896 - 1000000)
+    s:close()
+end
+
+function TestStateMemcap:test_a_limit_too_small_and_bad_values_are_refused()
+    local ok, e = pcall(isle.state, { memory_limit = 100000 }, state_setup)
+    lu.assertFalse(ok)
+    lu.assertTrue(isle.is_error(e), tostring(e))
+    lu.assertEquals(e.code, "memory")
+    lu.assertStrContains(e.message, "memory_limit 100000 is too small")
+    local least = tonumber(e.message:match("at least (%d+) bytes"))
+    lu.assertNotNil(least, e.message)
+    local s = isle.state({ memory_limit = least }, state_setup)
+    lu.assertEquals(s:call("echo", 1), 1)
+    s:close()
+    for _, bad in ipairs({ 0, -1, 1.5, "1000000", 2 ^ 60, 0 / 0 }) do
+        ok, e = pcall(isle.state, { memory_limit = bad }, state_setup)
+        lu.assertFalse(ok)
+        lu.assertStrContains(tostring(e), "option 'memory_limit' must be a positive integer")
+        ok, e = pcall(isle.singleton, "capped", { memory_limit = bad }, state_setup)
+        lu.assertFalse(ok)
+        lu.assertStrContains(tostring(e), "option 'memory_limit' must be a positive integer")
+    end
+    lu.assertEquals(require("isle.cdef").C.isle_state_count(), 0)
+end
+
+-- A state a capped isle makes needs a limit of its own, charged to the
+-- isle while the state lives (until it closes): a cap cannot be escaped
+-- through a shared state. Inside a capped state the same holds.
+function TestStateMemcap:test_states_a_capped_isle_makes_are_charged_to_it()
+    local a = spawn(16 * MB, function()
+        local isle = require("isle")
+        local function setup() return function(x) return x end end
+        function try(limit, single)
+            local opts = limit and { memory_limit = limit } or {}
+            local ok, e
+            if single then ok, e = pcall(isle.singleton, "charged", opts, setup)
+            else ok, e = pcall(isle.state, opts, setup) end
+            if ok then st = e return st:call(true) end
+            return false, isle.is_error(e) and e.code or tostring(e)
+        end
+        function close_state() st:close() st = nil end
+    end)
+    local ok, e = a:call("try", nil)
+    lu.assertFalse(ok)
+    lu.assertStrContains(e, "needs a memory_limit of its own")
+    ok, e = a:call("try", 64 * MB)
+    lu.assertFalse(ok)
+    lu.assertEquals(e, "memory")
+    local before = a:memory()
+    lu.assertTrue(a:call("try", 4 * MB))
+    lu.assertTrue(a:memory() >= before + 4 * MB)
+    ok, e = a:call("try", 12 * MB, true) -- 4 MB is taken now
+    lu.assertFalse(ok)
+    lu.assertEquals(e, "memory")
+    a:call("close_state")
+    lu.assertTrue(a:memory() < before + MB)
+    lu.assertTrue(a:call("try", 12 * MB, true))
+    a:call("close_state")
+    a:close()
+    -- A capped state spawns no uncapped isle either.
+    local s = isle.state({ memory_limit = 8 * MB }, function()
+        local isle = require("isle")
+        return function()
+            local ok, e = pcall(isle.spawn, {})
+            return ok, tostring(e)
+        end
+    end)
+    ok, e = s:call()
+    lu.assertFalse(ok)
+    lu.assertStrContains(e, "needs a memory_limit of its own")
+    s:close()
+end
+
+-- The results a capped isle takes in from a state land in a C buffer of
+-- its own: charged to it while it keeps the buffer, and refused past its
+-- limit (the isle goes on).
+function TestStateMemcap:test_results_a_capped_isle_takes_from_a_state_count_against_it()
+    local s = isle.state(state_setup)
+    local a = spawn(8 * MB, function()
+        local isle = require("isle")
+        function fetch(id, n)
+            local r = isle.state_ref(id):call("big", n)
+            local len = #r
+            r = nil
+            collectgarbage()
+            collectgarbage()
+            return len
+        end
+        function try(id, n)
+            local ok, e = pcall(isle.state_ref(id).call, isle.state_ref(id), "big", n)
+            return ok, isle.is_error(e) and e.code or type(e)
+        end
+        function echo(...) return ... end
+    end)
+    lu.assertEquals(a:call("fetch", s:id(), 10), 10)
+    local small = a:memory()
+    lu.assertEquals(a:call("fetch", s:id(), 900 * 1024), 900 * 1024)
+    -- The result is garbage and collected; the buffer it came in is kept.
+    local kept = a:memory()
+    lu.assertTrue(kept >= small + 900 * 1024, ("%d after a 900 KB result, %d before"):format(kept, small))
+    lu.assertEquals({ a:call("try", s:id(), 20 * MB) }, { false, "memory" })
+    lu.assertEquals(a:call("echo", 5), 5)
+    a:close()
+    s:close()
+end
+
+-- A closed capped state's arena is unmapped, as a capped isle's: the
+-- allocator goes back to LuaJIT's as lua_close ends.
+function TestStateMemcap:test_closing_capped_states_leaks_nothing()
+    local function vm_kb()
+        local f = io.open("/proc/self/status")
+        local text = f:read("*a")
+        f:close()
+        return tonumber(text:match("VmSize:%s*(%d+)"))
+    end
+    local function setup() x = {} for i = 1, 1000 do x[i] = {} end return function() end end
+    for _ = 1, 20 do isle.state({ memory_limit = 4 * MB }, setup):close() end
+    collectgarbage()
+    local before = vm_kb()
+    for _ = 1, 200 do isle.state({ memory_limit = 4 * MB }, setup):close() end
+    collectgarbage()
+    local grown = vm_kb() - before
+    lu.assertTrue(grown < 20000, "address space grew by " .. grown .. " KB over 200 states")
+end
+
 os.exit(lu.LuaUnit.run())

@@ -187,6 +187,7 @@ typedef struct isle_state_out {
     char *data;
     size_t len;
     size_t cap;
+    isle_mem *mem;
 } isle_state_out;
 typedef struct isle_state_config {
     const char *name;
@@ -194,6 +195,8 @@ typedef struct isle_state_config {
     const char *cpath;
     char *errbuf;
     size_t errcap;
+    size_t memory_limit;
+    isle_mem *charge;
 } isle_state_config;
 isle_state *isle_state_new(const isle_state_config *cfg, int *err);
 isle_state *isle_state_singleton(const isle_state_config *cfg, double timeout, int *err, int *created);
@@ -209,6 +212,7 @@ int isle_state_is_closed(const isle_state *s);
 isle_sig *isle_state_sig(isle_state *s);
 int64_t isle_state_intr_id(isle_state *s);
 isle_state_io *isle_state_io_of(isle_state *s);
+isle_mem *isle_state_mem(isle_state *s);
 int isle_state_call(isle_state *s, double timeout, const char *in, size_t in_len, isle_state_out *out);
 isle_task *isle_state_watch(isle_state *s, int *err);
 int isle_state_unwatch(isle_state *s, isle_task *t);
@@ -216,6 +220,7 @@ int isle_state_close(isle_state *s);
 int isle_state_count(void);
 isle_state_out *isle_state_out_new(void);
 void isle_state_out_free(isle_state_out *o);
+void isle_state_out_charge(isle_state_out *o, isle_mem *a);
 
 int isle_preload_set(const char *name, const char *data, size_t len);
 int isle_preload_count(void);

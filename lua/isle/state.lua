@@ -19,6 +19,7 @@ local C = runtime.C
 local type, select, error, pcall, xpcall, tostring, tonumber, setmetatable, unpack, next, loadstring, rawequal =
     type, select, error, pcall, xpcall, tostring, tonumber, setmetatable, unpack, next, loadstring, rawequal
 local traceback = debug.traceback
+local collectgarbage = collectgarbage -- kept: a sandbox may take the global away
 
 local OK, ETIMEOUT, EBUSY, ECLOSED, ENOMEM =
     C.ISLE_OK, C.ISLE_ETIMEOUT, C.ISLE_EBUSY, C.ISLE_ECLOSED, C.ISLE_ENOMEM
@@ -72,6 +73,8 @@ local function take()
     end
     local o = C.isle_state_out_new()
     if o == nil then error(errors.new("memory", "cannot allocate a result buffer"), 3) end
+    -- In a capped isle (or state) the results it takes in count against its limit.
+    if runtime.mem ~= nil then C.isle_state_out_charge(o, runtime.mem) end
     return { enc = codec.new_buffer(), dec = codec.new_buffer(), out = ffi.gc(o, out_free) }
 end
 
@@ -344,6 +347,15 @@ end
 
 function State:isowner() return self.owner end
 
+-- Bytes the state's Lua state holds, and its memory_limit (nil when
+-- uncapped). Read from any thread, also while a call runs; 0 once closed.
+function State:memory()
+    check_process(self, "shared state")
+    local a = C.isle_state_mem(self.ptr)
+    local limit = tonumber(C.isle_mem_limit(a))
+    return tonumber(C.isle_mem_used(a)), limit > 0 and limit or nil
+end
+
 function State:is_closed() return C.isle_state_is_closed(self.ptr) ~= 0 end
 
 -- Closes the state (from any object on it, as mtstates): `busy` while a
@@ -366,7 +378,7 @@ end
 -- Making states ----------------------------------------------------------------------
 
 local libs_mod = require("isle.libs")
-local OPTION_NAMES = { libs = true, instrument = true, instrument_loads = true }
+local OPTION_NAMES = { libs = true, instrument = true, instrument_loads = true, memory_limit = true }
 
 local function bad_arg(fname, n, what, got)
     error("bad argument #" .. n .. " to '" .. fname .. "' (" .. what .. " expected, got " .. got .. ")", 4)
@@ -425,6 +437,19 @@ local function parse(fname, named, ...)
         i = i + 1
     end
     if opts.instrument == false then opts.instrument_loads = false end
+    local limit = type(o) == "table" and o.memory_limit or nil
+    if limit ~= nil then
+        if type(limit) ~= "number" or not (limit >= 1) or limit % 1 ~= 0 or limit > 2 ^ 52 then
+            error(fname .. ": option 'memory_limit' must be a positive integer number of bytes (got "
+                .. (type(limit) == "number" and tostring(limit) or type(limit)) .. ")", 3)
+        end
+        opts.memory_limit = limit
+    elseif runtime.mem ~= nil then
+        -- Charged to the capped creator while the state lives, as an isle
+        -- it spawns: a cap cannot be escaped through a shared state.
+        error(fname .. ": a shared state made in a capped isle or state needs a memory_limit of its own "
+            .. "(charged to the creator's while the new state lives)", 3)
+    end
     local setup = select(i, ...)
     if type(setup) ~= "string" and type(setup) ~= "function" then
         bad_arg(fname, i, "a setup function without upvalues or a chunk string", type(setup))
@@ -493,9 +518,10 @@ end
 -- The strings must outlive the call that reads the config: the caller
 -- keeps `name` and `path` in locals (a cdata does not keep them alive).
 local errbuf = ffi.new("char[256]")
-local function new_config(name, path)
+local function new_config(name, path, opts)
     return ffi.new("isle_state_config", { name = name, path = path, cpath = package.cpath,
-                                          errbuf = errbuf, errcap = 256 })
+                                          errbuf = errbuf, errcap = 256,
+                                          memory_limit = opts.memory_limit or 0, charge = runtime.mem })
 end
 
 -- (`path` is passed only to keep that string alive until after the call.)
@@ -505,7 +531,13 @@ local function create_error(fname, name, err, path) -- luacheck: ignore path
     elseif err == EREENTRY then
         return errors.new("busy", "isle." .. fname .. "('" .. tostring(name) .. "') is called from its own setup")
     elseif err == ENOMEM then
-        return errors.new("memory", "cannot make a shared state: " .. ffi.string(errbuf))
+        local msg = "cannot make a shared state: " .. ffi.string(errbuf)
+        local a = runtime.mem
+        if a ~= nil then
+            msg = msg .. " (" .. tonumber(C.isle_mem_used(a)) .. " of " .. tonumber(C.isle_mem_limit(a))
+                .. " bytes in use), or out of memory"
+        end
+        return errors.new("memory", msg)
     end
     return errors.new("runtime", "cannot make a shared state: " .. ffi.string(errbuf))
 end
@@ -518,7 +550,7 @@ function M.new(...)
     M.preload()
     local errp1 = ffi.new("int[1]")
     local path = M.path()
-    local cfg = new_config(name, path)
+    local cfg = new_config(name, path, opts)
     local p = C.isle_state_new(cfg, errp1)
     if p == nil then
         drop_setup_args(e)
@@ -537,7 +569,7 @@ function M.singleton(...)
     M.preload()
     local errp1, createdp = ffi.new("int[1]"), ffi.new("int[1]")
     local path = M.path()
-    local cfg = new_config(name, path)
+    local cfg = new_config(name, path, opts)
     local sched = runtime.sched
     local yields = sched ~= nil and sched:can_yield()
     local backoff = 0.0005
@@ -604,6 +636,38 @@ local callback
 local in_dec, out_enc = codec.new_buffer(), codec.new_buffer()
 local loading = interrupt.loading
 
+-- Memory caps (the memory_limit option; csrc/mem.c, docs/sandbox.md), as
+-- in a capped isle (isle.worker): the callback and setup run under the
+-- limit less a reserve (ISLE_MEM_USER), the decoding of their arguments and
+-- the encoding of their results included, and the dispatcher's own work
+-- under the limit itself (ISLE_MEM_CORE), so that a call that ran out is
+-- still answered, with a `memory` error, and the next one finds the memory
+-- back. Uncapped states skip all of this (`capped` is false).
+local capped, mem = false, nil
+local MEM_CORE, MEM_USER = C.ISLE_MEM_CORE, C.ISLE_MEM_USER
+local mem_enforce = C.isle_mem_enforce
+local OOM = "not enough memory" -- LuaJIT's message; the xpcall's handler is not called for it
+local oom_message
+
+-- A full collection outside the user's limit (garbage counts until it is
+-- collected): after a call ran out, and when the allocator asks for one.
+local collecting = false -- a finalizer's checkpoint must not start another
+local function collect()
+    if collecting then return end
+    collecting = true
+    local prev = mem_enforce(mem, MEM_CORE)
+    pcall(collectgarbage, "collect")
+    C.isle_mem_collected(mem)
+    mem_enforce(mem, prev)
+    collecting = false
+end
+
+-- Asked for by the allocator past its mark: at the next checkpoint
+-- (interrupt.check), or at the end of the call.
+local function collect_if_wanted()
+    if C.isle_mem_gc_wanted(mem) ~= 0 then collect() end
+end
+
 -- Back to "requests wait", whatever happened inside (an error in the error
 -- handler, out of memory).
 local function hold()
@@ -655,8 +719,8 @@ local function put_error(e)
     if not errors.is(e) then
         -- Not from our handler: LuaJIT's own message (out of memory, an
         -- error in error handling).
-        if e == "not enough memory" then
-            e = errors.new("memory", "not enough memory in " .. label)
+        if e == OOM then
+            e = errors.new("memory", oom_message or ("not enough memory in " .. label))
         else
             e = errors.new("runtime", tostring(e))
         end
@@ -675,12 +739,30 @@ end
 -- returns into xpcall must not be a vararg Lua function, or LuaJIT cannot
 -- compile the call ("NYI: return to lower frame"); a builtin in tail
 -- position returns there without even a trace of its own to abort.
+-- In a capped state the results are encoded under the user's limit; one
+-- that runs out is tried once more after a collection (a callback that
+-- caught running out and returned left its garbage behind). Running out
+-- again raises, and the call ends with `memory` (finish_call).
+local function put_capped(...)
+    local ok, encoded, err = pcall(wire.put_results, out_enc, select("#", ...), ...)
+    if ok then return encoded, err end
+    if encoded ~= OOM then error(encoded, 0) end
+    codec.reset(out_enc)
+    collect()
+    return wire.put_results(out_enc, select("#", ...), ...)
+end
+
 local function put_results(...)
     loading(1)
     if flagp[0] ~= 0 and sticky_interrupt() then
         put_error(interrupt.stop_error("interrupted"))
     else
-        local encoded, err = wire.put_results(out_enc, select("#", ...), ...)
+        local encoded, err
+        if capped then
+            encoded, err = put_capped(...)
+        else
+            encoded, err = wire.put_results(out_enc, select("#", ...), ...)
+        end
         if encoded and attached.n > 0 then encoded, err = false, refs_error("results") end
         if not encoded then put_error(err) end
     end
@@ -692,8 +774,25 @@ local function call_callback(...)
     return rawequal(put_results(callback(...)), true)
 end
 
+-- A capped call that failed: what it ran out in (results half encoded, its
+-- garbage) goes before the error is written.
+local function capped_failure(e)
+    if e == OOM or (errors.is(e) and e.code == "memory") then
+        out_enc:free()
+        collect()
+    end
+    put_error(e)
+    return set_results()
+end
+
 local function finish_call(ok, e)
     hold()
+    if capped then
+        mem_enforce(mem, MEM_CORE)
+        if not ok then return capped_failure(e) end
+        collect_if_wanted()
+        return set_results()
+    end
     if not ok then put_error(e) end
     return set_results()
 end
@@ -715,15 +814,18 @@ local function compile_setup(spec)
 end
 
 local function run_setup(spec, ...)
+    if capped then mem_enforce(mem, MEM_CORE) end
     if spec.instrument_loads then require("isle.loaders").install(_G) end
     require("isle.libs").apply(spec.libs, _G)
     local f = compile_setup(spec)
     loading(-1)
+    if capped then mem_enforce(mem, MEM_USER) end
     return done(f(...))
 end
 
 local function finish_setup(ok, ...)
     hold()
+    if capped then mem_enforce(mem, MEM_CORE) end
     local cb = ...
     if ok and type(cb) ~= "function" then
         put_error(errors.new("value", "setup must return the callback function first (got "
@@ -732,9 +834,16 @@ local function finish_setup(ok, ...)
         callback = cb
         out_enc:reset()
         local n = select("#", ...) - 1
+        if capped then mem_enforce(mem, MEM_USER) end -- setup's results are its own
         local enc_ok, err = pcall(codec.put_values, out_enc, "results", 2, n, select(2, ...))
+        if capped then mem_enforce(mem, MEM_CORE) end
         if enc_ok and attached.n > 0 then enc_ok, err = false, refs_error("setup results") end
-        if not enc_ok then put_error(errors.from_codec(err) or errors.new("value", tostring(err))) end
+        if not enc_ok then
+            if err == OOM then return capped_failure(err) end
+            put_error(errors.from_codec(err) or errors.new("value", tostring(err)))
+        end
+    elseif capped then
+        return capped_failure(cb)
     else
         put_error(cb)
     end
@@ -744,10 +853,14 @@ end
 local function serve_call()
     local dec = in_dec
     if callback ~= nil then
+        -- A capped state decodes the arguments under the user's limit:
+        -- running out there leaves serve_call (dispatch_capped).
+        if capped then mem_enforce(mem, MEM_USER) end
         return finish_call(xpcall(call_callback, on_error, select(2, values_at(dec, io_.args, io_.args_len))))
     end
     dec:set(io_.args, io_.args_len)
     local spec = dec:decode()
+    if capped then mem_enforce(mem, MEM_USER) end
     return finish_setup(xpcall(run_setup, on_error, spec, select(2, get_values(dec))))
 end
 
@@ -756,6 +869,22 @@ end
 -- the FFI accesses, which cost much more when interpreted).
 local function dispatch()
     serve_call()
+end
+
+-- The same for a capped state: a call whose arguments do not fit under the
+-- user's limit (decoded before its protected call) ends with `memory`.
+local function dispatch_capped()
+    mem_enforce(mem, MEM_CORE)
+    -- The last call's results (copied out by now): a large buffer goes
+    -- back, or it would stay counted.
+    if #out_enc > 65536 then out_enc:free() end
+    local ok, e = pcall(serve_call)
+    if ok then return end
+    hold()
+    mem_enforce(mem, MEM_CORE)
+    if e ~= OOM then error(e, 0) end
+    codec.drop_attached()
+    capped_failure(errors.new("memory", "the call's arguments do not fit in the memory_limit of " .. label))
 end
 
 -- Called by the core once, in the new state: binds it and returns the
@@ -772,6 +901,28 @@ function M.serve(addr)
     flagp = interrupt.pointers()
     loading(1)
     interrupt.guard_modules(package)
+    -- With a memory_limit: capped from here on (the state booted uncapped);
+    -- a limit that leaves no room for a call is refused (the string says why).
+    mem = C.isle_state_mem(p)
+    local limit = tonumber(C.isle_mem_limit(mem))
+    if limit > 0 then
+        collectgarbage("collect")
+        local used = tonumber(C.isle_mem_used(mem))
+        local least = tonumber(C.isle_mem_minimum(used))
+        if limit < least then
+            return "memory_limit " .. limit .. " is too small: the state holds " .. used
+                .. " bytes once started; it needs a memory_limit of at least " .. least .. " bytes"
+        end
+        capped = true
+        runtime.mem = mem -- what it sends, holds, spawns or makes is charged to it
+        oom_message = "not enough memory (the call reached the memory_limit of " .. label .. ", "
+            .. limit .. " bytes)"
+        interrupt.on_memory(collect_if_wanted)
+        C.isle_mem_collected(mem) -- the first mark
+        mem_enforce(mem, MEM_CORE)
+        require("jit").off(dispatch_capped)
+        return dispatch_capped
+    end
     -- The shim is never compiled (its traces could only abort); what it
     -- calls is.
     require("jit").off(dispatch)
