@@ -243,3 +243,19 @@ size_t isle_chan_len(isle_chan *ch)
 }
 
 size_t isle_chan_cap(isle_chan *ch) { return ch->cap; }
+
+int isle_chan_spin(isle_chan *ch, int for_room)
+{
+    /* The length is read without the lock: a hint, the retry decides. A
+     * waiter costs a slot, a subscription and a trip through the caller's
+     * loop, so a short spin pays while the other side is active. */
+    double budget = isle_get_spin();
+    if (budget <= 0) return 0;
+    double end = isle_now() + budget;
+    for (unsigned i = 0;; i++) {
+        size_t n = atomic_load_explicit(&ch->len, memory_order_relaxed);
+        if (for_room ? n < ch->cap : n > 0) return 1;
+        if ((i & 63) == 63 && isle_now() >= end) return 0;
+        isle_cpu_relax();
+    }
+}

@@ -462,6 +462,10 @@ void isle_chan_close(isle_chan *ch);
 int isle_chan_is_closed(isle_chan *ch);
 size_t isle_chan_len(isle_chan *ch);         /* queued now (a snapshot) */
 size_t isle_chan_cap(isle_chan *ch);
+/* Spins (for at most isle_get_spin() s) until the channel looks non-empty,
+ * or with `for_room` not full: 1 if it does (try again), 0 if the spin ran
+ * out (wait). Closing does not end it early. */
+int isle_chan_spin(isle_chan *ch, int for_room);
 
 /* ---- isle's own modules, precompiled once per process ------------------ */
 /* Bytecode for module `name`, found by require in every state an isle starts

@@ -208,6 +208,7 @@ void isle_chan_close(isle_chan *ch);
 int isle_chan_is_closed(isle_chan *ch);
 size_t isle_chan_len(isle_chan *ch);
 size_t isle_chan_cap(isle_chan *ch);
+int isle_chan_spin(isle_chan *ch, int for_room);
 
 int isle_preload_set(const char *name, const char *data, size_t len);
 int isle_preload_count(void);

@@ -19,7 +19,7 @@ local C = runtime.C
 local setmetatable, type, tostring, tonumber, error, pcall = setmetatable, type, tostring, tonumber, error, pcall
 local isle_chan_push, isle_chan_pop, isle_chan_unwait = C.isle_chan_push, C.isle_chan_pop, C.isle_chan_unwait
 local isle_msg_new, isle_msg_free, isle_task_release = C.isle_msg_new, C.isle_msg_free, C.isle_task_release
-local isle_now = C.isle_now
+local isle_now, isle_chan_spin = C.isle_now, C.isle_chan_spin
 local ISLE_OK, ISLE_EBUSY, ISLE_ECLOSED = C.ISLE_OK, C.ISLE_EBUSY, C.ISLE_ECLOSED
 local put_fast, put_values, get_values, reset = codec.put_fast, codec.put_values, codec.get_values, codec.reset
 local attached, new_msg = wire.attached, wire.new_msg
@@ -34,6 +34,14 @@ channel.DEFAULT_CAPACITY = 1024
 -- Out-parameters of the core calls, one set per state (calls never overlap
 -- on one thread: nothing here yields between a call and reading them).
 local out_msg = ffi.new("isle_msg *[1]")
+-- Numbers and strings, the common values, skip the codec: a message of kind
+-- NUM holds the double's 8 bytes, one of kind STR the string's bytes; kind
+-- VAL holds a value list encoded as call arguments are.
+local VAL, NUM, STR = 0, 1, 2
+local num_box = ffi.new("double[1]")
+local num_bytes = ffi.cast("const char *", num_box)
+local pop_box = ffi.new("double[1]")
+local ffi_string, ffi_copy = ffi.string, ffi.copy
 local out_wait = ffi.new("isle_task *[1]")
 
 local function wrap(p)
@@ -101,28 +109,40 @@ function Channel:push(v, timeout)
     if v == nil then error("bad argument #1 to 'push' (a value expected, got nil)", 2) end
     local deadline = check_timeout(timeout, "push")
     check_process(self, "channel")
-    local enc = runtime.enc
-    reset(enc)
-    if not put_fast(enc, 1, v) then
-        local ok, e = pcall(put_values, enc, "value", 1, 1, v)
-        if not ok then
-            reset(enc)
-            error(errors.from_codec(e) or e, 2)
+    local m
+    local tv = type(v)
+    if tv == "number" then
+        num_box[0] = v
+        m = isle_msg_new(NUM, nil, num_bytes, 8)
+    elseif tv == "string" then
+        m = isle_msg_new(STR, nil, v, #v)
+    else
+        local enc = runtime.enc
+        reset(enc)
+        if not put_fast(enc, 1, v) then
+            local ok, e = pcall(put_values, enc, "value", 1, 1, v)
+            if not ok then
+                reset(enc)
+                error(errors.from_codec(e) or e, 2)
+            end
+        end
+        if attached.n == 0 then
+            local p, len = enc:ref()
+            m = isle_msg_new(VAL, nil, p, len)
+        else
+            m = new_msg(VAL, nil, enc)
         end
     end
-    local m
-    if attached.n == 0 then
-        local p, len = enc:ref()
-        m = isle_msg_new(0, nil, p, len)
-    else
-        m = new_msg(0, nil, enc)
-    end
-    if m == nil then error(errors.new("memory", "cannot allocate a message of " .. #enc .. " bytes"), 2) end
+    if m == nil then error(errors.new("memory", "cannot allocate a channel message"), 2) end
     local ptr = self.ptr
     local rc = isle_chan_push(ptr, m, nil)
     if rc == ISLE_OK then return true end
     while rc == ISLE_EBUSY do
         if timeout == 0 then break end
+        if isle_chan_spin(ptr, 1) ~= 0 then
+            rc = isle_chan_push(ptr, m, nil)
+            if rc ~= ISLE_EBUSY then break end
+        end
         rc = isle_chan_push(ptr, m, out_wait)
         if rc ~= ISLE_EBUSY then break end
         local why = wait_on(self, out_wait[0], deadline)
@@ -143,6 +163,21 @@ end
 -- channels in it take references of their own).
 local dec = runtime.dec
 local function take(m)
+    local kind = m.kind
+    if kind == NUM then
+        -- Copied out before the free, never read through m.data: the JIT
+        -- may fuse a load into the instruction that uses its value (an
+        -- `s + c:pop()` compiles to an addsd from memory), which then runs
+        -- after isle_msg_free, reading freed memory another thread may
+        -- already reuse (seen: wrong sums under CPU contention).
+        ffi_copy(pop_box, m.data, 8)
+        isle_msg_free(m)
+        return pop_box[0]
+    elseif kind == STR then
+        local v = ffi_string(m.data, m.len)
+        isle_msg_free(m)
+        return v
+    end
     dec:set(m.data, m.len)
     local ok, n, v = pcall(get_values, dec, m)
     isle_msg_free(m)
@@ -159,6 +194,10 @@ function Channel:pop(timeout)
     local rc = isle_chan_pop(ptr, out_msg, nil)
     while rc == ISLE_EBUSY do
         if timeout == 0 then break end
+        if isle_chan_spin(ptr, 0) ~= 0 then
+            rc = isle_chan_pop(ptr, out_msg, nil)
+            if rc ~= ISLE_EBUSY then break end
+        end
         rc = isle_chan_pop(ptr, out_msg, out_wait)
         if rc ~= ISLE_EBUSY then break end
         local why = wait_on(self, out_wait[0], deadline)
