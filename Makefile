@@ -227,6 +227,10 @@ $(BUILD)/bench_pingpong: bench/c/pingpong.c $(CORE_SRCS) $(HDRS) | $(BUILD)
 $(BUILD)/bench_state_floor: bench/c/state_floor.c | $(BUILD)
 	$(CC) $(CFLAGS) $(WARN) -pthread $(LUAJIT_INC) -o $@ $< $(LUAJIT_LIB) -lm
 
+# The floor of bench/w_chan.lua: a mutex + condvar ring in plain C.
+$(BUILD)/bench_chan_floor: bench/c/chan_floor.c | $(BUILD)
+	$(CC) $(CFLAGS) $(WARN) -pthread -o $@ $<
+
 bench: deps all bench-floor
 	$(LUAJIT) bench/run.lua $(BENCH_ARGS)
 
