@@ -74,8 +74,9 @@ local function closed_error()
     return errors.new("closed", "the channel is closed")
 end
 
--- Waits on waiter slot `w` until `deadline` (nil: no limit). "done" (try
--- again), "timeout" or the reason the wait was stopped. A waiter given up
+-- Waits on waiter slot `w` until `deadline` (nil: no limit): true and
+-- "done" (try again), "timeout" or the reason the wait was stopped; false
+-- and the error a stop raised inside the wait (the caller re-raises it). A waiter given up
 -- is taken back, and its wake, if it had one, passed on (isle_chan_unwait).
 local function wait_on(self, w, deadline)
     w = ffi.gc(w, isle_task_release) -- released even if the state dies mid-wait
@@ -95,8 +96,7 @@ local function wait_on(self, w, deadline)
     if not ok or why ~= "done" then isle_chan_unwait(self.ptr, w) end
     ffi.gc(w, nil)
     isle_task_release(w)
-    if not ok then error(why, 0) end
-    return why
+    return ok, why
 end
 
 local function stopped(why, what)
@@ -145,9 +145,10 @@ function Channel:push(v, timeout)
         end
         rc = isle_chan_push(ptr, m, out_wait)
         if rc ~= ISLE_EBUSY then break end
-        local why = wait_on(self, out_wait[0], deadline)
+        local ok, why = wait_on(self, out_wait[0], deadline)
         if why ~= "done" then
-            isle_msg_free(m)
+            isle_msg_free(m) -- not queued: nobody else frees it
+            if not ok then error(why, 0) end
             return nil, stopped(why, "full")
         end
         rc = isle_chan_push(ptr, m, nil)
@@ -200,7 +201,8 @@ function Channel:pop(timeout)
         end
         rc = isle_chan_pop(ptr, out_msg, out_wait)
         if rc ~= ISLE_EBUSY then break end
-        local why = wait_on(self, out_wait[0], deadline)
+        local ok, why = wait_on(self, out_wait[0], deadline)
+        if not ok then error(why, 0) end
         if why ~= "done" then return nil, stopped(why, "empty") end
         rc = isle_chan_pop(ptr, out_msg, nil)
     end
