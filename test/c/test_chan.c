@@ -3,6 +3,7 @@
  * values with every one received exactly once. */
 #include "check.h"
 #include "internal.h"
+#include "alloc_sweep.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -129,6 +130,21 @@ static void test_travels_in_refs(void)
     CHECK_EQ(isle_task_live_count(), live);
 }
 
+static void test_spin(void)
+{
+    isle_chan *ch = isle_chan_new(1);
+    CHECK_EQ(isle_chan_spin(ch, 0), 0);  /* empty: the spin runs out */
+    CHECK_EQ(isle_chan_spin(ch, 1), 1);  /* room now */
+    CHECK_EQ(isle_chan_push(ch, num_msg(1), NULL), ISLE_OK);
+    CHECK_EQ(isle_chan_spin(ch, 0), 1);
+    CHECK_EQ(isle_chan_spin(ch, 1), 0);  /* full */
+    double old = isle_get_spin();
+    isle_set_spin(0);
+    CHECK_EQ(isle_chan_spin(ch, 0), 0);  /* no budget: never spins */
+    isle_set_spin(old);
+    isle_chan_release(ch);
+}
+
 /* 4 producers, 4 consumers, blocking through the waiter slots. */
 enum { NPROD = 4, NCONS = 4 };
 static isle_chan *mpmc;
@@ -193,12 +209,74 @@ static void test_four_by_four(void)
     CHECK_EQ(isle_task_live_count(), live);
 }
 
+/* Out of memory: a channel is made whole or not at all; a wait that cannot
+ * get its waiter says ENOMEM and leaves the channel as it was. */
+static isle_chan *sweep_ch;
+static isle_task *sweep_w;
+
+static int new_run(void *ctx)
+{
+    (void)ctx;
+    sweep_ch = isle_chan_new(4);
+    return sweep_ch != NULL;
+}
+
+static long new_check(void *ctx, int ok)
+{
+    (void)ctx;
+    (void)ok;
+    isle_chan_release(sweep_ch);
+    sweep_ch = NULL;
+    return 0;
+}
+
+static void wait_setup(void *ctx)
+{
+    (void)ctx;
+    sweep_ch = isle_chan_new(4);
+    sweep_w = NULL;
+}
+
+static int wait_run(void *ctx)
+{
+    (void)ctx;
+    isle_msg *m = NULL;
+    int rc = isle_chan_pop(sweep_ch, &m, &sweep_w);
+    CHECK(rc == ISLE_EBUSY || rc == ISLE_ENOMEM);
+    return rc == ISLE_EBUSY;
+}
+
+static long wait_check(void *ctx, int ok)
+{
+    (void)ctx;
+    CHECK_EQ(sweep_w != NULL, ok);
+    CHECK_EQ(isle_chan_push(sweep_ch, num_msg(5), NULL), ISLE_OK); /* wakes the waiter, if any */
+    if (ok) CHECK_EQ(isle_task_state(sweep_w), ISLE_TASK_DONE);
+    isle_task_release(sweep_w);
+    isle_msg *m = NULL;
+    CHECK_EQ(isle_chan_pop(sweep_ch, &m, NULL), ISLE_OK);
+    CHECK_EQ(msg_num(m), 5);
+    isle_msg_free(m);
+    isle_chan_release(sweep_ch);
+    return 0;
+}
+
+static void test_out_of_memory(void)
+{
+    alloc_op make = {"isle_chan_new", NULL, new_run, new_check};
+    CHECK_EQ(alloc_sweep_both(&make, NULL, 0), 3);
+    alloc_op wait = {"isle_chan_pop with a waiter", wait_setup, wait_run, wait_check};
+    CHECK_EQ(alloc_sweep_both(&wait, NULL, 0), 2);
+}
+
 int main(void)
 {
     RUN(test_bounds);
     RUN(test_fifo_and_capacity);
     RUN(test_waiters_and_close);
     RUN(test_travels_in_refs);
+    RUN(test_spin);
+    RUN(test_out_of_memory);
     RUN(test_four_by_four);
     return 0;
 }
