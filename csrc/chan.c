@@ -28,11 +28,19 @@ typedef struct chan_wlist {
     chan_waiter *head, *tail;
 } chan_wlist;
 
+/* A queued value: a message, or a number carried inline (m NULL), which
+ * costs no allocation: the common case of integers between two threads
+ * would otherwise malloc in one thread and free in the other. */
+typedef struct chan_slot {
+    isle_msg *m;
+    double num;
+} chan_slot;
+
 struct isle_chan {
     isle_task *anchor;     /* holds the channel's references */
     pthread_mutex_t mu;
     size_t cap, head, count;
-    isle_msg **ring;       /* cap slots; count from head (mu) */
+    chan_slot *ring;       /* cap slots; count from head (mu) */
     int closed;            /* (mu) */
     atomic_size_t len;     /* mirror of count for isle_chan_len without the lock */
     chan_wlist poppers, pushers;  /* (mu) */
@@ -83,7 +91,7 @@ static void wake_all(chan_wlist *l, int state)
 static void chan_free(void *arg)
 {
     isle_chan *ch = arg;
-    for (size_t i = 0; i < ch->count; i++) isle_msg_free(ch->ring[(ch->head + i) % ch->cap]);
+    for (size_t i = 0; i < ch->count; i++) isle_msg_free(ch->ring[(ch->head + i) % ch->cap].m);
     /* Waiters of a Lua caller hold the channel, so these are only left by a
      * caller that vanished mid-wait (a job stopped while waiting). */
     wake_all(&ch->poppers, ISLE_TASK_CLOSED);
@@ -148,7 +156,7 @@ static int add_waiter(chan_wlist *l, isle_task **waiter)
     return ISLE_EBUSY;
 }
 
-int isle_chan_push(isle_chan *ch, isle_msg *m, isle_task **waiter)
+static int push_slot(isle_chan *ch, isle_msg *m, double num, isle_task **waiter)
 {
     int rc = ISLE_OK;
     pthread_mutex_lock(&ch->mu);
@@ -157,8 +165,10 @@ int isle_chan_push(isle_chan *ch, isle_msg *m, isle_task **waiter)
     } else if (ch->count == ch->cap) {
         rc = waiter ? add_waiter(&ch->pushers, waiter) : ISLE_EBUSY;
     } else {
-        m->next = NULL;
-        ch->ring[(ch->head + ch->count) % ch->cap] = m;
+        chan_slot *slot = &ch->ring[(ch->head + ch->count) % ch->cap];
+        if (m) m->next = NULL;
+        slot->m = m;
+        slot->num = num;
         ch->count++;
         atomic_store_explicit(&ch->len, ch->count, memory_order_relaxed);
         if (ch->poppers.head) wake_one(&ch->poppers);
@@ -167,13 +177,25 @@ int isle_chan_push(isle_chan *ch, isle_msg *m, isle_task **waiter)
     return rc;
 }
 
-int isle_chan_pop(isle_chan *ch, isle_msg **out, isle_task **waiter)
+int isle_chan_push(isle_chan *ch, isle_msg *m, isle_task **waiter)
+{
+    return push_slot(ch, m, 0, waiter);
+}
+
+int isle_chan_push_num(isle_chan *ch, double num, isle_task **waiter)
+{
+    return push_slot(ch, NULL, num, waiter);
+}
+
+int isle_chan_pop(isle_chan *ch, isle_msg **out, double *num, isle_task **waiter)
 {
     int rc = ISLE_OK;
     *out = NULL;
     pthread_mutex_lock(&ch->mu);
     if (ch->count) {
-        *out = ch->ring[ch->head];
+        chan_slot *slot = &ch->ring[ch->head];
+        *out = slot->m;
+        *num = slot->num;
         ch->head = (ch->head + 1) % ch->cap;
         ch->count--;
         atomic_store_explicit(&ch->len, ch->count, memory_order_relaxed);
@@ -244,6 +266,10 @@ size_t isle_chan_len(isle_chan *ch)
 
 size_t isle_chan_cap(isle_chan *ch) { return ch->cap; }
 
+#ifndef SPIN_PAUSES
+#define SPIN_PAUSES 16
+#endif
+
 int isle_chan_spin(isle_chan *ch, int for_room)
 {
     /* The length is read without the lock: a hint, the retry decides. A
@@ -255,7 +281,8 @@ int isle_chan_spin(isle_chan *ch, int for_room)
     for (unsigned i = 0;; i++) {
         size_t n = atomic_load_explicit(&ch->len, memory_order_relaxed);
         if (for_room ? n < ch->cap : n > 0) return 1;
-        if ((i & 63) == 63 && isle_now() >= end) return 0;
-        isle_cpu_relax();
+        if ((i & 7) == 7 && isle_now() >= end) return 0;
+        /* Read rarely: each read pulls the line the other side writes. */
+        for (int k = 0; k < SPIN_PAUSES; k++) isle_cpu_relax();
     }
 }

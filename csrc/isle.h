@@ -450,9 +450,12 @@ isle_chan *isle_chan_of_ref(isle_task *t);
 /* ISLE_OK: queued, `m` is the channel's now. ISLE_ECLOSED, ISLE_EBUSY (full;
  * see above), ISLE_ENOMEM: `m` still belongs to the caller. */
 int isle_chan_push(isle_chan *ch, isle_msg *m, isle_task **waiter);
-/* ISLE_OK: *out is the oldest message, the caller's to free. ISLE_ECLOSED:
- * closed and empty. ISLE_EBUSY (empty; see above), ISLE_ENOMEM. */
-int isle_chan_pop(isle_chan *ch, isle_msg **out, isle_task **waiter);
+/* The same for a number, carried inline with no message (nor allocation). */
+int isle_chan_push_num(isle_chan *ch, double num, isle_task **waiter);
+/* ISLE_OK: *out is the oldest message, the caller's to free, or NULL when
+ * the oldest value is a number (then in *num). ISLE_ECLOSED: closed and
+ * empty. ISLE_EBUSY (empty; see above), ISLE_ENOMEM. */
+int isle_chan_pop(isle_chan *ch, isle_msg **out, double *num, isle_task **waiter);
 /* Takes back a waiter whose caller gives up (1 if it was still waiting); a
  * waiter already woken passes its wake on to the next one. Does not
  * release the caller's reference. */

@@ -18,6 +18,7 @@ local wire = require("isle.wire")
 local C = runtime.C
 local setmetatable, type, tostring, tonumber, error, pcall = setmetatable, type, tostring, tonumber, error, pcall
 local isle_chan_push, isle_chan_pop, isle_chan_unwait = C.isle_chan_push, C.isle_chan_pop, C.isle_chan_unwait
+local isle_chan_push_num = C.isle_chan_push_num
 local isle_msg_new, isle_msg_free, isle_task_release = C.isle_msg_new, C.isle_msg_free, C.isle_task_release
 local isle_now, isle_chan_spin = C.isle_now, C.isle_chan_spin
 local ISLE_OK, ISLE_EBUSY, ISLE_ECLOSED = C.ISLE_OK, C.ISLE_EBUSY, C.ISLE_ECLOSED
@@ -34,14 +35,13 @@ channel.DEFAULT_CAPACITY = 1024
 -- Out-parameters of the core calls, one set per state (calls never overlap
 -- on one thread: nothing here yields between a call and reading them).
 local out_msg = ffi.new("isle_msg *[1]")
--- Numbers and strings, the common values, skip the codec: a message of kind
--- NUM holds the double's 8 bytes, one of kind STR the string's bytes; kind
--- VAL holds a value list encoded as call arguments are.
-local VAL, NUM, STR = 0, 1, 2
-local num_box = ffi.new("double[1]")
-local num_bytes = ffi.cast("const char *", num_box)
-local pop_box = ffi.new("double[1]")
-local ffi_string, ffi_copy = ffi.string, ffi.copy
+local out_num = ffi.new("double[1]")
+-- Numbers and strings, the common values, skip the codec: a number travels
+-- inline in the channel's ring (isle_chan_push_num: no message at all), a
+-- string as a message of kind STR holding its bytes; kind VAL holds a value
+-- list encoded as call arguments are.
+local VAL, STR = 0, 2
+local ffi_string = ffi.string
 local out_wait = ffi.new("isle_task *[1]")
 
 local function wrap(p)
@@ -109,14 +109,12 @@ function Channel:push(v, timeout)
     if v == nil then error("bad argument #1 to 'push' (a value expected, got nil)", 2) end
     local deadline = check_timeout(timeout, "push")
     check_process(self, "channel")
-    local m
+    local m = nil -- stays nil for a number: it travels inline
     local tv = type(v)
-    if tv == "number" then
-        num_box[0] = v
-        m = isle_msg_new(NUM, nil, num_bytes, 8)
-    elseif tv == "string" then
+    if tv == "string" then
         m = isle_msg_new(STR, nil, v, #v)
-    else
+        if m == nil then error(errors.new("memory", "cannot allocate a channel message"), 2) end
+    elseif tv ~= "number" then
         local enc = runtime.enc
         reset(enc)
         if not put_fast(enc, 1, v) then
@@ -132,26 +130,27 @@ function Channel:push(v, timeout)
         else
             m = new_msg(VAL, nil, enc)
         end
+        if m == nil then error(errors.new("memory", "cannot allocate a channel message"), 2) end
     end
-    if m == nil then error(errors.new("memory", "cannot allocate a channel message"), 2) end
     local ptr = self.ptr
-    local rc = isle_chan_push(ptr, m, nil)
+    local rc
+    if m == nil then rc = isle_chan_push_num(ptr, v, nil) else rc = isle_chan_push(ptr, m, nil) end
     if rc == ISLE_OK then return true end
     while rc == ISLE_EBUSY do
         if timeout == 0 then break end
         if isle_chan_spin(ptr, 1) ~= 0 then
-            rc = isle_chan_push(ptr, m, nil)
+            if m == nil then rc = isle_chan_push_num(ptr, v, nil) else rc = isle_chan_push(ptr, m, nil) end
             if rc ~= ISLE_EBUSY then break end
         end
-        rc = isle_chan_push(ptr, m, out_wait)
+        if m == nil then rc = isle_chan_push_num(ptr, v, out_wait) else rc = isle_chan_push(ptr, m, out_wait) end
         if rc ~= ISLE_EBUSY then break end
         local ok, why = wait_on(self, out_wait[0], deadline)
         if why ~= "done" then
-            isle_msg_free(m) -- not queued: nobody else frees it
+            isle_msg_free(m) -- not queued: nobody else frees it (nil: nothing)
             if not ok then error(why, 0) end
             return nil, stopped(why, "full")
         end
-        rc = isle_chan_push(ptr, m, nil)
+        if m == nil then rc = isle_chan_push_num(ptr, v, nil) else rc = isle_chan_push(ptr, m, nil) end
     end
     if rc == ISLE_OK then return true end
     isle_msg_free(m)
@@ -163,18 +162,14 @@ end
 -- The value of message `m`, which is freed (decoded first: tokens and
 -- channels in it take references of their own).
 local dec = runtime.dec
+-- Nothing is read through `m` after isle_msg_free: the JIT may fuse a load
+-- into the instruction that uses its value (`s + c:pop()` compiled to an
+-- addsd from memory), which then runs after the free, reading memory
+-- another thread may already reuse (seen: wrong sums under contention).
 local function take(m)
+    if m == nil then return out_num[0] end -- a number, carried inline
     local kind = m.kind
-    if kind == NUM then
-        -- Copied out before the free, never read through m.data: the JIT
-        -- may fuse a load into the instruction that uses its value (an
-        -- `s + c:pop()` compiles to an addsd from memory), which then runs
-        -- after isle_msg_free, reading freed memory another thread may
-        -- already reuse (seen: wrong sums under CPU contention).
-        ffi_copy(pop_box, m.data, 8)
-        isle_msg_free(m)
-        return pop_box[0]
-    elseif kind == STR then
+    if kind == STR then
         local v = ffi_string(m.data, m.len)
         isle_msg_free(m)
         return v
@@ -192,19 +187,19 @@ function Channel:pop(timeout)
     local deadline = check_timeout(timeout, "pop")
     check_process(self, "channel")
     local ptr = self.ptr
-    local rc = isle_chan_pop(ptr, out_msg, nil)
+    local rc = isle_chan_pop(ptr, out_msg, out_num, nil)
     while rc == ISLE_EBUSY do
         if timeout == 0 then break end
         if isle_chan_spin(ptr, 0) ~= 0 then
-            rc = isle_chan_pop(ptr, out_msg, nil)
+            rc = isle_chan_pop(ptr, out_msg, out_num, nil)
             if rc ~= ISLE_EBUSY then break end
         end
-        rc = isle_chan_pop(ptr, out_msg, out_wait)
+        rc = isle_chan_pop(ptr, out_msg, out_num, out_wait)
         if rc ~= ISLE_EBUSY then break end
         local ok, why = wait_on(self, out_wait[0], deadline)
         if not ok then error(why, 0) end
         if why ~= "done" then return nil, stopped(why, "empty") end
-        rc = isle_chan_pop(ptr, out_msg, nil)
+        rc = isle_chan_pop(ptr, out_msg, out_num, nil)
     end
     if rc == ISLE_OK then return take(out_msg[0]) end
     if rc == ISLE_ECLOSED then return nil, closed_error() end
@@ -216,7 +211,7 @@ end
 -- and empty channel gives nil and a `closed` error.
 function Channel:try_pop()
     check_process(self, "channel")
-    local rc = isle_chan_pop(self.ptr, out_msg, nil)
+    local rc = isle_chan_pop(self.ptr, out_msg, out_num, nil)
     if rc == ISLE_OK then return take(out_msg[0]) end
     if rc == ISLE_ECLOSED then return nil, closed_error() end
     return nil

@@ -13,6 +13,8 @@ static isle_msg *num_msg(long v)
     return isle_msg_new(0, NULL, (const char *)&v, sizeof v);
 }
 
+static double num_out; /* where pops put an inline number */
+
 static long msg_num(isle_msg *m)
 {
     long v;
@@ -34,22 +36,47 @@ static void test_fifo_and_capacity(void)
     CHECK(ch != NULL);
     CHECK_EQ(isle_chan_cap(ch), 2);
     isle_msg *m = NULL;
-    CHECK_EQ(isle_chan_pop(ch, &m, NULL), ISLE_EBUSY);
+    CHECK_EQ(isle_chan_pop(ch, &m, &num_out, NULL), ISLE_EBUSY);
     CHECK(m == NULL);
     CHECK_EQ(isle_chan_push(ch, num_msg(1), NULL), ISLE_OK);
     CHECK_EQ(isle_chan_push(ch, num_msg(2), NULL), ISLE_OK);
     isle_msg *third = num_msg(3);
     CHECK_EQ(isle_chan_push(ch, third, NULL), ISLE_EBUSY); /* full; still ours */
     CHECK_EQ(isle_chan_len(ch), 2);
-    CHECK_EQ(isle_chan_pop(ch, &m, NULL), ISLE_OK);
+    CHECK_EQ(isle_chan_pop(ch, &m, &num_out, NULL), ISLE_OK);
     CHECK_EQ(msg_num(m), 1);
     isle_msg_free(m);
     CHECK_EQ(isle_chan_push(ch, third, NULL), ISLE_OK);
-    CHECK_EQ(isle_chan_pop(ch, &m, NULL), ISLE_OK);
+    CHECK_EQ(isle_chan_pop(ch, &m, &num_out, NULL), ISLE_OK);
     CHECK_EQ(msg_num(m), 2);
     isle_msg_free(m);
     CHECK_EQ(isle_chan_len(ch), 1);
     isle_chan_release(ch); /* frees the queued one */
+    CHECK_EQ(isle_task_live_count(), live);
+}
+
+static void test_inline_numbers(void)
+{
+    int live = isle_task_live_count();
+    isle_chan *ch = isle_chan_new(3);
+    CHECK_EQ(isle_chan_push_num(ch, 1.5, NULL), ISLE_OK);
+    CHECK_EQ(isle_chan_push(ch, num_msg(2), NULL), ISLE_OK);
+    CHECK_EQ(isle_chan_push_num(ch, -0.0, NULL), ISLE_OK);
+    isle_task *w = NULL;
+    CHECK_EQ(isle_chan_push_num(ch, 4, &w), ISLE_EBUSY); /* full */
+    isle_msg *m = NULL;
+    double num = 0;
+    CHECK_EQ(isle_chan_pop(ch, &m, &num, NULL), ISLE_OK);
+    CHECK(m == NULL && num == 1.5);
+    CHECK_EQ(isle_task_state(w), ISLE_TASK_DONE); /* room: the pusher is woken */
+    isle_task_release(w);
+    CHECK_EQ(isle_chan_pop(ch, &m, &num, NULL), ISLE_OK);
+    CHECK(m != NULL && msg_num(m) == 2);
+    isle_msg_free(m);
+    CHECK_EQ(isle_chan_push_num(ch, 5, NULL), ISLE_OK);
+    isle_chan_close(ch);
+    CHECK_EQ(isle_chan_push_num(ch, 6, NULL), ISLE_ECLOSED);
+    isle_chan_release(ch); /* frees a mix of inline and message slots */
     CHECK_EQ(isle_task_live_count(), live);
 }
 
@@ -58,8 +85,8 @@ static void test_waiters_and_close(void)
     isle_chan *ch = isle_chan_new(1);
     isle_msg *m = NULL;
     isle_task *w1 = NULL, *w2 = NULL;
-    CHECK_EQ(isle_chan_pop(ch, &m, &w1), ISLE_EBUSY);
-    CHECK_EQ(isle_chan_pop(ch, &m, &w2), ISLE_EBUSY);
+    CHECK_EQ(isle_chan_pop(ch, &m, &num_out, &w1), ISLE_EBUSY);
+    CHECK_EQ(isle_chan_pop(ch, &m, &num_out, &w2), ISLE_EBUSY);
     CHECK(w1 && w2 && w1 != w2);
     /* One push wakes the oldest waiter only. */
     CHECK_EQ(isle_chan_push(ch, num_msg(7), NULL), ISLE_OK);
@@ -73,7 +100,7 @@ static void test_waiters_and_close(void)
     /* w1 gives up after its wake: the wake passes to w2. */
     CHECK_EQ(isle_chan_unwait(ch, w1), 0);
     CHECK_EQ(isle_task_state(w2), ISLE_TASK_DONE);
-    CHECK_EQ(isle_chan_pop(ch, &m, NULL), ISLE_OK); /* makes room: wakes the pusher */
+    CHECK_EQ(isle_chan_pop(ch, &m, &num_out, NULL), ISLE_OK); /* makes room: wakes the pusher */
     CHECK_EQ(msg_num(m), 7);
     isle_msg_free(m);
     CHECK_EQ(isle_task_state(pw), ISLE_TASK_DONE);
@@ -82,7 +109,7 @@ static void test_waiters_and_close(void)
     isle_task_release(pw);
     /* A waiter that gives up before any wake is taken back and cancelled. */
     isle_task *w3 = NULL;
-    CHECK_EQ(isle_chan_pop(ch, &m, &w3), ISLE_EBUSY);
+    CHECK_EQ(isle_chan_pop(ch, &m, &num_out, &w3), ISLE_EBUSY);
     CHECK_EQ(isle_chan_unwait(ch, w3), 1);
     CHECK_EQ(isle_task_state(w3), ISLE_TASK_CANCELLED);
     isle_task_release(w3);
@@ -99,10 +126,10 @@ static void test_waiters_and_close(void)
     isle_msg *late = num_msg(10);
     CHECK_EQ(isle_chan_push(ch, late, NULL), ISLE_ECLOSED);
     isle_msg_free(late);
-    CHECK_EQ(isle_chan_pop(ch, &m, NULL), ISLE_OK);
+    CHECK_EQ(isle_chan_pop(ch, &m, &num_out, NULL), ISLE_OK);
     CHECK_EQ(msg_num(m), 8);
     isle_msg_free(m);
-    CHECK_EQ(isle_chan_pop(ch, &m, &w4), ISLE_ECLOSED);
+    CHECK_EQ(isle_chan_pop(ch, &m, &num_out, &w4), ISLE_ECLOSED);
     isle_chan_release(ch);
 }
 
@@ -155,10 +182,11 @@ static void *producer(void *arg)
 {
     long base = (long)(intptr_t)arg * per_producer;
     for (long i = 1; i <= per_producer; i++) {
-        isle_msg *m = num_msg(base + i);
+        /* Every other value inline, the rest as messages. */
+        isle_msg *m = (i & 1) ? num_msg(base + i) : NULL;
         for (;;) {
             isle_task *w = NULL;
-            int rc = isle_chan_push(mpmc, m, &w);
+            int rc = m ? isle_chan_push(mpmc, m, &w) : isle_chan_push_num(mpmc, (double)(base + i), &w);
             if (rc == ISLE_OK) break;
             if (rc != ISLE_EBUSY) abort();
             /* Sometimes give up early, to race unwait against wakes. */
@@ -175,10 +203,11 @@ static void *consumer(void *arg)
     for (;;) {
         isle_msg *m = NULL;
         isle_task *w = NULL;
-        int rc = isle_chan_pop(mpmc, &m, &w);
+        double num = 0;
+        int rc = isle_chan_pop(mpmc, &m, &num, &w);
         if (rc == ISLE_OK) {
             got_count[k]++;
-            got_sum[k] += msg_num(m);
+            got_sum[k] += m ? msg_num(m) : (long)num;
             isle_msg_free(m);
         } else if (rc == ISLE_EBUSY) {
             if (!isle_task_wait(w, (got_count[k] & 3) ? -1 : 0.0001)) isle_chan_unwait(mpmc, w);
@@ -241,7 +270,7 @@ static int wait_run(void *ctx)
 {
     (void)ctx;
     isle_msg *m = NULL;
-    int rc = isle_chan_pop(sweep_ch, &m, &sweep_w);
+    int rc = isle_chan_pop(sweep_ch, &m, &num_out, &sweep_w);
     CHECK(rc == ISLE_EBUSY || rc == ISLE_ENOMEM);
     return rc == ISLE_EBUSY;
 }
@@ -254,7 +283,7 @@ static long wait_check(void *ctx, int ok)
     if (ok) CHECK_EQ(isle_task_state(sweep_w), ISLE_TASK_DONE);
     isle_task_release(sweep_w);
     isle_msg *m = NULL;
-    CHECK_EQ(isle_chan_pop(sweep_ch, &m, NULL), ISLE_OK);
+    CHECK_EQ(isle_chan_pop(sweep_ch, &m, &num_out, NULL), ISLE_OK);
     CHECK_EQ(msg_num(m), 5);
     isle_msg_free(m);
     isle_chan_release(sweep_ch);
@@ -273,6 +302,7 @@ int main(void)
 {
     RUN(test_bounds);
     RUN(test_fifo_and_capacity);
+    RUN(test_inline_numbers);
     RUN(test_waiters_and_close);
     RUN(test_travels_in_refs);
     RUN(test_spin);
