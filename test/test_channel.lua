@@ -269,4 +269,42 @@ function TestChannel:test_no_task_slot_is_leaked()
     lu.assertEquals(C.isle_task_live_count(), before)
 end
 
+-- In a host under an adapter that suspends (luv here), a pop that waits
+-- parks its coroutine and the loop keeps running.
+function TestChannel:test_host_coroutines_under_luv_suspend_in_pop()
+    local have_uv, uv = pcall(require, "luv")
+    if not have_uv then
+        lu.skip("lua-luv is not installed (make deps installs it)")
+    end
+    local luv = require("isle.luv")
+    local hub = isle.hub()
+    luv.attach()
+    local h = isle.spawn()
+    local ch = isle.channel(1)
+    local got, ticks = {}, 0
+    local co = hub:go(function()
+        for i = 1, 3 do got[i] = ch:pop(10) end
+    end)
+    lu.assertEquals(coroutine.status(co), "suspended") -- parked, not blocked
+    local timer = uv.new_timer()
+    timer:start(1, 1, function()
+        ticks = ticks + 1
+        if #got == 3 then timer:stop() timer:close() end
+    end)
+    local pusher = h:spawn_exec(function(c)
+        local isle = require("isle")
+        for i = 1, 3 do isle.sleep(0.02) c:push(i * 10) end
+    end, ch)
+    local guard = uv.new_timer()
+    guard:start(20000, 0, function() uv.stop() end)
+    guard:unref()
+    uv.run()
+    guard:stop() guard:close()
+    luv.detach()
+    lu.assertEquals(got, { 10, 20, 30 })
+    lu.assertTrue(ticks > 3, "the loop did not run while the coroutine waited")
+    lu.assertTrue(pusher:wait(10))
+    h:close()
+end
+
 os.exit(lu.LuaUnit.run())
