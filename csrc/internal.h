@@ -60,6 +60,12 @@ size_t *isle_task_deadline_slot(isle_task *t);
 void isle_watchdog_forget(isle_task *t);
 size_t isle_watchdog_count(void);   /* tasks watched now (for tests) */
 
+/* A slot that owns an object (chan.c): `owner_free(owner)` runs when its
+ * last reference goes. isle_task_owner returns `owner` if the slot was set
+ * with that very `owner_free`, else NULL. */
+void isle_task_set_owner(isle_task *t, void (*owner_free)(void *), void *owner);
+void *isle_task_owner(const isle_task *t, void (*owner_free)(void *));
+
 void isle_sig_retain(isle_sig *s);
 /* Forget every interrupt id of `s`: its state is gone (isle_intr_set -> ENOENT). */
 void isle_sig_drop_ids(isle_sig *s);

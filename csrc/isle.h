@@ -15,7 +15,7 @@
  * list of notices). `isle_X_of(isle)` reads a part of an isle.
  *
  * Lock order (a thread never holds two of these except in this order):
- *   registry lock  ->  task lock  ->  signal-block lock, interrupt-id lock  ->  mailbox lock
+ *   registry lock  ->  channel lock  ->  task lock  ->  signal-block lock, interrupt-id lock  ->  mailbox lock
  * (the registry of shared states ranks with the registry of isles; the two
  * are never held together). The watchdog's lock is never held while any
  * other is taken, nor is a shared state's wait lock.
@@ -501,6 +501,48 @@ void isle_mem_collected(isle_mem *a);
  * Always 1 for NULL or an account without a limit (nothing charged). */
 int isle_mem_charge(isle_mem *a, size_t n);
 void isle_mem_uncharge(isle_mem *a, size_t n);
+
+/* ---- channels (chan.c) ------------------------------------------------- */
+/* A bounded many-producer many-consumer queue of messages, alive as long as
+ * its references (a message that carries it in `refs`, isle_chan_ref,
+ * holds one). Waits are wake-and-retry: with `waiter` not NULL, a push on a
+ * full channel or a pop on an empty one returns ISLE_EBUSY and a new task
+ * slot in *waiter (retained for the caller) that ends when it is worth
+ * trying again (a value or room arrived, or the channel closed); the caller
+ * waits on it however it waits on tasks, releases it, and tries again. A
+ * caller that stops waiting calls isle_chan_unwait first. Lock order: a
+ * channel's lock comes before the task lock. */
+typedef struct isle_chan isle_chan;
+enum { ISLE_CHAN_CAP_MAX = 1 << 24 };
+isle_chan *isle_chan_new(size_t capacity);  /* NULL: ENOMEM or capacity not in 1..CAP_MAX */
+void isle_chan_retain(isle_chan *ch);
+void isle_chan_release(isle_chan *ch);       /* accepts NULL */
+/* The slot that stands for `ch` in a message's refs (not retained), and
+ * back: the channel whose slot `t` is, retained, or NULL if it is none. */
+isle_task *isle_chan_ref(isle_chan *ch);
+isle_chan *isle_chan_of_ref(isle_task *t);
+/* ISLE_OK: queued, `m` is the channel's now. ISLE_ECLOSED, ISLE_EBUSY (full;
+ * see above), ISLE_ENOMEM: `m` still belongs to the caller. */
+int isle_chan_push(isle_chan *ch, isle_msg *m, isle_task **waiter);
+/* The same for a number, carried inline with no message (nor allocation). */
+int isle_chan_push_num(isle_chan *ch, double num, isle_task **waiter);
+/* ISLE_OK: *out is the oldest message, the caller's to free, or NULL when
+ * the oldest value is a number (then in *num). ISLE_ECLOSED: closed and
+ * empty. ISLE_EBUSY (empty; see above), ISLE_ENOMEM. */
+int isle_chan_pop(isle_chan *ch, isle_msg **out, double *num, isle_task **waiter);
+/* Takes back a waiter whose caller gives up (1 if it was still waiting); a
+ * waiter already woken passes its wake on to the next one. Does not
+ * release the caller's reference. */
+int isle_chan_unwait(isle_chan *ch, isle_task *waiter);
+/* Later pushes fail; queued messages can still be popped; wakes every waiter. */
+void isle_chan_close(isle_chan *ch);
+int isle_chan_is_closed(isle_chan *ch);
+size_t isle_chan_len(isle_chan *ch);         /* queued now (a snapshot) */
+size_t isle_chan_cap(isle_chan *ch);
+/* Spins (for at most isle_get_spin() s) until the channel looks non-empty,
+ * or with `for_room` not full: 1 if it does (try again), 0 if the spin ran
+ * out (wait). Closing does not end it early. */
+int isle_chan_spin(isle_chan *ch, int for_room);
 
 /* ---- isle's own modules, precompiled once per process ------------------ */
 /* Bytecode for module `name`, found by require in every state an isle starts

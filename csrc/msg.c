@@ -83,8 +83,10 @@ void isle_msg_free(isle_msg *m)
         isle_mem_release(m->mem);
     }
     /* A reference may be the last one of a token whose slot holds a result
-     * with references of its own: that frees in turn, never back into this
-     * message (only tokens are carried, and a token ends without a result). */
+     * with references of its own, or of a channel (chan.c) whose queued
+     * messages carry more: those free in turn, never back into this message
+     * (it is in no queue any more, and a token ends without a result). A
+     * channel queued inside itself is never freed (docs/channels.md). */
     for (size_t i = 0, n = m->nrefs; i < n; i++) isle_task_release(m->refs[i]);
     free(m);
 }

@@ -31,6 +31,11 @@ struct isle_task {
     size_t deadline_slot;     /* index + 1 in the watchdog's heap, 0 if not in it (its lock) */
     isle_msg *result;         /* NULL: ended with no bytes and no references */
     isle_mem *mem;            /* charged for the result (isle_task_charge_results) */
+    /* An object whose lifetime is this slot's (a channel, chan.c): freed
+     * with the slot, so it travels in isle_msg.refs like a token. Set once,
+     * before the slot is shared. */
+    void (*owner_free)(void *);
+    void *owner;
 };
 
 static int is_final(int state) { return state >= ISLE_TASK_DONE; }
@@ -69,6 +74,7 @@ void isle_task_release(isle_task *t)
     if (atomic_fetch_sub_explicit(&t->refs, 1, memory_order_acq_rel) != 1) return;
     /* Last reference: nobody else can reach the slot any more. Pending
      * notices hold references, so `subs` is empty here. */
+    if (t->owner_free) t->owner_free(t->owner);
     isle_sig_release(t->sig);
     isle_msg_free(t->result); /* uncharges it from `mem` too */
     isle_mem_release(t->mem);
@@ -76,6 +82,17 @@ void isle_task_release(isle_task *t)
     pthread_mutex_destroy(&t->mu);
     free(t);
     atomic_fetch_sub_explicit(&live_tasks, 1, memory_order_relaxed);
+}
+
+void isle_task_set_owner(isle_task *t, void (*owner_free)(void *), void *owner)
+{
+    t->owner_free = owner_free;
+    t->owner = owner;
+}
+
+void *isle_task_owner(const isle_task *t, void (*owner_free)(void *))
+{
+    return t->owner_free == owner_free ? t->owner : NULL;
 }
 
 int isle_task_state(const isle_task *t)

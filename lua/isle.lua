@@ -52,7 +52,7 @@ local isle_path = module_dirs()
 local MODULES = { "isle", "isle.cdef", "isle.codec", "isle.errors", "isle.runtime", "isle.sched",
     "isle.interrupt", "isle.libs", "isle.proto", "isle.worker", "isle.handle", "isle.task",
     "isle.token", "isle.chunks", "isle.instrument", "isle.fnsource", "isle.loaders", "isle.wire",
-    "isle.combine", "isle.hub", "isle.luv", "isle.state" }
+    "isle.combine", "isle.hub", "isle.luv", "isle.state", "isle.channel" }
 local function preload_modules()
     if C.isle_preload_count() > 0 then return end
     for _, name in ipairs(MODULES) do
@@ -256,6 +256,9 @@ isle.Token = token.Token
 
 -- A cancellation token, shared by any number of calls (h:with{token = t}).
 function isle.token() return token.new() end
+
+-- A bounded many-producer many-consumer channel of values (isle.channel).
+function isle.channel(capacity) return require("isle.channel").new(capacity) end
 
 -- An explicit checkpoint for hot loops: costs a load and a store when
 -- nothing is pending; raises (or runs the on_interrupt handler) otherwise.

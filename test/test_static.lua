@@ -33,7 +33,8 @@ function TestCdef:test_layout_and_constants_match_header()
         "ISLE_TASK_CANCELLED", "ISLE_TASK_CLOSED", "ISLE_CANCEL_NONE", "ISLE_CANCEL_USER",
         "ISLE_CANCEL_TIMEOUT", "ISLE_INTR_CLEAR", "ISLE_INTR_ONCE", "ISLE_INTR_ALWAYS", "ISLE_MSG_REFS_MAX",
         "ISLE_WIRE_VALUES", "ISLE_WIRE_FUNCS", "ISLE_WIRE_ERROR", "ISLE_WIRE_CORE", "ISLE_LABEL_MAX",
-        "ISLE_STATE_EREENTRY", "ISLE_STATE_EAMBIGUOUS", "ISLE_MEM_OFF", "ISLE_MEM_CORE", "ISLE_MEM_USER" }
+        "ISLE_STATE_EREENTRY", "ISLE_STATE_EAMBIGUOUS", "ISLE_CHAN_CAP_MAX", "ISLE_MEM_OFF", "ISLE_MEM_CORE",
+        "ISLE_MEM_USER" }
     local src = { "#include <stdio.h>\n#include <stddef.h>\n#include \"isle.h\"\nint main(void) {" }
     local expect = {}
     for s, fields in pairs(structs) do

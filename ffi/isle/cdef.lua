@@ -222,6 +222,23 @@ isle_state_out *isle_state_out_new(void);
 void isle_state_out_free(isle_state_out *o);
 void isle_state_out_charge(isle_state_out *o, isle_mem *a);
 
+typedef struct isle_chan isle_chan;
+enum { ISLE_CHAN_CAP_MAX = 1 << 24 };
+isle_chan *isle_chan_new(size_t capacity);
+void isle_chan_retain(isle_chan *ch);
+void isle_chan_release(isle_chan *ch);
+isle_task *isle_chan_ref(isle_chan *ch);
+isle_chan *isle_chan_of_ref(isle_task *t);
+int isle_chan_push(isle_chan *ch, isle_msg *m, isle_task **waiter);
+int isle_chan_push_num(isle_chan *ch, double num, isle_task **waiter);
+int isle_chan_pop(isle_chan *ch, isle_msg **out, double *num, isle_task **waiter);
+int isle_chan_unwait(isle_chan *ch, isle_task *waiter);
+void isle_chan_close(isle_chan *ch);
+int isle_chan_is_closed(isle_chan *ch);
+size_t isle_chan_len(isle_chan *ch);
+size_t isle_chan_cap(isle_chan *ch);
+int isle_chan_spin(isle_chan *ch, int for_room);
+
 int isle_preload_set(const char *name, const char *data, size_t len);
 int isle_preload_count(void);
 ]]
