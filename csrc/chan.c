@@ -44,6 +44,7 @@ struct isle_chan {
     int closed;            /* (mu) */
     atomic_size_t len;     /* mirror of count for isle_chan_len without the lock */
     chan_wlist poppers, pushers;  /* (mu) */
+    isle_mem *mem;         /* the creator's account, charged for the ring (isle_chan_charge) */
 };
 
 static void wlist_push(chan_wlist *l, chan_waiter *w)
@@ -97,6 +98,10 @@ static void chan_free(void *arg)
     wake_all(&ch->poppers, ISLE_TASK_CLOSED);
     wake_all(&ch->pushers, ISLE_TASK_CLOSED);
     pthread_mutex_destroy(&ch->mu);
+    if (ch->mem) {
+        isle_mem_uncharge(ch->mem, ch->cap * sizeof(*ch->ring));
+        isle_mem_release(ch->mem);
+    }
     free(ch->ring);
     free(ch);
 }
@@ -122,6 +127,15 @@ fail_mu:
 fail_ring:
     free(ch);
     return NULL;
+}
+
+int isle_chan_charge(isle_chan *ch, isle_mem *a)
+{
+    if (!a || !isle_mem_limit(a) || ch->mem) return 1;
+    if (!isle_mem_charge(a, ch->cap * sizeof(*ch->ring))) return 0;
+    isle_mem_retain(a);
+    ch->mem = a;
+    return 1;
 }
 
 void isle_chan_retain(isle_chan *ch) { isle_task_retain(ch->anchor); }

@@ -515,6 +515,12 @@ void isle_mem_uncharge(isle_mem *a, size_t n);
 typedef struct isle_chan isle_chan;
 enum { ISLE_CHAN_CAP_MAX = 1 << 24 };
 isle_chan *isle_chan_new(size_t capacity);  /* NULL: ENOMEM or capacity not in 1..CAP_MAX */
+/* The ring (capacity slots of a pointer and a double) is charged to account
+ * `a` (a capped creator's) until the channel is freed: 1, or 0 if it does
+ * not fit under `a`'s user limit (nothing charged). 1 for a NULL account or
+ * one without a limit. Call right after isle_chan_new. (The messages queued
+ * in it are charged to their pushers: isle_msg_charge.) */
+int isle_chan_charge(isle_chan *ch, isle_mem *a);
 void isle_chan_retain(isle_chan *ch);
 void isle_chan_release(isle_chan *ch);       /* accepts NULL */
 /* The slot that stands for `ch` in a message's refs (not retained), and

@@ -225,6 +225,7 @@ void isle_state_out_charge(isle_state_out *o, isle_mem *a);
 typedef struct isle_chan isle_chan;
 enum { ISLE_CHAN_CAP_MAX = 1 << 24 };
 isle_chan *isle_chan_new(size_t capacity);
+int isle_chan_charge(isle_chan *ch, isle_mem *a);
 void isle_chan_retain(isle_chan *ch);
 void isle_chan_release(isle_chan *ch);
 isle_task *isle_chan_ref(isle_chan *ch);

@@ -17,9 +17,11 @@ local wire = require("isle.wire")
 
 local C = runtime.C
 local setmetatable, type, tostring, tonumber, error, pcall = setmetatable, type, tostring, tonumber, error, pcall
+local collectgarbage = collectgarbage -- kept: a sandbox may take the global away
 local isle_chan_push, isle_chan_pop, isle_chan_unwait = C.isle_chan_push, C.isle_chan_pop, C.isle_chan_unwait
 local isle_chan_push_num = C.isle_chan_push_num
 local isle_msg_new, isle_msg_free, isle_task_release = C.isle_msg_new, C.isle_msg_free, C.isle_task_release
+local isle_msg_charge = C.isle_msg_charge
 local isle_now, isle_chan_spin = C.isle_now, C.isle_chan_spin
 local ISLE_OK, ISLE_EBUSY, ISLE_ECLOSED = C.ISLE_OK, C.ISLE_EBUSY, C.ISLE_ECLOSED
 local put_fast, put_values, get_values, reset = codec.put_fast, codec.put_values, codec.get_values, codec.reset
@@ -59,7 +61,24 @@ function channel.new(capacity)
     end
     local p = C.isle_chan_new(capacity)
     if p == nil then error(errors.new("memory", "cannot allocate a channel"), 3) end
+    -- In a capped isle (or state) the ring counts against its limit while
+    -- the channel lives, wherever it goes.
+    local mem = runtime.mem
+    if mem ~= nil and C.isle_chan_charge(p, mem) == 0 then
+        C.isle_chan_release(p)
+        error(errors.new("memory", "cannot make a channel of capacity " .. capacity .. ": its ring ("
+            .. capacity * 16 .. " bytes) does not fit in the memory_limit of " .. runtime.label), 3)
+    end
     return wrap(p)
+end
+
+-- A capped pusher: its queued messages count against its limit until
+-- popped (as the messages it sends to isles), once more after a
+-- collection (garbage tasks may hold results charged to it).
+local function charge_failed(m, mem)
+    if isle_msg_charge(m, mem) ~= 0 then return false end
+    collectgarbage("collect")
+    return isle_msg_charge(m, mem) == 0
 end
 
 local function check_timeout(timeout, fname)
@@ -131,6 +150,13 @@ function Channel:push(v, timeout)
             m = new_msg(VAL, nil, enc)
         end
         if m == nil then error(errors.new("memory", "cannot allocate a channel message"), 2) end
+    end
+    local mem = runtime.mem
+    if mem ~= nil and m ~= nil and charge_failed(m, mem) then
+        local len = tonumber(m.len)
+        isle_msg_free(m) -- and the references it carries
+        error(errors.new("memory", "cannot push " .. len .. " bytes: with the messages it has queued, "
+            .. runtime.label .. " would pass its memory_limit"), 2)
     end
     local ptr = self.ptr
     local rc

@@ -290,6 +290,30 @@ static void test_result_charges(void)
     free(big);
 }
 
+/* A channel's ring is charged to its creator's account until the channel
+ * is freed; one that does not fit is refused. */
+static void test_channel_ring_charges(void)
+{
+    isle_mem *a = isle_mem_new(1 << 20);
+    isle_mem_wrap(a, plain_alloc, NULL, 0, NULL);
+    isle_chan *ch = isle_chan_new(1000);
+    CHECK(ch != NULL);
+    CHECK_EQ(isle_chan_charge(ch, a), 1);
+    size_t ring = isle_mem_used(a);
+    CHECK(ring >= 1000 * sizeof(void *) && ring <= 1000 * 32);
+    CHECK_EQ(isle_chan_charge(ch, a), 1); /* once only */
+    CHECK_EQ(isle_mem_used(a), ring);
+    isle_chan *big = isle_chan_new(1 << 20);
+    CHECK(big != NULL);
+    CHECK_EQ(isle_chan_charge(big, a), 0);
+    CHECK_EQ(isle_mem_used(a), ring);
+    isle_chan_release(big);
+    CHECK_EQ(isle_chan_charge(ch, NULL), 1);
+    isle_mem_release(a); /* the channel holds it */
+    CHECK_EQ(isle_mem_used(a), ring);
+    isle_chan_release(ch); /* the last reference: the account goes (ASan) */
+}
+
 /* The state's thread allocates while others charge, uncharge and read. */
 static isle_mem *shared;
 static atomic_int stop_flag;
@@ -335,6 +359,7 @@ int main(void)
     RUN(test_message_charges);
     RUN(test_message_with_refs_charges);
     RUN(test_result_charges);
+    RUN(test_channel_ring_charges);
     RUN(test_threads);
     return check_done();
 }
