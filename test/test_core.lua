@@ -571,4 +571,54 @@ function TestLifetime:test_no_leaks_over_1000_cycles()
     lu.assertTrue(helpers.rss_kb() - rss < 8 * 1024, "RSS grew by " .. (helpers.rss_kb() - rss) .. " KB")
 end
 
+-- No raw C pointer is reachable from user code, and objects forged with the
+-- exported metatables never reach C (issue 8; the sandbox builds on it).
+TestNoRawPointers = {}
+
+local function cdata_fields(obj, seen, out)
+    seen = seen or {}
+    out = out or {}
+    if seen[obj] then return out end
+    seen[obj] = true
+    for k, v in pairs(obj) do
+        if type(v) == "cdata" then out[#out + 1] = tostring(k) end
+        if type(v) == "table" then cdata_fields(v, seen, out) end
+    end
+    return out
+end
+
+function TestNoRawPointers:test_objects_hold_no_cdata()
+    local h = isle.spawn{ init = "function f(x) return x end" }
+    local view = h:with{ timeout = 5, token = isle.token() }
+    local t = h:spawn_call("f", 1)
+    t:wait()
+    local s = isle.state(function() return function(x) return x end end)
+    for name, obj in pairs{ handle = h, view = view, task = t, token = isle.token(), state = s } do
+        lu.assertEquals(cdata_fields(obj), {}, name .. " exposes a C pointer")
+    end
+    s:close()
+    h:close()
+end
+
+function TestNoRawPointers:test_forged_objects_are_refused_before_any_c_call()
+    local h = isle.spawn{ init = "function f(x) return x end" }
+    local forged = {
+        { isle.Handle, "call", "f", 1 }, { isle.Handle, "stats" }, { isle.Handle, "interrupt" },
+        { isle.Task, "wait", 1 }, { isle.Task, "cancel" }, { isle.Task, "status" },
+        { isle.Token, "cancel" }, { isle.Token, "cancelled" },
+    }
+    for _, f in ipairs(forged) do
+        local mt, method = f[1], f[2]
+        -- gen copied from a real object: only the missing pointer gives it away
+        local obj = setmetatable({ gen = h.gen, owner = true }, mt)
+        local ok, e = pcall(mt[method], obj, select(3, unpack(f)))
+        lu.assertFalse(ok, method .. " ran on a forged object")
+        lu.assertStrContains(tostring(e), "made by isle (got table)")
+    end
+    -- A real handle still works, and cannot be pointed elsewhere by a field.
+    h.ptr = 12345
+    lu.assertEquals(h:call("f", 7), 7)
+    h:close()
+end
+
 os.exit(lu.LuaUnit.run())

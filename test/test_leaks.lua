@@ -4,6 +4,7 @@
 local lu = require("luaunit")
 local ffi = require("ffi")
 local isle = require("isle")
+local PTRS = require("isle.runtime").ptrs -- an object's C pointer (tests reach the core directly)
 local helpers = require("test.helpers")
 local C = require("isle.cdef").C
 
@@ -21,17 +22,17 @@ local malloc_mb = helpers.malloc_mb
 -- Is a watch by `h`'s state still on `tok`? Taking one back is the only way
 -- to see it from outside; a watch found is put back, so nothing changes.
 local function watched_by(h, tok)
-    local mbox, sig = C.isle_mbox_of(h.ptr), C.isle_sig_of(h.ptr)
-    if C.isle_task_unwatch(tok.ptr, mbox, sig) == 0 then return false end
-    assert(C.isle_task_watch(tok.ptr, mbox, sig) == 1)
+    local mbox, sig = C.isle_mbox_of(PTRS[h]), C.isle_sig_of(PTRS[h])
+    if C.isle_task_unwatch(PTRS[tok], mbox, sig) == 0 then return false end
+    assert(C.isle_task_watch(PTRS[tok], mbox, sig) == 1)
     return true
 end
 
 -- The same for a subscription of `h`'s mailbox (a wait inside `h`).
 local function subscribed_by(h, tok)
-    local mbox = C.isle_mbox_of(h.ptr)
-    if C.isle_task_unsubscribe(tok.ptr, mbox) == 0 then return false end
-    assert(C.isle_task_subscribe(tok.ptr, mbox) == 1)
+    local mbox = C.isle_mbox_of(PTRS[h])
+    if C.isle_task_unsubscribe(PTRS[tok], mbox) == 0 then return false end
+    assert(C.isle_task_subscribe(PTRS[tok], mbox) == 1)
     return true
 end
 
@@ -44,9 +45,9 @@ function TestLeaks:test_a_finished_job_takes_its_token_watch_back()
     local h, tok = self.h, isle.token()
     -- The probe itself sees a watch (here the host's own).
     lu.assertFalse(watched_by(h, tok))
-    lu.assertEquals(C.isle_task_watch(tok.ptr, C.isle_mbox_of(h.ptr), C.isle_sig_of(h.ptr)), 1)
+    lu.assertEquals(C.isle_task_watch(PTRS[tok], C.isle_mbox_of(PTRS[h]), C.isle_sig_of(PTRS[h])), 1)
     lu.assertTrue(watched_by(h, tok))
-    lu.assertEquals(C.isle_task_unwatch(tok.ptr, C.isle_mbox_of(h.ptr), C.isle_sig_of(h.ptr)), 1)
+    lu.assertEquals(C.isle_task_unwatch(PTRS[tok], C.isle_mbox_of(PTRS[h]), C.isle_sig_of(PTRS[h])), 1)
     -- However a job ends, its watch is gone by the time its caller hears.
     local v = h:with{ token = tok }
     lu.assertEquals(v:call("inc", 1), 2)
@@ -82,12 +83,13 @@ function TestLeaks:test_a_wait_that_gives_up_takes_its_subscription_back()
     h:eval([[
         local ffi = require("ffi")
         local C = require("isle.cdef").C
+        local PTRS = require("isle.runtime").ptrs
         function give_up()
             local t = isle.lookup("leaks_peer"):spawn_call("nap", 60)
             local ok, err = t:wait(0.02)
             assert(not ok and err.code == "timeout", "the wait should time out")
             -- 0: nothing left to take back.
-            local left = C.isle_task_unsubscribe(t.ptr, C.isle_mbox_of(isle.self().ptr))
+            local left = C.isle_task_unsubscribe(PTRS[t], C.isle_mbox_of(PTRS[isle.self()]))
             t:cancel()
             return left
         end
@@ -95,9 +97,9 @@ function TestLeaks:test_a_wait_that_gives_up_takes_its_subscription_back()
             local t = isle.lookup("leaks_peer"):spawn_call("nap", 60)
             local ok = t:wait(0.02)
             -- Taken back here to show the probe sees a live subscription.
-            local mb = C.isle_mbox_of(isle.self().ptr)
-            local sub = C.isle_task_subscribe(t.ptr, mb)
-            local left = C.isle_task_unsubscribe(t.ptr, mb) + C.isle_task_unsubscribe(t.ptr, mb)
+            local mb = C.isle_mbox_of(PTRS[isle.self()])
+            local sub = C.isle_task_subscribe(PTRS[t], mb)
+            local left = C.isle_task_unsubscribe(PTRS[t], mb) + C.isle_task_unsubscribe(PTRS[t], mb)
             t:cancel()
             return sub, left
         end
@@ -113,7 +115,7 @@ function TestLeaks:test_a_dying_loop_takes_back_what_its_jobs_held()
     -- subscription of their wait must go.
     local h = self.h
     local tok, tok2 = isle.token(), isle.token()
-    h:eval("function hold(tok) return require('isle.runtime').wait_task(tok.ptr, 600) end")
+    h:eval("function hold(tok) local rt = require('isle.runtime') return rt.wait_task(rt.ptrs[tok], 600) end")
     local holder = h:spawn_call("hold", tok2)
     local napper = h:with{ token = tok }:spawn_call("nap", 60)
     lu.assertTrue(helpers.eventually(function()
@@ -238,16 +240,16 @@ function TestLeaks:test_control_the_bounds_catch_the_old_leak()
     -- The old behaviour by hand: jobs' watches never taken back. 200,000 of
     -- them (a fifth of the calls above) must break both bounds used above.
     local h = self.h
-    local mbox, sig = C.isle_mbox_of(h.ptr), C.isle_sig_of(h.ptr)
+    local mbox, sig = C.isle_mbox_of(PTRS[h]), C.isle_sig_of(PTRS[h])
     local leaked = {}
     collectgarbage()
     local before, c_before = mb_mb(), malloc_mb()
     for i = 1, 200000 do
         local tok = isle.token()
-        assert(C.isle_task_watch(tok.ptr, mbox, sig) == 1)
-        leaked[i] = tok.ptr
-        ffi.gc(tok.ptr, nil) -- as before: only the watch holds the token
-        C.isle_task_release(tok.ptr)
+        assert(C.isle_task_watch(PTRS[tok], mbox, sig) == 1)
+        leaked[i] = PTRS[tok]
+        ffi.gc(PTRS[tok], nil) -- as before: only the watch holds the token
+        C.isle_task_release(PTRS[tok])
     end
     local grown, c_grown = mb_mb() - before, malloc_mb() - c_before
     print(string.format("\n    [leaks] control: RSS %+.1f MB, C memory %+.1f MB", grown, c_grown))
@@ -312,9 +314,9 @@ function TestCarriedTokens:test_the_count_sees_a_slot_left_behind()
     -- The detector: one reference taken and never given back.
     local before = settled_slots()
     local extra = isle.token()
-    -- A pointer of its own (a cast to the same type would return extra.ptr
+    -- A pointer of its own (a cast to the same type would return PTRS[extra]
     -- itself, finalizer and all).
-    local p = ffi.cast("void *", extra.ptr)
+    local p = ffi.cast("void *", PTRS[extra])
     C.isle_task_retain(p)
     extra = nil
     lu.assertEquals(settled_slots(), before + 1)
@@ -355,7 +357,7 @@ function TestCarriedTokens:test_posts_still_queued_when_the_isle_closes()
     leaves_no_slot(function()
         local b, gate = gated_isle()
         for _ = 1, 3 do b:post("inc", isle.token()) end
-        lu.assertTrue(C.isle_mbox_count(C.isle_mbox_of(b.ptr)) >= 1)
+        lu.assertTrue(C.isle_mbox_count(C.isle_mbox_of(PTRS[b])) >= 1)
         b:close{ cancel = true }
         gate:wait()
     end)
@@ -390,8 +392,8 @@ function TestCarriedTokens:test_tokens_in_a_result_nobody_decodes()
         local t = b:spawn_call("give", tok)
         local f = b:spawn_call("fail_with", tok)
         -- Ended, and never decoded: no wait, no result.
-        lu.assertEquals(C.isle_task_wait(t.ptr, 10), 1)
-        lu.assertEquals(C.isle_task_wait(f.ptr, 10), 1)
+        lu.assertEquals(C.isle_task_wait(PTRS[t], 10), 1)
+        lu.assertEquals(C.isle_task_wait(PTRS[f], 10), 1)
         lu.assertEquals(t:status(), "done")
         lu.assertEquals(f:status(), "failed")
         t, f = nil, nil
@@ -408,9 +410,9 @@ function TestCarriedTokens:test_a_result_decoded_twice_keeps_its_tokens()
         local t = b:spawn_call("give", tok)
         lu.assertTrue((t:wait()))
         local wire = require("isle.wire")
-        local _, _, a = wire.outcome(t.ptr)
-        local _, _, c = wire.outcome(t.ptr)
-        lu.assertTrue(a.ptr == tok.ptr and c.ptr == tok.ptr)
+        local _, _, a = wire.outcome(PTRS[t])
+        local _, _, c = wire.outcome(PTRS[t])
+        lu.assertTrue(PTRS[a] == PTRS[tok] and PTRS[c] == PTRS[tok])
         t, a, c = nil, nil, nil
         collectgarbage()
         collectgarbage()
@@ -427,7 +429,7 @@ function TestCarriedTokens:test_tokens_in_a_combined_result_nobody_decodes()
         local all = isle.all({ b:spawn_call("give", tok), b:spawn_call("give", isle.token()) })
         local first = isle.first({ b:spawn_call("give", tok) })
         local hub = isle.hub()
-        while C.isle_task_state(all.ptr) < C.ISLE_TASK_DONE or C.isle_task_state(first.ptr) < C.ISLE_TASK_DONE do
+        while C.isle_task_state(PTRS[all]) < C.ISLE_TASK_DONE or C.isle_task_state(PTRS[first]) < C.ISLE_TASK_DONE do
             hub:run(1)
         end
         lu.assertEquals(all:status(), "done")

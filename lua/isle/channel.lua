@@ -11,6 +11,7 @@
 -- is stopped loses no value.
 local ffi = require("ffi")
 local runtime = require("isle.runtime")
+local PTRS = runtime.ptrs -- object -> its C pointer (never a field user code can reach)
 local codec = require("isle.codec")
 local errors = require("isle.errors")
 local wire = require("isle.wire")
@@ -26,7 +27,7 @@ local isle_now, isle_chan_spin = C.isle_now, C.isle_chan_spin
 local ISLE_OK, ISLE_EBUSY, ISLE_ECLOSED = C.ISLE_OK, C.ISLE_EBUSY, C.ISLE_ECLOSED
 local put_fast, put_values, get_values, reset = codec.put_fast, codec.put_values, codec.get_values, codec.reset
 local attached, new_msg = wire.attached, wire.new_msg
-local generation, check_process, wait_task = runtime.generation, runtime.check_process, runtime.wait_task
+local generation, check_process, wait_task = runtime.generation, runtime.check_own, runtime.wait_task
 
 local channel = {}
 local Channel = {}
@@ -48,7 +49,9 @@ local out_wait = ffi.new("isle_task *[1]")
 
 local function wrap(p)
     runtime.gc(p, C.isle_chan_release)
-    return setmetatable({ ptr = p, gen = generation() }, Channel)
+    local ch = setmetatable({ gen = generation() }, Channel)
+    PTRS[ch] = p
+    return ch
 end
 
 function channel.new(capacity)
@@ -112,7 +115,7 @@ local function wait_on(self, w, deadline)
     end
     -- A job stopped while it waits (its timeout, a cancel) gets the stop
     -- raised from inside the wait: give the waiter back before it goes on.
-    if not ok or why ~= "done" then isle_chan_unwait(self.ptr, w) end
+    if not ok or why ~= "done" then isle_chan_unwait(PTRS[self], w) end
     ffi.gc(w, nil)
     isle_task_release(w)
     return ok, why
@@ -158,7 +161,7 @@ function Channel:push(v, timeout)
         error(errors.new("memory", "cannot push " .. len .. " bytes: with the messages it has queued, "
             .. runtime.label .. " would pass its memory_limit"), 2)
     end
-    local ptr = self.ptr
+    local ptr = PTRS[self]
     local rc
     if m == nil then rc = isle_chan_push_num(ptr, v, nil) else rc = isle_chan_push(ptr, m, nil) end
     if rc == ISLE_OK then return true end
@@ -212,7 +215,7 @@ end
 function Channel:pop(timeout)
     local deadline = check_timeout(timeout, "pop")
     check_process(self, "channel")
-    local ptr = self.ptr
+    local ptr = PTRS[self]
     local rc = isle_chan_pop(ptr, out_msg, out_num, nil)
     while rc == ISLE_EBUSY do
         if timeout == 0 then break end
@@ -237,7 +240,7 @@ end
 -- and empty channel gives nil and a `closed` error.
 function Channel:try_pop()
     check_process(self, "channel")
-    local rc = isle_chan_pop(self.ptr, out_msg, out_num, nil)
+    local rc = isle_chan_pop(PTRS[self], out_msg, out_num, nil)
     if rc == ISLE_OK then return take(out_msg[0]) end
     if rc == ISLE_ECLOSED then return nil, closed_error() end
     return nil
@@ -247,19 +250,19 @@ end
 -- still be popped. Idempotent.
 function Channel:close()
     check_process(self, "channel")
-    C.isle_chan_close(self.ptr)
+    C.isle_chan_close(PTRS[self])
     return self
 end
 
 function Channel:len()
     check_process(self, "channel")
-    return tonumber(C.isle_chan_len(self.ptr))
+    return tonumber(C.isle_chan_len(PTRS[self]))
 end
 
 function Channel:__tostring()
     if self.gen ~= generation() then return "isle.channel (from before a fork)" end
-    return "isle.channel (" .. self:len() .. "/" .. tonumber(C.isle_chan_cap(self.ptr))
-        .. (C.isle_chan_is_closed(self.ptr) ~= 0 and ", closed" or "") .. ")"
+    return "isle.channel (" .. self:len() .. "/" .. tonumber(C.isle_chan_cap(PTRS[self]))
+        .. (C.isle_chan_is_closed(PTRS[self]) ~= 0 and ", closed" or "") .. ")"
 end
 
 -- On the wire: an index into the references of the carrier, as a token
@@ -268,7 +271,7 @@ end
 -- decoded or freed, and the receiver takes a reference of its own.
 codec.register_special(2, Channel, function(ch, path)
     check_process(ch, "channel", 4)
-    return codec.attach(C.isle_chan_ref(ch.ptr), path)
+    return codec.attach(C.isle_chan_ref(PTRS[ch]), path)
 end, function(index, from)
     if from == nil or type(index) ~= "number" or index < 1 or index > tonumber(from.nrefs) then
         error("isle: a channel arrived without its reference (index " .. tostring(index) .. ")", 0)

@@ -5,6 +5,7 @@
 -- cancels them all.
 local ffi = require("ffi")
 local runtime = require("isle.runtime")
+local PTRS = runtime.ptrs -- object -> its C pointer (never a field user code can reach)
 local errors = require("isle.errors")
 local wire = require("isle.wire")
 local task = require("isle.task")
@@ -88,7 +89,7 @@ function combine.all(tasks)
     local d = runtime.driver()
     local results, left = {}, n
     for i, sub in ipairs(tasks) do
-        d:watch(sub.ptr, function() settle(p, function()
+        d:watch(PTRS[sub], function() settle(p, function()
             if ended(p) then return end
             local r = pack(sub:result())
             if not r[1] then return complete_error(p, r[2]) end
@@ -109,7 +110,7 @@ function combine.first(tasks)
     t.parts = tasks
     local d = runtime.driver()
     for _, sub in ipairs(tasks) do
-        d:watch(sub.ptr, function() settle(p, function()
+        d:watch(PTRS[sub], function() settle(p, function()
             if ended(p) then return end
             local r = pack(sub:result())
             if r[1] then return complete_ok(p, r.n - 1, unpack(r, 2, r.n)) end

@@ -3,6 +3,14 @@
 -- (isle.lookup, isle.self) only keep the C object alive.
 local ffi = require("ffi")
 local runtime = require("isle.runtime")
+local PTRS = runtime.ptrs -- object -> its C pointer (never a field user code can reach)
+-- The C object of `obj`; a table that isle did not make (a forged object
+-- with an exported metatable) has none and is refused before any C call.
+local function ptr_of(obj)
+    local p = PTRS[obj]
+    if p == nil then error("isle: not an isle handle made by isle (got " .. type(obj) .. ")", 0) end
+    return p
+end
 local codec = require("isle.codec")
 local errors = require("isle.errors")
 local task = require("isle.task")
@@ -25,7 +33,7 @@ local Handle = {}
 Handle.__index = Handle
 
 local EVAL, CALL, EXEC, POST = proto.EVAL, proto.CALL, proto.EXEC, proto.POST
-local generation, check_process = runtime.generation, runtime.check_process
+local generation, check_process = runtime.generation, runtime.check_own
 local new_msg, attached = wire.new_msg, wire.attached
 local isle_msg_new = C.isle_msg_new
 -- Resolved now: finalizers may run while the state closes, after LuaJIT has
@@ -102,7 +110,8 @@ local function release_owned(p)
 end
 
 function handle.wrap(p, owner)
-    local h = setmetatable({ ptr = p, owner = owner, closed = false, gen = generation() }, Handle)
+    local h = setmetatable({ owner = owner, closed = false, gen = generation() }, Handle)
+    PTRS[h] = p
     runtime.gc(p, owner and release_owned or isle_release)
     if owner then own(p) end
     return h
@@ -122,11 +131,11 @@ local function dump_function(fn, what)
 end
 
 local function closed_error(self)
-    return errors.new("closed", "isle " .. tonumber(C.isle_id(self.ptr)) .. " is closed")
+    return errors.new("closed", "isle " .. tonumber(C.isle_id(ptr_of(self))) .. " is closed")
 end
 
 local function is_closed(self)
-    return self.closed or (self.base and self.base.closed) or C.isle_is_closed(self.ptr) ~= 0
+    return self.closed or (self.base and self.base.closed) or C.isle_is_closed(ptr_of(self)) ~= 0
 end
 
 -- An encode that will not be sent: drop what it attached, then raise.
@@ -154,7 +163,7 @@ local function send(self, kind, target, wait, with_task, n, ...)
     local flags = 0
     if kind == EVAL or kind == EXEC then
         local instr = opts and opts.instrument
-        if instr == nil then instr = C.isle_instrument(self.ptr) ~= 0 end
+        if instr == nil then instr = C.isle_instrument(ptr_of(self)) ~= 0 end
         if kind == EVAL then
             if instr then
                 local wrapped
@@ -214,11 +223,11 @@ local function send(self, kind, target, wait, with_task, n, ...)
             .. "this isle would pass its memory_limit"), 3)
     end
     m.flags = flags
-    local rc = C.isle_mbox_push(C.isle_mbox_of(self.ptr), m, wait)
+    local rc = C.isle_mbox_push(C.isle_mbox_of(ptr_of(self)), m, wait)
     if rc ~= ISLE_OK then
         C.isle_msg_free(m) -- and the references it carries
         if rc == ISLE_EBUSY then
-            return nil, errors.new("busy", "the mailbox of isle " .. tonumber(C.isle_id(self.ptr)) .. " is full")
+            return nil, errors.new("busy", "the mailbox of isle " .. tonumber(C.isle_id(ptr_of(self))) .. " is full")
         end
         return nil, closed_error(self)
     end
@@ -361,7 +370,8 @@ function Handle:with(opts)
     if instr ~= nil and type(instr) ~= "boolean" then
         error("isle: call option 'instrument' must be a boolean", 2)
     end
-    local view = setmetatable({ ptr = self.ptr, owner = false, base = self.base or self, gen = self.gen }, Handle)
+    local view = setmetatable({ owner = false, base = self.base or self, gen = self.gen }, Handle)
+    PTRS[view] = ptr_of(self)
     view.opts = { given = merged, timeout = timeout, instrument = instr, wire = { token = tok } }
     return view
 end
@@ -372,7 +382,7 @@ function Handle:interrupt(flag)
     if flag ~= nil and type(flag) ~= "boolean" then
         error("bad argument #1 to 'interrupt' (boolean or nil expected, got " .. type(flag) .. ")", 2)
     end
-    if C.isle_intr_set(C.isle_state_intr(self.ptr), interrupt.mode_of(flag)) ~= ISLE_OK then
+    if C.isle_intr_set(C.isle_state_intr(ptr_of(self)), interrupt.mode_of(flag)) ~= ISLE_OK then
         error(closed_error(self), 2)
     end
     return true
@@ -380,7 +390,7 @@ end
 
 -- The interrupt id of the isle's state, for isle.interrupt from anywhere.
 function Handle:interrupt_id()
-    return tonumber(C.isle_state_intr(self.ptr))
+    return tonumber(C.isle_state_intr(ptr_of(self)))
 end
 
 -- Lifecycle -------------------------------------------------------------------
@@ -394,7 +404,7 @@ function Handle:close(opts)
     end
     if self.closed then return true end
     check_process(self, "isle handle")
-    if runtime.self_ptr ~= nil and runtime.self_ptr == self.ptr then
+    if runtime.self_ptr ~= nil and runtime.self_ptr == ptr_of(self) then
         error("isle: an isle cannot close itself with its owner's handle", 2)
     end
     local timeout = opts and opts.timeout
@@ -403,21 +413,21 @@ function Handle:close(opts)
     end
     self.closed = true
     if opts and opts.cancel then
-        C.isle_close(self.ptr, 1)
+        C.isle_close(ptr_of(self), 1)
     elseif timeout then
         -- Drain for at most `timeout` seconds, then cancel what remains (a
         -- go heartbeat, a long job) and join.
-        isle_stop(self.ptr, 0)
-        if isle_join(self.ptr, timeout) == 0 then
-            isle_stop(self.ptr, 1)
-            isle_join(self.ptr, -1)
+        isle_stop(ptr_of(self), 0)
+        if isle_join(ptr_of(self), timeout) == 0 then
+            isle_stop(ptr_of(self), 1)
+            isle_join(ptr_of(self), -1)
         end
     else
-        C.isle_close(self.ptr, 0)
+        C.isle_close(ptr_of(self), 0)
     end
-    disown(self.ptr)
+    disown(ptr_of(self))
     -- Joined: only the memory is left, released when the handle goes.
-    runtime.gc(self.ptr, isle_release)
+    runtime.gc(ptr_of(self), isle_release)
     return true
 end
 
@@ -428,7 +438,7 @@ local STOP_REASON = { [C.ISLE_CANCEL_USER] = "cancelled", [C.ISLE_CANCEL_TIMEOUT
 function Handle:stats()
     check_process(self, "isle handle")
     local st = ffi.new("isle_stats")
-    C.isle_stats_get(self.ptr, st)
+    C.isle_stats_get(ptr_of(self), st)
     local r = {
         queued = tonumber(st.queued), running = tonumber(st.running), done = tonumber(st.done),
         failed = tonumber(st.failed), cancelled = tonumber(st.cancelled), closed = tonumber(st.closed),
@@ -445,17 +455,17 @@ end
 -- when uncapped). Read from any thread; 0 once the isle has ended.
 function Handle:memory()
     check_process(self, "isle handle")
-    local a = C.isle_mem_of(self.ptr)
+    local a = C.isle_mem_of(ptr_of(self))
     local limit = tonumber(C.isle_mem_limit(a))
     return tonumber(C.isle_mem_used(a)), limit > 0 and limit or nil
 end
 
 function Handle:id()
-    return tonumber(C.isle_id(self.ptr))
+    return tonumber(C.isle_id(ptr_of(self)))
 end
 
 function Handle:name()
-    local n = ffi.string(C.isle_name(self.ptr))
+    local n = ffi.string(C.isle_name(ptr_of(self)))
     if n == "" then return nil end
     return n
 end

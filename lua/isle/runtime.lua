@@ -20,12 +20,30 @@ local runtime = {
 local fork_generation = C.isle_fork_generation
 runtime.generation = fork_generation
 
+-- The C object behind each isle object (handle, task, token, state) lives
+-- here, not in the object: user code can neither read a raw pointer (pairs,
+-- rawget, debug) nor forge an object that reaches C memory (a table given an
+-- exported metatable is not in this table). isle's own modules read it as
+-- runtime.ptrs[obj].
+local ptrs = setmetatable({}, { __mode = "k" })
+runtime.ptrs = ptrs
+
 function runtime.check_process(obj, what, level)
     if obj.gen ~= fork_generation() then
         error("isle: this " .. what .. " was made before a fork() and belongs to the parent process; "
             .. "isles do not survive fork: spawn them after the fork (in nginx: init_worker_by_lua, "
             .. "not init_by_lua)", (level or 2) + 1)
     end
+end
+
+-- check_process for the objects that stand for a C object (handles, tasks,
+-- tokens, shared states): a table isle did not make is refused first.
+local check_process = runtime.check_process
+function runtime.check_own(obj, what, level)
+    if ptrs[obj] == nil then
+        error("isle: not a " .. what .. " made by isle (got " .. type(obj) .. ")", (level or 2) + 1)
+    end
+    return check_process(obj, what, (level or 2) + 1)
 end
 
 -- runtime.gc(p, release): ffi.gc for objects whose memory is the core's.

@@ -10,6 +10,14 @@ local ffi = require("ffi")
 local debug = require("debug")
 local string = require("string")
 local runtime = require("isle.runtime")
+local PTRS = runtime.ptrs -- object -> its C pointer (never a field user code can reach)
+-- The C object of `obj`; a table that isle did not make (a forged object
+-- with an exported metatable) has none and is refused before any C call.
+local function ptr_of(obj)
+    local p = PTRS[obj]
+    if p == nil then error("isle: not an shared state object made by isle (got " .. type(obj) .. ")", 0) end
+    return p
+end
 local codec = require("isle.codec")
 local errors = require("isle.errors")
 local wire = require("isle.wire")
@@ -36,7 +44,7 @@ local State = {}
 State.__index = State
 M.State = State
 
-local generation, check_process = runtime.generation, runtime.check_process
+local generation, check_process = runtime.generation, runtime.check_own
 
 -- Set by isle.lua: compile isle's modules once per process (the state loads
 -- them as bytecode), and the package.path a new state gets.
@@ -185,7 +193,9 @@ end
 
 local function wrap(p, owner)
     runtime.gc(p, owner and drop_owner or state_release)
-    return setmetatable({ ptr = p, owner = owner, gen = generation() }, State)
+    local s = setmetatable({ owner = owner, gen = generation() }, State)
+    PTRS[s] = p
+    return s
 end
 
 -- Values that travel as references (tokens) need a carrier the core frees
@@ -282,7 +292,7 @@ end
 -- waiting while another thread is inside; its results, or raises.
 function State:call(...)
     if self.gen ~= generation() then check_process(self, "shared state", 2) end
-    local p = self.ptr
+    local p = ptr_of(self)
     local e = take()
     put_args(e, 2, select("#", ...), ...)
     local rc = run(p, e, -1)
@@ -311,7 +321,7 @@ function State:tcall(timeout, ...)
     if type(timeout) ~= "number" or not (timeout >= 0) then
         error("bad argument #1 to 'tcall' (number of seconds >= 0 expected, got " .. tostring(timeout) .. ")", 2)
     end
-    local p = self.ptr
+    local p = ptr_of(self)
     local e = take()
     put_args(e, 2, select("#", ...), ...)
     local rc = run(p, e, timeout)
@@ -331,16 +341,16 @@ function State:interrupt(flag)
     if flag ~= nil and type(flag) ~= "boolean" then
         error("bad argument #1 to 'interrupt' (boolean or nil expected, got " .. type(flag) .. ")", 2)
     end
-    if C.isle_intr_set(C.isle_state_intr_id(self.ptr), interrupt.mode_of(flag)) ~= OK then
-        error(call_error(self.ptr, ECLOSED), 2)
+    if C.isle_intr_set(C.isle_state_intr_id(ptr_of(self)), interrupt.mode_of(flag)) ~= OK then
+        error(call_error(ptr_of(self), ECLOSED), 2)
     end
     return true
 end
 
-function State:id() return tonumber(C.isle_state_id(self.ptr)) end
+function State:id() return tonumber(C.isle_state_id(ptr_of(self))) end
 
 function State:name()
-    local n = ffi.string(C.isle_state_name(self.ptr))
+    local n = ffi.string(C.isle_state_name(ptr_of(self)))
     if n == "" then return nil end
     return n
 end
@@ -351,28 +361,28 @@ function State:isowner() return self.owner end
 -- uncapped). Read from any thread, also while a call runs; 0 once closed.
 function State:memory()
     check_process(self, "shared state")
-    local a = C.isle_state_mem(self.ptr)
+    local a = C.isle_state_mem(ptr_of(self))
     local limit = tonumber(C.isle_mem_limit(a))
     return tonumber(C.isle_mem_used(a)), limit > 0 and limit or nil
 end
 
-function State:is_closed() return C.isle_state_is_closed(self.ptr) ~= 0 end
+function State:is_closed() return C.isle_state_is_closed(ptr_of(self)) ~= 0 end
 
 -- Closes the state (from any object on it, as mtstates): `busy` while a
 -- call runs. Idempotent.
 function State:close()
     check_process(self, "shared state")
-    local rc = C.isle_state_close(self.ptr)
+    local rc = C.isle_state_close(ptr_of(self))
     if rc == EBUSY then
-        error(errors.new("busy", describe(self.ptr) .. " is running a call on another thread"), 2)
+        error(errors.new("busy", describe(ptr_of(self)) .. " is running a call on another thread"), 2)
     elseif rc == EREENTRY then
-        error(errors.new("busy", describe(self.ptr) .. " cannot be closed from inside its own callback"), 2)
+        error(errors.new("busy", describe(ptr_of(self)) .. " cannot be closed from inside its own callback"), 2)
     end
     return true
 end
 
 function State:__tostring()
-    return "isle.state " .. describe(self.ptr):sub(7) .. (self:is_closed() and " [closed]" or "")
+    return "isle.state " .. describe(ptr_of(self)):sub(7) .. (self:is_closed() and " [closed]" or "")
 end
 
 -- Making states ----------------------------------------------------------------------

@@ -1,6 +1,7 @@
 -- Task objects: the caller's side of a one-shot completion slot.
 local ffi = require("ffi")
 local runtime = require("isle.runtime")
+local PTRS = runtime.ptrs -- object -> its C pointer (never a field user code can reach)
 local errors = require("isle.errors")
 local wire = require("isle.wire")
 
@@ -21,26 +22,28 @@ end
 local outcome = wire.outcome
 task.outcome = outcome
 
-local generation, check_process = runtime.generation, runtime.check_process
+local generation, check_process = runtime.generation, runtime.check_own
 
 function task.new(ptr)
-    return setmetatable({ ptr = ptr, gen = generation() }, Task)
+    local t = setmetatable({ gen = generation() }, Task)
+    PTRS[t] = ptr
+    return t
 end
 
 function Task:status()
     check_process(self, "task")
-    return STATUS[C.isle_task_state(self.ptr)]
+    return STATUS[C.isle_task_state(PTRS[self])]
 end
 
 function Task:done()
     check_process(self, "task")
-    return C.isle_task_state(self.ptr) >= ISLE_TASK_DONE
+    return C.isle_task_state(PTRS[self]) >= ISLE_TASK_DONE
 end
 
 local function settle(self)
     local r = self.outcome
     if not r then
-        r = pack(outcome(self.ptr))
+        r = pack(outcome(PTRS[self]))
         self.outcome = r
     end
     if r[1] then return true, unpack(r, 3, r[2] + 2) end
@@ -87,9 +90,9 @@ end
 function Task:wait(timeout)
     timeout = wait_timeout(self, timeout, "wait")
     if self.parts and runtime.sched == nil and not runtime.host_can_suspend() then
-        drive_hub(self.ptr, timeout)
+        drive_hub(PTRS[self], timeout)
     end
-    return waited(self, runtime.wait_task(self.ptr, timeout), timeout)
+    return waited(self, runtime.wait_task(PTRS[self], timeout), timeout)
 end
 
 -- Like wait, but suspends the running coroutine instead of blocking the
@@ -98,13 +101,13 @@ end
 -- can resume it (the main coroutine outside any adapter, a C callback).
 function Task:await(timeout)
     timeout = wait_timeout(self, timeout, "await")
-    if C.isle_task_state(self.ptr) >= ISLE_TASK_DONE then return waited(self, "done", timeout) end
+    if C.isle_task_state(PTRS[self]) >= ISLE_TASK_DONE then return waited(self, "done", timeout) end
     local d = runtime.driver()
     if not d:can_suspend() then
         error("isle: t:await() cannot suspend here (the main coroutine outside an adapter, or inside "
             .. "a C callback): use t:wait() to block, or t:on_done(fn)", 2)
     end
-    return waited(self, d:suspend(self.ptr, timeout), timeout)
+    return waited(self, d:suspend(PTRS[self], timeout), timeout)
 end
 
 -- fn(ok, results... | err) runs later on the thread that owns this task
@@ -116,7 +119,7 @@ function Task:on_done(fn)
         error("bad argument #1 to 'on_done' (function expected, got " .. type(fn) .. ")", 2)
     end
     check_process(self, "task")
-    runtime.driver():watch(self.ptr, function() return fn(settle(self)) end)
+    runtime.driver():watch(PTRS[self], function() return fn(settle(self)) end)
     return self
 end
 
@@ -127,7 +130,7 @@ end
 
 function Task:cancel()
     check_process(self, "task")
-    C.isle_task_cancel(self.ptr)
+    C.isle_task_cancel(PTRS[self])
     local parts = self.parts -- isle.all / isle.first: the tasks it is made of
     if parts then for i = 1, #parts do parts[i]:cancel() end end
     return self

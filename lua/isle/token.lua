@@ -4,6 +4,7 @@
 -- waiting on it. Tokens cross states as values: the receiver gets a token on
 -- the same slot.
 local runtime = require("isle.runtime")
+local PTRS = runtime.ptrs -- object -> its C pointer (never a field user code can reach)
 local codec = require("isle.codec")
 local errors = require("isle.errors")
 
@@ -15,11 +16,13 @@ local token = {}
 local Token = {}
 Token.__index = Token
 
-local generation, check_process = runtime.generation, runtime.check_process
+local generation, check_process = runtime.generation, runtime.check_own
 
 function token.wrap(p)
     runtime.gc(p, C.isle_task_release)
-    return setmetatable({ ptr = p, gen = generation() }, Token)
+    local tok = setmetatable({ gen = generation() }, Token)
+    PTRS[tok] = p
+    return tok
 end
 
 function token.new()
@@ -30,13 +33,13 @@ end
 
 function Token:cancel()
     check_process(self, "token")
-    C.isle_task_cancel(self.ptr)
+    C.isle_task_cancel(PTRS[self])
     return self
 end
 
 function Token:cancelled()
     check_process(self, "token")
-    return C.isle_task_state(self.ptr) >= C.ISLE_TASK_DONE
+    return C.isle_task_state(PTRS[self]) >= C.ISLE_TASK_DONE
 end
 
 function Token:__tostring()
@@ -51,7 +54,7 @@ end
 -- its own.
 codec.register_special(1, Token, function(tok, path)
     check_process(tok, "token", 4)
-    return codec.attach(tok.ptr, path)
+    return codec.attach(PTRS[tok], path)
 end, function(index, from)
     if from == nil or type(index) ~= "number" or index < 1 or index > tonumber(from.nrefs) then
         error("isle: a token arrived without its reference (index " .. tostring(index) .. ")", 0)

@@ -9,6 +9,7 @@ local debug = require("debug")
 local io = require("io")
 local table = require("table")
 local runtime = require("isle.runtime")
+local PTRS = runtime.ptrs -- object -> its C pointer (never a field user code can reach)
 local codec = require("isle.codec")
 local errors = require("isle.errors")
 local sched = require("isle.sched")
@@ -591,7 +592,7 @@ local function run_message(s, runner, m)
     if band(flags, F_OPTIONS) ~= 0 then -- { target, options } from h:with{...}
         local o = codec.restore(target[2], m)
         rec.target = target[1]
-        if o.token then rec.token = o.token.ptr; rec.token_ref = o.token end
+        if o.token then rec.token = PTRS[o.token]; rec.token_ref = o.token end
     end
     s:enter(rec)
     if capped then

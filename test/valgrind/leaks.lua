@@ -6,6 +6,7 @@
 -- isle's C code allocated and that is still unreachable at exit is a leak
 -- (test/valgrind/check.sh decides).
 local isle = require("isle")
+local PTRS = require("isle.runtime").ptrs -- an object's C pointer (tests reach the core directly)
 local ffi = require("ffi")
 local C = require("isle.cdef").C
 -- Under valgrind threads run one at a time: a waiter that spins before it
@@ -120,11 +121,11 @@ local c = isle.spawn{ init = init }
 for _ = 1, 5 do
     local tok = isle.token()
     local r1, r2 = c:spawn_call("give", tok), c:spawn_call("fail_with", tok)
-    assert(C.isle_task_wait(r1.ptr, 600) == 1 and C.isle_task_wait(r2.ptr, 600) == 1)
+    assert(C.isle_task_wait(PTRS[r1], 600) == 1 and C.isle_task_wait(PTRS[r2], 600) == 1)
     local all = isle.all({ c:spawn_call("give", tok), c:spawn_call("give", isle.token()) })
     local first = isle.first({ c:spawn_call("give", tok) })
     local hub = isle.hub()
-    while C.isle_task_state(all.ptr) < C.ISLE_TASK_DONE or C.isle_task_state(first.ptr) < C.ISLE_TASK_DONE do
+    while C.isle_task_state(PTRS[all]) < C.ISLE_TASK_DONE or C.isle_task_state(PTRS[first]) < C.ISLE_TASK_DONE do
         hub:run(1)
     end
 end
