@@ -122,6 +122,8 @@ local handling = setmetatable({}, { __mode = "k" })
 
 local on_memory -- a capped isle's collection when its allocator asks (M.on_memory)
 
+local missed = false -- see the end of check()
+
 local function check()
     if on_memory then on_memory() end
     -- While isle's own modules load, or a handler runs (its checkpoints would
@@ -172,6 +174,11 @@ local function check()
     end
     if again then flagp[0] = 1 end
     if err then error(err, 0) end
+    -- Raised, yet nothing here was for this job: the request may be for
+    -- another job of this isle (a task it cancelled, now asleep or
+    -- awaiting). The flag is down now, so the loop sweeps its jobs at its
+    -- next turn and resumed jobs check themselves until then (M.take_missed).
+    if rec then missed = true end
 end
 M.check = check
 
@@ -259,8 +266,16 @@ end
 
 -- A job the loop resumed (after a sleep or an await): a request that came
 -- for it while it was suspended fires now.
+-- True once if a checkpoint lowered the flag without finding a reason for
+-- the job it ran in (check above): the loop then sweeps every job.
+function M.take_missed()
+    local m = missed
+    missed = false
+    return m
+end
+
 function M.resumed(rec)
-    if rec.intr_id or flagp[0] ~= 0 then
+    if rec.intr_id or flagp[0] ~= 0 or missed then
         flagp[0] = 1
         check()
     end

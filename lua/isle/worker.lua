@@ -702,8 +702,9 @@ function worker.main(addr)
             init_failed = true
             sl:close()
         end
-        if flagp[0] ~= 0 then
-            -- No job runs here: settle what the flag was raised for.
+        if flagp[0] ~= 0 or interrupt.take_missed() then
+            -- No job runs here: settle what the flag was raised for (or
+            -- what a job's checkpoint lowered it for without its being its own).
             flagp[0] = 0
             if capped then collect_if_wanted() end
             sl:wake_stopped(interrupt.job_stop_reason)
