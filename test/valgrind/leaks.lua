@@ -73,9 +73,12 @@ local s = isle.state("leaky", "local n = 0 return function(cmd, x) "
 for i = 1, 20 do assert(s:call("inc") == i) end
 assert(not pcall(s.call, s, "fail"))
 assert(not pcall(s.call, s, "self"))
-local holder = a:spawn_eval("return require('isle').state_ref('leaky'):call('hold', 0.3)")
-isle.sleep(0.05)
-assert(b:eval("return require('isle').state_ref('leaky'):tcall(0.01, 'inc')") == false)
+local holder = a:spawn_eval("return require('isle').state_ref('leaky'):call('hold', 2)")
+isle.sleep(0.5)
+-- Usually false (busy); under valgrind the holder may not hold the lock yet.
+-- What matters here is what the path leaves behind, not its answer
+-- (test/test_state.lua checks tcall's answers).
+b:eval("return require('isle').state_ref('leaky'):tcall(0.01, 'inc')")
 local waiter = b:spawn_eval("return require('isle').state_ref('leaky'):call('inc')")
 assert(holder:wait() == true and waiter:wait() == true)
 local one = isle.singleton("one", "return function() return 1 end")
