@@ -428,6 +428,15 @@ local get_values = codec.get_values
 -- into an unrelated upvalue of the user's handler.)
 local start_retry
 
+-- The decoder set on message `m` again, at its arguments (its target was
+-- decoded already): what a retry after a collection decodes.
+local function rewind_args(m)
+    local dec = runtime.dec
+    dec:set(m.data, m.len)
+    dec:decode()
+    return dec
+end
+
 local function args_failed(rec, m, e, retried)
     if e ~= OOM then
         C.isle_msg_free(m)
@@ -435,9 +444,7 @@ local function args_failed(rec, m, e, retried)
     end
     collect()
     if not retried then
-        local dec = runtime.dec
-        dec:set(m.data, m.len)
-        dec:decode() -- the target, decoded already
+        local dec = rewind_args(m)
         user_mode()
         return start_retry(rec, m, pcall(get_values, dec, m))
     end
@@ -485,9 +492,7 @@ local function post_args_failed(runner, m, name, e, retried)
     end
     collect()
     if not retried then
-        local dec = runtime.dec
-        dec:set(m.data, m.len)
-        dec:decode()
+        local dec = rewind_args(m)
         user_mode()
         return post_retry(runner, m, name, pcall(get_values, dec, m))
     end
