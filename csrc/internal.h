@@ -100,6 +100,12 @@ struct lua_State *isle_lua_new(const char *path, const char *cpath, isle_lua_acc
  * limit (ISLE_MEM_CORE); then the account counts nothing (unwrapped). */
 void isle_lua_close(struct lua_State *L, isle_lua_acct *acct);
 
+/* In `L`: require(mod)[fn](p) with `nresults` results left on the stack.
+ * The address travels as a number: exact for user-space pointers, and it
+ * spares the state a lightuserdata range. Raises like lua_call. */
+void isle_lua_call_module(struct lua_State *L, const char *mod, const char *fn, const void *p,
+                          int nresults);
+
 /* fork() support (fork.c): each module with process-wide locks takes them
  * before a fork and releases (parent) or resets (child) them after. */
 enum { ISLE_FORK_PREPARE, ISLE_FORK_PARENT, ISLE_FORK_CHILD };

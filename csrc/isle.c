@@ -238,17 +238,19 @@ lua_State *isle_lua_new(const char *path, const char *cpath, isle_lua_acct *acct
     return L;
 }
 
+void isle_lua_call_module(lua_State *L, const char *mod, const char *fn, const void *p, int nresults)
+{
+    lua_getglobal(L, "require");
+    lua_pushstring(L, mod);
+    lua_call(L, 1, 1);
+    lua_getfield(L, -1, fn);
+    lua_pushnumber(L, (lua_Number)(uintptr_t)p);
+    lua_call(L, 1, nresults);
+}
+
 static int run_worker(lua_State *L)
 {
-    isle *i = lua_touserdata(L, 1);
-    lua_getglobal(L, "require");
-    lua_pushliteral(L, "isle.worker");
-    lua_call(L, 1, 1);
-    lua_getfield(L, -1, "main");
-    /* The address travels as a number: exact for user-space pointers, and
-     * it spares the state a lightuserdata range. */
-    lua_pushnumber(L, (lua_Number)(uintptr_t)i);
-    lua_call(L, 1, 0);
+    isle_lua_call_module(L, "isle.worker", "main", lua_touserdata(L, 1), 0);
     return 0;
 }
 

@@ -356,13 +356,7 @@ fail:
 static int boot_dispatcher(lua_State *L)
 {
     isle_state *s = lua_touserdata(L, 1);
-    lua_getglobal(L, "require");
-    lua_pushliteral(L, "isle.state");
-    lua_call(L, 1, 1);
-    lua_getfield(L, -1, "serve");
-    /* The address travels as a number, as for isles (no lightuserdata range). */
-    lua_pushnumber(L, (lua_Number)(uintptr_t)s);
-    lua_call(L, 1, 1);
+    isle_lua_call_module(L, "isle.state", "serve", s, 1);
     if (lua_type(L, -1) == LUA_TSTRING) { /* its memory_limit is too small: why */
         s->boot_memory = 1;
         return lua_error(L);
