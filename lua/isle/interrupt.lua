@@ -16,7 +16,6 @@ local errors = require("isle.errors")
 
 local C = runtime.C
 local co_running = coroutine.running
-local getinfo = debug.getinfo
 local setmetatable, getmetatable, newproxy, error, type, tonumber =
     setmetatable, getmetatable, newproxy, error, type, tonumber
 local ISLE_TASK_DONE, CANCEL_USER, CANCEL_TIMEOUT = C.ISLE_TASK_DONE, C.ISLE_CANCEL_USER, C.ISLE_CANCEL_TIMEOUT
@@ -63,34 +62,24 @@ function M.stop_error(why)
 end
 
 -- The slow path of every checkpoint: runs only while the flag is raised.
--- Where user code runs, in an isle: inside the xpcall that one of the
--- worker's job functions makes (registered with M.protect), and not in its
--- error handler. Raising anywhere else would kill the worker's own job
--- coroutine, so a request seen there waits for the next checkpoint.
-local callers = setmetatable({}, { __mode = "k" })   -- fn -> true
-local handlers_ = setmetatable({}, { __mode = "k" }) -- fn -> true
-function M.protect(caller, handler)
-    callers[caller] = true
-    if handler then handlers_[handler] = true end
-end
-local xpcall_fn = xpcall
-
+-- Where user code runs, in an isle: in a job whose record the worker has
+-- marked (rec.user, set inside the job's protected call and cleared by its
+-- error handler: worker.lua, "Where user code runs"), and in coroutines the
+-- user made. Raising anywhere else (the loop, the worker's encoding around
+-- the xpcall) would kill the worker's own job coroutine, so a request seen
+-- there waits for the next checkpoint.
 local function in_user_code(rec)
     local co = co_running()
     if co == nil then return false end -- the main coroutine: the loop itself
     if co ~= rec.co then return true end -- a coroutine the user made
-    for level = 2, 1000 do
-        local info = getinfo(level, "f")
-        if not info then return false end
-        local f = info.func
-        if handlers_[f] then return false end
-        if f == xpcall_fn then
-            local below = getinfo(level + 1, "f")
-            if below and callers[below.func] then return true end
-        end
-    end
-    return false
+    return rec.user == true
 end
+
+-- The stop this module last raised into the job, kept until the job ends:
+-- the worker reports it when the raise landed in its error handler's first
+-- instructions (the xpcall then returns LuaJIT's "error in error handling").
+local raised_in = setmetatable({}, { __mode = "k" }) -- record -> error object
+function M.raised(rec) return raised_in[rec] end
 
 local ONCE, ALWAYS = C.ISLE_INTR_ONCE, C.ISLE_INTR_ALWAYS
 local loading = 0         -- isle modules being loaded: requests wait (M.loading)
@@ -159,7 +148,10 @@ local function check()
                 handling[me] = true
                 local ok, herr = pcall(handler, tonumber(id))
                 handling[me] = nil
-                if not ok then error(herr, 0) end
+                if not ok then
+                    if rec then raised_in[rec] = herr end
+                    error(herr, 0)
+                end
             elseif not err then
                 -- interrupt(true) on the state or the job: the job ends
                 -- interrupted even if its code catches this and returns.
@@ -173,7 +165,10 @@ local function check()
         if not guarded and C.isle_sig_pending(sig) > 0 then again = true end
     end
     if again then flagp[0] = 1 end
-    if err then error(err, 0) end
+    if err then
+        if rec then raised_in[rec] = err end
+        error(err, 0)
+    end
     -- Raised, yet nothing here was for this job: the request may be for
     -- another job of this isle (a task it cancelled, now asleep or
     -- awaiting). The flag is down now, so the loop sweeps its jobs at its
@@ -257,6 +252,7 @@ end
 
 -- A job ended: its own interrupt id goes with it.
 function M.job_ended(rec)
+    raised_in[rec] = nil
     local id = rec.intr_id
     if id then
         rec.intr_id = nil

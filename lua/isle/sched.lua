@@ -25,9 +25,10 @@ local SLEEP, AWAIT = 1, 2 -- what a job yielding SCHED asks for (see step)
 -- wake is delivered only to the record its coroutine is parked for
 -- (s.parked). Both are needed because:
 --   * a stop can be raised anywhere a job runs, including inside this
---     module: the count hook (isle.interrupt) treats everything below the
---     job's protected xpcall as user code. A stop raised between a job's
---     registering a timer or a waiter and its yield used to leave that entry
+--     module: the count hook (isle.interrupt) treats everything inside
+--     the job's protected xpcall as user code (the record's `user` mark).
+--     A stop raised between a job's registering a timer or a waiter and
+--     its yield used to leave that entry
 --     behind (or a heap half-sifted); the entry later woke the record after
 --     its job had ended, resuming its coroutine back in the pool (job_body
 --     then called the wake reason: "attempt to call a string value") or in

@@ -82,12 +82,38 @@ local isle_label = "isle"
 
 local cut_traceback = errors.cut_traceback
 
+-- Where user code runs ----------------------------------------------------------
+--
+-- interrupt.check raises a stop only where user code runs: in a job whose
+-- record has `user` set, or in a coroutine the user made. The worker sets
+-- the mark first thing inside each of its protected calls and clears it on
+-- the way out (user_out) and first thing in the error handlers, so a stop
+-- is never raised in the worker's own frames around the xpcall, where it
+-- would kill the job's coroutine. A request seen outside waits for the
+-- next checkpoint. The error handler's first instructions still run with
+-- the mark set: a stop raised there makes the xpcall return LuaJIT's
+-- "error in error handling", and handler_failed reports the stop itself.
+local S -- the loop (runtime.sched), set once in worker.main
+
+local function user_out(rec, ...)
+    rec.user = false
+    return ...
+end
+
+local function handler_failed(rec, e)
+    local raised = rec and interrupt.raised(rec)
+    if raised then return raised end
+    return errors.new("runtime", tostring(e))
+end
+
 -- Message handler for xpcall: an error object with the isle-side traceback,
 -- cut where the worker's own frames begin. It runs no user code: a message
 -- that needs the value's __tostring is left for describe() below, which
 -- runs where checkpoints may stop it (a __tostring that loops for ever must
 -- not hang the isle inside its own error handling).
 local function on_error(e)
+    local rec = S.current
+    if rec then rec.user = false end
     if capped then core_mode() end -- user code is over: this reports it
     if errors.is(e) then return e end
     if e == OOM then return memory_error() end -- rethrown from a coroutine
@@ -98,12 +124,21 @@ local function on_error(e)
     return errors.new("runtime", nil, tb, e)
 end
 
-local function describe_value(v) return errors.describe(v) end
-local function describe_failed(e) return e end
+local function describe_value(v)
+    local rec = S.current
+    if not rec then return errors.describe(v) end
+    rec.user = true
+    return user_out(rec, errors.describe(v))
+end
+local function describe_failed(e)
+    local rec = S.current
+    if rec then rec.user = false end
+    return e
+end
 
 -- Fills in a message that needs user code (an error value's __tostring, a
 -- message that is not a string), inside an xpcall that checkpoints may
--- raise into (interrupt.protect below).
+-- raise into (see "Where user code runs").
 local function describe(e)
     local m = e.message
     if type(m) == "string" then return e end
@@ -260,7 +295,7 @@ local function complete(rec, ok, ...)
         end
         -- Our handler always makes an error object; anything else is an
         -- error in the handler itself (LuaJIT reports it as a string).
-        if not errors.is(e) then e = errors.new("runtime", tostring(e)) end
+        if not errors.is(e) then e = handler_failed(rec, e) end
         e = describe(e)
         -- describe may have run into a stop (a __tostring that loops).
         if rec.stop and e.code ~= rec.stop then e = interrupt.stop_error(rec.stop) end
@@ -354,7 +389,8 @@ local function target_function(rec)
 end
 
 local function call_target(rec, ...)
-    return target_function(rec)(...)
+    rec.user = true
+    return user_out(rec, target_function(rec)(...))
 end
 
 -- Runs one job; `...` are its decoded arguments.
@@ -383,10 +419,6 @@ local function pack(...)
     return { n = select("#", ...), ... }
 end
 
--- Checkpoints may raise only inside the xpcall these make (not around it, not
--- in the error handler): see interrupt.in_user_code.
-interrupt.protect(run_job, on_error)
-interrupt.protect(describe, describe_failed)
 
 -- Messages ---------------------------------------------------------------------
 --
@@ -466,7 +498,9 @@ start_retry = function(rec, m, ok, ...)
 end
 
 local function call_post(name, ...)
-    return resolve_global(name)(...)
+    local rec = S.current -- the runner's record (run_message)
+    rec.user = true
+    return user_out(rec, resolve_global(name)(...))
 end
 
 local function run_post(runner, m, name, n, ...)
@@ -478,6 +512,8 @@ local function run_post(runner, m, name, n, ...)
         if e == OOM then
             collect()
             e = memory_error()
+        elseif not errors.is(e) then
+            e = handler_failed(runner, e)
         end
         report(e)
     end
@@ -513,15 +549,15 @@ post_retry = function(runner, m, name, ok, ...)
     return post_args_failed(runner, m, name, (...), true)
 end
 
-interrupt.protect(run_post, on_error)
 
 -- User callbacks the loop starts as jobs of their own (timers, isle.go,
 -- on_done): rec.fn(rec.args...). Their errors have nobody to go to but
 -- isle.on_error; being stopped (a close with cancel) is not an error.
 local function call_user(rec)
+    rec.user = true
     local a = rec.args
-    if a then return rec.fn(unpack(a, 1, a.n)) end
-    return rec.fn()
+    if a then return user_out(rec, rec.fn(unpack(a, 1, a.n))) end
+    return user_out(rec, rec.fn())
 end
 
 local function run_user(rec)
@@ -531,6 +567,8 @@ local function run_user(rec)
     if not ok and e == OOM then
         collect()
         e = memory_error()
+    elseif not ok and not errors.is(e) then
+        e = handler_failed(rec, e)
     end
     if not ok and not (rec.stop and errors.is(e) and e.code == rec.stop) then
         runtime.report(describe(e), rec.what)
@@ -538,7 +576,6 @@ local function run_user(rec)
     interrupt.job_ended(rec)
 end
 
-interrupt.protect(run_user, on_error)
 
 -- What h:stats() shows for a running job: "eval", "exec" or "call <name>"
 -- (made once per name: the label is copied into the task on every start).
@@ -643,6 +680,7 @@ end
 local function run_init(rec)
     local spec = rec.spec
     local function init(...)
+        rec.user = true
         local f
         if spec.init_code then
             f = compile(spec.init_code, "=init", spec.init_wrapped, spec.init_instrument)
@@ -651,9 +689,10 @@ local function run_init(rec)
         elseif spec.init_fn then
             f = compile(spec.init_fn, "=init")
         else
+            rec.user = false
             return
         end
-        return f(...)
+        return user_out(rec, f(...))
     end
     local a = rec.args
     if capped then user_mode() end
@@ -666,7 +705,6 @@ local function run_init(rec)
     rec.ok = ok
 end
 
-interrupt.protect(run_init, on_error)
 
 -- With a memory_limit: from here on the state is capped (it booted in mode
 -- OFF). Returns an error if the limit leaves no room for a job.
@@ -721,6 +759,7 @@ function worker.main(addr)
         run_user = run_user, resumed = interrupt.resumed,
     })
     runtime.sched = s
+    S = s
     interrupt.bind(s.sig, C.isle_state_intr(self_ptr))
     interrupt.install_hook()
     interrupt.guard_coroutines(coroutine)
