@@ -37,7 +37,10 @@ function TestLove:test_frames_keep_coming_while_an_isle_works()
     -- a frame loop blocked on the isle would count one or two frames here.
     lu.assertTrue(r.job_seconds > 0.05, "job_seconds " .. tostring(r.job_seconds))
     lu.assertTrue(r.frames_during >= 20, "only " .. tostring(r.frames_during) .. " frames while the job ran")
-    lu.assertTrue(r.max_gap < 0.25, "a frame gap of " .. tostring(r.max_gap) .. " s")
+    -- No frame waited for a large part of the job (a loop that blocked on
+    -- it would wait for all of it). Relative to the job, not a fixed time:
+    -- a loaded machine stretches both.
+    lu.assertTrue(r.max_gap < r.job_seconds / 2, ("a frame gap of %.3f s in a %.3f s job"):format(r.max_gap, r.job_seconds))
     print(("\n  LÖVE: %d frames during a %.3f s job, max frame gap %.1f ms"):format(
         r.frames_during, r.job_seconds, r.max_gap * 1000))
 end

@@ -365,4 +365,30 @@ function TestInterruptSemantics:test_interrupt_while_isle_module_loads_does_not_
     lu.assertEquals(h:eval("return type(require('isle').spawn)"), "function")
 end
 
+-- A stop is raised only in user code: never in the worker's own frames
+-- around a job's protected call (its error handler, the instructions
+-- before it completes the task), where it would kill the isle's job
+-- coroutine. With the count hook firing at every instruction and a sticky
+-- stop raised by the job itself, the hook lands in each of those frames.
+function TestInterruptSemantics:test_a_stop_never_lands_in_isles_own_frames()
+    local h = self.h
+    h:exec(function()
+        debug.sethook(debug.gethook(), "", 1) -- isle's own hook, at every instruction
+        function cancel_own(tok, how)
+            tok:cancel()
+            if how == "error" then error("after the cancel") end
+            return 1
+        end
+    end)
+    for _, how in ipairs{ "return", "error" } do
+        for _ = 1, 10 do
+            local tok = isle.token()
+            local ok, e = h:with{ token = tok }:spawn_call("cancel_own", tok, how):wait(10)
+            lu.assertFalse(ok, how)
+            lu.assertEquals(e.code, "cancelled", how .. ": " .. tostring(e))
+        end
+    end
+    lu.assertEquals(h:eval("debug.sethook(debug.gethook(), '', 1000) return 1 + 1"), 2)
+end
+
 os.exit(lu.LuaUnit.run())

@@ -10,6 +10,7 @@
 -- Both call check(), which works out what was asked of the running code.
 local ffi = require("ffi")
 local debug = require("debug")
+local getinfo = debug.getinfo
 local coroutine = require("coroutine")
 local runtime = require("isle.runtime")
 local errors = require("isle.errors")
@@ -63,23 +64,27 @@ end
 
 -- The slow path of every checkpoint: runs only while the flag is raised.
 -- Where user code runs, in an isle: in a job whose record the worker has
--- marked (rec.user, set inside the job's protected call and cleared by its
--- error handler: worker.lua, "Where user code runs"), and in coroutines the
--- user made. Raising anywhere else (the loop, the worker's encoding around
--- the xpcall) would kill the worker's own job coroutine, so a request seen
--- there waits for the next checkpoint.
-local function in_user_code(rec)
-    local co = co_running()
-    if co == nil then return false end -- the main coroutine: the loop itself
-    if co ~= rec.co then return true end -- a coroutine the user made
-    return rec.user == true
+-- marked (rec.user: set around each of its protected calls, see worker.lua)
+-- and in coroutines the user made; and, for the count hook, never in isle's
+-- own frames (the worker's instructions around the xpcall, its error
+-- handler, the loop's bookkeeping a job runs through). Raising anywhere
+-- else would kill the worker's own job coroutine, so a request seen there
+-- waits for the next checkpoint.
+local function own_source(src)
+    -- isle's modules: preloaded bytecode named after the module, or files
+    -- (ISLE_DEBUG, or a state that loads them from package.path).
+    return src:find("^isle[%.%w_]*$") ~= nil or src:find("[/\\]isle[/\\][%w_]+%.lua$") ~= nil
+        or src:find("[/\\]isle%.lua$") ~= nil
 end
 
--- The stop this module last raised into the job, kept until the job ends:
--- the worker reports it when the raise landed in its error handler's first
--- instructions (the xpcall then returns LuaJIT's "error in error handling").
-local raised_in = setmetatable({}, { __mode = "k" }) -- record -> error object
-function M.raised(rec) return raised_in[rec] end
+local function in_user_code(rec, hooked)
+    local co = co_running()
+    if co == nil then return false end -- the main coroutine: the loop itself
+    -- Not the job's own coroutine: one the user made.
+    if co == rec.co and not rec.user then return false end
+    -- in_user_code <- check <- hook <- the function the hook interrupted
+    return not (hooked and own_source(getinfo(4, "S").source))
+end
 
 local ONCE, ALWAYS = C.ISLE_INTR_ONCE, C.ISLE_INTR_ALWAYS
 local loading = 0         -- isle modules being loaded: requests wait (M.loading)
@@ -113,14 +118,14 @@ local on_memory -- a capped isle's collection when its allocator asks (M.on_memo
 
 local missed = false -- see the end of check()
 
-local function check()
+local function check(hooked)
     if on_memory then on_memory() end
     -- While isle's own modules load, or a handler runs (its checkpoints would
     -- call it again, for ever with interrupt(true)): at the next checkpoint.
     if loading > 0 or handling[co_running() or MAIN] then return end
     local s = runtime.sched
     local rec = s and s.current
-    if s and not (rec and in_user_code(rec)) then
+    if s and not (rec and in_user_code(rec, hooked)) then
         -- In an isle outside user code (the loop, the worker's encoding):
         -- leave the request for the next checkpoint in user code or the loop.
         return
@@ -148,10 +153,7 @@ local function check()
                 handling[me] = true
                 local ok, herr = pcall(handler, tonumber(id))
                 handling[me] = nil
-                if not ok then
-                    if rec then raised_in[rec] = herr end
-                    error(herr, 0)
-                end
+                if not ok then error(herr, 0) end
             elseif not err then
                 -- interrupt(true) on the state or the job: the job ends
                 -- interrupted even if its code catches this and returns.
@@ -165,10 +167,7 @@ local function check()
         if not guarded and C.isle_sig_pending(sig) > 0 then again = true end
     end
     if again then flagp[0] = 1 end
-    if err then
-        if rec then raised_in[rec] = err end
-        error(err, 0)
-    end
+    if err then error(err, 0) end
     -- Raised, yet nothing here was for this job: the request may be for
     -- another job of this isle (a task it cancelled, now asleep or
     -- awaiting). The flag is down now, so the loop sweeps its jobs at its
@@ -178,7 +177,7 @@ end
 M.check = check
 
 local function hook()
-    if flagp[0] ~= 0 then check() end
+    if flagp[0] ~= 0 then check(true) end
 end
 
 -- Installs the count hook on this state, from this state's own thread.
@@ -252,7 +251,6 @@ end
 
 -- A job ended: its own interrupt id goes with it.
 function M.job_ended(rec)
-    raised_in[rec] = nil
     local id = rec.intr_id
     if id then
         rec.intr_id = nil

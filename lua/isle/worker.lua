@@ -82,29 +82,13 @@ local isle_label = "isle"
 
 local cut_traceback = errors.cut_traceback
 
--- Where user code runs ----------------------------------------------------------
---
--- interrupt.check raises a stop only where user code runs: in a job whose
--- record has `user` set, or in a coroutine the user made. The worker sets
--- the mark first thing inside each of its protected calls and clears it on
--- the way out (user_out) and first thing in the error handlers, so a stop
--- is never raised in the worker's own frames around the xpcall, where it
--- would kill the job's coroutine. A request seen outside waits for the
--- next checkpoint. The error handler's first instructions still run with
--- the mark set: a stop raised there makes the xpcall return LuaJIT's
--- "error in error handling", and handler_failed reports the stop itself.
-local S -- the loop (runtime.sched), set once in worker.main
-
-local function user_out(rec, ...)
-    rec.user = false
-    return ...
-end
-
-local function handler_failed(rec, e)
-    local raised = rec and interrupt.raised(rec)
-    if raised then return raised end
-    return errors.new("runtime", tostring(e))
-end
+-- Where user code runs: interrupt.check raises a stop in a job only while
+-- its record has `user` set. The worker sets it right before each of its
+-- protected calls (a job, a post, a user callback, init, describing an
+-- error value) and clears it right after; the count hook never raises in
+-- isle's own frames, so the few instructions between the mark and the
+-- xpcall (either side) are safe. A stop seen while the mark is down waits
+-- for the next checkpoint in user code or the loop's next turn.
 
 -- Message handler for xpcall: an error object with the isle-side traceback,
 -- cut where the worker's own frames begin. It runs no user code: a message
@@ -112,8 +96,6 @@ end
 -- runs where checkpoints may stop it (a __tostring that loops for ever must
 -- not hang the isle inside its own error handling).
 local function on_error(e)
-    local rec = S.current
-    if rec then rec.user = false end
     if capped then core_mode() end -- user code is over: this reports it
     if errors.is(e) then return e end
     if e == OOM then return memory_error() end -- rethrown from a coroutine
@@ -124,28 +106,21 @@ local function on_error(e)
     return errors.new("runtime", nil, tb, e)
 end
 
-local function describe_value(v)
-    local rec = S.current
-    if not rec then return errors.describe(v) end
-    rec.user = true
-    return user_out(rec, errors.describe(v))
-end
-local function describe_failed(e)
-    local rec = S.current
-    if rec then rec.user = false end
-    return e
-end
+local function describe_value(v) return errors.describe(v) end
+local function describe_failed(e) return e end
 
 -- Fills in a message that needs user code (an error value's __tostring, a
 -- message that is not a string), inside an xpcall that checkpoints may
--- raise into (see "Where user code runs").
-local function describe(e)
+-- raise into (the mark on `rec`, above).
+local function describe(e, rec)
     local m = e.message
     if type(m) == "string" then return e end
     local v = m
     if m == nil then v = e.value end
     if capped then user_mode() end
+    rec.user = true
     local ok, s = xpcall(describe_value, describe_failed, v)
+    rec.user = false
     if capped then core_mode() end
     if not ok or type(s) ~= "string" then
         s = "(an error value whose __tostring failed: " .. (errors.is(s) and s.code or type(s)) .. ")"
@@ -156,8 +131,8 @@ end
 
 local put_error = wire.put_error
 
-local function report(e)
-    runtime.report(describe(e), "a posted call")
+local function report(e, rec)
+    runtime.report(describe(e, rec), "a posted call")
 end
 
 -- Completing tasks ------------------------------------------------------------
@@ -274,6 +249,7 @@ end
 
 local function complete(rec, ok, ...)
     if capped then core_mode() end
+    rec.user = false
     local t = rec.task
     rec.finished = true
     -- A stopped job ends stopped, even if its code caught the error and
@@ -295,15 +271,15 @@ local function complete(rec, ok, ...)
         end
         -- Our handler always makes an error object; anything else is an
         -- error in the handler itself (LuaJIT reports it as a string).
-        if not errors.is(e) then e = handler_failed(rec, e) end
-        e = describe(e)
+        if not errors.is(e) then e = errors.new("runtime", tostring(e)) end
+        e = describe(e, rec)
         -- describe may have run into a stop (a __tostring that loops).
         if rec.stop and e.code ~= rec.stop then e = interrupt.stop_error(rec.stop) end
         -- (A message or result that did not fit under the limit, raised as
         -- an error object: the same.)
         if e.code == "memory" and capped and not collected then collect() end
         if t == nil then
-            report(e)
+            report(e, rec)
             return let_go(rec)
         end
         return finish(rec, t, false, e)
@@ -389,8 +365,7 @@ local function target_function(rec)
 end
 
 local function call_target(rec, ...)
-    rec.user = true
-    return user_out(rec, target_function(rec)(...))
+    return target_function(rec)(...)
 end
 
 -- Runs one job; `...` are its decoded arguments.
@@ -410,6 +385,7 @@ local function run_job(rec, ...)
     end
     if rec.stop then return complete(rec, false, interrupt.stop_error(rec.stop)) end
     if capped then user_mode() end -- complete and on_error switch back
+    rec.user = true -- complete clears it
     -- A tail call: the arguments are out of reach while the job's results
     -- are stored (finish_out_of_memory).
     return complete(rec, xpcall(call_target, on_error, rec, ...))
@@ -498,24 +474,22 @@ start_retry = function(rec, m, ok, ...)
 end
 
 local function call_post(name, ...)
-    local rec = S.current -- the runner's record (run_message)
-    rec.user = true
-    return user_out(rec, resolve_global(name)(...))
+    return resolve_global(name)(...)
 end
 
 local function run_post(runner, m, name, n, ...)
     C.isle_msg_free(m) -- decoded tokens hold references of their own
     if capped then user_mode() end
+    runner.user = true
     local ok, e = xpcall(call_post, on_error, name, ...)
+    runner.user = false
     if capped then core_mode() end
     if not ok then
         if e == OOM then
             collect()
             e = memory_error()
-        elseif not errors.is(e) then
-            e = handler_failed(runner, e)
         end
-        report(e)
+        report(e, runner)
     end
 end
 
@@ -533,7 +507,7 @@ local function post_args_failed(runner, m, name, e, retried)
         return post_retry(runner, m, name, pcall(get_values, dec, m))
     end
     C.isle_msg_free(m)
-    report(errors.new("memory", "the post's arguments do not fit in the memory_limit of " .. isle_label))
+    report(errors.new("memory", "the post's arguments do not fit in the memory_limit of " .. isle_label), runner)
 end
 
 -- (Arguments decoded under the user limit: see start_capped.)
@@ -554,24 +528,23 @@ end
 -- on_done): rec.fn(rec.args...). Their errors have nobody to go to but
 -- isle.on_error; being stopped (a close with cancel) is not an error.
 local function call_user(rec)
-    rec.user = true
     local a = rec.args
-    if a then return user_out(rec, rec.fn(unpack(a, 1, a.n))) end
-    return user_out(rec, rec.fn())
+    if a then return rec.fn(unpack(a, 1, a.n)) end
+    return rec.fn()
 end
 
 local function run_user(rec)
     if capped then user_mode() end
+    rec.user = true
     local ok, e = xpcall(call_user, on_error, rec)
+    rec.user = false
     if capped then core_mode() end
     if not ok and e == OOM then
         collect()
         e = memory_error()
-    elseif not ok and not errors.is(e) then
-        e = handler_failed(rec, e)
     end
     if not ok and not (rec.stop and errors.is(e) and e.code == rec.stop) then
-        runtime.report(describe(e), rec.what)
+        runtime.report(describe(e, rec), rec.what)
     end
     interrupt.job_ended(rec)
 end
@@ -629,7 +602,7 @@ local function run_message(s, runner, m)
         end
         return run_post(runner, m, target, codec.get_values(dec, m))
     end
-    local rec = { task = t, kind = m.kind, target = target, co = runner.co,
+    local rec = { task = t, kind = m.kind, target = target, co = runner.co, user = false,
                   wrapped = band(flags, F_WRAPPED) ~= 0, here = band(flags, F_INSTRUMENT) ~= 0 }
     if band(flags, F_OPTIONS) ~= 0 then -- { target, options } from h:with{...}
         local o = codec.restore(target[2], m)
@@ -680,7 +653,6 @@ end
 local function run_init(rec)
     local spec = rec.spec
     local function init(...)
-        rec.user = true
         local f
         if spec.init_code then
             f = compile(spec.init_code, "=init", spec.init_wrapped, spec.init_instrument)
@@ -689,13 +661,13 @@ local function run_init(rec)
         elseif spec.init_fn then
             f = compile(spec.init_fn, "=init")
         else
-            rec.user = false
             return
         end
-        return user_out(rec, f(...))
+        return f(...)
     end
     local a = rec.args
     if capped then user_mode() end
+    rec.user = true -- complete clears it
     local ok, e = xpcall(init, on_error, unpack(a, 1, a.n))
     if ok then
         complete(rec, true)
@@ -759,7 +731,6 @@ function worker.main(addr)
         run_user = run_user, resumed = interrupt.resumed,
     })
     runtime.sched = s
-    S = s
     interrupt.bind(s.sig, C.isle_state_intr(self_ptr))
     interrupt.install_hook()
     interrupt.guard_coroutines(coroutine)
