@@ -1,4 +1,4 @@
--- docs/guide.md stays true: every block fenced as ```lua (no more words on
+-- docs/guide.md and the README's tour stay true: every block fenced as ```lua (no more words on
 -- the fence) is run as it is, in a child luajit with isle on the path, and
 -- must exit 0 and print what its section says. Blocks fenced ```lua nginx,
 -- ```lua love and ```lua planned are not run here (OpenResty: make
@@ -7,11 +7,12 @@
 local lu = require("luaunit")
 local helpers = require("test.helpers")
 
-local GUIDE = (debug.getinfo(1, "S").source:match("^@(.*/)") or "./") .. "../docs/guide.md"
+local ROOT = (debug.getinfo(1, "S").source:match("^@(.*/)") or "./") .. "../"
+local GUIDE, README = ROOT .. "docs/guide.md", ROOT .. "README.md"
 
--- The blocks of the guide, in order: { info = fence words, code, line, section }.
-local function blocks()
-    local f = assert(io.open(GUIDE))
+-- The blocks of a markdown file, in order: { info = fence words, code, line, section }.
+local function blocks(file)
+    local f = assert(io.open(file or GUIDE))
     local list, cur, section, n = {}, nil, "", 0
     for line in f:lines() do
         n = n + 1
@@ -36,6 +37,9 @@ local EXPECT = {
     ["Sandboxing untrusted scripts"] = { "^ok: 42", "timeout: ", "memory: ", "runtime: eval:1: bad script" },
     ["Pipelines of isles with channels"] = { "^166833%s+167167%s+166500" },
     ["A shared cache as a shared state"] = { "^144%s+%d+" },
+    -- README.md's tour, before its first section
+    [""] = { "^832040", "cancelled error", "^runtime%s+stack traceback", "timeout error",
+             "^on_done:%s+75025", "^1%s+4%s+9", "^1%s+2" },
 }
 local KNOWN = { ["lua"] = true, ["lua nginx"] = true, ["lua love"] = true, ["lua planned"] = true, ["nginx"] = true }
 
@@ -51,8 +55,12 @@ function TestGuide:test_every_block_has_a_known_fence_and_each_section_one_runna
         end
     end
     for section in pairs(EXPECT) do
-        lu.assertEquals(runnable[section], 1, "runnable blocks in section '" .. section .. "'")
+        if section ~= "" then
+            lu.assertEquals(runnable[section], 1, "runnable blocks in section '" .. section .. "'")
+        end
     end
+    local tour = blocks(README)[1]
+    lu.assertEquals({ tour.info, tour.section }, { "lua", "" }, "README.md opens with its tour")
 end
 
 local function run_block(b)
@@ -66,22 +74,25 @@ local function run_block(b)
     return out, rc
 end
 
--- One test per runnable block, named after its line in the guide.
-for _, b in ipairs(blocks()) do
-    if b.info == "lua" then
-        TestGuide[("test_block_at_line_%d"):format(b.line)] = function()
-            local out, rc = run_block(b)
-            local where = ("docs/guide.md:%d (%s)"):format(b.line, b.section)
-            lu.assertEquals(rc, 0, where .. " failed:\n" .. out)
-            local lines, at = {}, 1
-            for l in out:gmatch("[^\n]+") do lines[#lines + 1] = l end
-            for _, pat in ipairs(EXPECT[b.section] or {}) do
-                while at <= #lines and not lines[at]:find(pat) do at = at + 1 end
-                lu.assertTrue(at <= #lines, where .. ": no output line matches '" .. pat .. "' in:\n" .. out)
-                at = at + 1
-            end
+-- One test per runnable block, named after its line in the guide; and
+-- the README's tour (its first block).
+local function add(file, name, b)
+    TestGuide[name] = function()
+        local out, rc = run_block(b)
+        local where = ("%s:%d (%s)"):format(file, b.line, b.section)
+        lu.assertEquals(rc, 0, where .. " failed:\n" .. out)
+        local lines, at = {}, 1
+        for l in out:gmatch("[^\n]+") do lines[#lines + 1] = l end
+        for _, pat in ipairs(EXPECT[b.section] or {}) do
+            while at <= #lines and not lines[at]:find(pat) do at = at + 1 end
+            lu.assertTrue(at <= #lines, where .. ": no output line matches '" .. pat .. "' in:\n" .. out)
+            at = at + 1
         end
     end
 end
+for _, b in ipairs(blocks()) do
+    if b.info == "lua" then add("docs/guide.md", ("test_guide_block_at_line_%d"):format(b.line), b) end
+end
+add("README.md", "test_readme_tour", blocks(README)[1])
 
 os.exit(lu.LuaUnit.run())
