@@ -282,7 +282,7 @@ uninstall:
 # The release tarball: the sources, docs, examples, tests and the rockspec,
 # under isle-<version>/ (the version is lua/isle.lua's _VERSION).
 DIST := $(BUILD)/isle-$(VERSION).tar.gz
-DIST_FILES := Makefile README.md csrc ffi lua docs examples rockspecs test bench
+DIST_FILES := Makefile README.md .luacheckrc .clang-tidy .clang-format csrc ffi lua docs examples rockspecs test bench
 dist: | $(BUILD)
 	tar -czf $(DIST) --sort=name --owner=0 --group=0 --numeric-owner --exclude-vcs \
 	  --transform 's,^,isle-$(VERSION)/,' $(DIST_FILES)
