@@ -50,6 +50,8 @@ DEB_PKGS := build-essential clang luajit libluajit-5.1-dev lua-unit valgrind
 DEB_PKGS += lua-luv love xvfb xauth
 # Packaging (test/test_package.lua, make test-dist): luarocks, pkg-config.
 DEB_PKGS += luarocks pkg-config
+# The static checks (make lint): luacheck, cppcheck, clang-tidy, clang-format.
+DEB_PKGS += lua-check cppcheck clang-tidy clang-format
 # Wanted but not required: without it check-aarch64 says it is skipped.
 DEB_OPTIONAL := gcc-aarch64-linux-gnu
 AARCH64_CC ?= aarch64-linux-gnu-gcc
@@ -280,7 +282,7 @@ uninstall:
 # The release tarball: the sources, docs, examples, tests and the rockspec,
 # under isle-<version>/ (the version is lua/isle.lua's _VERSION).
 DIST := $(BUILD)/isle-$(VERSION).tar.gz
-DIST_FILES := Makefile README.md csrc ffi lua docs examples rockspecs test bench
+DIST_FILES := Makefile README.md .luacheckrc .clang-tidy .clang-format csrc ffi lua docs examples rockspecs test bench
 dist: | $(BUILD)
 	tar -czf $(DIST) --sort=name --owner=0 --group=0 --numeric-owner --exclude-vcs \
 	  --transform 's,^,isle-$(VERSION)/,' $(DIST_FILES)
@@ -367,3 +369,33 @@ $(BUILD)/bench_host_call: bench/c/host_call.c csrc/isle_host.h $(BUILD)/libisle.
 	$(CC) $(CFLAGS) $(WARN) -Icsrc -o $@ $< -L$(BUILD) -lisle -Wl,-rpath,$(ROOT)/$(BUILD) -lm
 bench-chost: bench-floor $(BUILD)/bench_host_call
 	$(BUILD)/bench_host_call $(BENCH_ARGS)
+
+# Static checks, run by `make test` (so in CI). What each tool checks and why
+# any check is off: .luacheckrc (Lua: globals, unused variables and
+# arguments), .clang-tidy (csrc/), the cppcheck flags below, .clang-format.
+# test/test_static.lua keeps its own check that no module sets a global
+# (luajit -bl), which sees what luacheck cannot: the bytecode isles run.
+# FORMAT_FILES are the C files clang-format checks: those already in its
+# style (the others are formatted, then added, after the branches that
+# change them have merged: clang-format -i csrc/*.c csrc/*.h).
+.PHONY: lint
+LINT_LUA := lua ffi test bench examples
+FORMAT_FILES := csrc/clock.c csrc/fork.c csrc/msg.c csrc/preload.c
+# cppcheck: every check family but `information`, POSIX functions known.
+# constParameter (style) is off: it asks for const on pointers that the API
+# in isle.h takes as handles (isle_task_unwatch(t, mb, sig)), fixed by the FFI.
+CPPCHECK_FLAGS := --std=c11 --library=posix --enable=warning,style,performance,portability \
+	--suppress=constParameter --inline-suppr --error-exitcode=1 -q -D_GNU_SOURCE -Icsrc
+lint:
+	@for t in luacheck cppcheck clang-tidy clang-format; do command -v $$t >/dev/null || { \
+	  echo "make lint: $$t not found (Debian packages lua-check cppcheck clang-tidy clang-format: make deps)"; exit 1; }; done
+	@echo "== lint: luacheck (.luacheckrc)"
+	@luacheck -q --no-color $(LINT_LUA)
+	@echo "== lint: cppcheck csrc/"
+	@cppcheck $(CPPCHECK_FLAGS) $(SRCS)
+	@echo "== lint: clang-tidy csrc/ (.clang-tidy)"
+	@out=$$(clang-tidy -quiet $(SRCS) -- $(WARN) -Icsrc $(LUAJIT_INC) 2>&1); rc=$$?; \
+	  printf '%s\n' "$$out" | grep -v 'warnings\? generated\.$$' || true; exit $$rc
+	@echo "== lint: clang-format (.clang-format) on $(words $(FORMAT_FILES)) files"
+	@clang-format --dry-run -Werror $(FORMAT_FILES)
+test: lint

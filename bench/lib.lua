@@ -2,7 +2,7 @@
 -- output of the isle benchmarks (bench/run.lua). No isle code in here except
 -- the clock, so the helpers measure isle and its floors alike.
 local ffi = require("ffi")
-local io, os, string, table, math = io, os, string, table, math
+local io, string, table, math = io, string, table, math
 
 local lib = {}
 

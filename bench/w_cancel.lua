@@ -37,8 +37,8 @@ end
 -- One variant: returns list of latencies (ms), or nil, why, missed?
 local function cancel_latencies(ctx, variant)
     local isle = ctx.isle
-    local ok, h = pcall(isle.spawn, variant.spawn)
-    if not ok then return nil, "spawn with these options failed: " .. tostring(h) end
+    local spawned, h = pcall(isle.spawn, variant.spawn)
+    if not spawned then return nil, "spawn with these options failed: " .. tostring(h) end
     h:eval(variant.jit)
     -- Size the loop: ~BOUND seconds at this isle's speed. This also runs the
     -- exact chunk once, so with the JIT on its loop is compiled already.
@@ -50,7 +50,7 @@ local function cancel_latencies(ctx, variant)
     local limit = math.floor(rate * BOUND)
     local lat = {}
     local why
-    for r = 1, ctx.n(ctx.reps + 2, ctx.reps) do
+    for _ = 1, ctx.n(ctx.reps + 2, ctx.reps) do
         local t = h:spawn_eval(CANCEL.SPIN, limit)
         local deadline = now() + 2
         while t:status() == "queued" and now() < deadline do isle.sleep(0.001) end

@@ -49,7 +49,7 @@ local function latencies(wait)
     local out = {}
     for i = 1, SAMPLES do
         local got
-        h:spawn_call("stamp", 0.001 + (i % 3) * 0.0005):on_done(function(ok, t_end)
+        h:spawn_call("stamp", 0.001 + (i % 3) * 0.0005):on_done(function(_, t_end)
             got = (isle.now() - t_end) * 1000
         end)
         while got == nil do wait() end

@@ -58,7 +58,7 @@ int isle_spin_until(const atomic_int *word, double timeout)
     if (v) return v;
     double budget = atomic_load_explicit(&spin_budget, memory_order_relaxed);
     if (timeout >= 0 && timeout < budget) budget = timeout;
-    if (budget <= 0) return v;
+    if (budget <= 0) return 0;
     double end = isle_now() + budget;
     for (;;) {
         /* Read the clock only every 64 probes: it costs more than a probe. */

@@ -108,7 +108,8 @@ static void fail_init(isle *i, const char *msg)
         return;
     }
     buf[0] = ISLE_WIRE_CORE;
-    memcpy(buf + 1, msg, n);
+    /* Bytes with a length, not a C string: no terminator wanted. */
+    memcpy(buf + 1, msg, n); /* NOLINT(bugprone-not-null-terminated-result) */
     isle_task_complete(i->init, ISLE_TASK_FAILED, buf, n + 1);
     free(buf);
 }
@@ -324,6 +325,8 @@ static void pin_library(void)
 {
     Dl_info info;
     if (dladdr((void *)isle_spawn, &info) && info.dli_fname && info.dli_fname[0]
+        /* the handle is never closed: it is the pin */
+        /* cppcheck-suppress leakReturnValNotUsed */
         && dlopen(info.dli_fname, RTLD_NOW | RTLD_NOLOAD | RTLD_NODELETE))
         lib_file = info.dli_fname;
 }

@@ -32,7 +32,7 @@ int isle_notify_listen(char *path, size_t cap)
     if (n < 0 || (size_t)n + sizeof NOTIFY_NAME > cap
         || (size_t)n + sizeof NOTIFY_NAME > sizeof sa.sun_path) return -1;
     if (!mkdtemp(path)) return -1; /* mode 0700 */
-    strcat(path, NOTIFY_NAME);
+    memcpy(path + n, NOTIFY_NAME, sizeof NOTIFY_NAME); /* fits: checked above */
     memcpy(sa.sun_path, path, strlen(path) + 1);
     int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
     if (fd < 0) goto fail_socket;

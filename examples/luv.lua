@@ -21,7 +21,7 @@ local timer = uv.new_timer()
 timer:start(10, 10, function() ticks = ticks + 1 end)
 
 -- A callback: runs from the loop when the task ends.
-h:spawn_call("fib", 27):on_done(function(ok, v)
+h:spawn_call("fib", 27):on_done(function(_, v)
     print(("fib(27) = %s, from on_done after %d ms"):format(tostring(v), uv.now() - t0))
 end)
 
@@ -31,7 +31,7 @@ local left = 5
 for i = 1, 5 do
     hub:go(function()
         local v = h:call("slow", 0.1, i)        -- suspends this coroutine only
-        local ok, w = h:spawn_call("slow", 0.05, v * 10):await()
+        local _, w = h:spawn_call("slow", 0.05, v * 10):await()
         print(("coroutine %d got %s and %s after %d ms"):format(i, v, tostring(w), uv.now() - t0))
         left = left - 1
         if left == 0 then timer:stop(); timer:close() end

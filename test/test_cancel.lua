@@ -1,6 +1,5 @@
 -- Cancellation, timeouts, tokens and interrupts, with the JIT on (issue 3).
 local lu = require("luaunit")
-local ffi = require("ffi")
 local isle = require("isle")
 local helpers = require("test.helpers")
 
@@ -350,7 +349,6 @@ function TestInterrupt:test_blocking_ffi_call_is_interrupted_when_it_returns()
         return "not stopped"
     ]], addr)
     wait_until(function() return mem[1] == 1 end, "the task to start")
-    local t0 = isle.now()
     t:cancel()
     local ok, e = t:wait(10)
     lu.assertFalse(ok)

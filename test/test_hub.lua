@@ -154,7 +154,7 @@ function TestHub:test_on_done_never_runs_inside_on_done()
     local t2 = self.h:spawn_call("work", 0, 6)
     t2:wait()
     t2:on_done(function()
-        t:on_done(function(ok, v) inner = v end)
+        t:on_done(function(_, v) inner = v end)
         lu.assertNil(inner)
     end)
     lu.assertEquals(hub:poll(), 2)
@@ -308,7 +308,7 @@ function TestHub:test_several_waiters_on_one_task_one_subscription()
         local _, v = t:await()
         got[#got + 1] = v .. i
     end) end
-    t:on_done(function(ok, v) got[#got + 1] = v .. "cb" end)
+    t:on_done(function(_, v) got[#got + 1] = v .. "cb" end)
     local n = 0
     for _ in pairs(hub.lists) do n = n + 1 end
     lu.assertEquals(n, 1)

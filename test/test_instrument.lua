@@ -439,7 +439,7 @@ local function dump_ir(src, name, fn_args)
   local dump = require("jit.dump")
   jit.on()
   local traced = 0
-  local function on_trace(what, tr, func)
+  local function on_trace(what, _tr, func)
     if what == "stop" and func and
        require("jit.util").funcinfo(func).source == "=" .. name then
       traced = traced + 1

@@ -150,7 +150,7 @@ function TestLuv:test_detach_stops_the_handle()
     local a = luv.attach()
     local h = self.isles[1]
     local got
-    h:spawn_call("work", 0.01, 1):on_done(function(ok, v) got = v end)
+    h:spawn_call("work", 0.01, 1):on_done(function(_, v) got = v end)
     a:detach()
     lu.assertFalse(a.handle:is_active())
     uv.run() -- nothing keeps it: returns without serving the hub

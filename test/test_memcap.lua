@@ -4,7 +4,6 @@
 -- C memory a capped isle can make isle hold (messages it queues, results it
 -- keeps, isles it spawns) counts against the same limit. See docs/sandbox.md.
 local lu = require("luaunit")
-local ffi = require("ffi")
 local isle = require("isle")
 local helpers = require("test.helpers")
 
@@ -286,7 +285,7 @@ function TestMemcap:test_posts_timers_and_coroutines_report_memory_and_the_loop_
         function go() isle.go(grow) end
         -- Out of memory inside a coroutine, raised again by the job.
         function in_coroutine()
-            local ok, e = coroutine.resume(coroutine.create(grow))
+            local _, e = coroutine.resume(coroutine.create(grow))
             error(e, 0)
         end
         -- A job that sleeps between allocations stays under the limit.

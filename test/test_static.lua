@@ -114,7 +114,7 @@ TestJit = {}
 
 local function aborts_during(f)
     local aborts = {}
-    local function on_trace(what, tr, func, pc, otr, oex)
+    local function on_trace(what, _tr, func, pc, otr, oex)
         if what == "abort" then
             local info = require("jit.util").funcinfo(func, pc)
             aborts[#aborts + 1] = tostring(info.loc) .. ": " .. tostring(otr) .. " " .. tostring(oex)

@@ -2,7 +2,6 @@
 -- code stops when asked, compiled or not; functions made inside isles cross
 -- like any other; interrupts behave as mtint and mtstates define them.
 local lu = require("luaunit")
-local ffi = require("ffi")
 local isle = require("isle")
 local helpers = require("test.helpers")
 

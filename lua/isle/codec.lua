@@ -18,8 +18,8 @@ local buffer = require("string.buffer")
 local string = require("string")
 local debug = require("debug")
 
-local type, pairs, next, select, tostring, setmetatable, getmetatable, load, loadstring, require =
-    type, pairs, next, select, tostring, setmetatable, getmetatable, load, loadstring, require
+local type, next, select, tostring, setmetatable, getmetatable, load, loadstring, require =
+    type, next, select, tostring, setmetatable, getmetatable, load, loadstring, require
 local string_dump, string_format, string_match = string.dump, string.format, string.match
 local getinfo, getupvalue, setupvalue = debug.getinfo, debug.getupvalue, debug.setupvalue
 local istype = ffi.istype

@@ -3,7 +3,6 @@
 -- or the host's hub) as the tasks it is made of end, so wait, await,
 -- on_done, status and result work on it as on any task. Cancelling it
 -- cancels them all.
-local ffi = require("ffi")
 local runtime = require("isle.runtime")
 local PTRS = runtime.ptrs -- object -> its C pointer (never a field user code can reach)
 local errors = require("isle.errors")

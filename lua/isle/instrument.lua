@@ -219,7 +219,7 @@ function M.source(src)
   local out, no = { PREFIX }, 1
   local last = pos            -- start of the not yet copied slice
   local st, sp = {}, 0        -- block stack
-  local pat, pendf = PAT, false
+  local pat = PAT
   -- previous real token (for `goto` statement detection)
   local pe, pks, pkk = 0, 0, 0
   local cs, ce, ncs = {}, {}, 0
@@ -261,7 +261,7 @@ function M.source(src)
           sp = sp + 1; st[sp] = S_BLOCK
         elseif k == K_FUNCTION then
           sp = sp + 1; st[sp] = S_BLOCK
-          pendf = true; pat = PATF
+          pat = PATF
         elseif k == K_WHILE or k == K_FOR then
           sp = sp + 1; st[sp] = S_HEAD
         elseif k == K_REPEAT then
@@ -322,7 +322,7 @@ function M.source(src)
         pos = s + 1
       end
     else                                          -- ')' closing parameters
-      pendf = false; pat = PAT
+      pat = PAT
       out[no + 1] = sub(src, last, s)
       out[no + 2] = CP_AFTER
       no = no + 2

@@ -10,8 +10,8 @@ local io = require("io")
 local table = require("table")
 local interrupt = require("isle.interrupt")
 
-local type, tostring, select, error, pcall =
-    type, tostring, select, error, pcall
+local type, tostring, error, pcall =
+    type, tostring, error, pcall
 local sub, byte = string.sub, string.byte
 
 local loaders = {}

@@ -470,7 +470,7 @@ end
 -- The setup message: { libs, instrument_loads, and the setup as code
 -- (instrumented by this side, as an isle's init), recovered source or
 -- bytecode }, then setup's arguments.
-local function put_setup(e, fname, opts, setup, ...)
+local function put_setup(e, _fname, opts, setup, ...)
     local chunks = require("isle.chunks")
     local spec = { libs = opts.libs, instrument_loads = opts.instrument_loads }
     if type(setup) == "string" then

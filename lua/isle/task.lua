@@ -1,12 +1,11 @@
 -- Task objects: the caller's side of a one-shot completion slot.
-local ffi = require("ffi")
 local runtime = require("isle.runtime")
 local PTRS = runtime.ptrs -- object -> its C pointer (never a field user code can reach)
 local errors = require("isle.errors")
 local wire = require("isle.wire")
 
 local C = runtime.C
-local setmetatable, select, error, type, unpack, tonumber = setmetatable, select, error, type, unpack, tonumber
+local setmetatable, select, error, type, unpack = setmetatable, select, error, type, unpack
 local ISLE_TASK_DONE = C.ISLE_TASK_DONE
 
 local STATUS = { [0] = "queued", "running", "done", "failed", "cancelled", "closed" }

@@ -6,8 +6,6 @@ local ffi = require("ffi")
 local bit = require("bit")
 local band = bit.band
 local debug = require("debug")
-local io = require("io")
-local table = require("table")
 local runtime = require("isle.runtime")
 local PTRS = runtime.ptrs -- object -> its C pointer (never a field user code can reach)
 local codec = require("isle.codec")
@@ -20,13 +18,12 @@ local wire = require("isle.wire")
 
 local coroutine = require("coroutine")
 local C = runtime.C
-local type, select, pcall, xpcall, tostring, tonumber, unpack, load, loadstring, next, setmetatable =
-    type, select, pcall, xpcall, tostring, tonumber, unpack, load, loadstring, next, setmetatable
+local type, select, pcall, xpcall, tostring, tonumber, unpack, loadstring, next, setmetatable =
+    type, select, pcall, xpcall, tostring, tonumber, unpack, loadstring, next, setmetatable
 local traceback = debug.traceback
 local collectgarbage = collectgarbage -- kept: a sandbox may take the global away
 local EVAL, EXEC, POST, F_OPTIONS, F_WRAPPED, F_INSTRUMENT =
     proto.EVAL, proto.EXEC, proto.POST, proto.F_OPTIONS, proto.F_WRAPPED, proto.F_INSTRUMENT
-local ISLE_OK = C.ISLE_OK
 local ISLE_TASK_DONE, ISLE_TASK_FAILED, ISLE_TASK_CLOSED = C.ISLE_TASK_DONE, C.ISLE_TASK_FAILED, C.ISLE_TASK_CLOSED
 local attached, isle_task_complete = wire.attached, C.isle_task_complete
 local reset = codec.reset
@@ -418,7 +415,7 @@ local function enqueue(msgs)
     C.isle_sig_hold(runtime.sched.sig, n) -- held messages count as queued (h:stats)
 end
 
-local function start(rec, m, n, ...)
+local function start(rec, m, _n, ...)
     C.isle_msg_free(m) -- the arguments are decoded: the handler may now take its time
     return run_job(rec, ...)
 end
@@ -477,7 +474,7 @@ local function call_post(name, ...)
     return resolve_global(name)(...)
 end
 
-local function run_post(runner, m, name, n, ...)
+local function run_post(_runner, m, name, _n, ...)
     C.isle_msg_free(m) -- decoded tokens hold references of their own
     if capped then user_mode() end
     runner.user = true
@@ -644,7 +641,7 @@ local function queued() return q_head ~= nil end
 
 -- Takes ownership of a batch of messages from the mailbox; the loop starts
 -- them (flush) at the end of its turn.
-local function dispatch(s, msgs)
+local function dispatch(_s, msgs)
     enqueue(msgs)
 end
 

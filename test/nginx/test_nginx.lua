@@ -7,9 +7,9 @@
 -- a deadline. The harness: test/nginx/harness.lua.
 local lu = require("luaunit")
 local H = dofile((debug.getinfo(1, "S").source:match("^@(.*/)") or "./") .. "harness.lua")
-local C, ROOT, RELOADS, SIGKILL = H.C, H.ROOT, H.RELOADS, H.SIGKILL
-local now, sh, read_file, eventually, reap = H.now, H.sh, H.read_file, H.eventually, H.reap
-local children, setup_problem, crash_lines = H.children, H.setup_problem, H.crash_lines
+local ROOT, RELOADS = H.ROOT, H.RELOADS
+local now, sh, read_file, eventually = H.now, H.sh, H.read_file, H.eventually
+local setup_problem, crash_lines = H.setup_problem, H.crash_lines
 local start_nginx, with_nginx, start_load, stop_load = H.start_nginx, H.with_nginx, H.start_load, H.stop_load
 
 -- Each worker spawns one isle with a CPU function; /work calls it, blocking

@@ -217,7 +217,7 @@ local IDLE_DETECTOR = [[
 
 function TestNgxAsync:test_an_idle_worker_uses_no_cpu()
     H.with_nginx(conf{ locations = NAP_LOCATIONS .. IDLE_DETECTOR }, function(ngx)
-        local took, codes = batch_with_ping(ngx, 20, "/nap", 0.1)
+        local _, codes = batch_with_ping(ngx, 20, "/nap", 0.1)
         lu.assertTrue(all_200(codes, 20), table.concat(codes, " "))
         lu.assertEquals((ngx:get("/status")), "true true 0")
         local pid = ngx:workers()[1]
