@@ -60,6 +60,7 @@ files["test/test_memcap.lua"].globals = {
 }
 files["test/test_core.lua"] = { globals = { "get", "nap" } }
 files["test/test_cancel.lua"] = { globals = { "spin_here" } }
+files["test/test_stop.lua"] = { globals = { "cancel_own" } }
 files["test/fixtures/memcap_host.lua"] = { globals = { "hog" } }
 files["test/package/smoke.lua"] = { globals = { "add" } }
 -- leaks.lua also keeps a shared state alive until exit in the global KEPT:

@@ -474,7 +474,7 @@ local function call_post(name, ...)
     return resolve_global(name)(...)
 end
 
-local function run_post(_runner, m, name, _n, ...)
+local function run_post(runner, m, name, _n, ...)
     C.isle_msg_free(m) -- decoded tokens hold references of their own
     if capped then user_mode() end
     runner.user = true
