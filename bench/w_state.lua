@@ -122,8 +122,10 @@ local function run_w9(ctx)
     }
 end
 
--- --compare: lua-mtstates (not packaged for this machine: this row's code
--- follows its documented API and has not been run here).
+-- --compare: lua-mtstates where `require("mtstates")` works. It is not
+-- packaged for Debian: built from its source against Debian's libluajit
+-- (gcc -O2 -shared src/*.c -lluajit-5.1) and put on LUA_CPATH, it ran here
+-- on 2026-11-30 (bench/README.md, W9).
 local function run_cmp(ctx)
     local ok, mtstates = pcall(require, "mtstates")
     if not ok then
