@@ -8,8 +8,7 @@
  * state's object takes one of its own. isle_buf_retain/release are the
  * anchor's.
  *
- * The bytes live in the same block as the header, at `data`, and the word
- * just below `data` points back at the header: a state hands its typed
+ * The word just below the bytes (`data`) points back at the header: a state hands its typed
  * pointer to ffi.gc with isle_buf_release_data as the finalizer, so the
  * pointer itself holds the state's reference and no Lua closure is needed.
  * Nothing here synchronises access to the bytes: that is the users' business
@@ -22,7 +21,8 @@
 
 struct isle_buf {
     isle_task *anchor;   /* holds the buffer's references */
-    void *data;          /* size bytes, `align`-aligned */
+    void *block;         /* the allocation that holds the bytes */
+    void *data;          /* size bytes, `align`-aligned, inside `block` */
     size_t size;         /* bytes */
     size_t elem_size;    /* bytes per element where it was made */
     size_t count;        /* elements */
@@ -34,14 +34,6 @@ static atomic_int live_bufs;
 
 int isle_buf_live_count(void) { return atomic_load_explicit(&live_bufs, memory_order_relaxed); }
 
-/* The header, the back-pointer and the bytes: the bytes start at the first
- * multiple of `align` past the header and one pointer. */
-static size_t data_offset(size_t align)
-{
-    size_t off = sizeof(isle_buf) + sizeof(isle_buf *);
-    return (off + align - 1) / align * align;
-}
-
 /* The anchor's last reference went: no state, message or result holds it. */
 static void buf_free(void *arg)
 {
@@ -50,6 +42,7 @@ static void buf_free(void *arg)
         isle_mem_uncharge(b->mem, b->size);
         isle_mem_release(b->mem);
     }
+    free(b->block);
     free(b);
     atomic_fetch_sub_explicit(&live_bufs, 1, memory_order_relaxed);
 }
@@ -59,26 +52,20 @@ isle_buf *isle_buf_new(const char *type, size_t elem_size, size_t count, size_t 
     if (!type || !*type || strlen(type) >= ISLE_BUF_TYPE_MAX) return NULL;
     if (align < 16) align = 16;
     if ((align & (align - 1)) || align > 4096) return NULL;
-    size_t off = data_offset(align);
-    if (elem_size == 0 || count == 0 || count > (SIZE_MAX - off) / elem_size) return NULL;
+    /* Room for the back-pointer below the bytes and for aligning them. */
+    size_t slack = sizeof(isle_buf *) + align - 1;
+    if (elem_size == 0 || count == 0 || count > (SIZE_MAX - slack) / elem_size) return NULL;
     size_t size = elem_size * count;
-    isle_buf *b;
-    if (align <= 16) {
-        /* calloc: a large block comes from fresh zero pages, which cost no
-         * resident memory until written (a 64 MB buffer is not touched here). */
-        b = calloc(1, off + size);
-        if (!b) return NULL;
-    } else {
-        void *p = NULL;
-        if (posix_memalign(&p, align, off + size)) return NULL;
-        b = memset(p, 0, off + size);
-    }
+    isle_buf *b = calloc(1, sizeof(*b));
+    if (!b) return NULL;
+    /* calloc: a large block comes from fresh zero pages, which cost no
+     * resident memory until written (a 64 MB buffer is not touched here). */
+    b->block = calloc(1, size + slack);
+    if (!b->block) goto fail_block;
     b->anchor = isle_task_new();
-    if (!b->anchor) {
-        free(b);
-        return NULL;
-    }
-    b->data = (char *)b + off;
+    if (!b->anchor) goto fail_anchor;
+    uintptr_t at = (uintptr_t)b->block + sizeof(isle_buf *);
+    b->data = (void *)((at + align - 1) & ~(uintptr_t)(align - 1));
     ((isle_buf **)b->data)[-1] = b;
     b->size = size;
     b->elem_size = elem_size;
@@ -87,6 +74,11 @@ isle_buf *isle_buf_new(const char *type, size_t elem_size, size_t count, size_t 
     atomic_fetch_add_explicit(&live_bufs, 1, memory_order_relaxed);
     isle_task_set_owner(b->anchor, buf_free, b);
     return b;
+fail_anchor:
+    free(b->block);
+fail_block:
+    free(b);
+    return NULL;
 }
 
 int isle_buf_charge(isle_buf *b, isle_mem *a)
