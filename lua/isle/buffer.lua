@@ -46,7 +46,8 @@ local function resolve(name, elem_size)
     local r = resolved[name]
     if not r then
         local ok, ct = pcall(ffi_typeof, name)
-        local size = ok and ffi_sizeof(ct)
+        local size
+        if ok then ok, size = pcall(ffi_sizeof, ct) end
         if not ok or type(size) ~= "number" then
             return nil, errors.new("value", "the buffer's element type '" .. name .. "' is not known in "
                 .. runtime.label .. " (declare it with ffi.cdef before using the buffer)")
@@ -96,7 +97,7 @@ function buffer.new(a, b)
     if not ok then
         error("bad argument #1 to 'buffer' (unknown C type '" .. name .. "': " .. tostring(ct) .. ")", 3)
     end
-    local size = ffi_sizeof(ct)
+    local _, size = pcall(ffi_sizeof, ct) -- a variable-length type raises
     if type(size) ~= "number" or size < 1 then
         error("bad argument #1 to 'buffer' (C type '" .. name .. "' has no fixed size > 0)", 3)
     end
