@@ -133,6 +133,11 @@ local function drop_setup(dec)
     return get_values(dec)
 end
 local function drop_setup_args(e)
+    local m = e.refs -- the references of the arguments (state.carrier), if any
+    if m then
+        e.refs = nil
+        isle_msg_free(m)
+    end
     local dec = e.dec
     dec:set(e.enc:ref())
     pcall(drop_setup, dec)
