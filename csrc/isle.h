@@ -377,6 +377,13 @@ typedef struct isle_state_io {
     size_t args_len;
     const char *results;  /* the dispatcher's results, until the call ends */
     size_t results_len;
+    /* The references the bytes name by index (shared buffers, channels,
+     * tokens: isle_msg.refs), each side's in a message of its own: the
+     * caller's (read only, NULL when none) during the call; the results'
+     * one the dispatcher made (or NULL), which the core hands to the
+     * caller's isle_state_out, or frees if the results are not delivered. */
+    const isle_msg *args_refs;
+    isle_msg *results_refs;
 } isle_state_io;
 
 /* Where a call's results land: the caller's own growable buffer. */
@@ -385,6 +392,9 @@ typedef struct isle_state_out {
     size_t len;
     size_t cap;
     isle_mem *mem;      /* charged for `cap` (isle_state_out_charge), or NULL */
+    isle_msg *refs;     /* the results' references (isle_state_io.results_refs), or
+                           NULL: the caller's to free once decoded (else the next
+                           call or isle_state_out_free does) */
 } isle_state_out;
 
 typedef struct isle_state_config {
@@ -440,6 +450,10 @@ isle_mem *isle_state_mem(isle_state *s);     /* the state's account */
  * ISLE_STATE_EREENTRY (nothing ran), ISLE_ENOMEM (it ran; its results are
  * lost). */
 int isle_state_call(isle_state *s, double timeout, const char *in, size_t in_len, isle_state_out *out);
+/* The same, the bytes at `in` naming by index the references `refs`
+ * carries (a message the caller keeps and frees; may be NULL). */
+int isle_state_call_refs(isle_state *s, double timeout, const char *in, size_t in_len,
+                         const isle_msg *refs, isle_state_out *out);
 /* For callers that must not block their thread (an isle's job): a task that
  * ends when the call lock is next let go (or the state closes), retained for
  * the caller, to await before trying again; NULL with *err = ISLE_OK when
@@ -549,6 +563,53 @@ size_t isle_chan_cap(isle_chan *ch);
  * or with `for_room` not full: 1 if it does (try again), 0 if the spin ran
  * out (wait). Closing does not end it early. */
 int isle_chan_spin(isle_chan *ch, int for_room);
+
+/* ---- shared buffers (buf.c) -------------------------------------------- */
+/* Reference-counted C memory that every state it is passed to sees at the
+ * same address: `count` elements of `elem_size` bytes of the C type named
+ * `type` (a name each receiving state resolves with its own ffi). Alive as
+ * long as its references (a message that carries it in `refs`,
+ * isle_buf_ref, holds one, as for a channel). Nothing here orders access to
+ * the bytes: users synchronise (the isle_atomic_* helpers). */
+typedef struct isle_buf isle_buf;
+enum { ISLE_BUF_TYPE_MAX = 128 };  /* the longest type name, with its NUL */
+/* Zero-filled, aligned to `align` (a power of two up to 4096; at least 16).
+ * One reference. NULL on ENOMEM, or for an empty or too long type name, a
+ * zero elem_size or count, a size that overflows, a bad alignment. */
+isle_buf *isle_buf_new(const char *type, size_t elem_size, size_t count, size_t align);
+/* The bytes are charged to account `a` (a capped creator's) until the
+ * buffer is freed: 1, or 0 if they do not fit under `a`'s user limit
+ * (nothing charged). 1 for a NULL account or one without a limit. Call right
+ * after isle_buf_new. */
+int isle_buf_charge(isle_buf *b, isle_mem *a);
+void isle_buf_retain(isle_buf *b);
+void isle_buf_release(isle_buf *b);          /* accepts NULL */
+/* Releases the buffer whose isle_buf_data is `data` (accepts NULL): a
+ * finalizer for a state's pointer to the bytes, which holds a reference. */
+void isle_buf_release_data(void *data);
+/* The slot that stands for `b` in a message's refs (not retained), and
+ * back: the buffer whose slot `t` is, retained, or NULL if it is none. */
+isle_task *isle_buf_ref(isle_buf *b);
+isle_buf *isle_buf_of_ref(isle_task *t);
+void *isle_buf_data(isle_buf *b);
+size_t isle_buf_size(const isle_buf *b);      /* bytes */
+size_t isle_buf_count(const isle_buf *b);     /* elements */
+size_t isle_buf_elem_size(const isle_buf *b);
+const char *isle_buf_type(const isle_buf *b);
+/* Buffers allocated and not yet freed in this process (a leak check, as
+ * isle_task_live_count; their anchors count as tasks there too). */
+int isle_buf_live_count(void);
+/* Sequentially consistent atomics on plain integers (a buffer's elements,
+ * naturally aligned): add returns the value before; cas returns 1 if `*p`
+ * held `expected` and now holds `desired`. */
+int32_t isle_atomic_add32(int32_t *p, int32_t delta);
+int64_t isle_atomic_add64(int64_t *p, int64_t delta);
+int32_t isle_atomic_load32(const int32_t *p);
+int64_t isle_atomic_load64(const int64_t *p);
+void isle_atomic_store32(int32_t *p, int32_t v);
+void isle_atomic_store64(int64_t *p, int64_t v);
+int isle_atomic_cas32(int32_t *p, int32_t expected, int32_t desired);
+int isle_atomic_cas64(int64_t *p, int64_t expected, int64_t desired);
 
 /* ---- isle's own modules, precompiled once per process ------------------ */
 /* Bytecode for module `name`, found by require in every state an isle starts

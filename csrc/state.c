@@ -617,17 +617,36 @@ static int out_put(isle_state_out *o, char tag, const char *data, size_t len)
 
 int isle_state_call(isle_state *s, double timeout, const char *in, size_t in_len, isle_state_out *out)
 {
+    return isle_state_call_refs(s, timeout, in, in_len, NULL, out);
+}
+
+int isle_state_call_refs(isle_state *s, double timeout, const char *in, size_t in_len,
+                         const isle_msg *refs, isle_state_out *out)
+{
     int rc = enter(s, timeout);
     if (rc != ISLE_OK) return rc;
+    /* The last call's carrier, if its caller left it: nothing reads it now. */
+    isle_msg *stale = out->refs;
+    out->refs = NULL;
     lua_State *L = s->L;
     s->io.args = in;
     s->io.args_len = in_len;
+    s->io.args_refs = refs;
     s->io.results = NULL;
     s->io.results_len = 0;
+    s->io.results_refs = NULL;
     lua_pushvalue(L, 1);
     int st = lua_pcall(L, 0, 0, 0);
+    /* The dispatcher's carrier of the results' references passes to the
+     * caller with the bytes, or goes. */
+    isle_msg *carried = s->io.results_refs;
+    s->io.results_refs = NULL;
     if (st == 0 && s->io.results) {
         rc = out_put(out, 0, s->io.results, s->io.results_len);
+        if (rc == ISLE_OK) {
+            out->refs = carried;
+            carried = NULL;
+        }
     } else if (st == 0) {
         static const char none[] = "the shared state's dispatcher left no results";
         rc = out_put(out, ISLE_WIRE_CORE, none, sizeof(none) - 1);
@@ -642,7 +661,11 @@ int isle_state_call(isle_state *s, double timeout, const char *in, size_t in_len
     lua_settop(L, 1);
     s->io.args = NULL;
     s->io.args_len = 0;
+    s->io.args_refs = NULL;
     leave(s);
+    /* Outside the lock: a last reference may free a buffer or a channel. */
+    isle_msg_free(carried);
+    isle_msg_free(stale);
     return rc;
 }
 
@@ -706,6 +729,7 @@ void isle_state_out_free(isle_state_out *o)
         isle_mem_uncharge(o->mem, o->cap);
         isle_mem_release(o->mem);
     }
+    isle_msg_free(o->refs);
     free(o->data);
     free(o);
 }

@@ -52,7 +52,7 @@ local isle_path = module_dirs()
 local MODULES = { "isle", "isle.cdef", "isle.codec", "isle.errors", "isle.runtime", "isle.sched",
     "isle.interrupt", "isle.libs", "isle.proto", "isle.worker", "isle.handle", "isle.task",
     "isle.token", "isle.chunks", "isle.instrument", "isle.fnsource", "isle.loaders", "isle.wire",
-    "isle.combine", "isle.hub", "isle.luv", "isle.state", "isle.channel" }
+    "isle.combine", "isle.hub", "isle.luv", "isle.state", "isle.channel", "isle.buffer" }
 local function preload_modules()
     if C.isle_preload_count() > 0 then return end
     for _, name in ipairs(MODULES) do
@@ -259,6 +259,14 @@ function isle.token() return token.new() end
 
 -- A bounded many-producer many-consumer channel of values (isle.channel).
 function isle.channel(capacity) return require("isle.channel").new(capacity) end
+
+-- Shared buffers (isle.buffer, docs/buffers.md): C memory every state it is
+-- passed to sees at the same address; atomics on its integer elements.
+function isle.buffer(a, b) return require("isle.buffer").new(a, b) end
+function isle.atomic_add(buf, i, delta) return require("isle.buffer").atomic_add(buf, i, delta) end
+function isle.atomic_cas(buf, i, old, new) return require("isle.buffer").atomic_cas(buf, i, old, new) end
+function isle.atomic_load(buf, i) return require("isle.buffer").atomic_load(buf, i) end
+function isle.atomic_store(buf, i, v) return require("isle.buffer").atomic_store(buf, i, v) end
 
 -- An explicit checkpoint for hot loops: costs a load and a store when
 -- nothing is pending; raises (or runs the on_interrupt handler) otherwise.

@@ -54,6 +54,7 @@ build = {
       ["isle.combine"] = "lua/isle/combine.lua",
       ["isle.errors"] = "lua/isle/errors.lua",
       ["isle.fnsource"] = "lua/isle/fnsource.lua",
+      ["isle.buffer"] = "lua/isle/buffer.lua",
       ["isle.channel"] = "lua/isle/channel.lua",
       ["isle.handle"] = "lua/isle/handle.lua",
       ["isle.hub"] = "lua/isle/hub.lua",

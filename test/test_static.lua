@@ -24,8 +24,8 @@ function TestCdef:test_layout_and_constants_match_header()
         isle_sig = { "flag", "scratch" },
         isle_config = { "name", "capacity", "path", "cpath", "boot", "boot_len", "boot_refs", "boot_nrefs",
             "instrument", "memory_limit", "charge" },
-        isle_state_io = { "args", "args_len", "results", "results_len" },
-        isle_state_out = { "data", "len", "cap", "mem" },
+        isle_state_io = { "args", "args_len", "results", "results_len", "args_refs", "results_refs" },
+        isle_state_out = { "data", "len", "cap", "mem", "refs" },
         isle_state_config = { "name", "path", "cpath", "errbuf", "errcap", "memory_limit", "charge" },
     }
     local consts = { "ISLE_OK", "ISLE_ETIMEOUT", "ISLE_EBUSY", "ISLE_ECLOSED", "ISLE_ENOMEM", "ISLE_EINVAL",

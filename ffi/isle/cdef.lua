@@ -182,12 +182,15 @@ typedef struct isle_state_io {
     size_t args_len;
     const char *results;
     size_t results_len;
+    const isle_msg *args_refs;
+    isle_msg *results_refs;
 } isle_state_io;
 typedef struct isle_state_out {
     char *data;
     size_t len;
     size_t cap;
     isle_mem *mem;
+    isle_msg *refs;
 } isle_state_out;
 typedef struct isle_state_config {
     const char *name;
@@ -214,6 +217,8 @@ int64_t isle_state_intr_id(isle_state *s);
 isle_state_io *isle_state_io_of(isle_state *s);
 isle_mem *isle_state_mem(isle_state *s);
 int isle_state_call(isle_state *s, double timeout, const char *in, size_t in_len, isle_state_out *out);
+int isle_state_call_refs(isle_state *s, double timeout, const char *in, size_t in_len,
+                         const isle_msg *refs, isle_state_out *out);
 isle_task *isle_state_watch(isle_state *s, int *err);
 int isle_state_unwatch(isle_state *s, isle_task *t);
 int isle_state_close(isle_state *s);
@@ -239,6 +244,30 @@ int isle_chan_is_closed(isle_chan *ch);
 size_t isle_chan_len(isle_chan *ch);
 size_t isle_chan_cap(isle_chan *ch);
 int isle_chan_spin(isle_chan *ch, int for_room);
+
+typedef struct isle_buf isle_buf;
+enum { ISLE_BUF_TYPE_MAX = 128 };
+isle_buf *isle_buf_new(const char *type, size_t elem_size, size_t count, size_t align);
+int isle_buf_charge(isle_buf *b, isle_mem *a);
+void isle_buf_retain(isle_buf *b);
+void isle_buf_release(isle_buf *b);
+void isle_buf_release_data(void *data);
+isle_task *isle_buf_ref(isle_buf *b);
+isle_buf *isle_buf_of_ref(isle_task *t);
+void *isle_buf_data(isle_buf *b);
+size_t isle_buf_size(const isle_buf *b);
+size_t isle_buf_count(const isle_buf *b);
+size_t isle_buf_elem_size(const isle_buf *b);
+const char *isle_buf_type(const isle_buf *b);
+int isle_buf_live_count(void);
+int32_t isle_atomic_add32(int32_t *p, int32_t delta);
+int64_t isle_atomic_add64(int64_t *p, int64_t delta);
+int32_t isle_atomic_load32(const int32_t *p);
+int64_t isle_atomic_load64(const int64_t *p);
+void isle_atomic_store32(int32_t *p, int32_t v);
+void isle_atomic_store64(int64_t *p, int64_t v);
+int isle_atomic_cas32(int32_t *p, int32_t expected, int32_t desired);
+int isle_atomic_cas64(int64_t *p, int64_t expected, int64_t desired);
 
 int isle_preload_set(const char *name, const char *data, size_t len);
 int isle_preload_count(void);

@@ -37,7 +37,8 @@ local ONCE, ALWAYS = C.ISLE_INTR_ONCE, C.ISLE_INTR_ALWAYS
 local put_fast, get_values = codec.put_fast, codec.get_values
 -- Resolved now: finalizers may run while this state closes.
 local state_call, state_release, state_disown, out_free =
-    C.isle_state_call, C.isle_state_release, C.isle_state_disown, C.isle_state_out_free
+    C.isle_state_call_refs, C.isle_state_release, C.isle_state_disown, C.isle_state_out_free
+local isle_msg_free = C.isle_msg_free
 
 local M = {}
 local State = {}
@@ -100,7 +101,7 @@ end
 -- A value list at `p` (`len` bytes, as codec.put_values wrote it) decoded
 -- with `dec`: n, values... as codec.get_values returns them, without making
 -- a string of the tag byte on the common path.
-local function values_at(dec, p, len)
+local function values_at(dec, p, len, from)
     if p[0] == TAG_V then
         dec:set(p + 1, len - 1)
         local n = dec:decode()
@@ -112,7 +113,7 @@ local function values_at(dec, p, len)
         end
     end
     dec:set(p, len)
-    return get_values(dec)
+    return get_values(dec, from)
 end
 
 -- The arguments of a call that did not run: shipped objects in them (tokens
@@ -132,9 +133,27 @@ local function drop_setup(dec)
     return get_values(dec)
 end
 local function drop_setup_args(e)
+    local m = e.refs -- the references of the arguments (state.carrier), if any
+    if m then
+        e.refs = nil
+        isle_msg_free(m)
+    end
     local dec = e.dec
     dec:set(e.enc:ref())
     pcall(drop_setup, dec)
+end
+
+-- Results that carry references (shared buffers, channels, tokens) in the
+-- message `refs`, which the decoded objects take references from and which
+-- goes once they are decoded, decoded or not.
+local function refs_done(refs, ok, ...)
+    isle_msg_free(refs)
+    if not ok then return false, errors.new("value", "cannot decode the results: " .. tostring((...))) end
+    return true, ...
+end
+local function refs_outcome(o, refs, dec, p, len)
+    o.refs = nil
+    return refs_done(refs, pcall(values_at, dec, p, len, refs))
 end
 
 -- The outcome in e.out: true, n, values... or false, error object.
@@ -151,6 +170,8 @@ local function outcome(e)
     elseif tag == TAG_CORE then
         return false, errors.new("runtime", ffi.string(p + 1, len - 1))
     end
+    local refs = o.refs
+    if refs ~= nil then return refs_outcome(o, refs, dec, p, len) end
     return true, values_at(dec, p, len)
 end
 
@@ -198,13 +219,32 @@ local function wrap(p, owner)
     return s
 end
 
--- Values that travel as references (tokens) need a carrier the core frees
--- (an isle message or result); a state call's bytes have none, so they are
--- refused: a `value` error naming where, instead of a leaked reference.
+-- Values that travel as references (shared buffers, channels, tokens:
+-- isle.codec attachments) go in a message of their own that carries only
+-- the references (isle_state_io.args_refs, .results_refs), the bytes being
+-- the call's as ever; its maker frees it once the other side decoded (or
+-- could have). Only an error value cannot carry them: a `value` error
+-- naming where.
 local attached = codec.attached
 local function refs_error(where)
     codec.drop_attached()
-    return errors.new("value", where .. ": tokens cannot cross into or out of a shared state (pass them to isles)")
+    return errors.new("value", where .. ": shared buffers, channels and tokens cannot travel in an error value")
+end
+-- The carrier of the encode's attachments, or nil and a `memory` error.
+local function carrier(what)
+    local n, arr = wire.refs()
+    local m = C.isle_msg_new_refs(0, nil, nil, 0, arr, n)
+    codec.drop_attached()
+    if m == nil then return nil, errors.new("memory", "cannot allocate the references of the " .. what) end
+    return m
+end
+-- The arguments' carrier goes once the call ended (the state took its own).
+local function drop_refs(e)
+    local m = e.refs
+    if m then
+        e.refs = nil
+        isle_msg_free(m)
+    end
 end
 
 -- Encodes the call's arguments into e.enc; a bad one raises a `value` error
@@ -214,7 +254,7 @@ local function put_args(e, level, n, ...)
     enc:reset()
     if put_fast(enc, n, ...) then return end
     local ok, err = pcall(codec.put_values, enc, "args", 1, n, ...)
-    if ok and attached.n > 0 then ok, err = false, refs_error("args") end
+    if ok and attached.n > 0 then e.refs, err = carrier("arguments"); ok = e.refs ~= nil end
     if not ok then
         enc:reset()
         give(e)
@@ -249,7 +289,7 @@ local function run_later(p, e, sched, timeout)
             C.isle_task_release(t)
         end
         local ptr, len = e.enc:ref()
-        local rc = state_call(p, 0, ptr, len, e.out)
+        local rc = state_call(p, 0, ptr, len, e.refs, e.out)
         if rc ~= ETIMEOUT then return rc end
         if deadline and C.isle_now() >= deadline then return ETIMEOUT end
     end
@@ -263,13 +303,13 @@ end
 -- stopped.
 local function run(p, e, timeout)
     local ptr, len = e.enc:ref()
-    local rc = state_call(p, 0, ptr, len, e.out)
+    local rc = state_call(p, 0, ptr, len, e.refs, e.out)
     if rc ~= ETIMEOUT or timeout == 0 then return rc end
     local sched = runtime.sched
-    if sched == nil or not sched:can_yield() then return state_call(p, timeout, ptr, len, e.out) end
+    if sched == nil or not sched:can_yield() then return state_call(p, timeout, ptr, len, e.refs, e.out) end
     local spin = C.isle_get_spin()
     if timeout >= 0 and timeout < spin then spin = timeout end
-    rc = state_call(p, spin, ptr, len, e.out)
+    rc = state_call(p, spin, ptr, len, e.refs, e.out)
     if rc ~= ETIMEOUT then return rc end
     if timeout > 0 then
         timeout = timeout - spin
@@ -296,6 +336,7 @@ function State:call(...)
     local e = take()
     put_args(e, 2, select("#", ...), ...)
     local rc = run(p, e, -1)
+    if e.refs then drop_refs(e) end
     if rc ~= OK then
         if rc ~= ENOMEM then drop_args(e) end
         give(e)
@@ -325,6 +366,7 @@ function State:tcall(timeout, ...)
     local e = take()
     put_args(e, 2, select("#", ...), ...)
     local rc = run(p, e, timeout)
+    if e.refs then drop_refs(e) end
     if rc ~= OK then
         if rc ~= ENOMEM then drop_args(e) end
         give(e)
@@ -493,7 +535,7 @@ local function put_setup(e, _fname, opts, setup, ...)
     enc:encode(spec)
     local n = select("#", ...)
     local ok, err = pcall(codec.put_values, enc, "args", 1, n, ...)
-    if ok and attached.n > 0 then ok, err = false, refs_error("setup args") end
+    if ok and attached.n > 0 then e.refs, err = carrier("setup arguments"); ok = e.refs ~= nil end
     if not ok then
         enc:reset()
         give(e)
@@ -503,7 +545,8 @@ end
 
 local function setup_outcome(p, e)
     local ptr, len = e.enc:ref()
-    local rc = state_call(p, -1, ptr, len, e.out)
+    local rc = state_call(p, -1, ptr, len, e.refs, e.out)
+    if e.refs then drop_refs(e) end
     if rc ~= OK then return false, call_error(p, rc) end
     return outcome(e)
 end
@@ -737,6 +780,20 @@ local function put_error(e)
     end
     wire.put_error(out_enc, e)
     if attached.n > 0 then wire.put_error(out_enc, refs_error("the error value")) end
+    -- Results written before the error (their references) are not delivered.
+    local m = io_.results_refs
+    if m ~= nil then
+        io_.results_refs = nil
+        C.isle_msg_free(m)
+    end
+end
+
+-- The results' references go to the caller in a carrier of their own.
+local function carry_results(what)
+    local m, err = carrier(what)
+    if not m then return false, err end
+    io_.results_refs = m
+    return true
 end
 
 local function set_results()
@@ -773,7 +830,7 @@ local function put_results(...)
         else
             encoded, err = wire.put_results(out_enc, select("#", ...), ...)
         end
-        if encoded and attached.n > 0 then encoded, err = false, refs_error("results") end
+        if encoded and attached.n > 0 then encoded, err = carry_results("results") end
         if not encoded then put_error(err) end
     end
     return true
@@ -847,7 +904,7 @@ local function finish_setup(ok, ...)
         if capped then mem_enforce(mem, MEM_USER) end -- setup's results are its own
         local enc_ok, err = pcall(codec.put_values, out_enc, "results", 2, n, select(2, ...))
         if capped then mem_enforce(mem, MEM_CORE) end
-        if enc_ok and attached.n > 0 then enc_ok, err = false, refs_error("setup results") end
+        if enc_ok and attached.n > 0 then enc_ok, err = carry_results("setup results") end
         if not enc_ok then
             if err == OOM then return capped_failure(err) end
             put_error(errors.from_codec(err) or errors.new("value", tostring(err)))
@@ -866,12 +923,12 @@ local function serve_call()
         -- A capped state decodes the arguments under the user's limit:
         -- running out there leaves serve_call (dispatch_capped).
         if capped then mem_enforce(mem, MEM_USER) end
-        return finish_call(xpcall(call_callback, on_error, select(2, values_at(dec, io_.args, io_.args_len))))
+        return finish_call(xpcall(call_callback, on_error, select(2, values_at(dec, io_.args, io_.args_len, io_.args_refs))))
     end
     dec:set(io_.args, io_.args_len)
     local spec = dec:decode()
     if capped then mem_enforce(mem, MEM_USER) end
-    return finish_setup(xpcall(run_setup, on_error, spec, select(2, get_values(dec))))
+    return finish_setup(xpcall(run_setup, on_error, spec, select(2, get_values(dec, io_.args_refs))))
 end
 
 -- What the core calls. A trace cannot return into C ("return to lower

@@ -140,6 +140,33 @@ for _ = 1, 5 do
     assert(not pcall(c.post, c, "inc", isle.token(), co))
     assert(not pcall(c.call, c, "bad_result", isle.token()))
 end
+-- Shared buffers: queued behind a gate when their isle closes with cancel
+-- (never read), left in a channel that is freed, in results nobody
+-- decodes, through a shared state both ways, in encodes that fail after
+-- them, and one kept by the isle that made it.
+for _ = 1, 3 do
+    local g, gate = gated(8)
+    local buf = isle.buffer("double", 1000)
+    local queued = g:spawn_call("inc", buf, { isle.buffer(64) })
+    g:post("inc", buf)
+    g:close{ cancel = true }
+    assert(select(2, queued:wait()).code == "closed")
+    gate:wait()
+    local ch = isle.channel(4)
+    ch:push(buf)
+    ch:push({ isle.buffer("int32_t", 10) })
+    ch = nil
+    local e = isle.spawn{ init = "function mk(b) kept = require('isle').buffer(100) return b, kept end" }
+    local r = e:spawn_call("mk", buf)
+    assert(C.isle_task_wait(PTRS[r], 600) == 1)
+    assert(e:call("mk", buf):ptr() == buf:ptr())
+    local st = isle.state(function(b) local kept = b return function(x) return x, kept end end, buf)
+    assert(select(2, st:call(isle.buffer(8))):ptr() == buf:ptr())
+    st:close()
+    assert(not pcall(e.call, e, "inc", buf, coroutine.create(print)))
+    e:close()
+    buf:close()
+end
 -- Tokens among the arguments of a spawn, and of one refused (name in use).
 local d = isle.spawn{ name = "d", init = "tok = ...", args = { isle.token() } }
 assert(not pcall(isle.spawn, { name = "d", args = { isle.token() } }))
@@ -147,4 +174,5 @@ d:close()
 c:close()
 collectgarbage()
 collectgarbage()
+assert(C.isle_buf_live_count() == 0, C.isle_buf_live_count() .. " shared buffers left")
 print("valgrind leaks script: done")
