@@ -64,8 +64,11 @@ isle_buf *isle_buf_new(const char *type, size_t elem_size, size_t count, size_t 
     if (!b->block) goto fail_block;
     b->anchor = isle_task_new();
     if (!b->anchor) goto fail_anchor;
+    /* The first aligned address past the back-pointer, as an offset into
+     * the block (pointer arithmetic, not an integer made into a pointer). */
     uintptr_t at = (uintptr_t)b->block + sizeof(isle_buf *);
-    b->data = (void *)((at + align - 1) & ~(uintptr_t)(align - 1));
+    size_t pad = (size_t)((align - at % align) % align);
+    b->data = (char *)b->block + sizeof(isle_buf *) + pad;
     ((isle_buf **)b->data)[-1] = b;
     b->size = size;
     b->elem_size = elem_size;

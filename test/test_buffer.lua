@@ -235,7 +235,7 @@ function TestBuffer:test_travels_through_shared_states()
     -- Setup arguments that go unused (a singleton found, a state that
     -- cannot be made) let go of their buffers.
     local one = isle.singleton("isle_test_buffers", function(x) return function() return x end end, b)
-    local again = isle.singleton("isle_test_buffers", function(x) return function() end end, b)
+    local again = isle.singleton("isle_test_buffers", function(_x) return function() end end, b)
     lu.assertEquals(again:id(), one:id())
     lu.assertEquals(err_of(isle.state, { memory_limit = 1000 }, function() return function() end end, b).code, "memory")
     one:close()
@@ -362,7 +362,7 @@ function TestBuffer:test_struct_buffers_need_the_type_declared_where_used()
     -- The same name declared differently elsewhere.
     local g = isle.spawn{ init = function()
         require("ffi").cdef("typedef struct isle_test_point { float x; } isle_test_point;")
-        function try(b) local ok, e = pcall(b.ptr, b) return e.message end
+        function try(b) local _, e = pcall(b.ptr, b) return e.message end
     end }
     lu.assertStrContains(g:call("try", b), "is 4 bytes in isle")
     lu.assertStrContains(g:call("try", b), "but was 24 bytes where the buffer was made")
