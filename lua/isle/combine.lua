@@ -11,6 +11,7 @@ local wire = require("isle.wire")
 local task = require("isle.task")
 
 local C = runtime.C
+local dgetmetatable = require("debug").getmetatable
 local type, ipairs, getmetatable, select, unpack, error, pcall, tostring =
     type, ipairs, getmetatable, select, unpack, error, pcall, tostring
 local ISLE_TASK_DONE, ISLE_TASK_FAILED = C.ISLE_TASK_DONE, C.ISLE_TASK_FAILED
@@ -22,7 +23,7 @@ local function check_list(tasks, fname)
         error("bad argument #1 to '" .. fname .. "' (list of tasks expected, got " .. type(tasks) .. ")", 3)
     end
     for i, t in ipairs(tasks) do
-        if getmetatable(t) ~= task.Task then
+        if dgetmetatable(t) ~= task.Task then -- the real one: a sandbox protects it
             error("bad argument #1 to '" .. fname .. "' (a task expected at [" .. i .. "], got " .. type(t) .. ")", 3)
         end
     end

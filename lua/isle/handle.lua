@@ -178,6 +178,8 @@ local function send(self, kind, target, wait, with_task, n, ...)
                 target = dump_function(target, "function")
             end
         end
+        -- Code from a sandbox runs only where a sandbox is (worker.lua).
+        if runtime.sandbox then flags = flags + proto.F_SANDBOXED end
     end
     if opts then
         flags = flags + proto.F_OPTIONS
@@ -361,7 +363,7 @@ function Handle:with(opts)
     if self.opts then for k, v in next, self.opts.given do merged[k] = v end end
     for k, v in next, opts do merged[k] = v end
     local tok, timeout, instr = merged.token, merged.timeout, merged.instrument
-    if tok ~= nil and getmetatable(tok) ~= token.Token then
+    if tok ~= nil and debug.getmetatable(tok) ~= token.Token then -- the real one: a sandbox protects it
         error("isle: call option 'token' must be a token from isle.token()", 2)
     end
     if timeout ~= nil and (type(timeout) ~= "number" or not (timeout >= 0)) then

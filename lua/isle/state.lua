@@ -22,8 +22,10 @@ local codec = require("isle.codec")
 local errors = require("isle.errors")
 local wire = require("isle.wire")
 local interrupt = require("isle.interrupt")
+local sandbox = require("isle.sandbox") -- loaded first: it keeps the plain loaders
 
 local C = runtime.C
+local setfenv = setfenv
 local type, select, error, pcall, xpcall, tostring, tonumber, setmetatable, unpack, next, loadstring, rawequal =
     type, select, error, pcall, xpcall, tostring, tonumber, setmetatable, unpack, next, loadstring, rawequal
 local traceback = debug.traceback
@@ -388,7 +390,7 @@ end
 -- Making states ----------------------------------------------------------------------
 
 local libs_mod = require("isle.libs")
-local OPTION_NAMES = { libs = true, instrument = true, instrument_loads = true, memory_limit = true }
+local OPTION_NAMES = { libs = true, instrument = true, instrument_loads = true, memory_limit = true, sandbox = true }
 
 local function bad_arg(fname, n, what, got)
     error("bad argument #" .. n .. " to '" .. fname .. "' (" .. what .. " expected, got " .. got .. ")", 4)
@@ -447,6 +449,11 @@ local function parse(fname, named, ...)
         i = i + 1
     end
     if opts.instrument == false then opts.instrument_loads = false end
+    -- The sandbox (isle.sandbox): inherited by what a sandboxed state makes.
+    local sb = nil
+    if type(o) == "table" then sb = o.sandbox end
+    opts.sandbox = sandbox.option(sb, "isle." .. fname, 2)
+    sandbox.check_instrument(type(o) == "table" and o or nil, "isle." .. fname, 2)
     local limit = type(o) == "table" and o.memory_limit or nil
     if limit ~= nil then
         if type(limit) ~= "number" or not (limit >= 1) or limit % 1 ~= 0 or limit > 2 ^ 52 then
@@ -472,7 +479,7 @@ end
 -- bytecode }, then setup's arguments.
 local function put_setup(e, fname, opts, setup, ...)
     local chunks = require("isle.chunks")
-    local spec = { libs = opts.libs, instrument_loads = opts.instrument_loads }
+    local spec = { libs = opts.libs, instrument_loads = opts.instrument_loads, sandbox = opts.sandbox }
     if type(setup) == "string" then
         if opts.instrument then
             spec.code, spec.wrapped = chunks.prepare(setup)
@@ -807,19 +814,30 @@ local function finish_call(ok, e)
     return set_results()
 end
 
+-- In a sandboxed state (isle.sandbox) setup compiles in the sandbox's
+-- globals, text only (or bytecode its sender dumped from a function).
+local env = nil
+local function load_setup(code, chunkname, wrapped, dumped)
+    if env and not dumped then
+        local bad = sandbox.text_error(code, wrapped)
+        if bad then error(errors.new("runtime", bad), 0) end
+    end
+    local f, err = loadstring(code, chunkname)
+    if not f then error(errors.new("runtime", err), 0) end
+    if env then setfenv(f, env) end
+    return f
+end
+
 local function compile_setup(spec)
     if spec.code then
-        local f, err = loadstring(spec.code, "=setup")
-        if not f then error(errors.new("runtime", err), 0) end
+        local f = load_setup(spec.code, "=setup", spec.wrapped)
         if spec.wrapped then f = f()(interrupt.pointers()) end
         return f
     elseif spec.src then
-        local factory, err = loadstring(spec.src[1], spec.src[2])
-        if not factory then error(errors.new("runtime", err), 0) end
+        local factory = load_setup(spec.src[1], spec.src[2], true)
         return factory()(interrupt.pointers())()
     end
-    local f, err = loadstring(spec.fn, "=setup")
-    if not f then error(errors.new("runtime", err), 0) end
+    local f = load_setup(spec.fn, "=setup", false, true)
     return codec.bind_checkpoints(f)
 end
 
@@ -827,6 +845,7 @@ local function run_setup(spec, ...)
     if capped then mem_enforce(mem, MEM_CORE) end
     if spec.instrument_loads then require("isle.loaders").install(_G) end
     require("isle.libs").apply(spec.libs, _G)
+    if spec.sandbox then env = sandbox.install(spec.sandbox, spec.libs, spec.instrument_loads) end
     local f = compile_setup(spec)
     loading(-1)
     if capped then mem_enforce(mem, MEM_USER) end
