@@ -125,6 +125,7 @@ function isle.spawn(opts)
     -- The sandbox (isle.sandbox): inherited by what a sandboxed state spawns.
     spec.sandbox = sandbox.option(opts.sandbox, "isle.spawn", 2)
     sandbox.check_instrument(opts, "isle.spawn", 2)
+    if spec.sandbox then sandbox.check_libs(spec.libs, "isle.spawn", 2) end
     if opts.instrument ~= nil then
         if type(opts.instrument) ~= "boolean" then bad_opt("instrument", "a boolean", type(opts.instrument)) end
     end

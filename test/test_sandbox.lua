@@ -479,6 +479,27 @@ function TestSandbox:test_compiled_loop_cancelled()
     lu.assertEquals(self.h:call("add", 2, 3), 5)
 end
 
+function TestSandbox:test_uninstrumented_sends_still_stop()
+    -- A view's `instrument = false` (an option, and a plain field of the
+    -- view user code could set): a sandbox inserts the checkpoints itself.
+    local t = self.h:with{ instrument = false }:spawn_eval("local x = 0 while true do x = x + 1 end")
+    isle.sleep(0.1)
+    t:cancel()
+    local ok, e = t:wait(10)
+    lu.assertFalse(ok)
+    lu.assertEquals(e.code, "cancelled")
+    holds(self.h, [[local i = require('isle')
+        local c = i.spawn{}
+        local v = c:with{ instrument = true }
+        v.opts.instrument = false
+        local t = v:spawn_eval('local x = 0 while true do x = x + 1 end')
+        i.sleep(0.1)
+        t:cancel()
+        local ok, e = t:wait(10)
+        c:close()
+        return ok == false and e.code == 'cancelled']])
+end
+
 function TestSandbox:test_option_errors()
     local ok, e = pcall(isle.spawn, { sandbox = "yes" })
     lu.assertFalse(ok)
@@ -489,6 +510,11 @@ function TestSandbox:test_option_errors()
     lu.assertStrContains(tostring(e), "grant 'files' must be")
     ok, e = pcall(isle.spawn, { sandbox = { require = "x" } })
     lu.assertStrContains(tostring(e), "grant 'require' must be a list")
+    for _, name in ipairs({ "ffi", "debug", "jit" }) do
+        ok, e = pcall(isle.spawn, { sandbox = true, libs = { "string", name } })
+        lu.assertFalse(ok)
+        lu.assertStrContains(tostring(e), "library '" .. name .. "' cannot be given to a sandboxed state")
+    end
     ok, e = pcall(isle.state, { sandbox = 1 }, function() return print end)
     lu.assertStrContains(tostring(e), "isle.state: option 'sandbox'")
 end

@@ -98,6 +98,17 @@ function M.option(v, fname, level)
     return { require = names, files = files }
 end
 
+-- The libs option of a sandboxed state names which of the sandbox's safe
+-- libraries are globals: never ffi, debug or jit.
+function M.check_libs(libs, fname, level)
+    if type(libs) ~= "table" then return end
+    for _, name in ipairs(libs) do
+        if name == "ffi" or name == "debug" or name == "jit" then
+            error(fname .. ": library '" .. name .. "' cannot be given to a sandboxed state (option 'libs')", (level or 2) + 1)
+        end
+    end
+end
+
 -- Spawn options a sandboxed creator may not pass: without checkpoints,
 -- code it starts could not be stopped once compiled.
 function M.check_instrument(opts, fname, level)
@@ -320,6 +331,11 @@ local function compile_text(src, chunkname, fenv, force_instrument)
             setfenv(factory, fenv)
             return factory()(require("isle.interrupt").pointers())
         end
+        -- Code without checkpoints could not be stopped once compiled.
+        local f, err = plain_loadstring(src, chunkname)
+        if not f then return nil, err end
+        return nil, PREFIX .. "this chunk cannot be given checkpoints (isle.instrument), so it could not be "
+            .. "stopped once compiled: not loaded"
     end
     local f, err = plain_loadstring(src, chunkname)
     if not f then return nil, err end

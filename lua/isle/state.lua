@@ -454,6 +454,7 @@ local function parse(fname, named, ...)
     if type(o) == "table" then sb = o.sandbox end
     opts.sandbox = sandbox.option(sb, "isle." .. fname, 2)
     sandbox.check_instrument(type(o) == "table" and o or nil, "isle." .. fname, 2)
+    if opts.sandbox then sandbox.check_libs(opts.libs, "isle." .. fname, 2) end
     local limit = type(o) == "table" and o.memory_limit or nil
     if limit ~= nil then
         if type(limit) ~= "number" or not (limit >= 1) or limit % 1 ~= 0 or limit > 2 ^ 52 then
@@ -829,6 +830,12 @@ local function load_setup(code, chunkname, wrapped, dumped)
 end
 
 local function compile_setup(spec)
+    if env and spec.code and not spec.wrapped then
+        -- Text in a sandbox: checkpoints inserted here (or refused).
+        local f, err = sandbox.compile_text(spec.code, "=setup", env)
+        if not f then error(errors.new("runtime", err), 0) end
+        return f
+    end
     if spec.code then
         local f = load_setup(spec.code, "=setup", spec.wrapped)
         if spec.wrapped then f = f()(interrupt.pointers()) end

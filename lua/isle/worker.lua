@@ -344,7 +344,16 @@ local function compile(code, chunkname, wrapped, here, dumped)
     local key = wrapped and code or (here and "\1" or "\0") .. code
     local f = chunk_cache[key]
     if f then return f end
-    if env then sandbox_check(code, wrapped, dumped) end
+    if env and not wrapped and not dumped then
+        -- Text in a sandbox: checkpoints inserted here whatever the sender
+        -- did (a view's `instrument` option is a field user code can set).
+        local err
+        f, err = sandbox.compile_text(code, chunkname, env)
+        if not f then error(errors.new("runtime", err), 0) end
+        here = false
+    elseif env then
+        sandbox_check(code, wrapped, dumped)
+    end
     if here and code:byte(1) ~= 27 and loadstring(code, chunkname) then
         local out = require("isle.instrument").source(code)
         local factory = out and loadstring(out, chunkname)
