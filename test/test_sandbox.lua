@@ -500,6 +500,31 @@ function TestSandbox:test_uninstrumented_sends_still_stop()
         return ok == false and e.code == 'cancelled']])
 end
 
+function TestSandbox:test_handlers_that_never_return_are_stopped()
+    -- isle.on_error and isle.on_interrupt handlers run user code outside a
+    -- job's own protected call: a handler that loops for ever must still be
+    -- stopped, or the sandbox would hold its thread for good.
+    local h = isle.spawn{ sandbox = true, init = function()
+        local i = require("isle")
+        i.on_error(function() while true do end end)
+        function fail() error("posted failure") end
+        function spin_in_handler()
+            i.on_interrupt(coroutine.running(), function() while true do end end)
+            i.interrupt(i.interrupt_id())
+            while true do end
+        end
+    end }
+    local t = h:with{ timeout = 0.3 }:spawn_call("spin_in_handler")
+    local ok, e = t:wait(20)
+    lu.assertFalse(ok)
+    lu.assertEquals(e.code, "timeout")
+    lu.assertEquals(h:eval("return 1"), 1)
+    h:post("fail") -- its error goes to the looping on_error handler
+    isle.sleep(0.2)
+    h:close{ cancel = true } -- returns only if the handler was stopped
+    lu.assertTrue(h:is_closed())
+end
+
 function TestSandbox:test_option_errors()
     local ok, e = pcall(isle.spawn, { sandbox = "yes" })
     lu.assertFalse(ok)

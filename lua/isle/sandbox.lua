@@ -427,11 +427,30 @@ local function facade()
     local interrupt = require("isle.interrupt")
     local F = { _VERSION = isle._VERSION }
     for _, k in ipairs({ "spawn", "state", "self", "id", "sleep", "token", "channel", "checkpoint",
-        "on_interrupt", "go", "all", "first", "on_error", "now", "is_error", "error", "live_count" }) do
+        "on_interrupt", "go", "all", "first", "now", "is_error", "error", "live_count" }) do
         F[k] = isle[k]
     end
     local function refused(what, why)
         return function() error(PREFIX .. what .. " is not available in a sandbox (" .. why .. ")", 2) end
+    end
+    -- isle.on_error: the handler runs where checkpoints may stop it (a job
+    -- of the loop reports the error), under the user's memory limit.
+    local C = runtime.C
+    local function call_handler(fn, e, what) fn(e, what) end
+    local function handler_failed(e) return e end
+    local function run_handler(fn, e, what)
+        local mem = runtime.mem
+        local prev = mem ~= nil and C.isle_mem_enforce(mem, C.ISLE_MEM_USER)
+        xpcall(call_handler, handler_failed, fn, e, what)
+        if prev then C.isle_mem_enforce(mem, prev) end
+    end
+    interrupt.protect(run_handler, handler_failed)
+    function F.on_error(fn)
+        if fn ~= nil and type(fn) ~= "function" then
+            error("bad argument #1 to 'on_error' (function or nil expected, got " .. type(fn) .. ")", 2)
+        end
+        if fn == nil then return isle.on_error(nil) end
+        return isle.on_error(function(e, what) run_handler(fn, e, what) end)
     end
     F.lookup = refused("isle.lookup", "it reaches isles by id or name: pass handles instead")
     F.state_ref = refused("isle.state_ref", "it reaches shared states by id or name: pass the state instead")
