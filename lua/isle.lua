@@ -249,6 +249,12 @@ function isle.sleep(s)
         return
     end
     local t = C.isle_task_new()
+    if runtime.sandbox then
+        -- Stoppable (runtime.sliced); the slot is let go even if it raises.
+        ffi.gc(t, C.isle_task_release)
+        runtime.sliced(function(slice) return C.isle_task_wait(t, slice) ~= 0 end, s)
+        return
+    end
     C.isle_task_wait(t, s)
     C.isle_task_release(t)
 end

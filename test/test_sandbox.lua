@@ -525,6 +525,32 @@ function TestSandbox:test_handlers_that_never_return_are_stopped()
     lu.assertTrue(h:is_closed())
 end
 
+function TestSandbox:test_blocking_waits_are_stopped()
+    -- Where the loop cannot take over (a coroutine of the user's own), a
+    -- wait blocks the thread; in a sandbox it still ends when the job is
+    -- stopped, and closing a child that never ends does not hold the parent.
+    local h = isle.spawn{ sandbox = true, init = function()
+        local i = require("isle")
+        child = i.spawn{ init = function() function spin() while true do end end end }
+        function sleep_in_coroutine() return coroutine.wrap(function() i.sleep(1e6) end)() end
+        function call_in_coroutine() return coroutine.wrap(function() return child:call("spin") end)() end
+        function close_spinning_child()
+            local c = i.spawn{ init = function() function spin() while true do end end end }
+            c:post("spin")
+            c:close() -- drains: would wait for ever
+        end
+    end }
+    for _, name in ipairs({ "sleep_in_coroutine", "call_in_coroutine", "close_spinning_child" }) do
+        local t0 = isle.now()
+        local ok, e = pcall(h:with{ timeout = 0.2 }.call, h:with{ timeout = 0.2 }, name)
+        lu.assertFalse(ok, name)
+        lu.assertEquals(e.code, "timeout", name)
+        lu.assertTrue(isle.now() - t0 < 10, name)
+    end
+    lu.assertEquals(h:eval("return 2"), 2)
+    h:close{ cancel = true } -- its child spins: cancelled with it
+end
+
 function TestSandbox:test_option_errors()
     local ok, e = pcall(isle.spawn, { sandbox = "yes" })
     lu.assertFalse(ok)

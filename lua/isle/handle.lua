@@ -414,6 +414,23 @@ function Handle:close(opts)
         error("isle: close option 'timeout' must be a number of seconds >= 0", 2)
     end
     self.closed = true
+    if runtime.sandbox then
+        -- In a sandbox the join is stoppable (runtime.sliced): a parent
+        -- stopped while its child drains cancels the child and takes it back,
+        -- so closing a child that never ends cannot hold the parent's thread.
+        local p = ptr_of(self)
+        isle_stop(p, (opts and opts.cancel) and 1 or 0)
+        local ok, e = pcall(runtime.sliced, function(slice) return isle_join(p, slice) ~= 0 end,
+            timeout or -1)
+        if not ok or isle_join(p, 0) == 0 then
+            isle_stop(p, 1)
+            isle_join(p, -1)
+        end
+        disown(p)
+        runtime.gc(p, isle_release)
+        if not ok then error(e, 0) end
+        return true
+    end
     if opts and opts.cancel then
         C.isle_close(ptr_of(self), 1)
     elseif timeout then

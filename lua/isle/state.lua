@@ -268,7 +268,18 @@ local function run(p, e, timeout)
     local rc = state_call(p, 0, ptr, len, e.out)
     if rc ~= ETIMEOUT or timeout == 0 then return rc end
     local sched = runtime.sched
-    if sched == nil or not sched:can_yield() then return state_call(p, timeout, ptr, len, e.out) end
+    if sched == nil or not sched:can_yield() then
+        if runtime.sandbox then
+            -- Stoppable (runtime.sliced): a stop is returned as its reason.
+            local ok, done = pcall(runtime.sliced, function(slice)
+                rc = state_call(p, slice, ptr, len, e.out)
+                return rc ~= ETIMEOUT
+            end, timeout)
+            if not ok then return errors.is(done) and done.code or "interrupted" end
+            return rc
+        end
+        return state_call(p, timeout, ptr, len, e.out)
+    end
     local spin = C.isle_get_spin()
     if timeout >= 0 and timeout < spin then spin = timeout end
     rc = state_call(p, spin, ptr, len, e.out)
