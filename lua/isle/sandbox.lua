@@ -433,18 +433,33 @@ local function facade()
     local function refused(what, why)
         return function() error(PREFIX .. what .. " is not available in a sandbox (" .. why .. ")", 2) end
     end
-    -- isle.on_error: the handler runs where checkpoints may stop it (a job
-    -- of the loop reports the error), under the user's memory limit.
+    -- isle.on_error: the handler runs where checkpoints may stop it (the
+    -- job that reports the error is marked as running user code while it
+    -- runs: interrupt.lua, in_user_code), under the user's memory limit.
     local C = runtime.C
-    local function call_handler(fn, e, what) fn(e, what) end
-    local function handler_failed(e) return e end
+    local function current()
+        local s = runtime.sched
+        return s and s.current
+    end
+    local function call_handler(rec, fn, e, what)
+        if rec then rec.user = true end
+        fn(e, what)
+        if rec then rec.user = false end
+    end
+    local function handler_failed(e)
+        local rec = current()
+        if rec then rec.user = false end
+        return e
+    end
     local function run_handler(fn, e, what)
+        local rec = current()
+        local was = rec and rec.user
         local mem = runtime.mem
         local prev = mem ~= nil and C.isle_mem_enforce(mem, C.ISLE_MEM_USER)
-        xpcall(call_handler, handler_failed, fn, e, what)
+        xpcall(call_handler, handler_failed, rec, fn, e, what)
         if prev then C.isle_mem_enforce(mem, prev) end
+        if rec then rec.user = was end
     end
-    interrupt.protect(run_handler, handler_failed)
     function F.on_error(fn)
         if fn ~= nil and type(fn) ~= "function" then
             error("bad argument #1 to 'on_error' (function or nil expected, got " .. type(fn) .. ")", 2)
