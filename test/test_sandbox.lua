@@ -210,6 +210,14 @@ function TestSandbox:test_isle_objects_protected()
     holds(self.h, "return getmetatable(require('isle').token()) == false")
     holds(self.h, "return getmetatable(require('isle').channel(1)) == false")
     refused(self.h, "return setmetatable(require('isle').self(), nil)", "protected metatable")
+    -- `X.__index = X`: through `obj.__index` the metatable itself (and its
+    -- methods, shared with the machinery) would be reachable.
+    holds(self.h, [[local i = require('isle')
+        local ok, e = pcall(i.self().call, i.self(), 'no_such')
+        for _, o in ipairs({ i.self(), i.token(), i.channel(1), i.self():spawn_call('add', 1, 2), e }) do
+            if o.__index ~= false or o.__metatable ~= false or o.__tostring ~= false then return false end
+        end
+        return type(i.self().call) == 'function' and tostring(e):find('no function') ~= nil]])
     -- No raw pointer in any of them.
     holds(self.h, [[local i = require('isle')
         for _, o in ipairs({ i.self(), i.token(), i.channel(1), i.self():spawn_call('add', 1, 2) }) do
@@ -254,6 +262,7 @@ function TestSandbox:test_files_read_grant()
     refused(h, "return io.popen('true')", "io.popen is not allowed")
     refused(h, "return io.lines()", "standard input")
     refused(h, "return getmetatable(io.open('test/fixtures/sandbox_mod.lua')).__index", "index")
+    lu.assertTrue(h:eval("local f = io.open('test/fixtures/sandbox_mod.lua') local r = f.__index == false and f.__gc == false f:close() return r"))
     refused(h, "return os.remove('/tmp/x')", "os.remove is not allowed")
     h:close()
 end

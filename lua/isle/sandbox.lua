@@ -507,6 +507,27 @@ local function facade()
     return F
 end
 
+-- A metatable user code may neither get nor change. Its __index is most
+-- often the metatable itself (`Handle.__index = Handle`), so `h.__index`
+-- would hand it out: lookups go through a proxy instead, which shows the
+-- methods and hides every `__` key.
+local function hidden_keys(t, into)
+    for k in next, t do
+        if type(k) == "string" and sub(k, 1, 2) == "__" then into[k] = false end
+    end
+end
+local function seal(mt)
+    rawset(mt, "__metatable", false)
+    local idx = rawget(mt, "__index")
+    if type(idx) == "table" then
+        local proxy = { __index = false, __newindex = false, __metatable = false }
+        hidden_keys(mt, proxy)
+        hidden_keys(idx, proxy)
+        setmetatable(proxy, { __index = idx, __metatable = false })
+        rawset(mt, "__index", proxy)
+    end
+end
+
 -- Every exported metatable of isle's objects, the string metatable and the
 -- file metatable: user code may neither read nor change them (the machinery
 -- shares them), and isle tells its objects apart with debug.getmetatable.
@@ -517,7 +538,7 @@ local function protect_metatables()
         dgetmetatable(require("isle.errors").new("runtime", "")),
         dgetmetatable(io.stdout),
     }
-    for _, mt in ipairs(mts) do rawset(mt, "__metatable", false) end
+    for _, mt in ipairs(mts) do seal(mt) end
 end
 
 -- Builds the sandbox in this state (an isle's or a shared state's) and
