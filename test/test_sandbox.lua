@@ -509,6 +509,17 @@ function TestSandbox:test_uninstrumented_sends_still_stop()
         return ok == false and e.code == 'cancelled']])
 end
 
+function TestSandbox:test_chunknames_do_not_name_files()
+    -- isle.fnsource reads the file a function's chunk names to recover its
+    -- source when it is sent: a chunk loaded as "@/dev/zero" would make the
+    -- machinery read for ever.
+    holds(self.h, [[local f = load('return function() return 1 end', '@/dev/zero')()
+        local c = require('isle').spawn{}
+        local v = c:exec(f)
+        c:close()
+        return v == 1]])
+end
+
 function TestSandbox:test_handlers_that_never_return_are_stopped()
     -- isle.on_error and isle.on_interrupt handlers run user code outside a
     -- job's own protected call: a handler that loops for ever must still be

@@ -321,9 +321,15 @@ end
 
 -- Compiles text for user code, in `fenv`, with checkpoints unless the
 -- state's loads are not instrumented. Returns the function or nil, err.
-local function compile_text(src, chunkname, fenv, force_instrument)
+local function compile_text(src, chunkname, fenv, force_instrument, from_file)
     local e = M.text_error(src, false)
     if e then return nil, e end
+    -- "@path" names a file: isle.fnsource reads it to recover a function's
+    -- source when the function is sent. Only files this module read itself
+    -- get such names (user code could name /dev/zero or /dev/stdin).
+    if type(chunkname) == "string" and byte(chunkname, 1) == 64 and not from_file then
+        chunkname = "=" .. sub(chunkname, 2)
+    end
     if instrumented_loads or force_instrument then
         local out = require("isle.instrument").source(src)
         local factory = out and plain_loadstring(out, chunkname)
@@ -385,7 +391,7 @@ local function safe_loadfile(path)
     if type(path) ~= "string" then error(PREFIX .. "loadfile needs a path (standard input is not allowed)", 2) end
     local src, err = read_file(path)
     if not src then return nil, "cannot open " .. path .. ": " .. tostring(err) end
-    return compile_text(src, "@" .. path, env)
+    return compile_text(src, "@" .. path, env, nil, true)
 end
 
 -- require: the sandbox's own libraries, the `isle` facade, and the Lua
@@ -405,7 +411,7 @@ local function make_require(loaded, allowed)
         if not path then error("module '" .. name .. "' not found:" .. tostring(serr), 2) end
         local src, rerr = read_file(path)
         if not src then error("error loading module '" .. name .. "': " .. tostring(rerr), 2) end
-        local f, cerr = compile_text(src, "@" .. path, env)
+        local f, cerr = compile_text(src, "@" .. path, env, nil, true)
         if not f then error("error loading module '" .. name .. "' from file '" .. path .. "':\n\t" .. tostring(cerr), 2) end
         loaded[name] = LOADING
         local ok, r = pcall(f, name)
