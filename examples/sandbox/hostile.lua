@@ -35,6 +35,10 @@ return getfenv(0).package.loaded
 return getfenv(require("isle").spawn)
 -- @ upvalues through jit.util
 return require("jit.util").funcuvname(require("isle").spawn, 0)
+-- @ isle's shared metatable through an object's __index
+return rawset(require("isle").self().__index, "call", print)
+-- @ make isle's machinery read a device when a function is sent
+local f = load("return function() end", "@/dev/zero")() require("isle").self():exec(f) error("the send did not read /dev/zero")
 -- @ a proxy with a finalizer
 return newproxy(true)
 -- @ stop the collector

@@ -24,7 +24,7 @@ for line in script:gmatch("[^\n]*") do
 end
 
 local mod = isle.spawn{ name = "mod", sandbox = true, memory_limit = 16 * 1024 * 1024 }
-local guarded = mod:with{ timeout = 0.5 } -- every call: at most half a second
+local guarded = mod:with{ timeout = 2 } -- every call: at most two seconds
 
 local escaped = 0
 for i, a in ipairs(attempts) do
