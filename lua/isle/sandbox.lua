@@ -21,6 +21,7 @@ local type, error, pcall, xpcall, select, tostring, tonumber, next, ipairs, pair
 local rawget, rawset, rawequal, setmetatable, getmetatable, assert, setfenv =
     rawget, rawset, rawequal, setmetatable, getmetatable, assert, setfenv
 local collectgarbage, gcinfo = collectgarbage, gcinfo
+local package = require("package")
 -- The plain loaders, taken before isle.loaders replaces the globals (this
 -- module loads with the worker, at boot).
 local plain_loadstring = loadstring
