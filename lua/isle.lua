@@ -250,9 +250,9 @@ function isle.sleep(s)
     end
     local t = C.isle_task_new()
     if runtime.sandbox then
-        -- Stoppable (runtime.sliced); the slot is let go even if it raises.
-        ffi.gc(t, C.isle_task_release)
-        runtime.sliced(function(slice) return C.isle_task_wait(t, slice) ~= 0 end, s)
+        -- Stoppable (runtime.wait_task waits in slices in a sandbox); the
+        -- slot is let go even if a stop raises.
+        runtime.wait_task(ffi.gc(t, C.isle_task_release), s)
         return
     end
     C.isle_task_wait(t, s)

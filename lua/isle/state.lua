@@ -257,6 +257,20 @@ local function run_later(p, e, sched, timeout)
     end
 end
 
+-- In a sandbox, a wait for the lock that blocks the thread is stoppable
+-- (runtime.sliced): a stop is returned as its reason. (Apart from run: a
+-- closure over run's locals would keep its trace from compiling.)
+local function run_sliced(p, e, timeout)
+    local ptr, len = e.enc:ref()
+    local rc
+    local ok, err = pcall(runtime.sliced, function(slice)
+        rc = state_call(p, slice, ptr, len, e.out)
+        return rc ~= ETIMEOUT
+    end, timeout)
+    if not ok then return errors.is(err) and err.code or "interrupted" end
+    return rc
+end
+
 -- Runs the call encoded in e.enc. When the state is busy, a host (or code
 -- inside a shared state, or a C callback in an isle) blocks for the lock; a
 -- job of an isle spins for the core's spin budget, then awaits it. (Where it
@@ -269,15 +283,7 @@ local function run(p, e, timeout)
     if rc ~= ETIMEOUT or timeout == 0 then return rc end
     local sched = runtime.sched
     if sched == nil or not sched:can_yield() then
-        if runtime.sandbox then
-            -- Stoppable (runtime.sliced): a stop is returned as its reason.
-            local ok, done = pcall(runtime.sliced, function(slice)
-                rc = state_call(p, slice, ptr, len, e.out)
-                return rc ~= ETIMEOUT
-            end, timeout)
-            if not ok then return errors.is(done) and done.code or "interrupted" end
-            return rc
-        end
+        if runtime.sandbox then return run_sliced(p, e, timeout) end
         return state_call(p, timeout, ptr, len, e.out)
     end
     local spin = C.isle_get_spin()
