@@ -122,6 +122,15 @@ function TestSandbox:test_string_metatable_protected()
     holds(self.h, "string.format = nil string.rep = nil return ('%d'):format(5) == '5' and ('ab'):rep(2) == 'abab'")
 end
 
+function TestSandbox:test_load_environments()
+    -- A chunk loaded without an environment gets the sandbox's, never the
+    -- machinery's (LuaJIT's load gives the thread's globals); with one, that.
+    holds(self.h, "return load('return package.loaders')() == nil and loadstring('return _G')() == _G")
+    holds(self.h, [[local env = { x = 5 }
+        return load('return x, print', 'chunk', 't', env)() == 5 and select(2, load('return x, print', 'c', 't', env)()) == nil]])
+    refused(self.h, "return load('return 1', 'c', 't', 'not a table')", "table expected")
+end
+
 function TestSandbox:test_debug_unavailable()
     holds(self.h, "return debug == nil")
     refused(self.h, "return require('debug')", "not allowed")

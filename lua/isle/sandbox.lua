@@ -474,6 +474,9 @@ local function facade()
         if fn == nil then return isle.on_error(nil) end
         return isle.on_error(function(e, what) run_handler(fn, e, what) end)
     end
+    -- Pools (isle.pool, when present) spawn through isle.spawn, which gives
+    -- their isles this state's sandbox.
+    if isle.pool ~= nil then F.pool = isle.pool end
     F.lookup = refused("isle.lookup", "it reaches isles by id or name: pass handles instead")
     F.state_ref = refused("isle.state_ref", "it reaches shared states by id or name: pass the state instead")
     F.singleton = refused("isle.singleton", "it reaches shared states by name: pass the state instead")
