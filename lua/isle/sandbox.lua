@@ -125,7 +125,7 @@ end
 -- and its slow path. `wrapped`: the text was instrumented by its sender; the
 -- checkpoints and the wrapper it inserted are the only places where the
 -- names may appear (they are taken out before the search).
-local CHECKPOINT, WRAP_PREFIX, WRAP_SUFFIX
+local CHECKPOINT, WRAP_PREFIX
 local function strip_plain(s, what)
     local out, i = {}, 1
     while true do
@@ -148,7 +148,7 @@ function M.text_error(code, wrapped)
     if wrapped then
         if not CHECKPOINT then
             local ins = require("isle.instrument")
-            CHECKPOINT, WRAP_PREFIX, WRAP_SUFFIX = ins.CHECKPOINT, ins.PREFIX, ins.SUFFIX
+            CHECKPOINT, WRAP_PREFIX = ins.CHECKPOINT, ins.PREFIX
         end
         if sub(s, 1, #WRAP_PREFIX) == WRAP_PREFIX then s = sub(s, #WRAP_PREFIX + 1) end
         s = strip_plain(s, CHECKPOINT)
@@ -160,7 +160,6 @@ end
 -- Inside a sandboxed state ------------------------------------------------------
 
 local env         -- the sandbox's globals (nil outside a sandbox)
-local grant       -- the normalized grant
 local instrumented_loads = true
 
 -- An opaque number per object for tostring: addresses are not shown.
@@ -555,7 +554,6 @@ end
 -- returns its globals. `libs`: the state's libs option (true, false or a
 -- list), applied to the sandbox's copies.
 function M.install(spec, libs, instrument_loads)
-    grant = spec
     runtime.sandbox = spec
     instrumented_loads = instrument_loads ~= false
     local files = spec.files
