@@ -102,6 +102,11 @@ function TestSandbox:test_bytecode_refused()
         local f, e = load(function() if sent then return nil end sent = true return string.char(27) .. 'LJ' end)
         return f == nil and e:find('binary chunks') ~= nil]])
     holds(self.h, [[local f, e = require('isle').load(string.char(27) .. 'LJ') return f == nil]])
+    -- Behind a byte-order mark or a #! line (LuaJIT refuses those itself).
+    holds(self.h, [[return load('\239\187\191' .. string.char(27) .. 'LJ\2\0') == nil
+        and loadstring('#!x\n' .. string.char(27) .. 'LJ\2\0') == nil]])
+    -- Bytecode written out by hand, sent by a host that evals untrusted text: refused at the first byte.
+    refused(self.h, "\27LJ\2\0\0", "binary chunks")
 end
 
 function TestSandbox:test_bytecode_from_the_host_refused()

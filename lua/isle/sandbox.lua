@@ -24,7 +24,10 @@ local collectgarbage, gcinfo = collectgarbage, gcinfo
 local package = require("package")
 -- The plain loaders, taken before isle.loaders replaces the globals (this
 -- module loads with the worker, at boot).
-local plain_loadstring = loadstring
+local plain_load = load
+-- Text only (mode "t"): the first-byte check of text_error is the rule,
+-- this is the VM's own check behind it.
+local function plain_loadstring(s, chunkname) return plain_load(s, chunkname, "t") end
 local byte, find, sub, match, format, rep, gsub = string.byte, string.find, string.sub, string.match,
     string.format, string.rep, string.gsub
 local concat = table.concat
