@@ -18,6 +18,7 @@ local interrupt = require("isle.interrupt")
 local token = require("isle.token")
 local chunks = require("isle.chunks")
 local wire = require("isle.wire")
+local sandbox = require("isle.sandbox")
 local table = require("table")
 
 local C = runtime.C
@@ -52,7 +53,7 @@ local isle_path = module_dirs()
 local MODULES = { "isle", "isle.cdef", "isle.codec", "isle.errors", "isle.runtime", "isle.sched",
     "isle.interrupt", "isle.libs", "isle.proto", "isle.worker", "isle.handle", "isle.task",
     "isle.token", "isle.chunks", "isle.instrument", "isle.fnsource", "isle.loaders", "isle.wire",
-    "isle.combine", "isle.hub", "isle.luv", "isle.state", "isle.channel", "isle.buffer" }
+    "isle.combine", "isle.hub", "isle.luv", "isle.state", "isle.channel", "isle.buffer", "isle.sandbox" }
 local function preload_modules()
     if C.isle_preload_count() > 0 then return end
     for _, name in ipairs(MODULES) do
@@ -116,11 +117,15 @@ function isle.spawn(opts)
     end
     for k in next, opts do
         if k ~= "init" and k ~= "args" and k ~= "name" and k ~= "libs" and k ~= "capacity"
-            and k ~= "instrument" and k ~= "instrument_loads" and k ~= "memory_limit" then
+            and k ~= "instrument" and k ~= "instrument_loads" and k ~= "memory_limit" and k ~= "sandbox" then
             error("isle.spawn: unknown option '" .. tostring(k) .. "'", 2)
         end
     end
     local spec = { libs = check_libs(opts.libs) }
+    -- The sandbox (isle.sandbox): inherited by what a sandboxed state spawns.
+    spec.sandbox = sandbox.option(opts.sandbox, "isle.spawn", 2)
+    sandbox.check_instrument(opts, "isle.spawn", 2)
+    if spec.sandbox then sandbox.check_libs(spec.libs, "isle.spawn", 2) end
     if opts.instrument ~= nil then
         if type(opts.instrument) ~= "boolean" then bad_opt("instrument", "a boolean", type(opts.instrument)) end
     end
@@ -244,6 +249,12 @@ function isle.sleep(s)
         return
     end
     local t = C.isle_task_new()
+    if runtime.sandbox then
+        -- Stoppable (runtime.wait_task waits in slices in a sandbox); the
+        -- slot is let go even if a stop raises.
+        runtime.wait_task(ffi.gc(t, C.isle_task_release), s)
+        return
+    end
     C.isle_task_wait(t, s)
     C.isle_task_release(t)
 end

@@ -66,6 +66,7 @@ build = {
       ["isle.ngx"] = "lua/isle/ngx.lua",
       ["isle.proto"] = "lua/isle/proto.lua",
       ["isle.runtime"] = "lua/isle/runtime.lua",
+      ["isle.sandbox"] = "lua/isle/sandbox.lua",
       ["isle.sched"] = "lua/isle/sched.lua",
       ["isle.state"] = "lua/isle/state.lua",
       ["isle.task"] = "lua/isle/task.lua",

@@ -90,7 +90,7 @@ local BASE = {}
 for _, k in ipairs({ "assert", "error", "getmetatable", "ipairs", "load", "loadstring", "next",
     "pairs", "pcall", "rawequal", "rawget", "rawset", "require", "select", "setmetatable", "tonumber",
     "tostring", "type", "unpack", "xpcall", "newproxy", "loadfile", "_G", "package", "coroutine",
-    "collectgarbage" }) do BASE[k] = true end
+    "collectgarbage", "setfenv", "gcinfo", "_VERSION" }) do BASE[k] = true end
 
 function TestGlobals:test_modules_neither_set_nor_need_globals()
     local files = {}

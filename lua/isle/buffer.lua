@@ -18,8 +18,9 @@ local codec = require("isle.codec")
 local errors = require("isle.errors")
 
 local C = runtime.C
-local setmetatable, getmetatable, rawget, type, tostring, tonumber, error, pcall =
-    setmetatable, getmetatable, rawget, type, tostring, tonumber, error, pcall
+local setmetatable, rawget, type, tostring, tonumber, error, pcall =
+    setmetatable, rawget, type, tostring, tonumber, error, pcall
+local getmetatable = require("debug").getmetatable -- the real one: a sandbox protects Buffer
 local ffi_cast, ffi_gc, ffi_typeof, ffi_sizeof, ffi_alignof = ffi.cast, ffi.gc, ffi.typeof, ffi.sizeof, ffi.alignof
 local isle_buf_data = C.isle_buf_data
 
@@ -52,7 +53,9 @@ local function resolve(name, elem_size)
             return nil, errors.new("value", "the buffer's element type '" .. name .. "' is not known in "
                 .. runtime.label .. " (declare it with ffi.cdef before using the buffer)")
         end
-        r = { ffi_typeof("$ *", ct), size, tostring(ct) }
+        -- r[4]: the elements are numbers (a default value converts), not
+        -- structs, arrays or pointers: all a sandbox may read or write.
+        r = { ffi_typeof("$ *", ct), size, tostring(ct), tonumber(ffi.new(ct)) ~= nil }
         resolved[name] = r
     end
     if r[2] ~= elem_size then
@@ -139,7 +142,23 @@ local function ptr_of(self, level)
     return d
 end
 
-function Buffer:ptr() return ptr_of(self, 2) end
+-- In a sandbox (isle.sandbox) user code gets no pointer and reaches only
+-- elements that are numbers, bounds-checked: a pointer, or a struct with
+-- pointer fields, would reach any memory of the process.
+local function sandbox_refuses(self, level)
+    if not runtime.sandbox then return end
+    local r = resolved[self.tname]
+    if r and r[4] then return end
+    error("isle.buffer: elements of type " .. self.tname .. " are not available in a sandbox "
+        .. "(only numbers are: use a buffer of a number type)", level + 1)
+end
+
+function Buffer:ptr()
+    if runtime.sandbox then
+        error("isle.buffer: buf:ptr() is not available in a sandbox (use buf[i])", 2)
+    end
+    return ptr_of(self, 2)
+end
 function Buffer:len() return self.count end
 function Buffer:size() return self.bytes end
 function Buffer:type() return self.tname end
@@ -176,7 +195,9 @@ end
 function Buffer.__index(self, k)
     if type(k) == "number" then
         if k < 0 or k >= self.count or k % 1 ~= 0 then bad_index(self, k, 2) end
-        return ptr_of(self, 2)[k]
+        local d = ptr_of(self, 2)
+        sandbox_refuses(self, 2)
+        return d[k]
     end
     return Buffer[k]
 end
@@ -184,7 +205,9 @@ end
 function Buffer.__newindex(self, k, v)
     if type(k) ~= "number" then error("isle.buffer: cannot set field '" .. tostring(k) .. "' of a buffer", 2) end
     if k < 0 or k >= self.count or k % 1 ~= 0 then bad_index(self, k, 2) end
-    ptr_of(self, 2)[k] = v
+    local d = ptr_of(self, 2)
+    sandbox_refuses(self, 2)
+    d[k] = v
 end
 
 function Buffer:__tostring()

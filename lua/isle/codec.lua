@@ -22,6 +22,7 @@ local type, next, select, tostring, setmetatable, getmetatable, load, loadstring
     type, next, select, tostring, setmetatable, getmetatable, load, loadstring, require
 local string_dump, string_format, string_match = string.dump, string.format, string.match
 local getinfo, getupvalue, setupvalue = debug.getinfo, debug.getupvalue, debug.setupvalue
+local dgetmetatable, setfenv = debug.getmetatable, setfenv
 local istype = ffi.istype
 
 local codec = {}
@@ -193,7 +194,7 @@ check = function(v, path, depth, active)
     local tv = type(v)
     if tv == "nil" or tv == "boolean" or tv == "number" or tv == "string" then return v end
     if tv == "table" then
-        local mt = getmetatable(v)
+        local mt = dgetmetatable(v) -- not a __metatable field user code may set
         if mt == FN_MT or mt == SPECIAL_MT then return v end
         local sp = mt and specials[mt]
         if sp then return setmetatable({ sp.kind, sp.ship(v, path) }, SPECIAL_MT) end
@@ -302,12 +303,24 @@ end
 
 codec.bind_checkpoints = bind_checkpoints
 
+-- In a sandboxed state (isle.sandbox) functions that cross in run in the
+-- sandbox's globals; their text may not name the checkpoint variables.
+codec.fn_env = nil
+local function sandboxed(f, text, wrapped)
+    if text then
+        local e = require("isle.sandbox").text_error(text, wrapped)
+        if e then error(e, 0) end
+    end
+    setfenv(f, codec.fn_env)
+end
+
 local sources, source_count = {}, 0 -- instrumented text -> its function
 local function from_source(text, chunkname)
     local f = sources[text]
     if f then return f end
     local factory, err = loadstring(text, chunkname)
     if not factory then error("cannot load a shipped function: " .. tostring(err), 0) end
+    if codec.fn_env then sandboxed(factory, text, true) end
     f = factory()(require("isle.interrupt").pointers())()
     if source_count >= 256 then sources, source_count = {}, 0 end
     sources[text] = f
@@ -324,6 +337,7 @@ local function restore(v, from)
         if v[1] == false then return from_source(v[2], v[3]) end
         local f, err = load(v[1])
         if not f then error("cannot load a shipped function: " .. tostring(err), 0) end
+        if codec.fn_env then sandboxed(f) end
         if v[2] then bind_checkpoints(f) end
         return f
     elseif mt == SPECIAL_MT then

@@ -10,8 +10,9 @@ local wire = require("isle.wire")
 local task = require("isle.task")
 
 local C = runtime.C
-local type, ipairs, getmetatable, select, unpack, error, pcall, tostring =
-    type, ipairs, getmetatable, select, unpack, error, pcall, tostring
+local dgetmetatable = require("debug").getmetatable
+local type, ipairs, select, unpack, error, pcall, tostring =
+    type, ipairs, select, unpack, error, pcall, tostring
 local ISLE_TASK_DONE, ISLE_TASK_FAILED = C.ISLE_TASK_DONE, C.ISLE_TASK_FAILED
 
 local combine = {}
@@ -21,7 +22,7 @@ local function check_list(tasks, fname)
         error("bad argument #1 to '" .. fname .. "' (list of tasks expected, got " .. type(tasks) .. ")", 3)
     end
     for i, t in ipairs(tasks) do
-        if getmetatable(t) ~= task.Task then
+        if dgetmetatable(t) ~= task.Task then -- the real one: a sandbox protects it
             error("bad argument #1 to '" .. fname .. "' (a task expected at [" .. i .. "], got " .. type(t) .. ")", 3)
         end
     end

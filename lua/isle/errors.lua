@@ -2,8 +2,11 @@
 -- `code`, a `message` and, for errors raised by user code in an isle, the
 -- isle-side `traceback`. Non-string error values keep their `value` where it
 -- can cross states.
-local setmetatable, getmetatable, type, tostring, rawget, pcall =
-    setmetatable, getmetatable, type, tostring, rawget, pcall
+local setmetatable, type, tostring, rawget, pcall =
+    setmetatable, type, tostring, rawget, pcall
+-- The real metatable, not a __metatable field (a sandbox protects Error's,
+-- and user code may set one on its own tables).
+local getmetatable = require("debug").getmetatable
 
 local errors = {}
 

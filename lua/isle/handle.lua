@@ -178,6 +178,8 @@ local function send(self, kind, target, wait, with_task, n, ...)
                 target = dump_function(target, "function")
             end
         end
+        -- Code from a sandbox runs only where a sandbox is (worker.lua).
+        if runtime.sandbox then flags = flags + proto.F_SANDBOXED end
     end
     if opts then
         flags = flags + proto.F_OPTIONS
@@ -361,7 +363,7 @@ function Handle:with(opts)
     if self.opts then for k, v in next, self.opts.given do merged[k] = v end end
     for k, v in next, opts do merged[k] = v end
     local tok, timeout, instr = merged.token, merged.timeout, merged.instrument
-    if tok ~= nil and getmetatable(tok) ~= token.Token then
+    if tok ~= nil and debug.getmetatable(tok) ~= token.Token then -- the real one: a sandbox protects it
         error("isle: call option 'token' must be a token from isle.token()", 2)
     end
     if timeout ~= nil and (type(timeout) ~= "number" or not (timeout >= 0)) then
@@ -412,6 +414,23 @@ function Handle:close(opts)
         error("isle: close option 'timeout' must be a number of seconds >= 0", 2)
     end
     self.closed = true
+    if runtime.sandbox then
+        -- In a sandbox the join is stoppable (runtime.sliced): a parent
+        -- stopped while its child drains cancels the child and takes it back,
+        -- so closing a child that never ends cannot hold the parent's thread.
+        local p = ptr_of(self)
+        isle_stop(p, (opts and opts.cancel) and 1 or 0)
+        local ok, e = pcall(runtime.sliced, function(slice) return isle_join(p, slice) ~= 0 end,
+            timeout or -1)
+        if not ok or isle_join(p, 0) == 0 then
+            isle_stop(p, 1)
+            isle_join(p, -1)
+        end
+        disown(p)
+        runtime.gc(p, isle_release)
+        if not ok then error(e, 0) end
+        return true
+    end
     if opts and opts.cancel then
         C.isle_close(ptr_of(self), 1)
     elseif timeout then

@@ -122,9 +122,16 @@ local function check(hooked)
     if on_memory then on_memory() end
     -- While isle's own modules load, or a handler runs (its checkpoints would
     -- call it again, for ever with interrupt(true)): at the next checkpoint.
-    if loading > 0 or handling[co_running() or MAIN] then return end
+    if loading > 0 then return end
     local s = runtime.sched
     local rec = s and s.current
+    if handling[co_running() or MAIN] then
+        -- A handler's own checkpoints wait, but a stop of its job (cancel,
+        -- timeout, close with cancel) still ends it: a handler that never
+        -- returns must not make its isle unstoppable.
+        if rec and in_user_code(rec, hooked) and M.job_stop_reason(rec) then error(M.stop_error(rec.stop), 0) end
+        return
+    end
     if s and not (rec and in_user_code(rec, hooked)) then
         -- In an isle outside user code (the loop, the worker's encoding):
         -- leave the request for the next checkpoint in user code or the loop.

@@ -6,4 +6,6 @@ return {
     F_WRAPPED = 2,  -- an eval chunk already instrumented by the sender
     F_INSTRUMENT = 4, -- an eval chunk whose sender cannot instrument (a C host,
                       -- csrc/host.c): the isle inserts the checkpoints itself
+    F_SANDBOXED = 8,  -- an eval or exec from a sandboxed state (isle.sandbox): an
+                      -- isle without a sandbox refuses to run it
 }

@@ -112,6 +112,33 @@ end
 -- In a host, a hub whose adapter runs the current coroutine (nginx, luv)
 -- suspends it the same way (runtime.host_suspends, set by the hub).
 runtime.host_suspends = nil
+
+-- In a sandbox (runtime.sandbox, set by isle.sandbox) a wait that blocks
+-- the thread (user code in a coroutine of its own or in a C callback, where
+-- the loop cannot take over) waits in slices with a checkpoint between
+-- them: a stop of the job (cancel, timeout, close) ends it, so a sandbox
+-- cannot hold its thread by waiting on something that never ends. The
+-- checkpoint raises the stop.
+runtime.sandbox = nil
+local SLICE = 0.01
+function runtime.sliced(try, timeout)
+    local checkpoint = require("isle.interrupt").checkpoint
+    local deadline = timeout >= 0 and C.isle_now() + timeout or nil
+    while true do
+        local slice = SLICE
+        if deadline then
+            local left = deadline - C.isle_now()
+            if left < slice then slice = left > 0 and left or 0 end
+        end
+        if try(slice) then return true end
+        if deadline and C.isle_now() >= deadline then return false end
+        checkpoint()
+    end
+end
+local function task_done(t)
+    return function(slice) return C.isle_task_wait(t, slice) ~= 0 end
+end
+
 function runtime.host_can_suspend()
     local hs = runtime.host_suspends
     return hs ~= nil and hs() == true
@@ -125,6 +152,7 @@ function runtime.wait_task(t, timeout)
         local hs = runtime.host_suspends
         if hs and hs() then return runtime.driver():suspend(t, timeout) end
     end
+    if runtime.sandbox then return runtime.sliced(task_done(t), timeout) and "done" or "timeout" end
     return C.isle_task_wait(t, timeout) ~= 0 and "done" or "timeout"
 end
 

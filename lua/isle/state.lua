@@ -22,8 +22,10 @@ local codec = require("isle.codec")
 local errors = require("isle.errors")
 local wire = require("isle.wire")
 local interrupt = require("isle.interrupt")
+local sandbox = require("isle.sandbox") -- loaded first: it keeps the plain loaders
 
 local C = runtime.C
+local setfenv = setfenv
 local type, select, error, pcall, xpcall, tostring, tonumber, setmetatable, unpack, next, loadstring, rawequal =
     type, select, error, pcall, xpcall, tostring, tonumber, setmetatable, unpack, next, loadstring, rawequal
 local traceback = debug.traceback
@@ -295,6 +297,20 @@ local function run_later(p, e, sched, timeout)
     end
 end
 
+-- In a sandbox, a wait for the lock that blocks the thread is stoppable
+-- (runtime.sliced): a stop is returned as its reason. (Apart from run: a
+-- closure over run's locals would keep its trace from compiling.)
+local function run_sliced(p, e, timeout)
+    local ptr, len = e.enc:ref()
+    local rc
+    local ok, err = pcall(runtime.sliced, function(slice)
+        rc = state_call(p, slice, ptr, len, e.refs, e.out)
+        return rc ~= ETIMEOUT
+    end, timeout)
+    if not ok then return errors.is(err) and err.code or "interrupted" end
+    return rc
+end
+
 -- Runs the call encoded in e.enc. When the state is busy, a host (or code
 -- inside a shared state, or a C callback in an isle) blocks for the lock; a
 -- job of an isle spins for the core's spin budget, then awaits it. (Where it
@@ -306,7 +322,10 @@ local function run(p, e, timeout)
     local rc = state_call(p, 0, ptr, len, e.refs, e.out)
     if rc ~= ETIMEOUT or timeout == 0 then return rc end
     local sched = runtime.sched
-    if sched == nil or not sched:can_yield() then return state_call(p, timeout, ptr, len, e.refs, e.out) end
+    if sched == nil or not sched:can_yield() then
+        if runtime.sandbox then return run_sliced(p, e, timeout) end
+        return state_call(p, timeout, ptr, len, e.refs, e.out)
+    end
     local spin = C.isle_get_spin()
     if timeout >= 0 and timeout < spin then spin = timeout end
     rc = state_call(p, spin, ptr, len, e.refs, e.out)
@@ -430,7 +449,7 @@ end
 -- Making states ----------------------------------------------------------------------
 
 local libs_mod = require("isle.libs")
-local OPTION_NAMES = { libs = true, instrument = true, instrument_loads = true, memory_limit = true }
+local OPTION_NAMES = { libs = true, instrument = true, instrument_loads = true, memory_limit = true, sandbox = true }
 
 local function bad_arg(fname, n, what, got)
     error("bad argument #" .. n .. " to '" .. fname .. "' (" .. what .. " expected, got " .. got .. ")", 4)
@@ -489,6 +508,12 @@ local function parse(fname, named, ...)
         i = i + 1
     end
     if opts.instrument == false then opts.instrument_loads = false end
+    -- The sandbox (isle.sandbox): inherited by what a sandboxed state makes.
+    local sb = nil
+    if type(o) == "table" then sb = o.sandbox end
+    opts.sandbox = sandbox.option(sb, "isle." .. fname, 2)
+    sandbox.check_instrument(type(o) == "table" and o or nil, "isle." .. fname, 2)
+    if opts.sandbox then sandbox.check_libs(opts.libs, "isle." .. fname, 2) end
     local limit = type(o) == "table" and o.memory_limit or nil
     if limit ~= nil then
         if type(limit) ~= "number" or not (limit >= 1) or limit % 1 ~= 0 or limit > 2 ^ 52 then
@@ -514,7 +539,7 @@ end
 -- bytecode }, then setup's arguments.
 local function put_setup(e, _fname, opts, setup, ...)
     local chunks = require("isle.chunks")
-    local spec = { libs = opts.libs, instrument_loads = opts.instrument_loads }
+    local spec = { libs = opts.libs, instrument_loads = opts.instrument_loads, sandbox = opts.sandbox }
     if type(setup) == "string" then
         if opts.instrument then
             spec.code, spec.wrapped = chunks.prepare(setup)
@@ -864,19 +889,36 @@ local function finish_call(ok, e)
     return set_results()
 end
 
+-- In a sandboxed state (isle.sandbox) setup compiles in the sandbox's
+-- globals, text only (or bytecode its sender dumped from a function).
+local env = nil
+local function load_setup(code, chunkname, wrapped, dumped)
+    if env and not dumped then
+        local bad = sandbox.text_error(code, wrapped)
+        if bad then error(errors.new("runtime", bad), 0) end
+    end
+    local f, err = loadstring(code, chunkname)
+    if not f then error(errors.new("runtime", err), 0) end
+    if env then setfenv(f, env) end
+    return f
+end
+
 local function compile_setup(spec)
-    if spec.code then
-        local f, err = loadstring(spec.code, "=setup")
+    if env and spec.code and not spec.wrapped then
+        -- Text in a sandbox: checkpoints inserted here (or refused).
+        local f, err = sandbox.compile_text(spec.code, "=setup", env)
         if not f then error(errors.new("runtime", err), 0) end
+        return f
+    end
+    if spec.code then
+        local f = load_setup(spec.code, "=setup", spec.wrapped)
         if spec.wrapped then f = f()(interrupt.pointers()) end
         return f
     elseif spec.src then
-        local factory, err = loadstring(spec.src[1], spec.src[2])
-        if not factory then error(errors.new("runtime", err), 0) end
+        local factory = load_setup(spec.src[1], spec.src[2], true)
         return factory()(interrupt.pointers())()
     end
-    local f, err = loadstring(spec.fn, "=setup")
-    if not f then error(errors.new("runtime", err), 0) end
+    local f = load_setup(spec.fn, "=setup", false, true)
     return codec.bind_checkpoints(f)
 end
 
@@ -884,6 +926,7 @@ local function run_setup(spec, ...)
     if capped then mem_enforce(mem, MEM_CORE) end
     if spec.instrument_loads then require("isle.loaders").install(_G) end
     require("isle.libs").apply(spec.libs, _G)
+    if spec.sandbox then env = sandbox.install(spec.sandbox, spec.libs, spec.instrument_loads) end
     local f = compile_setup(spec)
     loading(-1)
     if capped then mem_enforce(mem, MEM_USER) end

@@ -15,6 +15,7 @@ local libs = require("isle.libs")
 local interrupt = require("isle.interrupt")
 local proto = require("isle.proto")
 local wire = require("isle.wire")
+local sandbox = require("isle.sandbox") -- loaded at boot: it keeps the plain loaders
 
 local coroutine = require("coroutine")
 local C = runtime.C
@@ -22,8 +23,9 @@ local type, select, pcall, xpcall, tostring, tonumber, unpack, loadstring, next,
     type, select, pcall, xpcall, tostring, tonumber, unpack, loadstring, next, setmetatable
 local traceback = debug.traceback
 local collectgarbage = collectgarbage -- kept: a sandbox may take the global away
-local EVAL, EXEC, POST, F_OPTIONS, F_WRAPPED, F_INSTRUMENT =
-    proto.EVAL, proto.EXEC, proto.POST, proto.F_OPTIONS, proto.F_WRAPPED, proto.F_INSTRUMENT
+local EVAL, EXEC, POST, F_OPTIONS, F_WRAPPED, F_INSTRUMENT, F_SANDBOXED =
+    proto.EVAL, proto.EXEC, proto.POST, proto.F_OPTIONS, proto.F_WRAPPED, proto.F_INSTRUMENT, proto.F_SANDBOXED
+local setfenv = setfenv
 local ISLE_TASK_DONE, ISLE_TASK_FAILED, ISLE_TASK_CLOSED = C.ISLE_TASK_DONE, C.ISLE_TASK_FAILED, C.ISLE_TASK_CLOSED
 local attached, isle_task_complete = wire.attached, C.isle_task_complete
 local reset = codec.reset
@@ -289,6 +291,20 @@ end
 
 local chunk_cache, chunk_count = {}, 0
 
+-- In a sandboxed isle (the spawn option `sandbox`, isle.sandbox): the
+-- sandbox's globals, where user code runs and call targets are found.
+local env = nil
+local G = _G
+
+-- A sandboxed isle compiles text only (bytecode that a sender dumped from a
+-- function excepted: `dumped`), without the checkpoint variables' names, in
+-- the sandbox's globals.
+local function sandbox_check(code, wrapped, dumped)
+    if dumped and code:byte(1) == 27 then return end
+    local e = sandbox.text_error(code, wrapped)
+    if e then error(errors.new("runtime", e), 0) end
+end
+
 -- Compiles a chunk. A `wrapped` one was instrumented by its sender
 -- (isle.chunks): loading it gives a factory, which takes this state's
 -- checkpoint flag, scratch word and slow path and returns the chunk.
@@ -297,19 +313,33 @@ local chunk_cache, chunk_count = {}, 0
 -- (only for a chunk that compiles by itself, so a syntax error is Lua's own
 -- and text cannot reach outside the wrapper); source the instrumenter cannot
 -- handle compiles as it is. Either way the result is cached like any chunk.
-local function compile(code, chunkname, wrapped, here)
+local function compile(code, chunkname, wrapped, here, dumped)
     local key = wrapped and code or (here and "\1" or "\0") .. code
     local f = chunk_cache[key]
     if f then return f end
+    if env and not wrapped and not dumped then
+        -- Text in a sandbox: checkpoints inserted here whatever the sender
+        -- did (a view's `instrument` option is a field user code can set).
+        local err
+        f, err = sandbox.compile_text(code, chunkname, env)
+        if not f then error(errors.new("runtime", err), 0) end
+        here = false
+    elseif env then
+        sandbox_check(code, wrapped, dumped)
+    end
     if here and code:byte(1) ~= 27 and loadstring(code, chunkname) then
         local out = require("isle.instrument").source(code)
         local factory = out and loadstring(out, chunkname)
-        if factory then f = factory()(interrupt.pointers()) end
+        if factory then
+            if env then setfenv(factory, env) end
+            f = factory()(interrupt.pointers())
+        end
     end
     if not f then
         local err
         f, err = loadstring(code, chunkname)
         if not f then error(errors.new("runtime", err), 0) end
+        if env then setfenv(f, env) end
         if wrapped then
             f = f()(interrupt.pointers())
         elseif code:byte(1) == 27 then
@@ -323,9 +353,9 @@ local function compile(code, chunkname, wrapped, here)
 end
 
 local function resolve_global(name)
-    local v = _G[name]
+    local v = G[name]
     if type(v) == "function" then return v end -- the common case: a plain global
-    v = _G
+    v = G
     for part in name:gmatch("[^%.]+") do
         if type(v) ~= "table" then v = nil break end
         v = v[part]
@@ -353,10 +383,14 @@ end
 
 local function target_function(rec)
     local kind, target = rec.kind, rec.target
+    if rec.sandboxed and not env and kind ~= proto.CALL then
+        error(errors.new("runtime", "isle sandbox: " .. isle_label .. " has no sandbox: it does not run "
+            .. "code (eval, exec) sent from a sandboxed isle or state"), 0)
+    end
     if kind == EVAL then return compile(target, "=eval", rec.wrapped, rec.here) end
     if kind == EXEC then
         if rec.wrapped then return exec_function(target) end
-        return compile(target, "=exec", false) -- bytecode: the hook and isle.checkpoint() only
+        return compile(target, "=exec", false, nil, true) -- bytecode: the hook and isle.checkpoint() only
     end
     return resolve_global(target)
 end
@@ -600,7 +634,8 @@ local function run_message(s, runner, m)
         return run_post(runner, m, target, codec.get_values(dec, m))
     end
     local rec = { task = t, kind = m.kind, target = target, co = runner.co, user = false,
-                  wrapped = band(flags, F_WRAPPED) ~= 0, here = band(flags, F_INSTRUMENT) ~= 0 }
+                  wrapped = band(flags, F_WRAPPED) ~= 0, here = band(flags, F_INSTRUMENT) ~= 0,
+                  sandboxed = band(flags, F_SANDBOXED) ~= 0 }
     if band(flags, F_OPTIONS) ~= 0 then -- { target, options } from h:with{...}
         local o = codec.restore(target[2], m)
         rec.target = target[1]
@@ -656,7 +691,7 @@ local function run_init(rec)
         elseif spec.init_src then
             f = exec_function(spec.init_src)
         elseif spec.init_fn then
-            f = compile(spec.init_fn, "=init")
+            f = compile(spec.init_fn, "=init", nil, nil, true)
         else
             return
         end
@@ -741,6 +776,10 @@ function worker.main(addr)
     local args = pack(select(2, codec.get_values(dec, boot)))
     if spec.instrument_loads then require("isle.loaders").install(_G) end
     libs.apply(spec.libs, _G)
+    if spec.sandbox then
+        env = sandbox.install(spec.sandbox, spec.libs, spec.instrument_loads)
+        G = env
+    end
 
     local init_task = C.isle_init_task(self_ptr)
     C.isle_task_start(init_task, s.sig, "init")
