@@ -24,6 +24,7 @@ local wire = require("isle.wire")
 local interrupt = require("isle.interrupt")
 
 local C = runtime.C
+require("isle.cdef").full() -- the declarations an isle makes on demand (ffi/isle/cdef.lua)
 local type, select, error, pcall, xpcall, tostring, tonumber, setmetatable, unpack, next, loadstring, rawequal =
     type, select, error, pcall, xpcall, tostring, tonumber, setmetatable, unpack, next, loadstring, rawequal
 local traceback = debug.traceback
