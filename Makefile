@@ -220,10 +220,13 @@ stress-tsan: deps $(BUILD)/libisle-tsan.so
 	  LD_PRELOAD=$(TSAN_RT) ISLE_LIB=$(ROOT)/$(BUILD)/libisle-tsan.so TSAN_OPTIONS="halt_on_error=1" \
 	  STRESS_ROUNDS=$${STRESS_ROUNDS:-20} timeout -k 10 $(STRESS_TIMEOUT) $(LUAJIT) $$t -o text || exit 1; done
 
-# The C floors of the benchmarks: bench/c/pingpong.c (the core, no Lua) and
-# bench/c/state_floor.c (a mutex and lua_pcall in a plain lua_State, no isle).
+# The C floors of the benchmarks: bench/c/plain_floor.c (ping, stream and a
+# thread running a LuaJIT state, no isle code), bench/c/pingpong.c (isle's own
+# core, no Lua) and bench/c/state_floor.c (a mutex and lua_pcall in a plain lua_State, no isle).
 .PHONY: bench-floor
-bench-floor: $(BUILD)/bench_pingpong $(BUILD)/bench_state_floor $(BUILD)/bench_alloc
+bench-floor: $(BUILD)/bench_plain_floor $(BUILD)/bench_pingpong $(BUILD)/bench_state_floor $(BUILD)/bench_alloc
+$(BUILD)/bench_plain_floor: bench/c/plain_floor.c | $(BUILD)
+	$(CC) $(CFLAGS) $(WARN) -pthread $(LUAJIT_INC) -o $@ $< $(LUAJIT_LIB) -lm
 $(BUILD)/bench_pingpong: bench/c/pingpong.c $(CORE_SRCS) $(HDRS) | $(BUILD)
 	$(CC) $(CFLAGS) $(WARN) -pthread -Icsrc -o $@ bench/c/pingpong.c $(CORE_SRCS) -lm
 $(BUILD)/bench_state_floor: bench/c/state_floor.c | $(BUILD)

@@ -85,29 +85,39 @@ function ctx.n(full, quick)
     return opts.quick and quick or full
 end
 
--- The C floor binary (make bench-floor). Built on first use if missing.
-local floor_bin = root .. "/build/bench_pingpong"
-local floor_state -- nil: not tried; true: present; string: why it is missing
-local function ensure_floor()
-    if floor_state ~= nil then return floor_state end
-    if not lib.file_exists(floor_bin) then
-        ctx.log("bench: building the C floor (make bench-floor)")
+-- The C floor binaries (make bench-floor), built on first use if missing:
+-- bench_plain_floor (plain C, no isle code: the floors of the targets) and
+-- bench_pingpong (isle's own core without Lua).
+local floor_state = {} -- bin -> true: present; string: why it is missing
+local function ensure_floor(bin)
+    if floor_state[bin] ~= nil then return floor_state[bin] end
+    if not lib.file_exists(bin) then
+        ctx.log("bench: building the C floors (make bench-floor)")
         lib.capture("make -s -C " .. root .. " bench-floor")
     end
-    floor_state = lib.file_exists(floor_bin) or "C floor not built (make bench-floor)"
-    return floor_state
+    floor_state[bin] = lib.file_exists(bin) or (bin .. " not built (make bench-floor)")
+    return floor_state[bin]
 end
 
--- Runs the C floor; returns its figure, or nil, why.
-function ctx.cfloor(...)
-    local st = ensure_floor()
+local function run_floor(bin, ...)
+    local st = ensure_floor(bin)
     if st ~= true then return nil, st end
     local args = { ... }
     for i = 1, #args do args[i] = tostring(args[i]) end
-    local out = lib.capture(floor_bin .. " " .. table.concat(args, " "))
+    local out = lib.capture(bin .. " " .. table.concat(args, " "))
     local v = tonumber(out:match("^([%d%.eE+-]+)%s"))
     if not v then return nil, "C floor failed: " .. out end
     return v
+end
+
+-- isle's core without Lua (bench/c/pingpong.c); returns its figure, or nil, why.
+function ctx.cfloor(...)
+    return run_floor(root .. "/build/bench_pingpong", ...)
+end
+
+-- Plain C, no isle code (bench/c/plain_floor.c): ping, stream, spawn.
+function ctx.plain(...)
+    return run_floor(root .. "/build/bench_plain_floor", ...)
 end
 
 -- Runs the measures interleaved, `reps` times (fewer if past `budget`

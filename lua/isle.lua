@@ -22,6 +22,7 @@ local sandbox = require("isle.sandbox")
 local table = require("table")
 
 local C = runtime.C
+require("isle.cdef").full() -- the declarations an isle makes on demand (ffi/isle/cdef.lua)
 local type, error, tostring, tonumber, select, pcall, ipairs, next, setmetatable =
     type, error, tostring, tonumber, select, pcall, ipairs, next, setmetatable
 

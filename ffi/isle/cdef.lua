@@ -96,8 +96,6 @@ size_t isle_mbox_count(isle_mbox *mb);
 int isle_mbox_fd(isle_mbox *mb);
 void isle_mbox_wake(isle_mbox *mb);
 int isle_mbox_notify_socket(isle_mbox *mb, int fd);
-int isle_notify_listen(char *path, size_t cap);
-int isle_notify_accept(int lfd, char *path, double timeout);
 
 isle_sig *isle_sig_new(void);
 void isle_sig_release(isle_sig *s);
@@ -111,6 +109,48 @@ int isle_sig_fail_running(isle_sig *s, const char *data, size_t len);
 void isle_sig_lower(isle_sig *s);
 void isle_sig_hold(isle_sig *s, int64_t delta);
 
+void isle_retain(isle *i);
+void isle_release(isle *i);
+int64_t isle_id(const isle *i);
+const char *isle_name(const isle *i);
+isle_mbox *isle_mbox_of(isle *i);
+isle_sig *isle_sig_of(isle *i);
+const isle_msg *isle_boot(isle *i);
+isle_task *isle_init_task(isle *i);
+int64_t isle_state_intr(isle *i);
+int isle_instrument(const isle *i);
+void isle_stop(isle *i, int cancel);
+int isle_is_closed(const isle *i);
+int isle_close_mode(const isle *i);
+int isle_live_count(void);
+int isle_fork_generation(void);
+enum { ISLE_MEM_OFF = 0, ISLE_MEM_CORE = 1, ISLE_MEM_USER = 2 };
+typedef void *(*isle_mem_allocf)(void *ud, void *ptr, size_t osize, size_t nsize);
+isle_mem *isle_mem_new(size_t limit);
+void isle_mem_retain(isle_mem *a);
+void isle_mem_release(isle_mem *a);
+isle_mem *isle_mem_of(isle *i);
+void *isle_mem_alloc(void *ud, void *ptr, size_t osize, size_t nsize);
+void isle_mem_wrap(isle_mem *a, isle_mem_allocf f, void *fud, size_t heap, isle_sig *sig);
+void isle_mem_unwrap(isle_mem *a);
+int isle_mem_enforce(isle_mem *a, int mode);
+size_t isle_mem_used(isle_mem *a);
+size_t isle_mem_limit(isle_mem *a);
+size_t isle_mem_minimum(size_t used);
+int isle_mem_gc_wanted(isle_mem *a);
+void isle_mem_collected(isle_mem *a);
+int isle_mem_charge(isle_mem *a, size_t n);
+void isle_mem_uncharge(isle_mem *a, size_t n);
+]]
+
+-- The rest of the API: spawning and looking up isles, their stats, shared
+-- states, channels, notices, the preloaded modules. A host state declares it
+-- at once; a state the core made (an isle, a shared state) only when a module
+-- that needs it loads (cdef.full(): isle, isle.state, isle.channel, ...), so
+-- an isle that uses none of it does not keep ~12 KiB of ctypes it never needs.
+local REST = [[
+int isle_notify_listen(char *path, size_t cap);
+int isle_notify_accept(int lfd, char *path, double timeout);
 enum { ISLE_LABEL_MAX = 48 };
 typedef struct isle_stats {
     int64_t queued;
@@ -137,44 +177,12 @@ typedef struct isle_config {
 } isle_config;
 
 isle *isle_spawn(const isle_config *cfg, int *err);
-void isle_retain(isle *i);
-void isle_release(isle *i);
-int64_t isle_id(const isle *i);
-const char *isle_name(const isle *i);
-isle_mbox *isle_mbox_of(isle *i);
-isle_sig *isle_sig_of(isle *i);
-const isle_msg *isle_boot(isle *i);
-isle_task *isle_init_task(isle *i);
-int64_t isle_state_intr(isle *i);
-int isle_instrument(const isle *i);
 isle *isle_lookup_id(int64_t id);
 isle *isle_lookup_name(const char *name);
 void isle_close(isle *i, int cancel);
-void isle_stop(isle *i, int cancel);
 int isle_join(isle *i, double timeout);
 void isle_abandon(isle *i);
 void isle_stats_get(isle *i, isle_stats *out);
-int isle_is_closed(const isle *i);
-int isle_close_mode(const isle *i);
-int isle_live_count(void);
-int isle_fork_generation(void);
-enum { ISLE_MEM_OFF = 0, ISLE_MEM_CORE = 1, ISLE_MEM_USER = 2 };
-typedef void *(*isle_mem_allocf)(void *ud, void *ptr, size_t osize, size_t nsize);
-isle_mem *isle_mem_new(size_t limit);
-void isle_mem_retain(isle_mem *a);
-void isle_mem_release(isle_mem *a);
-isle_mem *isle_mem_of(isle *i);
-void *isle_mem_alloc(void *ud, void *ptr, size_t osize, size_t nsize);
-void isle_mem_wrap(isle_mem *a, isle_mem_allocf f, void *fud, size_t heap, isle_sig *sig);
-void isle_mem_unwrap(isle_mem *a);
-int isle_mem_enforce(isle_mem *a, int mode);
-size_t isle_mem_used(isle_mem *a);
-size_t isle_mem_limit(isle_mem *a);
-size_t isle_mem_minimum(size_t used);
-int isle_mem_gc_wanted(isle_mem *a);
-void isle_mem_collected(isle_mem *a);
-int isle_mem_charge(isle_mem *a, size_t n);
-void isle_mem_uncharge(isle_mem *a, size_t n);
 typedef struct isle_state isle_state;
 enum { ISLE_STATE_EREENTRY = 20, ISLE_STATE_EAMBIGUOUS = 21 };
 typedef struct isle_state_io {
@@ -352,4 +360,14 @@ end
 
 local lib, path = locate()
 
-return { C = lib, path = path }
+local declared = false
+local function full()
+    if not declared then
+        declared = true
+        ffi.cdef(REST)
+    end
+    return lib
+end
+if not debug.getregistry()["isle.library"] then full() end
+
+return { C = lib, path = path, full = full }

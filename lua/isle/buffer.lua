@@ -12,6 +12,7 @@
 -- declare it and ask again. Nothing orders access to the bytes: users
 -- synchronise (isle.atomic_* below, channels, calls).
 local ffi = require("ffi")
+require("isle.cdef").full() -- the declarations an isle makes on demand (ffi/isle/cdef.lua)
 local runtime = require("isle.runtime")
 local PTRS = runtime.ptrs -- object -> its isle_buf* (never a field user code can reach)
 local codec = require("isle.codec")

@@ -17,6 +17,7 @@ local errors = require("isle.errors")
 local wire = require("isle.wire")
 
 local C = runtime.C
+require("isle.cdef").full() -- the declarations an isle makes on demand (ffi/isle/cdef.lua)
 local setmetatable, type, tostring, tonumber, error, pcall = setmetatable, type, tostring, tonumber, error, pcall
 local collectgarbage = collectgarbage -- kept: a sandbox may take the global away
 local isle_chan_push, isle_chan_pop, isle_chan_unwait = C.isle_chan_push, C.isle_chan_pop, C.isle_chan_unwait

@@ -21,6 +21,7 @@ local chunks = require("isle.chunks")
 local wire = require("isle.wire")
 
 local C = runtime.C
+require("isle.cdef").full() -- the declarations an isle makes on demand (ffi/isle/cdef.lua)
 local setmetatable, getmetatable, select, error, type, tostring, tonumber, pcall, next, newproxy, collectgarbage =
     setmetatable, getmetatable, select, error, type, tostring, tonumber, pcall, next, newproxy, collectgarbage
 local debug = require("debug")

@@ -26,6 +26,7 @@ local ngx = require("ngx")
 local semaphore = require("ngx.semaphore")
 
 local C = runtime.C
+require("isle.cdef").full() -- the declarations an isle makes on demand (ffi/isle/cdef.lua)
 local type, error, pcall, tostring, pairs = type, error, pcall, tostring, pairs
 local co_running, co_isyieldable = coroutine.running, coroutine.isyieldable
 local get_phase, exiting = ngx.get_phase, ngx.worker.exiting

@@ -51,14 +51,20 @@ end
 -- object is made (so it must be chosen here, at creation, never cached by a
 -- caller): in a forked child the parent's copies are left alone, since
 -- their locks may be held by threads that did not survive the fork.
+-- The closure is made in a function of its own: a captured local in
+-- runtime.gc itself would make it close upvalues on return (UCLO), which
+-- the JIT cannot compile, and every caller's loop (h:call) would abort.
 local finalizers = {}
+local function finalizer(release, g)
+    return function(q) if fork_generation() == g then release(q) end end
+end
 function runtime.gc(p, release)
     local g = fork_generation()
     local per = finalizers[release]
     if not per then per = {}; finalizers[release] = per end
     local f = per[g]
     if not f then
-        f = function(q) if fork_generation() == g then release(q) end end
+        f = finalizer(release, g)
         per[g] = f
     end
     return ffi.gc(p, f)

@@ -25,6 +25,7 @@ local interrupt = require("isle.interrupt")
 local sandbox = require("isle.sandbox") -- loaded first: it keeps the plain loaders
 
 local C = runtime.C
+require("isle.cdef").full() -- the declarations an isle makes on demand (ffi/isle/cdef.lua)
 local setfenv = setfenv
 local type, select, error, pcall, xpcall, tostring, tonumber, setmetatable, unpack, next, loadstring, rawequal =
     type, select, error, pcall, xpcall, tostring, tonumber, setmetatable, unpack, next, loadstring, rawequal
