@@ -240,6 +240,23 @@ size_t isle_chan_len(isle_chan *ch);
 size_t isle_chan_cap(isle_chan *ch);
 int isle_chan_spin(isle_chan *ch, int for_room);
 
+typedef struct isle_pool isle_pool;
+isle_pool *isle_pool_new(size_t capacity, const char *name, int *err);
+int isle_pool_add(isle_pool *p, isle_sig *sig);
+void isle_pool_retain(isle_pool *p);
+void isle_pool_release(isle_pool *p);
+isle_task *isle_pool_ref(isle_pool *p);
+isle_pool *isle_pool_of_ref(isle_task *t);
+isle_chan *isle_pool_queue(isle_pool *p);
+int64_t isle_pool_id(const isle_pool *p);
+const char *isle_pool_name(const isle_pool *p);
+size_t isle_pool_size(isle_pool *p);
+isle_pool *isle_pool_lookup(int64_t id, const char *name);
+void isle_pool_close(isle_pool *p);
+void isle_pool_disown(isle_pool *p);
+int isle_pool_is_closed(isle_pool *p);
+void isle_pool_stats(isle_pool *p, isle_stats *out);
+
 int isle_preload_set(const char *name, const char *data, size_t len);
 int isle_preload_count(void);
 ]]
