@@ -646,6 +646,9 @@ local function feed(frec)
     local the_pool = frec.pool
     while true do
         local m = take(the_pool, self_ptr)
+        -- A wait resumed in the user's mode (the loop's rule for parked
+        -- jobs): what follows is the worker's own bookkeeping.
+        if capped then core_mode() end
         if m == nil then break end
         C.isle_sig_hold(s.sig, 1) -- run_message counts it out of `queued`
         run_message(s, frec, m)
