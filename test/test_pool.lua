@@ -80,7 +80,8 @@ function TestPool:test_the_calling_methods_of_an_isle_handle()
     local ok, te = slow:wait(10)
     lu.assertFalse(ok)
     lu.assertEquals(te.code, "timeout")
-    local tt = v:spawn_eval("isle.sleep(30)")
+    local tt = v:spawn_eval("require('isle').sleep(30)")
+    lu.assertTrue(helpers.eventually(function() return p:stats().running == 1 end)) -- a running job
     tok:cancel()
     ok, te = tt:wait(10)
     lu.assertFalse(ok)
@@ -514,6 +515,43 @@ function TestPool:test_no_task_slot_or_thread_is_left_behind()
         settle()
         return C.isle_live_count() == live_isles and C.isle_task_live_count() == live_tasks
     end), "tasks " .. C.isle_task_live_count() .. " vs " .. live_tasks)
+end
+
+-- In a host under an adapter that suspends (luv here), a submit that
+-- waits for room parks its coroutine and the loop keeps running.
+function TestPool:test_host_coroutines_under_luv_suspend_while_the_queue_is_full()
+    local have_uv, uv = pcall(require, "luv")
+    if not have_uv then
+        lu.skip("lua-luv is not installed (make deps installs it)")
+    end
+    local luv = require("isle.luv")
+    local p = isle.pool{ size = 1, queue = 1, init = INIT }
+    local gate, started = isle.channel(4), isle.channel(4)
+    local first = p:spawn_exec(gated, gate, started)
+    lu.assertNotNil(started:pop(10))
+    local queued = p:spawn_call("sq", 2) -- the queue is full now
+    local hub = isle.hub()
+    luv.attach()
+    local r, ticks = nil, 0
+    local co = hub:go(function() r = { pcall(p.call, p, "sq", 3) } end)
+    lu.assertEquals(coroutine.status(co), "suspended") -- parked, not blocked
+    local timer = uv.new_timer()
+    timer:start(1, 1, function()
+        ticks = ticks + 1
+        if ticks == 20 then gate:push(1) end -- the loop runs while the submit waits
+        if r then timer:stop() timer:close() end
+    end)
+    local guard = uv.new_timer()
+    guard:start(20000, 0, function() uv.stop() end)
+    guard:unref()
+    uv.run()
+    guard:stop() guard:close()
+    luv.detach()
+    lu.assertEquals(r, { true, 9 })
+    lu.assertTrue(ticks >= 20)
+    lu.assertTrue(first:wait(10))
+    lu.assertEquals({ select(2, queued:wait(10)) }, { 4 })
+    p:close()
 end
 
 os.exit(lu.LuaUnit.run())
