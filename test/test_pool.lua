@@ -514,7 +514,8 @@ function TestPool:test_no_task_slot_or_thread_is_left_behind()
     lu.assertTrue(helpers.eventually(function()
         settle()
         return C.isle_live_count() == live_isles and C.isle_task_live_count() == live_tasks
-    end), "tasks " .. C.isle_task_live_count() .. " vs " .. live_tasks)
+    end), "tasks " .. C.isle_task_live_count() .. " vs " .. live_tasks .. ", isles " .. C.isle_live_count()
+        .. " vs " .. live_isles)
 end
 
 -- In a host under an adapter that suspends (luv here), a submit that

@@ -16,8 +16,8 @@ local errors = require("isle.errors")
 local handle = require("isle.handle")
 
 local C = runtime.C
-local setmetatable, type, tostring, tonumber, error, pcall, next, select =
-    setmetatable, type, tostring, tonumber, error, pcall, next, select
+local setmetatable, type, tostring, tonumber, error, pcall, next, ipairs =
+    setmetatable, type, tostring, tonumber, error, pcall, next, ipairs
 local isle_chan_push, isle_chan_pop, isle_chan_unwait = C.isle_chan_push, C.isle_chan_pop, C.isle_chan_unwait
 local isle_msg_free, isle_task_release, isle_pool_queue = C.isle_msg_free, C.isle_task_release, C.isle_pool_queue
 local ISLE_OK, ISLE_EBUSY, ISLE_ECLOSED = C.ISLE_OK, C.ISLE_EBUSY, C.ISLE_ECLOSED
@@ -27,12 +27,17 @@ local pool = {}
 local Pool = {}
 Pool.__index = Pool
 
+-- The owner's isle handles, under a key user code does not have (closing
+-- one would leave its pool short of an isle); a field, so that they go
+-- with the pool in the same collection.
+local ISLES = {}
+
 pool.DEFAULT_QUEUE = 1024
 pool.MAX_SIZE = 256
 
 -- The calling methods are the handle's own: they differ only in `ops`.
-for _, k in next, { "eval", "call", "exec", "spawn_eval", "spawn_call", "spawn_exec", "try_spawn_eval",
-                    "try_spawn_call", "try_spawn_exec", "post", "try_post", "with" } do
+for _, k in ipairs({ "eval", "call", "exec", "spawn_eval", "spawn_call", "spawn_exec", "try_spawn_eval",
+                    "try_spawn_call", "try_spawn_exec", "post", "try_post", "with" }) do
     Pool[k] = handle.Handle[k]
 end
 
@@ -175,7 +180,7 @@ function pool.new(opts, spawn)
     local self = wrap(p, true)
     self.instrument = opts.instrument
     local isles = {}
-    self.isles = isles
+    self[ISLES] = isles
     for i = 1, size do
         -- Each isle is spawned as isle.spawn would (its errors are the
         -- pool's), and carries the pool to its feeder.
@@ -267,7 +272,7 @@ function Pool:close(opts)
     if timeout ~= nil and (type(timeout) ~= "number" or not (timeout >= 0)) then
         error("isle: close option 'timeout' must be a number of seconds >= 0", 2)
     end
-    local isles = self.isles
+    local isles = self[ISLES]
     local me = runtime.self_ptr
     if me ~= nil then
         for i = 1, #isles do

@@ -635,7 +635,7 @@ end
 -- has ended (a job that sleeps or awaits keeps its isle busy for the
 -- pool), and runs it as a runner runs one from the mailbox. It begins once
 -- init has run, and ends when the queue is closed and empty (or is empty
--- while the isle closes with cancel).
+-- while the isle closes with cancel), closing the isle's mailbox.
 local function feed(frec)
     local s = runtime.sched
     local init = frec.init
@@ -654,6 +654,10 @@ local function feed(frec)
         run_message(s, frec, m)
     end
     frec.pool = nil
+    -- The pool is closed (or this isle closes with cancel): the isle has
+    -- nothing more to do, and ends once its jobs have, whether or not its
+    -- owner's handle is still around (a collected pool's may not be yet).
+    s:close()
 end
 
 local function queued() return q_head ~= nil end
