@@ -518,6 +518,53 @@ function TestPool:test_no_task_slot_or_thread_is_left_behind()
         .. " vs " .. live_isles)
 end
 
+-- A pool owned by an isle: when that isle's state closes, its teardown
+-- cancels the pool's isles, which close the pool; every task ends once,
+-- and references elsewhere see it closed.
+function TestPool:test_the_owners_state_closing_closes_the_pool()
+    local a = isle.spawn()
+    local ref = a:exec(function()
+        PINNED = require("isle").pool{ size = 1, init = "function sq(x) return x * x end" }
+        return PINNED
+    end)
+    lu.assertFalse(ref:isowner())
+    local gate, started = isle.channel(4), isle.channel(4)
+    local running = ref:spawn_exec(gated, gate, started)
+    lu.assertNotNil(started:pop(10))
+    local queued = ref:spawn_call("sq", 2)
+    a:close{ cancel = true }
+    local ok, e = running:wait(10)
+    lu.assertFalse(ok)
+    lu.assertEquals(e.code, "closed")
+    ok, e = queued:wait(10)
+    lu.assertFalse(ok)
+    lu.assertEquals(e.code, "closed")
+    lu.assertTrue(ref:is_closed())
+    lu.assertEquals(err_of(ref.call, ref, "sq", 1).code, "closed")
+end
+
+-- A submit waiting for room when the pool closes wakes with `closed`.
+function TestPool:test_a_submit_waiting_for_room_ends_closed_when_the_pool_closes()
+    local p = isle.pool{ size = 1, queue = 1, init = INIT }
+    local gate, started = isle.channel(4), isle.channel(4)
+    local first = p:spawn_exec(gated, gate, started)
+    lu.assertNotNil(started:pop(10))
+    local queued = p:spawn_call("sq", 2)
+    local h = isle.spawn()
+    local waiting = h:spawn_exec(function(pl, s)
+        s:push("submitting")
+        local ok, e = pcall(pl.call, pl, "sq", 3)
+        return ok, type(e) == "table" and e.code or tostring(e)
+    end, p, started)
+    lu.assertEquals(started:pop(10), "submitting")
+    lu.assertFalse(waiting:wait(0.1)) -- still waiting for room
+    p:close{ cancel = true }
+    lu.assertEquals({ select(2, waiting:wait(10)) }, { false, "closed" })
+    lu.assertFalse((first:result()))
+    lu.assertFalse((queued:result()))
+    h:close()
+end
+
 -- In a host under an adapter that suspends (luv here), a submit that
 -- waits for room parks its coroutine and the loop keeps running.
 function TestPool:test_host_coroutines_under_luv_suspend_while_the_queue_is_full()

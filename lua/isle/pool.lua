@@ -110,23 +110,30 @@ end
 
 -- In a pool isle's feeder (an isle job): the next queued message, waiting
 -- (the job yields) while the queue is empty; nil once the queue is closed
--- and empty, or when the isle is closing with cancel and the queue is
--- empty. A message taken while the isle closes with cancel still goes to
--- the worker, which ends its task CLOSED as it does for its mailbox.
+-- and empty. An isle of a pool closes with cancel only when its owner
+-- closes it (p:close, or the owner's state closing): the pool is closed
+-- then too, from here if it was not yet, so that no submit is left queued
+-- with nobody to take it; what is still queued goes on to the worker,
+-- which ends its task CLOSED as it does for its mailbox.
 function pool.take(obj, self_ptr)
-    local q = isle_pool_queue(PTRS[obj])
+    local p = PTRS[obj]
+    local q = isle_pool_queue(p)
     while true do
         local rc = isle_chan_pop(q, out_msg, out_num, nil)
         if rc == ISLE_OK then return out_msg[0] end
-        if rc == ISLE_ECLOSED or C.isle_close_mode(self_ptr) ~= 0 then return nil end
-        rc = isle_chan_pop(q, out_msg, out_num, out_wait)
-        if rc == ISLE_OK then return out_msg[0] end
         if rc == ISLE_ECLOSED then return nil end
-        if rc == ISLE_EBUSY then
-            wait_on(q, out_wait[0]) -- woken, timed out or stopped: look again
+        if C.isle_close_mode(self_ptr) ~= 0 then
+            C.isle_pool_close(p) -- the next pop drains or ends
         else
-            -- Out of memory for a waiter: look again a little later.
-            pcall(runtime.sched.sleep, runtime.sched, 0.001)
+            rc = isle_chan_pop(q, out_msg, out_num, out_wait)
+            if rc == ISLE_OK then return out_msg[0] end
+            if rc == ISLE_ECLOSED then return nil end
+            if rc == ISLE_EBUSY then
+                wait_on(q, out_wait[0]) -- woken, timed out or stopped: look again
+            else
+                -- Out of memory for a waiter: look again a little later.
+                pcall(runtime.sched.sleep, runtime.sched, 0.001)
+            end
         end
     end
 end
