@@ -377,6 +377,10 @@ function TestPool:test_a_pool_passed_to_an_isle_is_the_same_pool()
     end)
     lu.assertEquals(r, 42)
     h:close()
+    -- Shared states have no carrier for references: refused, as channels are.
+    local st = isle.state("return function(x) return type(x) end")
+    lu.assertEquals(err_of(st.call, st, p).code, "value")
+    st:close()
     -- The owner's close reaches every reference.
     p:close()
     lu.assertEquals(err_of(back.call, back, "sq", 1).code, "closed")
