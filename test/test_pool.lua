@@ -569,6 +569,77 @@ function TestPool:test_a_submit_waiting_for_room_ends_closed_when_the_pool_close
     h:close()
 end
 
+-- Submitters in 3 isles and the host, random cancels, then a close with
+-- cancel while they still submit: no wait hangs, every accepted task ends
+-- once (the pool's counts add up to them), later submits get `closed`.
+function TestPool:test_cancels_and_a_close_racing_submitters_end_every_task_once()
+    local p = isle.pool{ size = 2, queue = 8, init = INIT }
+    local go = isle.channel(4)
+    local function submit(pl, gate, seed)
+        local isle = require("isle")
+        math.randomseed(seed)
+        local ts, refused = {}, 0
+        gate:pop()
+        for i = 1, 150 do
+            local ok, t = pcall(pl.spawn_exec, pl, function(d)
+                if d > 0 then require("isle").sleep(d) end
+                return d
+            end, math.random() < 0.2 and 0.002 or 0)
+            if ok then
+                ts[#ts + 1] = t
+                if math.random() < 0.2 then t:cancel() end
+            else
+                assert(t.code == "closed", tostring(t))
+                refused = refused + 1
+            end
+        end
+        local codes = {}
+        for i = 1, #ts do
+            local ok, v = ts[i]:wait()
+            local k = ok and "done" or v.code
+            codes[k] = (codes[k] or 0) + 1
+        end
+        return #ts, refused, codes
+    end
+    local subs, runs = {}, {}
+    for w = 1, 3 do
+        subs[w] = isle.spawn()
+        runs[w] = subs[w]:spawn_exec(submit, p, go, w)
+    end
+    for _ = 1, 3 do go:push(1) end
+    -- The host submits too, then closes mid-way.
+    local host_ts = {}
+    for i = 1, 40 do host_ts[i] = p:spawn_call("sq", i) end
+    host_ts[3]:cancel()
+    p:close{ cancel = true }
+    local accepted, by_code = #host_ts, {}
+    for i = 1, #host_ts do
+        local ok, v = host_ts[i]:wait(10)
+        local k = ok and "done" or v.code
+        by_code[k] = (by_code[k] or 0) + 1
+    end
+    for w = 1, 3 do
+        local ok, n, refused, codes = runs[w]:wait(30)
+        lu.assertTrue(ok, tostring(n))
+        lu.assertEquals(n + refused, 150)
+        accepted = accepted + n
+        for k, c in pairs(codes) do by_code[k] = (by_code[k] or 0) + c end
+        subs[w]:close()
+    end
+    local total = 0
+    for k, c in pairs(by_code) do
+        lu.assertTrue(k == "done" or k == "cancelled" or k == "closed", "unexpected end: " .. k)
+        total = total + c
+    end
+    io.stderr:write(string.format("[pool race] accepted %d: done %d, cancelled %d, closed %d\n", accepted,
+        by_code.done or 0, by_code.cancelled or 0, by_code.closed or 0))
+    lu.assertEquals(total, accepted)
+    local st = p:stats()
+    lu.assertEquals(st.queued + st.running, 0)
+    lu.assertEquals(st.done + st.failed + st.cancelled + st.closed, accepted)
+    lu.assertEquals(st.done, by_code.done or 0)
+end
+
 -- In a host under an adapter that suspends (luv here), a submit that
 -- waits for room parks its coroutine and the loop keeps running.
 function TestPool:test_host_coroutines_under_luv_suspend_while_the_queue_is_full()
