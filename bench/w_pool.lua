@@ -35,6 +35,16 @@ local function through_pool(p, jobs)
     return jobs / (now() - t0)
 end
 
+-- Round trips: p:call on a pool of 1 against h:call on an isle.
+local function round_trips(target, n)
+    for i = 1, 1000 do target:call("inc", i) end
+    local t0 = now()
+    for i = 1, n do
+        if target:call("inc", i) ~= i + 1 then error("POOL: wrong reply") end
+    end
+    return (now() - t0) * 1e6 / n
+end
+
 local function run_pool(ctx)
     local isle = ctx.isle
     local jobs = ctx.n(200, 50)
@@ -52,6 +62,15 @@ local function run_pool(ctx)
         { "p2", function() return through_pool(pools[2], jobs) end },
         { "p4", function() return through_pool(pools[4], jobs) end },
     })
+    local n = ctx.n(100000, 10000)
+    local INC = "function inc(i) return i + 1 end"
+    local pinc, hinc = isle.pool{ size = 1, init = INC }, isle.spawn{ init = INC }
+    local rt = ctx.series({
+        { "pool", function() return round_trips(pinc, n) end },
+        { "isle", function() return round_trips(hinc, n) end },
+    })
+    pinc:close()
+    hinc:close()
     for _, p in pairs(pools) do p:close() end
     local nproc = tonumber((lib.capture("nproc"))) or 1
     local function speedups(runs)
@@ -78,6 +97,10 @@ local function run_pool(ctx)
             note = "per-run ratios, each pair measured moments apart" },
         ctx.row{ id = "POOL", name = "POOL speed-up, 4 isles over 1", value = lib.median(s4), unit = "x",
             better = "higher", runs = s4, note = "more isles than cores: shows what oversubscription costs" },
+        ctx.row{ id = "POOL", name = "POOL round trip p:call on a pool of 1", value = rt.pool.median,
+            unit = "us/rt", floor = rt.isle.median, floor_label = "isle h:call", runs = rt.pool.runs,
+            floor_runs = rt.isle.runs, extra = { n = n },
+            note = "the same call through the pool's queue and feeder instead of the isle's mailbox" },
         ctx.row{ id = "POOL", name = "POOL floor: the jobs in one state", value = res.floor.median, unit = "jobs/s",
             better = "higher", runs = res.floor.runs, note = "one core, no isle code" },
     }
