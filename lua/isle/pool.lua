@@ -279,13 +279,7 @@ function Pool:close(opts)
     if timeout ~= nil and (type(timeout) ~= "number" or not (timeout >= 0)) then
         error("isle: close option 'timeout' must be a number of seconds >= 0", 2)
     end
-    local isles = self[ISLES]
-    local me = runtime.self_ptr
-    if me ~= nil then
-        for i = 1, #isles do
-            if PTRS[isles[i]] == me then error("isle: an isle of a pool cannot close its pool", 2) end
-        end
-    end
+    local isles = self[ISLES] -- (the owner is never in one of them: they were spawned for it)
     self.closed = true
     C.isle_pool_close(PTRS[self])
     local cancel = opts and opts.cancel
