@@ -24,15 +24,24 @@ local function host_floor(work, jobs)
     return jobs / (now() - t0)
 end
 
+-- Cores this process used while a pool ran (process CPU time over wall
+-- time, per pool size): whether the machine gave the isles their cores.
+local cores_used = {}
+
 local function through_pool(p, jobs)
     local ts = {}
+    local c0 = lib.proc_cpu()
     local t0 = now()
     for i = 1, jobs do ts[i] = p:spawn_call("work", ITERS) end
     for i = 1, jobs do
         local ok, e = ts[i]:wait()
         if not ok then error("POOL: a job failed: " .. tostring(e)) end
     end
-    return jobs / (now() - t0)
+    local dt = now() - t0
+    local used = cores_used[p:size()] or {}
+    cores_used[p:size()] = used
+    used[#used + 1] = (lib.proc_cpu() - c0) / dt
+    return jobs / dt
 end
 
 -- Round trips: p:call on a pool of 1 against h:call on an isle.
@@ -73,6 +82,7 @@ local function run_pool(ctx)
     hinc:close()
     for _, p in pairs(pools) do p:close() end
     local nproc = tonumber((lib.capture("nproc"))) or 1
+    local function cores(n) return lib.median(cores_used[n]) or 0 end
     local function speedups(runs)
         local s = {}
         for i = 1, math.min(#runs, #res.p1.runs) do s[i] = runs[i] / res.p1.runs[i] end
@@ -84,13 +94,16 @@ local function run_pool(ctx)
         ctx.row{ id = "POOL", name = "POOL pool of 1 isle, CPU-bound jobs", value = res.p1.median, unit = "jobs/s",
             better = "higher", floor = res.floor.median, floor_label = "1 state", runs = res.p1.runs,
             floor_runs = res.floor.runs, extra = { jobs = jobs, iters = ITERS },
-            note = "floor: the same jobs called in the host's state, no threads" },
+            note = string.format("floor: the same jobs in the host's state, no threads; %.2f cores used",
+                cores(1)) },
         ctx.row{ id = "POOL", name = "POOL pool of 2 isles", value = res.p2.median, unit = "jobs/s",
             better = "higher", runs = res.p2.runs,
-            note = string.format("%.2fx the pool of 1 (%d cores)", lib.median(s2) or 0, nproc) },
+            note = string.format("%.2fx the pool of 1 (%d cores); %.2f cores used", lib.median(s2) or 0, nproc,
+                cores(2)) },
         ctx.row{ id = "POOL", name = "POOL pool of 4 isles", value = res.p4.median, unit = "jobs/s",
             better = "higher", runs = res.p4.runs,
-            note = string.format("%.2fx the pool of 1 (%d cores)", lib.median(s4) or 0, nproc) },
+            note = string.format("%.2fx the pool of 1 (%d cores); %.2f cores used", lib.median(s4) or 0, nproc,
+                cores(4)) },
         ctx.row{ id = "POOL", name = "POOL speed-up, 2 isles over 1", value = lib.median(s2), unit = "x",
             better = "higher", runs = s2,
             targets = { { op = ">=", value = want, text = string.format(">= %.2fx", want) } },
