@@ -13,12 +13,12 @@ WARN := -Wall -Wextra -Werror -std=c11 -D_GNU_SOURCE
 PIC := -fPIC -pthread
 ROOT := $(abspath .)
 BUILD := build
-SRCS := csrc/clock.c csrc/mem.c csrc/msg.c csrc/task.c csrc/mbox.c csrc/sig.c csrc/watchdog.c csrc/fork.c csrc/notify.c csrc/chan.c csrc/buf.c csrc/preload.c csrc/isle.c csrc/state.c
+SRCS := csrc/clock.c csrc/mem.c csrc/msg.c csrc/task.c csrc/mbox.c csrc/sig.c csrc/watchdog.c csrc/fork.c csrc/notify.c csrc/chan.c csrc/buf.c csrc/pool.c csrc/preload.c csrc/isle.c csrc/state.c
 HDRS := csrc/isle.h csrc/internal.h
 # The C hosts' API (csrc/isle_host.h, docs/c-api.md): part of libisle.so.
 SRCS += csrc/host.c
 HDRS += csrc/isle_host.h
-CORE_SRCS := csrc/clock.c csrc/mem.c csrc/msg.c csrc/task.c csrc/mbox.c csrc/sig.c csrc/watchdog.c csrc/fork.c csrc/notify.c csrc/chan.c csrc/buf.c
+CORE_SRCS := csrc/clock.c csrc/mem.c csrc/msg.c csrc/task.c csrc/mbox.c csrc/sig.c csrc/watchdog.c csrc/fork.c csrc/notify.c csrc/chan.c csrc/buf.c csrc/pool.c
 CTESTS := $(patsubst test/c/%.c,%,$(wildcard test/c/test_*.c))
 # Test builds route the core's allocations through test/c/failalloc.c, which
 # can fail the n-th one (docs/testing.md); the library itself never links it.
@@ -261,7 +261,7 @@ VERSION := $(shell sed -n 's/.*_VERSION = "\([^"]*\)".*/\1/p' lua/isle.lua | hea
 # test/test_package.lua checks this list and the rockspec's against lua/ and ffi/.
 ISLE_MODULES := isle isle.cdef isle.chunks isle.codec isle.combine isle.errors isle.fnsource \
 	isle.buffer isle.channel isle.handle isle.hub isle.instrument isle.interrupt isle.libs isle.loaders isle.luv isle.ngx \
-	isle.proto isle.runtime isle.sandbox isle.sched isle.state isle.task isle.token isle.wire isle.worker
+	isle.pool isle.proto isle.runtime isle.sandbox isle.sched isle.state isle.task isle.token isle.wire isle.worker
 module_src = $(if $(filter isle,$(1)),lua/isle.lua,$(if $(filter isle.cdef,$(1)),ffi/isle/cdef.lua,lua/isle/$(patsubst isle.%,%,$(1)).lua))
 module_dst = $(DESTDIR)$(LUADIR)/$(subst .,/,$(1)).lua
 .PHONY: install uninstall dist test-dist

@@ -17,7 +17,8 @@
  * Lock order (a thread never holds two of these except in this order):
  *   registry lock  ->  channel lock  ->  task lock  ->  signal-block lock, interrupt-id lock  ->  mailbox lock
  * (the registry of shared states ranks with the registry of isles; the two
- * are never held together). The watchdog's lock is never held while any
+ * are never held together; so does the registry of pools, whose pool lock
+ * comes before the signal-block lock and is never held with the others). The watchdog's lock is never held while any
  * other is taken, nor is a shared state's wait lock.
  * Nothing here runs Lua code while holding a lock, so a Lua finalizer can
  * never run inside a core critical section. The one exception is by design:
@@ -610,6 +611,39 @@ void isle_atomic_store32(int32_t *p, int32_t v);
 void isle_atomic_store64(int64_t *p, int64_t v);
 int isle_atomic_cas32(int32_t *p, int32_t expected, int32_t desired);
 int isle_atomic_cas64(int64_t *p, int64_t expected, int64_t desired);
+
+/* ---- pools (pool.c) ------------------------------------------------------ */
+/* One bounded queue of call messages (a channel) served by the isles of the
+ * pool, whose signal blocks it keeps for isle_pool_stats; alive as long as
+ * its references, like a channel (isle_pool_ref). Listed for lookups from
+ * isle_pool_new until isle_pool_close; the owner (the one reference
+ * isle_pool_new returns) holds it while listed. Lock order: registry lock ->
+ * pool lock -> signal-block lock (never with the queue's). */
+typedef struct isle_pool isle_pool;
+/* NULL with *err: ISLE_EINVAL (capacity not in 1..ISLE_CHAN_CAP_MAX, or a
+ * name an open pool has), ISLE_ENOMEM. `name` may be NULL. */
+isle_pool *isle_pool_new(size_t capacity, const char *name, int *err);
+/* A member isle's signal block (retained): its counters from now on count
+ * in isle_pool_stats. ISLE_OK or ISLE_ENOMEM. */
+int isle_pool_add(isle_pool *p, isle_sig *sig);
+void isle_pool_retain(isle_pool *p);
+void isle_pool_release(isle_pool *p);       /* accepts NULL */
+isle_task *isle_pool_ref(isle_pool *p);     /* as isle_chan_ref */
+isle_pool *isle_pool_of_ref(isle_task *t);  /* as isle_chan_of_ref */
+isle_chan *isle_pool_queue(isle_pool *p);   /* not retained */
+int64_t isle_pool_id(const isle_pool *p);   /* never reused within a process */
+const char *isle_pool_name(const isle_pool *p); /* "" when unnamed */
+size_t isle_pool_size(isle_pool *p);        /* members added */
+/* A retained open pool by id (name NULL) or name, or NULL. */
+isle_pool *isle_pool_lookup(int64_t id, const char *name);
+/* Unlists it and closes its queue (later pushes fail; what is queued stays
+ * for the isles). Idempotent. Stopping the isles is the owner's business. */
+void isle_pool_close(isle_pool *p);
+void isle_pool_disown(isle_pool *p);        /* close, then release; accepts NULL */
+int isle_pool_is_closed(isle_pool *p);
+/* Sums of the members' counters since they joined, the longest-running
+ * task among them, and the queue's length added to `queued`. */
+void isle_pool_stats(isle_pool *p, isle_stats *out);
 
 /* ---- isle's own modules, precompiled once per process ------------------ */
 /* Bytecode for module `name`, found by require in every state an isle starts

@@ -54,7 +54,7 @@ local isle_path = module_dirs()
 local MODULES = { "isle", "isle.cdef", "isle.codec", "isle.errors", "isle.runtime", "isle.sched",
     "isle.interrupt", "isle.libs", "isle.proto", "isle.worker", "isle.handle", "isle.task",
     "isle.token", "isle.chunks", "isle.instrument", "isle.fnsource", "isle.loaders", "isle.wire",
-    "isle.combine", "isle.hub", "isle.luv", "isle.state", "isle.channel", "isle.buffer", "isle.sandbox" }
+    "isle.combine", "isle.hub", "isle.luv", "isle.state", "isle.channel", "isle.buffer", "isle.sandbox", "isle.pool" }
 local function preload_modules()
     if C.isle_preload_count() > 0 then return end
     for _, name in ipairs(MODULES) do
@@ -111,7 +111,9 @@ end
 
 -- Starts an isle. Raises on bad options and on init failure (with the
 -- isle-side traceback); the isle's thread is gone by then.
-function isle.spawn(opts)
+-- `pool`: the pool this isle serves (isle.pool), carried to its feeder
+-- ahead of init's arguments.
+local function spawn(opts, pool)
     if opts == nil then opts = {} end
     if type(opts) ~= "table" then
         error("bad argument #1 to 'spawn' (table or nil expected, got " .. type(opts) .. ")", 2)
@@ -122,7 +124,7 @@ function isle.spawn(opts)
             error("isle.spawn: unknown option '" .. tostring(k) .. "'", 2)
         end
     end
-    local spec = { libs = check_libs(opts.libs) }
+    local spec = { libs = check_libs(opts.libs), pool = pool and true or nil }
     -- The sandbox (isle.sandbox): inherited by what a sandboxed state spawns.
     spec.sandbox = sandbox.option(opts.sandbox, "isle.spawn", 2)
     sandbox.check_instrument(opts, "isle.spawn", 2)
@@ -165,7 +167,12 @@ function isle.spawn(opts)
     local enc = codec.reset(runtime.enc)
     enc:encode(spec)
     local nargs = args and (args.n or #args) or 0
-    local ok, e = pcall(codec.put_values, enc, "args", 1, nargs, unpack(args or {}, 1, nargs))
+    local ok, e
+    if pool then
+        ok, e = pcall(codec.put_values, enc, "args", 1, nargs + 1, pool, unpack(args or {}, 1, nargs))
+    else
+        ok, e = pcall(codec.put_values, enc, "args", 1, nargs, unpack(args or {}, 1, nargs))
+    end
     if not ok then
         codec.reset(enc)
         error(errors.from_codec(e) or e, 2)
@@ -206,6 +213,12 @@ function isle.spawn(opts)
     end
     return handle.wrap(p, true)
 end
+
+function isle.spawn(opts) return spawn(opts) end
+
+-- Pools (lua/isle/pool.lua): N isles serving one bounded queue of calls.
+function isle.pool(opts) return require("isle.pool").new(opts, spawn) end
+function isle.pool_ref(key) return require("isle.pool").ref(key) end
 
 -- A non-owning handle to a live isle by id or name; nil, err if none.
 function isle.lookup(key)

@@ -64,6 +64,7 @@ build = {
       ["isle.loaders"] = "lua/isle/loaders.lua",
       ["isle.luv"] = "lua/isle/luv.lua",
       ["isle.ngx"] = "lua/isle/ngx.lua",
+      ["isle.pool"] = "lua/isle/pool.lua",
       ["isle.proto"] = "lua/isle/proto.lua",
       ["isle.runtime"] = "lua/isle/runtime.lua",
       ["isle.sandbox"] = "lua/isle/sandbox.lua",

@@ -35,7 +35,7 @@ local specials = {}    -- metatable -> { kind, ship, restore }
 local special_kinds = {}
 -- Kinds are fixed numbers so that every state agrees on them; the module of
 -- a kind is loaded on first use in a state that receives one.
-local SPECIAL_MODULES = { [1] = "isle.token", [2] = "isle.channel", [3] = "isle.buffer" }
+local SPECIAL_MODULES = { [1] = "isle.token", [2] = "isle.channel", [3] = "isle.buffer", [4] = "isle.pool" }
 
 -- Lets a module send its objects: ship(obj, path) returns a plain value
 -- (usually the index codec.attach gave it), restore(value, from) rebuilds

@@ -157,14 +157,23 @@ end
 -- them (isle.wire): a failure anywhere leaves nothing to give back.
 local function send(self, kind, target, wait, with_task, n, ...)
     if self.gen ~= generation() then check_process(self, "isle handle", 3) end
+    -- A pool (isle.pool) shares these methods: `ops` is where its queue
+    -- differs from an isle's mailbox (nil for isles).
+    local ops = self.ops
     -- A closed isle is an expected failure: nil, err (the raising callers raise it).
-    if is_closed(self) then return nil, closed_error(self) end
+    if ops then
+        if ops.is_closed(self) then return nil, ops.closed_error(self) end
+    elseif is_closed(self) then
+        return nil, closed_error(self)
+    end
     local enc = codec.reset(runtime.enc)
     local opts = self.opts
     local flags = 0
     if kind == EVAL or kind == EXEC then
         local instr = opts and opts.instrument
-        if instr == nil then instr = C.isle_instrument(ptr_of(self)) ~= 0 end
+        if instr == nil then
+            if ops then instr = ops.instrument(self) else instr = C.isle_instrument(ptr_of(self)) ~= 0 end
+        end
         if kind == EVAL then
             if instr then
                 local wrapped
@@ -226,6 +235,12 @@ local function send(self, kind, target, wait, with_task, n, ...)
             .. "this isle would pass its memory_limit"), 3)
     end
     m.flags = flags
+    if ops then
+        -- Into the pool's queue; on failure the message is freed there.
+        local ok, err = ops.push(self, m, wait)
+        if not ok then return nil, err end
+        return t or true
+    end
     local rc = C.isle_mbox_push(C.isle_mbox_of(ptr_of(self)), m, wait)
     if rc ~= ISLE_OK then
         C.isle_msg_free(m) -- and the references it carries
@@ -373,7 +388,8 @@ function Handle:with(opts)
     if instr ~= nil and type(instr) ~= "boolean" then
         error("isle: call option 'instrument' must be a boolean", 2)
     end
-    local view = setmetatable({ owner = false, base = self.base or self, gen = self.gen }, Handle)
+    local view = setmetatable({ owner = false, base = self.base or self, gen = self.gen, ops = self.ops },
+        debug.getmetatable(self)) -- a handle's or a pool's; the real one (a sandbox seals them)
     PTRS[view] = ptr_of(self)
     view.opts = { given = merged, timeout = timeout, instrument = instr, wire = { token = tok } }
     return view

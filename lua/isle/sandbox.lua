@@ -472,6 +472,7 @@ local function facade()
     -- their isles this state's sandbox.
     if isle.pool ~= nil then F.pool = isle.pool end
     F.lookup = refused("isle.lookup", "it reaches isles by id or name: pass handles instead")
+    F.pool_ref = refused("isle.pool_ref", "it reaches pools by id or name: pass the pool instead")
     F.state_ref = refused("isle.state_ref", "it reaches shared states by id or name: pass the state instead")
     F.singleton = refused("isle.singleton", "it reaches shared states by name: pass the state instead")
     F.hub = refused("isle.hub", "it is for host states")
@@ -539,7 +540,7 @@ local function protect_metatables()
     local mts = {
         require("isle.handle").Handle, require("isle.task").Task, require("isle.token").Token,
         require("isle.channel").Channel, require("isle.state").State, require("isle").Timer,
-        require("isle.buffer").Buffer,
+        require("isle.buffer").Buffer, require("isle.pool").Pool,
         dgetmetatable(require("isle.errors").new("runtime", "")),
         dgetmetatable(io.stdout),
     }

@@ -672,6 +672,36 @@ local function flush(s)
     while q_head ~= nil do s:spawn(run_queue, {}) end
 end
 
+-- Pools (isle.pool): an isle of a pool runs one feeder, a job that takes
+-- the next message from the pool's queue only when the last one it took
+-- has ended (a job that sleeps or awaits keeps its isle busy for the
+-- pool), and runs it as a runner runs one from the mailbox. It begins once
+-- init has run, and ends when the queue is closed and empty (or is empty
+-- while the isle closes with cancel), closing the isle's mailbox.
+local function feed(frec)
+    local s = runtime.sched
+    local init = frec.init
+    frec.init = nil
+    if init.ok == nil then pcall(runtime.wait_task, init.task, -1) end -- init may sleep
+    if init.ok ~= true then return end
+    local take = require("isle.pool").take
+    local the_pool = frec.pool
+    while true do
+        local m = take(the_pool, self_ptr)
+        -- A wait resumed in the user's mode (the loop's rule for parked
+        -- jobs): what follows is the worker's own bookkeeping.
+        if capped then core_mode() end
+        if m == nil then break end
+        C.isle_sig_hold(s.sig, 1) -- run_message counts it out of `queued`
+        run_message(s, frec, m)
+    end
+    frec.pool = nil
+    -- The pool is closed (or this isle closes with cancel): the isle has
+    -- nothing more to do, and ends once its jobs have, whether or not its
+    -- owner's handle is still around (a collected pool's may not be yet).
+    s:close()
+end
+
 local function queued() return q_head ~= nil end
 
 -- Takes ownership of a batch of messages from the mailbox; the loop starts
@@ -774,6 +804,11 @@ function worker.main(addr)
     dec:set(boot.data, boot.len)
     local spec = dec:decode()
     local args = pack(select(2, codec.get_values(dec, boot)))
+    local the_pool -- an isle of a pool: the pool comes before init's arguments
+    if spec.pool then
+        the_pool = args[1]
+        args = pack(unpack(args, 2, args.n))
+    end
     if spec.instrument_loads then require("isle.loaders").install(_G) end
     libs.apply(spec.libs, _G)
     if spec.sandbox then
@@ -789,6 +824,7 @@ function worker.main(addr)
     -- Init may sleep or await: the loop serves it like any other job.
     s:spawn(run_init, rec)
     if rec.ok == false then return end
+    if the_pool then s:spawn(feed, { pool = the_pool, init = rec }) end
     local ok, err = pcall(s.run, s)
     if not ok then
         -- The loop itself failed (a bug, or out of memory): what it had
