@@ -96,3 +96,4 @@ files["test/test_sandbox.lua"] = {
     read_globals = { "__isle_F" },
 }
 files["test/fixtures/sandbox_mod_names.lua"] = { read_globals = { "__isle_F" } }
+files["test/test_pool.lua"] = { globals = { "sq", "fail", "whoami", "note", "twice", "base", "PINNED" } }

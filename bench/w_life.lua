@@ -154,7 +154,9 @@ local function run_scale(ctx)
         ctx.row{ id = "SCALE", name = "SCALE last spawn vs first (wall)", value = tonumber(last), unit = "ms/isle",
             floor = tonumber(first), floor_label = "first 100", note = "wall time, moves with the machine's load" },
         ctx.row{ id = "SCALE", name = "SCALE idle isles CPU", value = tonumber(idle), unit = "% core",
-            extra = { count = count }, note = string.format("process CPU per second of wall with %d idle isles (slope between a 1 s and a 5 s sleep)", count),
+            extra = { count = count },
+            note = string.format("process CPU per second of wall with %d idle isles (slope between a 1 s and a 5 s sleep)",
+                count),
             targets = { { op = "<", value = 1, text = "< 1% core" } } },
     }
 end

@@ -7,7 +7,7 @@
 -- pool's isles.
 local lu = require("luaunit")
 local isle = require("isle")
-local helpers = require("helpers")
+local helpers = require("test.helpers")
 local C = require("isle.cdef").C
 
 local function err_of(f, ...)
@@ -354,7 +354,7 @@ function TestPool:test_a_pool_passed_to_an_isle_is_the_same_pool()
     local p = isle.pool{ size = 1, init = INIT, name = "tp-passed" }
     local h = isle.spawn()
     local id, owner, sq, e = h:exec(function(pl)
-        local ok, err = pcall(pl.close, pl)
+        local _, err = pcall(pl.close, pl)
         return pl:id(), pl:isowner(), pl:call("sq", 12), tostring(err)
     end, p)
     lu.assertEquals(id, p:id())
@@ -377,9 +377,11 @@ function TestPool:test_a_pool_passed_to_an_isle_is_the_same_pool()
     end)
     lu.assertEquals(r, 42)
     h:close()
-    -- Shared states have no carrier for references: refused, as channels are.
-    local st = isle.state("return function(x) return type(x) end")
-    lu.assertEquals(err_of(st.call, st, p).code, "value")
+    -- Shared states carry references too: the same pool arrives there.
+    local st = isle.state("return function(x) return x:size(), x:id() end")
+    local size, pid = st:call(p)
+    lu.assertEquals(size, p:size())
+    lu.assertEquals(pid, p:id())
     st:close()
     -- The owner's close reaches every reference.
     p:close()
@@ -453,12 +455,12 @@ function TestPool:test_the_isles_of_a_pool_share_the_load()
     for i = 1, 3 do ts[i] = p:spawn_exec(gated, gate, started) end
     -- Three blocking jobs run at once: each on an isle of its own.
     local ids = {}
-    for i = 1, 3 do ids[started:pop(10)] = true end
+    for _ = 1, 3 do ids[started:pop(10)] = true end
     local n = 0
     for _ in pairs(ids) do n = n + 1 end
     lu.assertEquals(n, 3)
     lu.assertEquals(p:stats().running, 3)
-    for i = 1, 3 do gate:push(1) end
+    for _ = 1, 3 do gate:push(1) end
     for i = 1, 3 do lu.assertTrue(ts[i]:wait(10)) end
     -- Jobs that sleep (blocking their isle for the pool) spread too.
     local seen = {}
@@ -576,11 +578,11 @@ function TestPool:test_cancels_and_a_close_racing_submitters_end_every_task_once
     local p = isle.pool{ size = 2, queue = 8, init = INIT }
     local go = isle.channel(4)
     local function submit(pl, gate, seed)
-        local isle = require("isle")
+        require("isle")
         math.randomseed(seed)
         local ts, refused = {}, 0
         gate:pop()
-        for i = 1, 150 do
+        for _ = 1, 150 do
             local ok, t = pcall(pl.spawn_exec, pl, function(d)
                 if d > 0 then require("isle").sleep(d) end
                 return d
