@@ -383,7 +383,7 @@ bench-chost: bench-floor $(BUILD)/bench_host_call
 # change them have merged: clang-format -i csrc/*.c csrc/*.h).
 .PHONY: lint
 LINT_LUA := lua ffi test bench examples
-FORMAT_FILES := csrc/clock.c csrc/fork.c csrc/msg.c csrc/preload.c
+FORMAT_FILES := $(wildcard csrc/*.c csrc/*.h)
 # cppcheck: every check family but `information`, POSIX functions known.
 # constParameter (style) is off: it asks for const on pointers that the API
 # in isle.h takes as handles (isle_task_unwatch(t, mb, sig)), fixed by the FFI.

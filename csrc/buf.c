@@ -20,14 +20,14 @@
 #include <string.h>
 
 struct isle_buf {
-    isle_task *anchor;   /* holds the buffer's references */
-    void *block;         /* the allocation that holds the bytes */
-    void *data;          /* size bytes, `align`-aligned, inside `block` */
-    size_t size;         /* bytes */
-    size_t elem_size;    /* bytes per element where it was made */
-    size_t count;        /* elements */
-    isle_mem *mem;       /* the creator's account, charged `size` (isle_buf_charge) */
-    char type[ISLE_BUF_TYPE_MAX];  /* the C type of an element, by name */
+    isle_task *anchor;            /* holds the buffer's references */
+    void *block;                  /* the allocation that holds the bytes */
+    void *data;                   /* size bytes, `align`-aligned, inside `block` */
+    size_t size;                  /* bytes */
+    size_t elem_size;             /* bytes per element where it was made */
+    size_t count;                 /* elements */
+    isle_mem *mem;                /* the creator's account, charged `size` (isle_buf_charge) */
+    char type[ISLE_BUF_TYPE_MAX]; /* the C type of an element, by name */
 };
 
 static atomic_int live_bufs;
@@ -124,8 +124,14 @@ const char *isle_buf_type(const isle_buf *b) { return b->type; }
  * GCC's __atomic builtins work on plain integers, which is what a buffer
  * holds (C11's atomic_* need _Atomic objects); sequentially consistent, so
  * they also order the plain reads and writes around them. */
-int32_t isle_atomic_add32(int32_t *p, int32_t delta) { return __atomic_fetch_add(p, delta, __ATOMIC_SEQ_CST); }
-int64_t isle_atomic_add64(int64_t *p, int64_t delta) { return __atomic_fetch_add(p, delta, __ATOMIC_SEQ_CST); }
+int32_t isle_atomic_add32(int32_t *p, int32_t delta)
+{
+    return __atomic_fetch_add(p, delta, __ATOMIC_SEQ_CST);
+}
+int64_t isle_atomic_add64(int64_t *p, int64_t delta)
+{
+    return __atomic_fetch_add(p, delta, __ATOMIC_SEQ_CST);
+}
 int32_t isle_atomic_load32(const int32_t *p) { return __atomic_load_n(p, __ATOMIC_SEQ_CST); }
 int64_t isle_atomic_load64(const int64_t *p) { return __atomic_load_n(p, __ATOMIC_SEQ_CST); }
 void isle_atomic_store32(int32_t *p, int32_t v) { __atomic_store_n(p, v, __ATOMIC_SEQ_CST); }
@@ -133,10 +139,12 @@ void isle_atomic_store64(int64_t *p, int64_t v) { __atomic_store_n(p, v, __ATOMI
 
 int isle_atomic_cas32(int32_t *p, int32_t expected, int32_t desired)
 {
-    return __atomic_compare_exchange_n(p, &expected, desired, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);
+    return __atomic_compare_exchange_n(p, &expected, desired, 0, __ATOMIC_SEQ_CST,
+                                       __ATOMIC_SEQ_CST);
 }
 
 int isle_atomic_cas64(int64_t *p, int64_t expected, int64_t desired)
 {
-    return __atomic_compare_exchange_n(p, &expected, desired, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);
+    return __atomic_compare_exchange_n(p, &expected, desired, 0, __ATOMIC_SEQ_CST,
+                                       __ATOMIC_SEQ_CST);
 }

@@ -21,7 +21,7 @@
 
 typedef struct chan_waiter {
     struct chan_waiter *next;
-    isle_task *task;  /* one reference, the list's */
+    isle_task *task; /* one reference, the list's */
 } chan_waiter;
 
 typedef struct chan_wlist {
@@ -37,14 +37,14 @@ typedef struct chan_slot {
 } chan_slot;
 
 struct isle_chan {
-    isle_task *anchor;     /* holds the channel's references */
+    isle_task *anchor; /* holds the channel's references */
     pthread_mutex_t mu;
     size_t cap, head, count;
-    chan_slot *ring;       /* cap slots; count from head (mu) */
-    int closed;            /* (mu) */
-    atomic_size_t len;     /* mirror of count for isle_chan_len without the lock */
-    chan_wlist poppers, pushers;  /* (mu) */
-    isle_mem *mem;         /* the creator's account, charged for the ring (isle_chan_charge) */
+    chan_slot *ring;             /* cap slots; count from head (mu) */
+    int closed;                  /* (mu) */
+    atomic_size_t len;           /* mirror of count for isle_chan_len without the lock */
+    chan_wlist poppers, pushers; /* (mu) */
+    isle_mem *mem; /* the creator's account, charged for the ring (isle_chan_charge) */
 };
 
 static void wlist_push(chan_wlist *l, chan_waiter *w)
@@ -273,10 +273,7 @@ int isle_chan_is_closed(isle_chan *ch)
     return c;
 }
 
-size_t isle_chan_len(isle_chan *ch)
-{
-    return atomic_load_explicit(&ch->len, memory_order_relaxed);
-}
+size_t isle_chan_len(isle_chan *ch) { return atomic_load_explicit(&ch->len, memory_order_relaxed); }
 
 size_t isle_chan_cap(isle_chan *ch) { return ch->cap; }
 

@@ -35,14 +35,21 @@ enum { FLAG_INSTRUMENT = 4 };
 
 /* string.buffer's tags (LuaJIT src/lj_serialize.c). */
 enum {
-    SER_NIL = 0x00, SER_FALSE = 0x01, SER_TRUE = 0x02,
-    SER_NULL = 0x03, SER_LIGHTUD32 = 0x04, SER_LIGHTUD64 = 0x05,
-    SER_INT = 0x06, SER_NUM = 0x07,
-    SER_TAB = 0x08,       /* +1: a hash part; +2: an array part (from 0); +4: from 1 */
-    SER_DICT_MT = 0x0e,   /* a table with a metatable from the dictionary */
+    SER_NIL = 0x00,
+    SER_FALSE = 0x01,
+    SER_TRUE = 0x02,
+    SER_NULL = 0x03,
+    SER_LIGHTUD32 = 0x04,
+    SER_LIGHTUD64 = 0x05,
+    SER_INT = 0x06,
+    SER_NUM = 0x07,
+    SER_TAB = 0x08,     /* +1: a hash part; +2: an array part (from 0); +4: from 1 */
+    SER_DICT_MT = 0x0e, /* a table with a metatable from the dictionary */
     SER_DICT_STR = 0x0f,
-    SER_INT64 = 0x10, SER_UINT64 = 0x11, SER_COMPLEX = 0x12,
-    SER_STR = 0x20        /* + length */
+    SER_INT64 = 0x10,
+    SER_UINT64 = 0x11,
+    SER_COMPLEX = 0x12,
+    SER_STR = 0x20 /* + length */
 };
 
 /* LuaJIT's limits (src/lj_def.h): an array part of at most 2^27 + 1 slots,
@@ -57,23 +64,20 @@ enum { MT_FUNCTION = 0, MT_SPECIAL = 1 };
 
 struct ihost_error {
     int kind;
-    const char *code;        /* static, or code_own */
+    const char *code; /* static, or code_own */
     char *code_own;
     char *message;
-    char *traceback;         /* NULL when none */
-    ihost_results *holder;   /* a decoded envelope: `value` points into it */
+    char *traceback;       /* NULL when none */
+    ihost_results *holder; /* a decoded envelope: `value` points into it */
     ihost_value value;
 };
 
-static const char *const CODES[] = {
-    "", "runtime", "cancelled", "timeout", "closed", "value", "busy", "memory",
-    "interrupted", "unknown", "invalid"
-};
+static const char *const CODES[] = {"",     "runtime", "cancelled",   "timeout", "closed", "value",
+                                    "busy", "memory",  "interrupted", "unknown", "invalid"};
 
 /* Handed out when not even an error object can be allocated. */
-static ihost_error nomem_error = {
-    IHOST_EMEMORY, "memory", NULL, "not enough memory", NULL, NULL, {IHOST_TNIL, {0}}
-};
+static ihost_error nomem_error = {IHOST_EMEMORY, "memory",         NULL, "not enough memory", NULL,
+                                  NULL,          {IHOST_TNIL, {0}}};
 
 static int kind_of_code(const char *code)
 {
@@ -144,15 +148,15 @@ void ihost_error_free(ihost_error *e)
 /* ---- tables -------------------------------------------------------------------- */
 
 struct ihost_table {
-    ihost_value *arr;        /* arr[i] is t[i + 1]; may hold nil holes */
+    ihost_value *arr; /* arr[i] is t[i + 1]; may hold nil holes */
     size_t alen, acap;
-    ihost_value *keys, *vals;/* the hash part in insertion order; a nil val is a removed key */
+    ihost_value *keys, *vals; /* the hash part in insertion order; a nil val is a removed key */
     size_t hlen, hcap, hlive;
-    uint32_t *index;         /* open addressing over bool/number/string keys: entry + 1, 0 empty */
-    size_t icap, icount;     /* icap: 0 or a power of two */
-    ihost_table *parent;     /* the table this one is a value or key of */
-    int owned;               /* belongs to a table or a result list */
-    int height;              /* levels of tables in this subtree, itself included */
+    uint32_t *index;     /* open addressing over bool/number/string keys: entry + 1, 0 empty */
+    size_t icap, icount; /* icap: 0 or a power of two */
+    ihost_table *parent; /* the table this one is a value or key of */
+    int owned;           /* belongs to a table or a result list */
+    int height;          /* levels of tables in this subtree, itself included */
 };
 
 ihost_value ihost_string(const char *s)
@@ -623,8 +627,10 @@ static void key_part(char *out, size_t cap, const ihost_value *k)
         out[o++] = '"';
         for (size_t i = 0; i < len && o + 8 < cap; i++) {
             unsigned char c = (unsigned char)s[i];
-            if (c == '"' || c == '\\') { out[o++] = '\\'; out[o++] = (char)c; }
-            else if (c < 32 || c > 126) o += (size_t)snprintf(out + o, cap - o, "\\%u", c);
+            if (c == '"' || c == '\\') {
+                out[o++] = '\\';
+                out[o++] = (char)c;
+            } else if (c < 32 || c > 126) o += (size_t)snprintf(out + o, cap - o, "\\%u", c);
             else out[o++] = (char)c;
         }
         snprintf(out + o, cap - o, "\"]");
@@ -644,7 +650,7 @@ static void key_part(char *out, size_t cap, const ihost_value *k)
 typedef struct enc {
     char *p;
     size_t len, cap;
-    int kind;        /* IHOST_OK, or why it failed */
+    int kind; /* IHOST_OK, or why it failed */
     char msg[160];
     vpath path;
 } enc;
@@ -729,7 +735,8 @@ static int enc_number(enc *e, double d)
 static int enc_str(enc *e, const char *s, size_t len)
 {
     if (len > IHOST_MAX_STRING)
-        return enc_fail(e, IHOST_EVALUE, "a string longer than LuaJIT's longest (2^31 - 256 bytes)");
+        return enc_fail(e, IHOST_EVALUE,
+                        "a string longer than LuaJIT's longest (2^31 - 256 bytes)");
     if (enc_u124(e, (uint32_t)(SER_STR + len)) || enc_room(e, len)) return -1;
     if (len) memcpy(e->p + e->len, s, len);
     e->len += len;
@@ -746,7 +753,8 @@ static int enc_table(enc *e, const ihost_table *t, int depth)
     while (alen > 0 && t->arr[alen - 1].type == IHOST_TNIL) alen--; /* as LuaJIT trims */
     size_t nhash = t->hlive;
     if (alen >= MAX_ARRAY || nhash > MAX_HASH)
-        return enc_fail(e, IHOST_EVALUE, "a table larger than LuaJIT's (2^27 array or 2^26 hash entries)");
+        return enc_fail(e, IHOST_EVALUE,
+                        "a table larger than LuaJIT's (2^27 array or 2^26 hash entries)");
     if (enc_byte(e, SER_TAB + (nhash ? 1 : 0) + (alen ? 4 : 0))) return -1;
     if (alen && enc_u124(e, (uint32_t)alen + 1)) return -1; /* slot 0 counts, unused */
     if (nhash && enc_u124(e, (uint32_t)nhash)) return -1;
@@ -864,7 +872,7 @@ int ihost_encode_value(ihost_value v, char **bytes, size_t *len, ihost_error **e
 
 typedef struct dec {
     const unsigned char *start, *p, *end;
-    int lenient;     /* error envelopes: what C cannot hold becomes nil */
+    int lenient; /* error envelopes: what C cannot hold becomes nil */
     int kind;
     char msg[120];
     vpath path;
@@ -915,24 +923,29 @@ static int dec_value(dec *d, ihost_value *out, int depth);
  * input cannot make the decoder allocate more than the input holds. */
 static int dec_table(dec *d, uint32_t tp, ihost_value *out, int depth)
 {
-    if (depth >= IHOST_MAX_DEPTH) return dec_fail(d, IHOST_EVALUE, "tables nested more than 100 levels deep");
+    if (depth >= IHOST_MAX_DEPTH)
+        return dec_fail(d, IHOST_EVALUE, "tables nested more than 100 levels deep");
     int mt = -1;
     if (tp == SER_DICT_MT) {
         uint32_t idx;
         if (dec_u124(d, &idx) || dec_u124(d, &tp)) return -1;
-        if (!(tp >= SER_TAB && tp < SER_DICT_MT)) return dec_fail(d, IHOST_EVALUE, "a bad tag after a metatable index");
+        if (!(tp >= SER_TAB && tp < SER_DICT_MT))
+            return dec_fail(d, IHOST_EVALUE, "a bad tag after a metatable index");
         mt = idx > 1000 ? 1000 : (int)idx;
         if (!d->lenient)
-            return dec_fail(d, IHOST_EVALUE, mt == MT_FUNCTION ? "a Lua function (C cannot receive functions)"
-                                           : mt == MT_SPECIAL ? "an isle token or other isle object (C cannot receive it)"
-                                                              : "a table with a metatable (C cannot receive it)");
+            return dec_fail(d, IHOST_EVALUE,
+                            mt == MT_FUNCTION ? "a Lua function (C cannot receive functions)"
+                                : mt == MT_SPECIAL
+                                ? "an isle token or other isle object (C cannot receive it)"
+                                : "a table with a metatable (C cannot receive it)");
     }
     uint32_t narray = 0, nhash = 0;
     if (tp >= SER_TAB + 2 && dec_u124(d, &narray)) return -1;
     if ((tp & 1) && dec_u124(d, &nhash)) return -1;
     uint32_t base = tp >= SER_TAB + 4 ? 1 : 0;
     size_t nobj = narray > base ? narray - base : 0;
-    if (nobj > dec_left(d) || (size_t)nhash > dec_left(d) / 2) return dec_eob(d); /* 1 byte per value at least */
+    if (nobj > dec_left(d) || (size_t)nhash > dec_left(d) / 2)
+        return dec_eob(d); /* 1 byte per value at least */
     ihost_table *t = ihost_table_new();
     if (!t) return dec_fail(d, IHOST_EMEMORY, "not enough memory");
     char part[64];
@@ -974,9 +987,9 @@ static int dec_table(dec *d, uint32_t tp, ihost_value *out, int depth)
             if (v.type != TYPE_SKIPPED) value_destroy(&v);
             continue;
         }
-        const char *bad = k.type == IHOST_TNIL ? "a nil table key"
-                        : k.type == IHOST_TNUMBER && k.v.number != k.v.number ? "a NaN table key"
-                        : NULL;
+        const char *bad = k.type == IHOST_TNIL                    ? "a nil table key"
+            : k.type == IHOST_TNUMBER && k.v.number != k.v.number ? "a NaN table key"
+                                                                  : NULL;
         if (bad) {
             value_destroy(&v);
             dec_fail(d, IHOST_EVALUE, bad);
@@ -1059,7 +1072,8 @@ static int dec_value(dec *d, ihost_value *out, int depth)
     case SER_INT64:
     case SER_UINT64:
         if (dec_left(d) < 8) return dec_eob(d);
-        *out = tp == SER_INT64 ? ihost_int64((int64_t)get_u64le(d->p)) : ihost_uint64(get_u64le(d->p));
+        *out =
+            tp == SER_INT64 ? ihost_int64((int64_t)get_u64le(d->p)) : ihost_uint64(get_u64le(d->p));
         d->p += 8;
         return 0;
     case SER_COMPLEX: return dec_skip(d, out, 16, "a complex number (C cannot receive it)");
@@ -1068,7 +1082,8 @@ static int dec_value(dec *d, ihost_value *out, int depth)
     case SER_LIGHTUD64: return dec_skip(d, out, 8, "a light userdata");
     case SER_DICT_STR: {
         uint32_t idx;
-        if (!d->lenient) return dec_fail(d, IHOST_EVALUE, "a string dictionary entry (isle uses none)");
+        if (!d->lenient)
+            return dec_fail(d, IHOST_EVALUE, "a string dictionary entry (isle uses none)");
         if (dec_u124(d, &idx)) return -1;
         out->type = TYPE_SKIPPED;
         return 0;
@@ -1105,7 +1120,10 @@ static int dec_into(dec *d, long count, const char *what, ihost_results **out)
     if (!r) return dec_fail(d, IHOST_EMEMORY, "not enough memory");
     size_t n = (size_t)count;
     if (count < 0) {
-        if (d->p >= d->end) { dec_eob(d); goto fail; }
+        if (d->p >= d->end) {
+            dec_eob(d);
+            goto fail;
+        }
         int tag = *d->p++;
         if (tag != ISLE_WIRE_VALUES && tag != ISLE_WIRE_FUNCS) {
             dec_fail(d, IHOST_EVALUE, "not a value list (bad first byte)");
@@ -1123,7 +1141,9 @@ static int dec_into(dec *d, long count, const char *what, ihost_results **out)
             d->p += 4;
         }
         if (!(x >= 0 && x <= (double)dec_left(d)) || x != (double)(size_t)x) {
-            dec_fail(d, IHOST_EVALUE, x > (double)dec_left(d) ? "a value count larger than the data" : "a bad value count");
+            dec_fail(d, IHOST_EVALUE,
+                     x > (double)dec_left(d) ? "a value count larger than the data"
+                                             : "a bad value count");
             goto fail;
         }
         n = (size_t)x;
@@ -1155,9 +1175,11 @@ fail:
 
 static int dec_error(dec *d, ihost_error **err)
 {
-    if (d->kind == IHOST_EMEMORY) return fail(err, IHOST_EMEMORY, "not enough memory to decode the values");
+    if (d->kind == IHOST_EMEMORY)
+        return fail(err, IHOST_EMEMORY, "not enough memory to decode the values");
     size_t at = (size_t)(d->p - d->start);
-    if (d->path.len) return fail(err, d->kind, "cannot receive %s at %s (byte %zu)", d->msg, d->path.s, at);
+    if (d->path.len)
+        return fail(err, d->kind, "cannot receive %s at %s (byte %zu)", d->msg, d->path.s, at);
     return fail(err, d->kind, "cannot receive %s (byte %zu)", d->msg, at);
 }
 
@@ -1216,7 +1238,8 @@ static int envelope_error(const char *p, size_t len, ihost_error **err)
     d.lenient = 1;
     ihost_results *env = NULL;
     if (dec_into(&d, 1, "error", &env)) {
-        if (d.kind == IHOST_EMEMORY) return fail(err, IHOST_EMEMORY, "not enough memory to read an error");
+        if (d.kind == IHOST_EMEMORY)
+            return fail(err, IHOST_EMEMORY, "not enough memory to read an error");
         return fail(err, IHOST_ERUNTIME, "an error came back that cannot be read: %s", d.msg);
     }
     ihost_value tv = ihost_results_get(env, 0);
@@ -1228,7 +1251,8 @@ static int envelope_error(const char *p, size_t len, ihost_error **err)
     int has_tb = ihost_table_getfield(t, "traceback").type == IHOST_TSTRING;
     ihost_error *e = calloc(1, sizeof(*e));
     char *message = ihost_table_getfield(t, "message").type == IHOST_TSTRING
-                         ? dup_field(t, "message") : strdup("(no message)");
+        ? dup_field(t, "message")
+        : strdup("(no message)");
     char *tb = has_tb ? dup_field(t, "traceback") : NULL;
     char *code_own = known ? NULL : strdup(code_s);
     if (!e || !message || (has_tb && !tb) || (!known && !code_own)) {
@@ -1268,14 +1292,16 @@ static int task_outcome(isle_task *t, ihost_results **results, ihost_error **err
         return ok(err);
     }
     if (len > 0 && p[0] == ISLE_WIRE_ERROR) return envelope_error(p + 1, len - 1, err);
-    if (len > 0 && p[0] == ISLE_WIRE_CORE) return fail(err, IHOST_ERUNTIME, "%.*s", (int)(len - 1), p + 1);
+    if (len > 0 && p[0] == ISLE_WIRE_CORE)
+        return fail(err, IHOST_ERUNTIME, "%.*s", (int)(len - 1), p + 1);
     /* Ended by the core itself, with no payload. */
     if (state == ISLE_TASK_CANCELLED) {
         if (isle_task_cancelled(t) == ISLE_CANCEL_TIMEOUT)
             return fail(err, IHOST_ETIMEOUT, "the task ran out of time before it ran");
         return fail(err, IHOST_ECANCELLED, "the task was cancelled before it ran");
     }
-    if (state == ISLE_TASK_CLOSED) return fail(err, IHOST_ECLOSED, "the isle closed before the task ran");
+    if (state == ISLE_TASK_CLOSED)
+        return fail(err, IHOST_ECLOSED, "the isle closed before the task ran");
     return fail(err, IHOST_EMEMORY, "not enough memory to store the result");
 }
 
@@ -1378,9 +1404,10 @@ static int preload(const char *path, const char *cpath, ihost_error **err)
             }
             if (luaL_loadstring(L, "require('isle')._preload()") || lua_pcall(L, 0, 0, 0)) {
                 const char *msg = lua_tostring(L, -1);
-                rc = fail(err, IHOST_ERUNTIME,
-                          "cannot load isle's Lua modules (set ihost_options.path, or LUA_PATH): %s",
-                          msg ? msg : "(no message)");
+                rc =
+                    fail(err, IHOST_ERUNTIME,
+                         "cannot load isle's Lua modules (set ihost_options.path, or LUA_PATH): %s",
+                         msg ? msg : "(no message)");
             }
             lua_close(L);
         }
@@ -1399,10 +1426,10 @@ struct ihost_task {
     isle_task *t;
 };
 
-static const char *const LIB_NAMES[] = { /* lua/isle/libs.lua: OPTIONAL and ALWAYS */
-    "string", "table", "math", "io", "os", "debug", "bit", "jit", "ffi",
-    "base", "package", "coroutine", NULL
-};
+static const char *const LIB_NAMES[] = {/* lua/isle/libs.lua: OPTIONAL and ALWAYS */
+                                        "string",  "table",     "math", "io",  "os",
+                                        "debug",   "bit",       "jit",  "ffi", "base",
+                                        "package", "coroutine", NULL};
 
 static int known_lib(const char *name)
 {
@@ -1430,7 +1457,9 @@ static int encode_boot(const char *init, const ihost_options *o, enc *e, ihost_e
         rc = ihost_table_setfield(spec, "libs", ihost_boolean(o->libs == IHOST_LIBS_ALL));
     }
     int instrument = !o->no_instrument;
-    if (!rc) rc = ihost_table_setfield(spec, "instrument_loads", ihost_boolean(instrument && !o->no_instrument_loads));
+    if (!rc)
+        rc = ihost_table_setfield(spec, "instrument_loads",
+                                  ihost_boolean(instrument && !o->no_instrument_loads));
     if (!rc && init) rc = ihost_table_setfield(spec, "init_code", ihost_string(init));
     if (!rc && init) rc = ihost_table_setfield(spec, "init_instrument", ihost_boolean(instrument));
     ihost_table_free(names);
@@ -1446,20 +1475,25 @@ static int encode_boot(const char *init, const ihost_options *o, enc *e, ihost_e
 
 static int check_options(const char *init, const ihost_options *o, ihost_error **err)
 {
-    if (o->name && !o->name[0]) return fail(err, IHOST_EINVAL, "ihost_spawn: the name must not be empty");
+    if (o->name && !o->name[0])
+        return fail(err, IHOST_EINVAL, "ihost_spawn: the name must not be empty");
     if (o->capacity > ((size_t)1 << 31))
-        return fail(err, IHOST_EINVAL, "ihost_spawn: capacity %zu is larger than 2^31", o->capacity);
+        return fail(err, IHOST_EINVAL, "ihost_spawn: capacity %zu is larger than 2^31",
+                    o->capacity);
     if (o->libs < IHOST_LIBS_ALL || o->libs > IHOST_LIBS_LIST)
-        return fail(err, IHOST_EINVAL, "ihost_spawn: libs must be IHOST_LIBS_ALL, _BASE or _LIST (got %d)", o->libs);
+        return fail(err, IHOST_EINVAL,
+                    "ihost_spawn: libs must be IHOST_LIBS_ALL, _BASE or _LIST (got %d)", o->libs);
     for (size_t i = 0; o->libs == IHOST_LIBS_LIST && o->lib_names && o->lib_names[i]; i++)
         if (!known_lib(o->lib_names[i]))
-            return fail(err, IHOST_EINVAL, "ihost_spawn: unknown library '%s' in lib_names", o->lib_names[i]);
+            return fail(err, IHOST_EINVAL, "ihost_spawn: unknown library '%s' in lib_names",
+                        o->lib_names[i]);
     if (init && strlen(init) > IHOST_MAX_STRING)
         return fail(err, IHOST_EVALUE, "ihost_spawn: the init chunk is too long");
     return IHOST_OK;
 }
 
-int ihost_spawn(const char *init_source, const ihost_options *opts, ihost_isle **out, ihost_error **err)
+int ihost_spawn(const char *init_source, const ihost_options *opts, ihost_isle **out,
+                ihost_error **err)
 {
     static const ihost_options defaults;
     if (!out) return fail(err, IHOST_EINVAL, "ihost_spawn: NULL output");
@@ -1494,8 +1528,9 @@ int ihost_spawn(const char *init_source, const ihost_options *opts, ihost_isle *
     h->core = isle_spawn(&cfg, &why);
     if (!h->core) {
         rc = why == ISLE_EINVAL
-                 ? fail(err, IHOST_EINVAL, "ihost_spawn: the name '%s' is in use by a live isle", o->name)
-                 : fail(err, IHOST_EMEMORY, "cannot start an isle (out of memory or threads)");
+            ? fail(err, IHOST_EINVAL, "ihost_spawn: the name '%s' is in use by a live isle",
+                   o->name)
+            : fail(err, IHOST_EMEMORY, "cannot start an isle (out of memory or threads)");
         goto done;
     }
     isle_task *init = isle_init_task(h->core);
@@ -1528,10 +1563,7 @@ static int closed_error(ihost_isle *h, ihost_error **err)
 }
 
 /* Infinite or negative: no limit (-1), as the core's waits take it. */
-static double limit_of(double timeout)
-{
-    return timeout < 0 || isinf(timeout) ? -1 : timeout;
-}
+static double limit_of(double timeout) { return timeout < 0 || isinf(timeout) ? -1 : timeout; }
 
 /* Encodes and queues one message: `target` then the argument list.
  * wait: seconds to wait for mailbox room (< 0 for ever, 0 not at all).
@@ -1543,11 +1575,13 @@ static int send(ihost_isle *h, int kind, const char *fname, const char *target,
 {
     if (task) *task = NULL;
     if (!h) return fail(err, IHOST_EINVAL, "%s: NULL isle", fname);
-    if (!target) return fail(err, IHOST_EINVAL, "%s: NULL %s", fname, kind == KIND_EVAL ? "source" : "name");
+    if (!target)
+        return fail(err, IHOST_EINVAL, "%s: NULL %s", fname, kind == KIND_EVAL ? "source" : "name");
     if (timeout != timeout) return fail(err, IHOST_EINVAL, "%s: the timeout is NaN", fname);
     if (isle_is_closed(h->core)) return closed_error(h, err);
     enc e = {0};
-    if (enc_str(&e, target, strlen(target)) || enc_list(&e, "args", args, nargs)) return enc_error(&e, err);
+    if (enc_str(&e, target, strlen(target)) || enc_list(&e, "args", args, nargs))
+        return enc_error(&e, err);
     isle_task *t = NULL;
     isle_msg *m = NULL;
     int rc;
@@ -1567,7 +1601,8 @@ static int send(ihost_isle *h, int kind, const char *fname, const char *target,
         isle_msg_free(m);
         isle_task_release(t);
         if (rc == ISLE_EBUSY)
-            return fail(err, IHOST_EBUSY, "the mailbox of isle %lld is full", (long long)isle_id(h->core));
+            return fail(err, IHOST_EBUSY, "the mailbox of isle %lld is full",
+                        (long long)isle_id(h->core));
         if (rc == ISLE_ENOMEM) return fail(err, IHOST_EMEMORY, "not enough memory");
         return closed_error(h, err);
     }
@@ -1580,8 +1615,8 @@ nomem:
 }
 
 static int call(ihost_isle *h, int kind, const char *fname, const char *target,
-                const ihost_value *args, size_t nargs, double timeout,
-                ihost_results **results, ihost_error **err)
+                const ihost_value *args, size_t nargs, double timeout, ihost_results **results,
+                ihost_error **err)
 {
     if (results) *results = NULL;
     isle_task *t;
@@ -1655,10 +1690,11 @@ int ihost_spawn_call(ihost_isle *h, const char *name, const ihost_value *args, s
     return spawn_task(h, KIND_CALL, "ihost_spawn_call", name, args, nargs, -1, timeout, out, err);
 }
 
-int ihost_try_spawn_call(ihost_isle *h, const char *name, const ihost_value *args,
-                         size_t nargs, double timeout, ihost_task **out, ihost_error **err)
+int ihost_try_spawn_call(ihost_isle *h, const char *name, const ihost_value *args, size_t nargs,
+                         double timeout, ihost_task **out, ihost_error **err)
 {
-    return spawn_task(h, KIND_CALL, "ihost_try_spawn_call", name, args, nargs, 0, timeout, out, err);
+    return spawn_task(h, KIND_CALL, "ihost_try_spawn_call", name, args, nargs, 0, timeout, out,
+                      err);
 }
 
 int ihost_spawn_eval(ihost_isle *h, const char *source, const ihost_value *args, size_t nargs,

@@ -31,15 +31,15 @@ int isle_spin_until(const atomic_int *word, double timeout);
 
 /* Signal block internals. */
 typedef struct isle_sig_impl {
-    isle_sig pub;           /* must stay first: the FFI sees only this */
+    isle_sig pub; /* must stay first: the FFI sees only this */
     atomic_int refs;
-    isle_mbox *mbox;        /* woken on requests, may be NULL */
-    struct isle_intr *ids;  /* interrupt ids of this state (registry lock) */
-    atomic_int pending;     /* ids whose mode is not CLEAR */
-    pthread_mutex_t mu;     /* guards `running` (taken after a task's lock) */
-    isle_task *running;     /* tasks this state runs now (task.c links them) */
-    atomic_llong ended[4];  /* tasks it ended: done, failed, cancelled, closed */
-    atomic_llong held;      /* messages its loop took and has not started */
+    isle_mbox *mbox;       /* woken on requests, may be NULL */
+    struct isle_intr *ids; /* interrupt ids of this state (registry lock) */
+    atomic_int pending;    /* ids whose mode is not CLEAR */
+    pthread_mutex_t mu;    /* guards `running` (taken after a task's lock) */
+    isle_task *running;    /* tasks this state runs now (task.c links them) */
+    atomic_llong ended[4]; /* tasks it ended: done, failed, cancelled, closed */
+    atomic_llong held;     /* messages its loop took and has not started */
 } isle_sig_impl;
 
 /* Counts a task that `s`'s state ended (or skipped, ended while queued). */
@@ -58,7 +58,7 @@ void isle_sig_unlink_running(isle_sig *s, isle_task *t);
 int isle_task_mark_deadline(isle_task *t);
 size_t *isle_task_deadline_slot(isle_task *t);
 void isle_watchdog_forget(isle_task *t);
-size_t isle_watchdog_count(void);   /* tasks watched now (for tests) */
+size_t isle_watchdog_count(void); /* tasks watched now (for tests) */
 
 /* A slot that owns an object (chan.c): `owner_free(owner)` runs when its
  * last reference goes. isle_task_owner returns `owner` if the slot was set
@@ -85,8 +85,8 @@ typedef struct isle_lua_acct {
     isle_mem *mem;
     isle_sig *sig;
     struct lua_State *L;
-    void *sentinel;           /* a block only lua_close frees */
-    isle_mem_allocf allocf;   /* LuaJIT's own allocator of the state */
+    void *sentinel;         /* a block only lua_close frees */
+    isle_mem_allocf allocf; /* LuaJIT's own allocator of the state */
     void *allocd;
 } isle_lua_acct;
 
@@ -109,10 +109,10 @@ void isle_lua_call_module(struct lua_State *L, const char *mod, const char *fn, 
 /* fork() support (fork.c): each module with process-wide locks takes them
  * before a fork and releases (parent) or resets (child) them after. */
 enum { ISLE_FORK_PREPARE, ISLE_FORK_PARENT, ISLE_FORK_CHILD };
-void isle_intr_fork(int phase);      /* sig.c: the interrupt-id table */
-void isle_watchdog_fork(int phase);  /* watchdog.c */
-void isle_registry_fork(int phase);  /* isle.c: live isles */
-void isle_preload_fork(int phase);   /* preload.c: bytecode blobs */
-void isle_state_fork(int phase);     /* state.c: shared states */
+void isle_intr_fork(int phase);     /* sig.c: the interrupt-id table */
+void isle_watchdog_fork(int phase); /* watchdog.c */
+void isle_registry_fork(int phase); /* isle.c: live isles */
+void isle_preload_fork(int phase);  /* preload.c: bytecode blobs */
+void isle_state_fork(int phase);    /* state.c: shared states */
 
 #endif

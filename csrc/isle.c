@@ -21,25 +21,25 @@ struct isle {
     int64_t id;
     char *name;
     char *path, *cpath;
-    isle_msg *boot;           /* the boot bytes and the references they carry */
+    isle_msg *boot; /* the boot bytes and the references they carry */
     isle_mbox *mbox;
     isle_sig *sig;
     isle_task *init;
-    int64_t intr;             /* interrupt id of the isle's state */
+    int64_t intr; /* interrupt id of the isle's state */
     int instrument;
-    isle_mem *mem;            /* the state's account (mem.c) */
-    isle_mem *charge;         /* the spawner's, charged memory_limit until the thread ends */
-    size_t charged;           /* what is charged to it now */
-    isle_lua_acct acct;       /* the state under `mem` (isle_lua_new) */
+    isle_mem *mem;      /* the state's account (mem.c) */
+    isle_mem *charge;   /* the spawner's, charged memory_limit until the thread ends */
+    size_t charged;     /* what is charged to it now */
+    isle_lua_acct acct; /* the state under `mem` (isle_lua_new) */
     pthread_t thread;
-    pthread_mutex_t join_mu;  /* serialises join/detach, guards `ended` */
-    pthread_cond_t ended_cv;  /* broadcast when the thread is about to return */
-    int joined, detached;     /* join_mu */
-    int ended;                /* join_mu: the thread has nothing left to do */
+    pthread_mutex_t join_mu; /* serialises join/detach, guards `ended` */
+    pthread_cond_t ended_cv; /* broadcast when the thread is about to return */
+    int joined, detached;    /* join_mu */
+    int ended;               /* join_mu: the thread has nothing left to do */
     atomic_int closing;
     atomic_int close_mode;
-    isle *rnext;              /* registry list (registry lock) */
-    isle **rprevp;            /* what points at it in that list; NULL: not listed */
+    isle *rnext;   /* registry list (registry lock) */
+    isle **rprevp; /* what points at it in that list; NULL: not listed */
 };
 
 static pthread_mutex_t reg_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -209,7 +209,7 @@ static int account_state(isle_lua_acct *a, lua_State *L)
     a->allocf = (isle_mem_allocf)lua_getallocf(L, &a->allocd);
     size_t heap = (size_t)lua_gc(L, LUA_GCCOUNT, 0) * 1024 + (size_t)lua_gc(L, LUA_GCCOUNTB, 0);
     isle_mem_wrap(a->mem, a->allocf, a->allocd, heap, a->sig);
-    caught c = { .mem = a->mem, .n = 0 };
+    caught c = {.mem = a->mem, .n = 0};
     lua_setallocf(L, catch_alloc, &c);
     void *u = lua_newuserdata(L, 1);
     lua_setallocf(L, isle_mem_alloc, a->mem);
@@ -242,7 +242,7 @@ lua_State *isle_lua_new(const char *path, const char *cpath, isle_lua_acct *acct
     pthread_once(&pin_once, pin_library);
     lua_State *L = luaL_newstate();
     if (!L) return NULL;
-    boot_paths bp = { path ? path : "", cpath ? cpath : "" };
+    boot_paths bp = {path ? path : "", cpath ? cpath : ""};
     if (lua_cpcall(L, boot_state, &bp) != 0) {
         lua_close(L);
         return NULL;
@@ -254,7 +254,8 @@ lua_State *isle_lua_new(const char *path, const char *cpath, isle_lua_acct *acct
     return L;
 }
 
-void isle_lua_call_module(lua_State *L, const char *mod, const char *fn, const void *p, int nresults)
+void isle_lua_call_module(lua_State *L, const char *mod, const char *fn, const void *p,
+                          int nresults)
 {
     lua_getglobal(L, "require");
     lua_pushstring(L, mod);
@@ -295,7 +296,8 @@ static void *isle_thread(void *arg)
     }
     /* Jobs the state was still running when it ended (only if the worker
      * itself failed: it ends its jobs before returning) end now, once. */
-    static const char gone[] = "Cthe isle's state ended while the task was running"; /* 'C': ISLE_WIRE_CORE */
+    static const char gone[] =
+        "Cthe isle's state ended while the task was running"; /* 'C': ISLE_WIRE_CORE */
     isle_sig_fail_running(i->sig, gone, sizeof(gone) - 1);
     /* Whatever the worker left queued ends CLOSED now, not at free time, so
      * no caller waits on a thread that is gone. */
@@ -311,7 +313,7 @@ static void *isle_thread(void *arg)
         isle_done_free_list(done);
     }
     fail_init(i, "isle ended before its init ran"); /* no-op if init completed */
-    isle_sig_drop_ids(i->sig); /* the state is gone: its ids are unknown now */
+    isle_sig_drop_ids(i->sig);                      /* the state is gone: its ids are unknown now */
     pthread_mutex_lock(&reg_lock);
     reg_remove_locked(i);
     pthread_mutex_unlock(&reg_lock);
@@ -339,7 +341,8 @@ static void *isle_thread(void *arg)
 static void pin_library(void)
 {
     Dl_info info;
-    if (dladdr((void *)isle_spawn, &info) && info.dli_fname && info.dli_fname[0]
+    if (dladdr((void *)isle_spawn, &info) && info.dli_fname
+        && info.dli_fname[0]
         /* the handle is never closed: it is the pin */
         /* cppcheck-suppress leakReturnValNotUsed */
         && dlopen(info.dli_fname, RTLD_NOW | RTLD_NOLOAD | RTLD_NODELETE))
@@ -380,7 +383,10 @@ isle *isle_spawn(const isle_config *cfg, int *err)
     isle *i = calloc(1, sizeof(*i));
     if (!i) return NULL;
     atomic_init(&i->refs, 2); /* the owner and the thread */
-    if (pthread_mutex_init(&i->join_mu, NULL)) { free(i); return NULL; }
+    if (pthread_mutex_init(&i->join_mu, NULL)) {
+        free(i);
+        return NULL;
+    }
     if (isle_cond_init(&i->ended_cv)) {
         pthread_mutex_destroy(&i->join_mu);
         free(i);
@@ -406,8 +412,8 @@ isle *isle_spawn(const isle_config *cfg, int *err)
         i->charge = cfg->charge;
         i->charged = cfg->memory_limit;
     }
-    if (!i->path || !i->cpath || (cfg->name && cfg->name[0] && !i->name) || !i->boot
-        || !i->mbox || !i->sig || !i->init)
+    if (!i->path || !i->cpath || (cfg->name && cfg->name[0] && !i->name) || !i->boot || !i->mbox
+        || !i->sig || !i->init)
         goto fail;
     i->instrument = cfg->instrument;
     isle_sig_attach_mbox(i->sig, i->mbox);

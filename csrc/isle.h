@@ -44,7 +44,7 @@ enum {
     ISLE_ECLOSED = 3,  /* the mailbox or isle is closed */
     ISLE_ENOMEM = 4,
     ISLE_EINVAL = 5,
-    ISLE_ENOENT = 6    /* no such id */
+    ISLE_ENOENT = 6 /* no such id */
 };
 
 /* Task states. QUEUED and RUNNING are live; the others are final. */
@@ -60,27 +60,18 @@ enum {
 /* Why a task was asked to stop (isle_task_cancelled). */
 enum {
     ISLE_CANCEL_NONE = 0,
-    ISLE_CANCEL_USER = 1,     /* isle_task_cancel, or a token */
-    ISLE_CANCEL_TIMEOUT = 2   /* its deadline passed (isle_task_expire_at) */
+    ISLE_CANCEL_USER = 1,   /* isle_task_cancel, or a token */
+    ISLE_CANCEL_TIMEOUT = 2 /* its deadline passed (isle_task_expire_at) */
 };
 
 /* The first byte of a task's result bytes says what they hold
  * (lua/isle/wire.lua reads and writes them): a value list, a value list with
  * shipped functions, an error envelope, or raw text from the core itself
  * (a bootstrap failure). */
-enum {
-    ISLE_WIRE_VALUES = 'V',
-    ISLE_WIRE_FUNCS = 'F',
-    ISLE_WIRE_ERROR = 'E',
-    ISLE_WIRE_CORE = 'C'
-};
+enum { ISLE_WIRE_VALUES = 'V', ISLE_WIRE_FUNCS = 'F', ISLE_WIRE_ERROR = 'E', ISLE_WIRE_CORE = 'C' };
 
 /* Interrupt modes (isle_intr_set). */
-enum {
-    ISLE_INTR_CLEAR = 0,
-    ISLE_INTR_ONCE = 1,
-    ISLE_INTR_ALWAYS = 2
-};
+enum { ISLE_INTR_CLEAR = 0, ISLE_INTR_ONCE = 1, ISLE_INTR_ALWAYS = 2 };
 
 typedef struct isle_msg isle_msg;
 typedef struct isle_task isle_task;
@@ -97,12 +88,12 @@ typedef struct isle_mem isle_mem;
  * message, read or not, lets go of them, and a reader takes references of
  * its own. Task results are messages too (isle_task_result_msg). */
 struct isle_msg {
-    isle_msg *next;   /* intrusive link while queued or in a taken batch */
-    isle_task *task;  /* completion slot, or NULL for one-way messages */
-    int32_t kind;     /* meaning is the sender's and receiver's business */
+    isle_msg *next;  /* intrusive link while queued or in a taken batch */
+    isle_task *task; /* completion slot, or NULL for one-way messages */
+    int32_t kind;    /* meaning is the sender's and receiver's business */
     int32_t flags;
     size_t len;
-    char *data;       /* points just past the header and `refs` */
+    char *data; /* points just past the header and `refs` */
     size_t nrefs;
     isle_task **refs; /* nrefs retained slots, just past the header; NULL when none */
     isle_mem *mem;    /* the account charged for it (isle_msg_charge), or NULL */
@@ -116,8 +107,8 @@ enum { ISLE_MSG_REFS_MAX = 65536 };
 struct isle_done {
     isle_done *next;
     isle_task *task;
-    isle_mbox *mbox;  /* the subscriber (private to the core) */
-    isle_sig *sig;    /* raised when the task ends (private to the core) */
+    isle_mbox *mbox; /* the subscriber (private to the core) */
+    isle_sig *sig;   /* raised when the task ends (private to the core) */
 };
 
 /*
@@ -133,8 +124,8 @@ struct isle_sig {
 };
 
 /* ---- clock and spinning ---------------------------------------------- */
-double isle_now(void);                 /* monotonic seconds */
-void isle_set_spin(double seconds);    /* spin budget before parking, process-wide */
+double isle_now(void);              /* monotonic seconds */
+void isle_set_spin(double seconds); /* spin budget before parking, process-wide */
 double isle_get_spin(void);
 
 /* ---- messages ---------------------------------------------------------- */
@@ -145,8 +136,8 @@ isle_msg *isle_msg_new(int32_t kind, isle_task *task, const char *data, size_t l
  * ISLE_MSG_REFS_MAX, having retained nothing. */
 isle_msg *isle_msg_new_refs(int32_t kind, isle_task *task, const char *data, size_t len,
                             isle_task *const *refs, size_t nrefs);
-void isle_msg_free(isle_msg *m);          /* accepts NULL; releases the task and the refs */
-void isle_msg_free_list(isle_msg *head);  /* frees a taken batch */
+void isle_msg_free(isle_msg *m);         /* accepts NULL; releases the task and the refs */
+void isle_msg_free_list(isle_msg *head); /* frees a taken batch */
 /* Charges the message's whole allocation (header, references and payload)
  * to account `a` until it is freed. 1 if charged (or `a` has no limit, or is NULL: then
  * nothing is charged); 0 if it would take `a` past its user limit (see
@@ -154,9 +145,9 @@ void isle_msg_free_list(isle_msg *head);  /* frees a taken batch */
 int isle_msg_charge(isle_msg *m, isle_mem *a);
 
 /* ---- completion slots ---------------------------------------------------- */
-isle_task *isle_task_new(void);          /* state QUEUED, one reference */
+isle_task *isle_task_new(void); /* state QUEUED, one reference */
 void isle_task_retain(isle_task *t);
-void isle_task_release(isle_task *t);    /* accepts NULL */
+void isle_task_release(isle_task *t); /* accepts NULL */
 int isle_task_state(const isle_task *t);
 /* QUEUED -> RUNNING, remembering the signal block of the state that runs it
  * so that a cancel can reach a compiled loop, and when it started and what it
@@ -204,13 +195,13 @@ int isle_task_watch(isle_task *t, isle_mbox *mb, isle_sig *sig);
  * Returns 1 if one was removed, 0 if none matched (never subscribed, or the
  * task ended and its notice is on its way to `mb`, freed by whoever takes it). */
 int isle_task_unwatch(isle_task *t, isle_mbox *mb, isle_sig *sig);
-int isle_task_unsubscribe(isle_task *t, isle_mbox *mb);  /* isle_task_unwatch(t, mb, NULL) */
-void isle_done_free_list(isle_done *head);  /* releases the tasks too */
+int isle_task_unsubscribe(isle_task *t, isle_mbox *mb); /* isle_task_unwatch(t, mb, NULL) */
+void isle_done_free_list(isle_done *head);              /* releases the tasks too */
 /* Request cancellation. A queued task ends CANCELLED at once; a running one
  * gets its cancel flag and its state's signal raised. Returns the state seen. */
 int isle_task_cancel(isle_task *t);
 int isle_task_cancel_reason(isle_task *t, int reason);
-int isle_task_cancelled(const isle_task *t);  /* ISLE_CANCEL_* reason, 0 if none */
+int isle_task_cancelled(const isle_task *t); /* ISLE_CANCEL_* reason, 0 if none */
 /* Cancel `t` with ISLE_CANCEL_TIMEOUT at `deadline` (isle_now() time) unless
  * it has ended by then. A watchdog thread does it, started on first use and
  * gone again when it has nothing to watch. ISLE_ENOMEM on failure. */
@@ -225,7 +216,7 @@ int isle_task_live_count(void);
  * completed tasks its owner subscribed to. With `with_fd` an eventfd becomes
  * readable whenever something arrives (for host event loops). */
 isle_mbox *isle_mbox_new(size_t capacity, int with_fd);
-void isle_mbox_release(isle_mbox *mb);   /* accepts NULL; queued tasks end CLOSED */
+void isle_mbox_release(isle_mbox *mb); /* accepts NULL; queued tasks end CLOSED */
 /* timeout 0: do not wait (EBUSY when full); < 0: wait for room forever.
  * On any error the message was not queued and still belongs to the caller. */
 int isle_mbox_push(isle_mbox *mb, isle_msg *m, double timeout);
@@ -238,11 +229,11 @@ int isle_mbox_push(isle_mbox *mb, isle_msg *m, double timeout);
  * timeout 0 it learns ISLE_ECLOSED at once. The caller frees the messages
  * (isle_msg_free_list) and the notices (isle_done_free_list). */
 int isle_mbox_wait(isle_mbox *mb, double timeout, isle_msg **msgs, isle_done **done);
-void isle_mbox_close(isle_mbox *mb);  /* wakes every waiter; later pushes fail */
+void isle_mbox_close(isle_mbox *mb); /* wakes every waiter; later pushes fail */
 int isle_mbox_is_closed(isle_mbox *mb);
 size_t isle_mbox_count(isle_mbox *mb);
-int isle_mbox_fd(isle_mbox *mb);      /* -1 without eventfd */
-void isle_mbox_wake(isle_mbox *mb);   /* make the current or next wait return */
+int isle_mbox_fd(isle_mbox *mb);    /* -1 without eventfd */
+void isle_mbox_wake(isle_mbox *mb); /* make the current or next wait return */
 /* For hosts that can wait on a socket but not on an eventfd (nginx
  * cosockets): from now on readiness is one byte sent to stream socket `fd`,
  * whose peer the host reads and drains itself; isle_mbox_wait no longer
@@ -266,7 +257,7 @@ int isle_notify_accept(int lfd, char *path, double timeout);
 
 /* ---- signal blocks and interrupt ids ---------------------------------- */
 isle_sig *isle_sig_new(void);
-void isle_sig_release(isle_sig *s);      /* accepts NULL; drops its ids */
+void isle_sig_release(isle_sig *s); /* accepts NULL; drops its ids */
 /* Register an interrupt target of `s` (the state itself or one coroutine).
  * Ids are never reused within a process. */
 int64_t isle_intr_new(isle_sig *s);
@@ -276,8 +267,8 @@ void isle_intr_free(int64_t id);
 int isle_intr_set(int64_t id, int mode);
 /* Read the mode of `id`; a ONCE mode is consumed. -1 if unknown. */
 int isle_intr_take(int64_t id);
-void isle_sig_raise(isle_sig *s);     /* set the flag: "look at your requests" */
-int isle_sig_pending(isle_sig *s);    /* ids of `s` whose mode is not CLEAR */
+void isle_sig_raise(isle_sig *s);  /* set the flag: "look at your requests" */
+int isle_sig_pending(isle_sig *s); /* ids of `s` whose mode is not CLEAR */
 /* Ends every task the state of `s` is running (started with this block and
  * not ended) as FAILED with these bytes: what the core does when a state dies
  * under its tasks. Returns how many it ended. */
@@ -291,9 +282,9 @@ void isle_sig_hold(isle_sig *s, int64_t delta);
  * and the task that has been running longest (a stuck job shows here). */
 enum { ISLE_LABEL_MAX = 48 };
 typedef struct isle_stats {
-    int64_t queued;        /* in the mailbox, or taken by the loop and not started */
+    int64_t queued; /* in the mailbox, or taken by the loop and not started */
     int64_t running;
-    int64_t done, failed, cancelled, closed;  /* ended by this state so far */
+    int64_t done, failed, cancelled, closed; /* ended by this state so far */
     double oldest_start;   /* isle_now() when the longest-running task started; 0: none */
     int32_t oldest_cancel; /* ISLE_CANCEL_* already asked of that task (still running) */
     char oldest_label[ISLE_LABEL_MAX];
@@ -304,17 +295,17 @@ void isle_sig_stats(isle_sig *s, isle_stats *out);
 
 /* ---- isles ------------------------------------------------------------------ */
 typedef struct isle_config {
-    const char *name;       /* may be NULL */
-    size_t capacity;        /* mailbox bound */
-    const char *path;       /* package.path for the new state */
-    const char *cpath;      /* package.cpath */
-    const char *boot;       /* opaque bytes handed to the worker */
+    const char *name;  /* may be NULL */
+    size_t capacity;   /* mailbox bound */
+    const char *path;  /* package.path for the new state */
+    const char *cpath; /* package.cpath */
+    const char *boot;  /* opaque bytes handed to the worker */
     size_t boot_len;
     isle_task *const *boot_refs; /* references carried with them (isle_msg_new_refs) */
     size_t boot_nrefs;
-    int instrument;         /* senders insert checkpoints into eval chunks */
-    size_t memory_limit;    /* bytes; 0: none (see "memory accounts") */
-    isle_mem *charge;       /* the spawner's account, charged memory_limit
+    int instrument;      /* senders insert checkpoints into eval chunks */
+    size_t memory_limit; /* bytes; 0: none (see "memory accounts") */
+    isle_mem *charge;    /* the spawner's account, charged memory_limit
                                while the isle lives; may be NULL */
 } isle_config;
 
@@ -323,16 +314,16 @@ typedef struct isle_config {
  * or too many boot_refs), holding none of boot_refs. */
 isle *isle_spawn(const isle_config *cfg, int *err);
 void isle_retain(isle *i);
-void isle_release(isle *i);           /* accepts NULL */
+void isle_release(isle *i); /* accepts NULL */
 int64_t isle_id(const isle *i);
 const char *isle_name(const isle *i); /* "" when unnamed */
 isle_mbox *isle_mbox_of(isle *i);
 isle_sig *isle_sig_of(isle *i);
 /* cfg->boot and cfg->boot_refs as a message, kept until the isle is freed. */
 const isle_msg *isle_boot(isle *i);
-isle_task *isle_init_task(isle *i);   /* ends when init ran (or failed) */
-int64_t isle_state_intr(isle *i);     /* the interrupt id of the isle's state */
-int isle_instrument(const isle *i);   /* isle_config.instrument */
+isle_task *isle_init_task(isle *i); /* ends when init ran (or failed) */
+int64_t isle_state_intr(isle *i);   /* the interrupt id of the isle's state */
+int isle_instrument(const isle *i); /* isle_config.instrument */
 /* Retained handles of live isles, NULL when none (or closed). */
 isle *isle_lookup_id(int64_t id);
 isle *isle_lookup_name(const char *name);
@@ -350,8 +341,8 @@ int isle_join(isle *i, double timeout);
 void isle_abandon(isle *i);
 void isle_stats_get(isle *i, isle_stats *out);
 int isle_is_closed(const isle *i);
-int isle_close_mode(const isle *i);   /* 0 drain, 1 cancel */
-int isle_live_count(void);            /* isles whose thread has not ended */
+int isle_close_mode(const isle *i); /* 0 drain, 1 cancel */
+int isle_live_count(void);          /* isles whose thread has not ended */
 /* Bumped in a child process by every fork(): objects made under an older
  * generation belong to the parent and must not be used (fork.c). */
 int isle_fork_generation(void);
@@ -369,14 +360,14 @@ typedef struct isle_state isle_state;
 
 /* Return codes of the state calls beyond the common ones. */
 enum {
-    ISLE_STATE_EREENTRY = 20,   /* this thread is inside that state's callback */
-    ISLE_STATE_EAMBIGUOUS = 21  /* two live states have that name */
+    ISLE_STATE_EREENTRY = 20,  /* this thread is inside that state's callback */
+    ISLE_STATE_EAMBIGUOUS = 21 /* two live states have that name */
 };
 
 typedef struct isle_state_io {
-    const char *args;     /* the caller's arguments, during a call */
+    const char *args; /* the caller's arguments, during a call */
     size_t args_len;
-    const char *results;  /* the dispatcher's results, until the call ends */
+    const char *results; /* the dispatcher's results, until the call ends */
     size_t results_len;
     /* The references the bytes name by index (shared buffers, channels,
      * tokens: isle_msg.refs), each side's in a message of its own: the
@@ -392,20 +383,20 @@ typedef struct isle_state_out {
     char *data;
     size_t len;
     size_t cap;
-    isle_mem *mem;      /* charged for `cap` (isle_state_out_charge), or NULL */
-    isle_msg *refs;     /* the results' references (isle_state_io.results_refs), or
+    isle_mem *mem;  /* charged for `cap` (isle_state_out_charge), or NULL */
+    isle_msg *refs; /* the results' references (isle_state_io.results_refs), or
                            NULL: the caller's to free once decoded (else the next
                            call or isle_state_out_free does) */
 } isle_state_out;
 
 typedef struct isle_state_config {
-    const char *name;   /* may be NULL */
-    const char *path;   /* package.path of the new state */
+    const char *name; /* may be NULL */
+    const char *path; /* package.path of the new state */
     const char *cpath;
-    char *errbuf;       /* why booting failed (ISLE_EINVAL), cut to errcap - 1 bytes */
+    char *errbuf; /* why booting failed (ISLE_EINVAL), cut to errcap - 1 bytes */
     size_t errcap;
     size_t memory_limit; /* bytes; 0: none (see "memory accounts") */
-    isle_mem *charge;   /* the creator's account, charged memory_limit while
+    isle_mem *charge;    /* the creator's account, charged memory_limit while
                            the state lives (until it closes); may be NULL */
 } isle_state_config;
 
@@ -425,24 +416,25 @@ isle_state *isle_state_new(const isle_state_config *cfg, int *err);
  * at most `timeout` s (< 0: for ever); NULL then with *err: ISLE_ETIMEOUT
  * (still being set up), ISLE_STATE_EAMBIGUOUS, ISLE_STATE_EREENTRY (this
  * thread is setting it up), or those of isle_state_new. */
-isle_state *isle_state_singleton(const isle_state_config *cfg, double timeout, int *err, int *created);
-void isle_state_publish(isle_state *s);   /* setup ran: lookups find it now */
-void isle_state_discard(isle_state *s);   /* setup failed: closed, and waiting singletons retry */
+isle_state *isle_state_singleton(const isle_state_config *cfg, double timeout, int *err,
+                                 int *created);
+void isle_state_publish(isle_state *s); /* setup ran: lookups find it now */
+void isle_state_discard(isle_state *s); /* setup failed: closed, and waiting singletons retry */
 /* A retained reference to a live state by id (name NULL) or name; NULL with
  * *err = ISLE_ENOENT (none) or ISLE_STATE_EAMBIGUOUS. */
 isle_state *isle_state_lookup(int64_t id, const char *name, int *err);
 void isle_state_retain(isle_state *s);
-void isle_state_release(isle_state *s);   /* accepts NULL */
+void isle_state_release(isle_state *s); /* accepts NULL */
 /* An owner lets go (its reference stays): the last one closes the state, at
  * once or, if a call runs, when that call ends. Never blocks. */
 void isle_state_disown(isle_state *s);
 int64_t isle_state_id(const isle_state *s);
-const char *isle_state_name(const isle_state *s);  /* "" when unnamed */
+const char *isle_state_name(const isle_state *s); /* "" when unnamed */
 int isle_state_is_closed(const isle_state *s);
 isle_sig *isle_state_sig(isle_state *s);
-int64_t isle_state_intr_id(isle_state *s);   /* interrupt id of the state's code */
+int64_t isle_state_intr_id(isle_state *s); /* interrupt id of the state's code */
 isle_state_io *isle_state_io_of(isle_state *s);
-isle_mem *isle_state_mem(isle_state *s);     /* the state's account */
+isle_mem *isle_state_mem(isle_state *s); /* the state's account */
 /* Runs the state's dispatcher on the calling thread with the `in_len` bytes
  * at `in` and copies its results into `out`: takes the call lock, waiting at
  * most `timeout` s (0: only if free now; < 0: for ever), and lets it go
@@ -450,7 +442,8 @@ isle_mem *isle_state_mem(isle_state *s);     /* the state's account */
  * ISLE_WIRE_CORE there), ISLE_ETIMEOUT (busy: nothing ran), ISLE_ECLOSED,
  * ISLE_STATE_EREENTRY (nothing ran), ISLE_ENOMEM (it ran; its results are
  * lost). */
-int isle_state_call(isle_state *s, double timeout, const char *in, size_t in_len, isle_state_out *out);
+int isle_state_call(isle_state *s, double timeout, const char *in, size_t in_len,
+                    isle_state_out *out);
 /* The same, the bytes at `in` naming by index the references `refs`
  * carries (a message the caller keeps and frees; may be NULL). */
 int isle_state_call_refs(isle_state *s, double timeout, const char *in, size_t in_len,
@@ -466,9 +459,9 @@ int isle_state_unwatch(isle_state *s, isle_task *t);
  * (also when closed already), ISLE_EBUSY (a call runs on another thread),
  * ISLE_STATE_EREENTRY (this thread is inside its callback). */
 int isle_state_close(isle_state *s);
-int isle_state_count(void);                /* live (listed) states */
+int isle_state_count(void); /* live (listed) states */
 isle_state_out *isle_state_out_new(void);
-void isle_state_out_free(isle_state_out *o);  /* accepts NULL */
+void isle_state_out_free(isle_state_out *o); /* accepts NULL */
 /* The buffer's capacity is charged to account `a` (a capped caller's) from
  * now until it is freed; growth that does not fit under `a`'s user limit
  * fails the call with ISLE_ENOMEM. Call before the first use. No-op for a
@@ -494,19 +487,19 @@ void isle_state_out_charge(isle_state_out *o, isle_mem *a);
  * isle_mem_used and isle_mem_limit may be read from any thread. */
 enum { ISLE_MEM_OFF = 0, ISLE_MEM_CORE = 1, ISLE_MEM_USER = 2 };
 typedef void *(*isle_mem_allocf)(void *ud, void *ptr, size_t osize, size_t nsize);
-isle_mem *isle_mem_new(size_t limit);   /* 0: count only */
+isle_mem *isle_mem_new(size_t limit); /* 0: count only */
 void isle_mem_retain(isle_mem *a);
-void isle_mem_release(isle_mem *a);     /* accepts NULL */
-isle_mem *isle_mem_of(isle *i);         /* the isle's account */
+void isle_mem_release(isle_mem *a); /* accepts NULL */
+isle_mem *isle_mem_of(isle *i);     /* the isle's account */
 /* The lua_Alloc of a state with account `ud`, wrapping `f`/`fud` as set by
  * isle_mem_wrap (with `heap`: what the state holds already, and `sig`: the
  * signal block to raise for a collection, may be NULL). */
 void *isle_mem_alloc(void *ud, void *ptr, size_t osize, size_t nsize);
 void isle_mem_wrap(isle_mem *a, isle_mem_allocf f, void *fud, size_t heap, isle_sig *sig);
-void isle_mem_unwrap(isle_mem *a);      /* the state is gone: heap 0, mode OFF */
-int isle_mem_enforce(isle_mem *a, int mode);  /* returns the previous mode */
-size_t isle_mem_used(isle_mem *a);      /* heap + charged bytes; 0 for NULL */
-size_t isle_mem_limit(isle_mem *a);     /* 0: none */
+void isle_mem_unwrap(isle_mem *a);           /* the state is gone: heap 0, mode OFF */
+int isle_mem_enforce(isle_mem *a, int mode); /* returns the previous mode */
+size_t isle_mem_used(isle_mem *a);           /* heap + charged bytes; 0 for NULL */
+size_t isle_mem_limit(isle_mem *a);          /* 0: none */
 /* The least memory_limit that leaves a state holding `used` bytes 64 KiB
  * under its user limit: below it an isle is refused at spawn. */
 size_t isle_mem_minimum(size_t used);
@@ -529,7 +522,7 @@ void isle_mem_uncharge(isle_mem *a, size_t n);
  * channel's lock comes before the task lock. */
 typedef struct isle_chan isle_chan;
 enum { ISLE_CHAN_CAP_MAX = 1 << 24 };
-isle_chan *isle_chan_new(size_t capacity);  /* NULL: ENOMEM or capacity not in 1..CAP_MAX */
+isle_chan *isle_chan_new(size_t capacity); /* NULL: ENOMEM or capacity not in 1..CAP_MAX */
 /* The ring (capacity slots of a pointer and a double) is charged to account
  * `a` (a capped creator's) until the channel is freed: 1, or 0 if it does
  * not fit under `a`'s user limit (nothing charged). 1 for a NULL account or
@@ -537,7 +530,7 @@ isle_chan *isle_chan_new(size_t capacity);  /* NULL: ENOMEM or capacity not in 1
  * in it are charged to their pushers: isle_msg_charge.) */
 int isle_chan_charge(isle_chan *ch, isle_mem *a);
 void isle_chan_retain(isle_chan *ch);
-void isle_chan_release(isle_chan *ch);       /* accepts NULL */
+void isle_chan_release(isle_chan *ch); /* accepts NULL */
 /* The slot that stands for `ch` in a message's refs (not retained), and
  * back: the channel whose slot `t` is, retained, or NULL if it is none. */
 isle_task *isle_chan_ref(isle_chan *ch);
@@ -558,7 +551,7 @@ int isle_chan_unwait(isle_chan *ch, isle_task *waiter);
 /* Later pushes fail; queued messages can still be popped; wakes every waiter. */
 void isle_chan_close(isle_chan *ch);
 int isle_chan_is_closed(isle_chan *ch);
-size_t isle_chan_len(isle_chan *ch);         /* queued now (a snapshot) */
+size_t isle_chan_len(isle_chan *ch); /* queued now (a snapshot) */
 size_t isle_chan_cap(isle_chan *ch);
 /* Spins (for at most isle_get_spin() s) until the channel looks non-empty,
  * or with `for_room` not full: 1 if it does (try again), 0 if the spin ran
@@ -573,7 +566,7 @@ int isle_chan_spin(isle_chan *ch, int for_room);
  * isle_buf_ref, holds one, as for a channel). Nothing here orders access to
  * the bytes: users synchronise (the isle_atomic_* helpers). */
 typedef struct isle_buf isle_buf;
-enum { ISLE_BUF_TYPE_MAX = 128 };  /* the longest type name, with its NUL */
+enum { ISLE_BUF_TYPE_MAX = 128 }; /* the longest type name, with its NUL */
 /* Zero-filled, aligned to `align` (a power of two up to 4096; at least 16).
  * One reference. NULL on ENOMEM, or for an empty or too long type name, a
  * zero elem_size or count, a size that overflows, a bad alignment. */
@@ -584,7 +577,7 @@ isle_buf *isle_buf_new(const char *type, size_t elem_size, size_t count, size_t 
  * after isle_buf_new. */
 int isle_buf_charge(isle_buf *b, isle_mem *a);
 void isle_buf_retain(isle_buf *b);
-void isle_buf_release(isle_buf *b);          /* accepts NULL */
+void isle_buf_release(isle_buf *b); /* accepts NULL */
 /* Releases the buffer whose isle_buf_data is `data` (accepts NULL): a
  * finalizer for a state's pointer to the bytes, which holds a reference. */
 void isle_buf_release_data(void *data);
@@ -593,8 +586,8 @@ void isle_buf_release_data(void *data);
 isle_task *isle_buf_ref(isle_buf *b);
 isle_buf *isle_buf_of_ref(isle_task *t);
 void *isle_buf_data(isle_buf *b);
-size_t isle_buf_size(const isle_buf *b);      /* bytes */
-size_t isle_buf_count(const isle_buf *b);     /* elements */
+size_t isle_buf_size(const isle_buf *b);  /* bytes */
+size_t isle_buf_count(const isle_buf *b); /* elements */
 size_t isle_buf_elem_size(const isle_buf *b);
 const char *isle_buf_type(const isle_buf *b);
 /* Buffers allocated and not yet freed in this process (a leak check, as
@@ -627,19 +620,19 @@ isle_pool *isle_pool_new(size_t capacity, const char *name, int *err);
  * in isle_pool_stats. ISLE_OK or ISLE_ENOMEM. */
 int isle_pool_add(isle_pool *p, isle_sig *sig);
 void isle_pool_retain(isle_pool *p);
-void isle_pool_release(isle_pool *p);       /* accepts NULL */
-isle_task *isle_pool_ref(isle_pool *p);     /* as isle_chan_ref */
-isle_pool *isle_pool_of_ref(isle_task *t);  /* as isle_chan_of_ref */
-isle_chan *isle_pool_queue(isle_pool *p);   /* not retained */
-int64_t isle_pool_id(const isle_pool *p);   /* never reused within a process */
+void isle_pool_release(isle_pool *p);           /* accepts NULL */
+isle_task *isle_pool_ref(isle_pool *p);         /* as isle_chan_ref */
+isle_pool *isle_pool_of_ref(isle_task *t);      /* as isle_chan_of_ref */
+isle_chan *isle_pool_queue(isle_pool *p);       /* not retained */
+int64_t isle_pool_id(const isle_pool *p);       /* never reused within a process */
 const char *isle_pool_name(const isle_pool *p); /* "" when unnamed */
-size_t isle_pool_size(isle_pool *p);        /* members added */
+size_t isle_pool_size(isle_pool *p);            /* members added */
 /* A retained open pool by id (name NULL) or name, or NULL. */
 isle_pool *isle_pool_lookup(int64_t id, const char *name);
 /* Unlists it and closes its queue (later pushes fail; what is queued stays
  * for the isles). Idempotent. Stopping the isles is the owner's business. */
 void isle_pool_close(isle_pool *p);
-void isle_pool_disown(isle_pool *p);        /* close, then release; accepts NULL */
+void isle_pool_disown(isle_pool *p); /* close, then release; accepts NULL */
 int isle_pool_is_closed(isle_pool *p);
 /* Sums of the members' counters since they joined, the longest-running
  * task among them, and the queue's length added to `queued`. */

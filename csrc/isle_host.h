@@ -53,7 +53,7 @@ typedef struct isle isle; /* the core's isle (isle.h) */
 /* Return codes and error kinds (ihost_error_kind). */
 enum {
     IHOST_OK = 0,
-    IHOST_ERUNTIME = 1,     /* "runtime": user code raised, no such global, a chunk does not compile */
+    IHOST_ERUNTIME = 1, /* "runtime": user code raised, no such global, a chunk does not compile */
     IHOST_ECANCELLED = 2,   /* "cancelled": ihost_task_cancel */
     IHOST_ETIMEOUT = 3,     /* "timeout": a wait or a call's timeout ran out */
     IHOST_ECLOSED = 4,      /* "closed": the isle is closed, or closed with cancel under the task */
@@ -70,10 +70,10 @@ enum {
 typedef enum ihost_type {
     IHOST_TNIL = 0,
     IHOST_TBOOLEAN,
-    IHOST_TNUMBER,  /* a Lua number: double */
-    IHOST_TINT64,   /* int64_t cdata in Lua */
-    IHOST_TUINT64,  /* uint64_t cdata in Lua */
-    IHOST_TSTRING,  /* bytes, any content, at most IHOST_MAX_STRING of them */
+    IHOST_TNUMBER, /* a Lua number: double */
+    IHOST_TINT64,  /* int64_t cdata in Lua */
+    IHOST_TUINT64, /* uint64_t cdata in Lua */
+    IHOST_TSTRING, /* bytes, any content, at most IHOST_MAX_STRING of them */
     IHOST_TTABLE
 } ihost_type;
 
@@ -95,7 +95,10 @@ typedef struct ihost_value {
         double number;
         int64_t i64;
         uint64_t u64;
-        struct { const char *ptr; size_t len; } str;
+        struct {
+            const char *ptr;
+            size_t len;
+        } str;
         ihost_table *table;
     } v;
 } ihost_value;
@@ -162,7 +165,7 @@ static inline ihost_value ihost_tablev(ihost_table *t)
  * objects in Lua, so a lookup with one finds nothing (iterate instead).
  * Nil and NaN cannot be keys (IHOST_EINVAL).
  */
-ihost_table *ihost_table_new(void);  /* NULL when out of memory */
+ihost_table *ihost_table_new(void); /* NULL when out of memory */
 /* Frees `t` and everything in it. Does nothing for a table that belongs to
  * another table or to a result list: it goes with its owner. */
 void ihost_table_free(ihost_table *t);
@@ -172,7 +175,8 @@ void ihost_table_free(ihost_table *t);
  * may nest at most IHOST_MAX_DEPTH levels (IHOST_EINVAL otherwise, nothing
  * changed, the caller still owns it). IHOST_EMEMORY: nothing changed. */
 int ihost_table_set(ihost_table *t, ihost_value key, ihost_value val);
-int ihost_table_setfield(ihost_table *t, const char *key, ihost_value val); /* key: NUL-terminated */
+int ihost_table_setfield(ihost_table *t, const char *key,
+                         ihost_value val); /* key: NUL-terminated */
 int ihost_table_seti(ihost_table *t, int64_t i, ihost_value val);
 /* Appends to the array part: t[n + 1] = val where n is its length. A nil
  * leaves a hole and still counts, as in the constructor { a, nil, c }. */
@@ -194,7 +198,7 @@ int ihost_table_next(const ihost_table *t, size_t *iter, ihost_value *key, ihost
 
 /* ---- result lists and raw bytes ------------------------------------------- */
 
-typedef struct ihost_results ihost_results;  /* a decoded list of values, owning them */
+typedef struct ihost_results ihost_results; /* a decoded list of values, owning them */
 size_t ihost_results_count(const ihost_results *r);
 /* Value i (0-based); nil beyond the end. Borrowed from `r`. */
 ihost_value ihost_results_get(const ihost_results *r, size_t i);
@@ -223,7 +227,7 @@ void ihost_bytes_free(char *bytes);
 
 /* ---- errors ------------------------------------------------------------------ */
 
-int ihost_error_kind(const ihost_error *e);          /* IHOST_E*; IHOST_OK for NULL */
+int ihost_error_kind(const ihost_error *e);            /* IHOST_E*; IHOST_OK for NULL */
 const char *ihost_error_code(const ihost_error *e);    /* "runtime", "timeout"...; "" for NULL */
 const char *ihost_error_message(const ihost_error *e); /* never NULL */
 /* The isle-side traceback of a runtime error ("stack traceback (isle 3):
@@ -248,16 +252,16 @@ enum {
 
 /* Options of ihost_spawn; all-zero (or a NULL pointer) means the defaults. */
 typedef struct ihost_options {
-    const char *name;       /* unique among live isles; NULL: unnamed */
-    size_t capacity;        /* mailbox bound; 0: 1024 */
-    int libs;               /* IHOST_LIBS_* */
+    const char *name;             /* unique among live isles; NULL: unnamed */
+    size_t capacity;              /* mailbox bound; 0: 1024 */
+    int libs;                     /* IHOST_LIBS_* */
     const char *const *lib_names; /* IHOST_LIBS_LIST: NULL-terminated, among
                                      string table math io os debug bit jit ffi */
-    int no_instrument;      /* 1: no checkpoints in init and eval chunks */
-    int no_instrument_loads;/* 1: the isle's load/require stay as LuaJIT has them */
-    const char *path;       /* package.path of the isle; NULL: the default (docs/c-api.md) */
-    const char *cpath;      /* package.cpath; NULL: the default */
-    const ihost_value *args;/* values passed to the init chunk (...) */
+    int no_instrument;            /* 1: no checkpoints in init and eval chunks */
+    int no_instrument_loads;      /* 1: the isle's load/require stay as LuaJIT has them */
+    const char *path;             /* package.path of the isle; NULL: the default (docs/c-api.md) */
+    const char *cpath;            /* package.cpath; NULL: the default */
+    const ihost_value *args;      /* values passed to the init chunk (...) */
     size_t nargs;
 } ihost_options;
 
@@ -298,8 +302,12 @@ typedef struct ihost_task ihost_task;
 
 /* Task states (ihost_task_state), as the core's ISLE_TASK_*. */
 enum {
-    IHOST_QUEUED = 0, IHOST_RUNNING = 1, IHOST_DONE = 2,
-    IHOST_FAILED = 3, IHOST_CANCELLED = 4, IHOST_CLOSED = 5
+    IHOST_QUEUED = 0,
+    IHOST_RUNNING = 1,
+    IHOST_DONE = 2,
+    IHOST_FAILED = 3,
+    IHOST_CANCELLED = 4,
+    IHOST_CLOSED = 5
 };
 
 /* Queue a call or a chunk and return its task at once (waiting for room in
@@ -308,13 +316,13 @@ enum {
  * and the task ends with a "timeout" error. */
 int ihost_spawn_call(ihost_isle *h, const char *name, const ihost_value *args, size_t nargs,
                      double timeout, ihost_task **out, ihost_error **err);
-int ihost_try_spawn_call(ihost_isle *h, const char *name, const ihost_value *args,
-                         size_t nargs, double timeout, ihost_task **out, ihost_error **err);
+int ihost_try_spawn_call(ihost_isle *h, const char *name, const ihost_value *args, size_t nargs,
+                         double timeout, ihost_task **out, ihost_error **err);
 int ihost_spawn_eval(ihost_isle *h, const char *source, const ihost_value *args, size_t nargs,
                      double timeout, ihost_task **out, ihost_error **err);
 
-int ihost_task_state(const ihost_task *t);   /* IHOST_QUEUED ... IHOST_CLOSED (NULL: CLOSED) */
-int ihost_task_done(const ihost_task *t);    /* 1 once it has ended (or NULL); never blocks */
+int ihost_task_state(const ihost_task *t); /* IHOST_QUEUED ... IHOST_CLOSED (NULL: CLOSED) */
+int ihost_task_done(const ihost_task *t);  /* 1 once it has ended (or NULL); never blocks */
 /* Waits at most `timeout` seconds (< 0: for ever). IHOST_OK once the task
  * has ended (read it with ihost_task_results), IHOST_ETIMEOUT if it has
  * not: it goes on, and may be waited for again or cancelled. */

@@ -15,21 +15,21 @@
 
 struct isle_mbox {
     atomic_int refs;
-    atomic_int pending;    /* 1 while a message, a notice or a wake is waiting */
+    atomic_int pending; /* 1 while a message, a notice or a wake is waiting */
     pthread_mutex_t mu;
-    pthread_cond_t ready;  /* consumer waits here */
-    pthread_cond_t room;   /* producers wait here for space */
+    pthread_cond_t ready; /* consumer waits here */
+    pthread_cond_t room;  /* producers wait here for space */
     isle_msg *head, *tail;
     isle_done *done_head, *done_tail;
     atomic_size_t count;
     size_t capacity;
-    int parked;            /* consumers in cond_wait */
-    int blocked;           /* producers in cond_wait */
-    int woken;             /* isle_mbox_wake was called */
+    int parked;  /* consumers in cond_wait */
+    int blocked; /* producers in cond_wait */
+    int woken;   /* isle_mbox_wake was called */
     atomic_int closed;
-    int efd;               /* eventfd, or a socket (isle_mbox_notify_socket) */
-    int efd_socket;        /* efd is a socket: write one byte, never read */
-    int efd_armed;         /* efd holds an unread wake-up */
+    int efd;        /* eventfd, or a socket (isle_mbox_notify_socket) */
+    int efd_socket; /* efd is a socket: write one byte, never read */
+    int efd_armed;  /* efd holds an unread wake-up */
 };
 
 isle_mbox *isle_mbox_new(size_t capacity, int with_fd)
@@ -114,7 +114,10 @@ int isle_mbox_push(isle_mbox *mb, isle_msg *m, double timeout)
     if (timeout > 0) dl = isle_deadline(timeout);
     pthread_mutex_lock(&mb->mu);
     while (!atomic_load(&mb->closed) && atomic_load(&mb->count) >= mb->capacity) {
-        if (timeout == 0) { rc = ISLE_EBUSY; goto out; }
+        if (timeout == 0) {
+            rc = ISLE_EBUSY;
+            goto out;
+        }
         mb->blocked++;
         int w = timeout > 0 ? pthread_cond_timedwait(&mb->room, &mb->mu, &dl)
                             : pthread_cond_wait(&mb->room, &mb->mu);
@@ -125,7 +128,10 @@ int isle_mbox_push(isle_mbox *mb, isle_msg *m, double timeout)
             goto out;
         }
     }
-    if (atomic_load(&mb->closed)) { rc = ISLE_ECLOSED; goto out; }
+    if (atomic_load(&mb->closed)) {
+        rc = ISLE_ECLOSED;
+        goto out;
+    }
     m->next = NULL;
     if (mb->tail) mb->tail->next = m;
     else mb->head = m;
@@ -164,10 +170,7 @@ void isle_mbox_wake(isle_mbox *mb)
     pthread_mutex_unlock(&mb->mu);
 }
 
-static int has_work(isle_mbox *mb)
-{
-    return mb->head || mb->done_head || mb->woken;
-}
+static int has_work(isle_mbox *mb) { return mb->head || mb->done_head || mb->woken; }
 
 int isle_mbox_wait(isle_mbox *mb, double timeout, isle_msg **msgs, isle_done **done)
 {

@@ -18,16 +18,16 @@
 
 struct isle_mem {
     atomic_int refs;
-    atomic_size_t heap;     /* bytes the state's allocator has handed out */
-    atomic_size_t held;     /* C bytes charged to the account */
-    size_t limit;           /* 0: counted, not capped */
-    size_t cap[3];          /* per mode (ISLE_MEM_*): the most heap + held may reach */
-    int mode;               /* the state's thread only */
-    int gc_wanted;          /* the state's thread only */
-    size_t mark;            /* past this, ask the state for a full collection */
-    isle_mem_allocf f;      /* the allocator wrapped */
+    atomic_size_t heap; /* bytes the state's allocator has handed out */
+    atomic_size_t held; /* C bytes charged to the account */
+    size_t limit;       /* 0: counted, not capped */
+    size_t cap[3];      /* per mode (ISLE_MEM_*): the most heap + held may reach */
+    int mode;           /* the state's thread only */
+    int gc_wanted;      /* the state's thread only */
+    size_t mark;        /* past this, ask the state for a full collection */
+    isle_mem_allocf f;  /* the allocator wrapped */
     void *ud;
-    isle_sig *sig;          /* raised to ask for the collection (not retained:
+    isle_sig *sig; /* raised to ask for the collection (not retained:
                                the isle holds both while its state runs) */
 };
 
@@ -76,7 +76,7 @@ void isle_mem_release(isle_mem *a)
 static size_t used_of(isle_mem *a)
 {
     return atomic_load_explicit(&a->heap, memory_order_relaxed)
-         + atomic_load_explicit(&a->held, memory_order_relaxed);
+        + atomic_load_explicit(&a->held, memory_order_relaxed);
 }
 
 /* May the state grow by `grow` bytes from `heap`? Past the mark, also asks

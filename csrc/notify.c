@@ -30,8 +30,9 @@ int isle_notify_listen(char *path, size_t cap)
     /* The directory name, then the socket's own name: both must fit. */
     int n = snprintf(path, cap, "%s/isle-XXXXXX", tmp);
     if (n < 0 || (size_t)n + sizeof NOTIFY_NAME > cap
-        || (size_t)n + sizeof NOTIFY_NAME > sizeof sa.sun_path) return -1;
-    if (!mkdtemp(path)) return -1; /* mode 0700 */
+        || (size_t)n + sizeof NOTIFY_NAME > sizeof sa.sun_path)
+        return -1;
+    if (!mkdtemp(path)) return -1;                     /* mode 0700 */
     memcpy(path + n, NOTIFY_NAME, sizeof NOTIFY_NAME); /* fits: checked above */
     memcpy(sa.sun_path, path, strlen(path) + 1);
     int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
@@ -70,8 +71,7 @@ int isle_notify_accept(int lfd, char *path, double timeout)
         if (c >= 0) {
             struct ucred cred;
             socklen_t len = sizeof cred;
-            if (getsockopt(c, SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0
-                && cred.pid == getpid()) {
+            if (getsockopt(c, SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0 && cred.pid == getpid()) {
                 conn = c;
                 break;
             }
@@ -82,7 +82,7 @@ int isle_notify_accept(int lfd, char *path, double timeout)
         if (errno != EAGAIN && errno != EWOULDBLOCK) break;
         double left = deadline - isle_now();
         if (left <= 0) break;
-        struct pollfd p = { .fd = lfd, .events = POLLIN, .revents = 0 };
+        struct pollfd p = {.fd = lfd, .events = POLLIN, .revents = 0};
         poll(&p, 1, (int)(left * 1000) + 1);
     }
     remove_path(path);

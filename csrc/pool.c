@@ -21,26 +21,26 @@
 #include <string.h>
 
 typedef struct pool_member {
-    isle_sig *sig;       /* retained */
-    isle_stats base;     /* its counters when it joined: not the pool's */
+    isle_sig *sig;   /* retained */
+    isle_stats base; /* its counters when it joined: not the pool's */
 } pool_member;
 
 struct isle_pool {
-    isle_task *anchor;   /* holds the pool's references */
-    isle_chan *queue;    /* one reference, the pool's */
+    isle_task *anchor; /* holds the pool's references */
+    isle_chan *queue;  /* one reference, the pool's */
     int64_t id;
-    char *name;          /* NULL when unnamed */
+    char *name; /* NULL when unnamed */
     pthread_mutex_t mu;
     pool_member *members; /* (mu) n of cap */
     size_t n, cap;
-    int closed;          /* (mu) */
-    int listed;          /* (registry lock) */
-    isle_pool *next;     /* (registry lock) */
+    int closed;      /* (mu) */
+    int listed;      /* (registry lock) */
+    isle_pool *next; /* (registry lock) */
 };
 
 static pthread_mutex_t registry_mu = PTHREAD_MUTEX_INITIALIZER;
-static isle_pool *registry;  /* open pools, newest first */
-static int64_t next_id = 1;  /* (registry lock) */
+static isle_pool *registry; /* open pools, newest first */
+static int64_t next_id = 1; /* (registry lock) */
 
 /* The anchor's last reference went: nobody can reach the pool. */
 static void pool_free(void *arg)

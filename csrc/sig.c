@@ -13,8 +13,8 @@ typedef struct isle_intr {
     int64_t id;
     atomic_int mode;
     isle_sig_impl *sig;
-    struct isle_intr *hnext;   /* hash chain */
-    struct isle_intr *snext;   /* the owning block's list */
+    struct isle_intr *hnext; /* hash chain */
+    struct isle_intr *snext; /* the owning block's list */
 } isle_intr;
 
 #define INTR_BUCKETS 1024
@@ -89,10 +89,7 @@ void isle_sig_raise(isle_sig *s)
 
 int isle_sig_pending(isle_sig *s) { return atomic_load(&impl(s)->pending); }
 
-void isle_sig_lower(isle_sig *s)
-{
-    __atomic_store_n(&s->flag, 0, __ATOMIC_RELEASE);
-}
+void isle_sig_lower(isle_sig *s) { __atomic_store_n(&s->flag, 0, __ATOMIC_RELEASE); }
 
 static isle_intr *find_locked(int64_t id)
 {
@@ -139,8 +136,10 @@ int isle_intr_set(int64_t id, int mode)
     isle_intr *e = find_locked(id);
     if (e) {
         int old = atomic_exchange(&e->mode, mode);
-        if (old == ISLE_INTR_CLEAR && mode != ISLE_INTR_CLEAR) atomic_fetch_add(&e->sig->pending, 1);
-        if (old != ISLE_INTR_CLEAR && mode == ISLE_INTR_CLEAR) atomic_fetch_sub(&e->sig->pending, 1);
+        if (old == ISLE_INTR_CLEAR && mode != ISLE_INTR_CLEAR)
+            atomic_fetch_add(&e->sig->pending, 1);
+        if (old != ISLE_INTR_CLEAR && mode == ISLE_INTR_CLEAR)
+            atomic_fetch_sub(&e->sig->pending, 1);
         /* Raising under the table lock keeps the block alive meanwhile. */
         if (mode != ISLE_INTR_CLEAR) isle_sig_raise(&e->sig->pub);
     }

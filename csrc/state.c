@@ -39,23 +39,23 @@ typedef struct watch_node {
 
 struct isle_state {
     atomic_int refs;
-    int owners;               /* registry lock */
-    int listed;               /* registry lock: in the table */
-    int ready;                /* registry lock: its setup ran; lookups find it */
-    int singleton;            /* registry lock: made by isle_state_singleton */
-    const void *creator;      /* registry lock: the thread running its setup */
+    int owners;          /* registry lock */
+    int listed;          /* registry lock: in the table */
+    int ready;           /* registry lock: its setup ran; lookups find it */
+    int singleton;       /* registry lock: made by isle_state_singleton */
+    const void *creator; /* registry lock: the thread running its setup */
     int64_t id;
     char *name;
-    lua_State *L;             /* NULL once closed; used under the call lock only */
-    isle_mem *mem;            /* the Lua state's account (mem.c) */
-    isle_lua_acct acct;       /* the Lua state under `mem` (isle_lua_new) */
-    isle_mem *charge;         /* the creator's, charged memory_limit until the state closes */
+    lua_State *L;       /* NULL once closed; used under the call lock only */
+    isle_mem *mem;      /* the Lua state's account (mem.c) */
+    isle_lua_acct acct; /* the Lua state under `mem` (isle_lua_new) */
+    isle_mem *charge;   /* the creator's, charged memory_limit until the state closes */
     size_t charged;
-    int boot_memory;          /* booting failed for want of memory (memory_limit too small) */
-    isle_state_io io;         /* call lock */
+    int boot_memory;  /* booting failed for want of memory (memory_limit too small) */
+    isle_state_io io; /* call lock */
     isle_sig *sig;
     int64_t intr;
-    atomic_int lock;          /* the call lock: 0 free, 1 held, 2 held and perhaps awaited */
+    atomic_int lock;              /* the call lock: 0 free, 1 held, 2 held and perhaps awaited */
     _Atomic(const void *) holder; /* the thread inside, for re-entry */
     atomic_int closed;
     atomic_int close_pending; /* the last owner went: close as soon as the lock is free */
@@ -63,12 +63,12 @@ struct isle_state {
     pthread_cond_t wcv;
     int sleepers;
     watch_node *watches;
-    isle_state *hnext;        /* registry chain */
+    isle_state *hnext; /* registry chain */
 };
 
 #define BUCKETS 256
 static pthread_mutex_t reg_lock = PTHREAD_MUTEX_INITIALIZER;
-static pthread_cond_t reg_cv;   /* a singleton's setup ended (CLOCK_MONOTONIC) */
+static pthread_cond_t reg_cv; /* a singleton's setup ended (CLOCK_MONOTONIC) */
 static pthread_once_t reg_cv_once = PTHREAD_ONCE_INIT;
 static isle_state *table[BUCKETS];
 static int64_t next_id = 1;
@@ -151,7 +151,7 @@ static int spin_lock(isle_state *s, double budget)
  * others, who park again if it is taken meanwhile. */
 static int park_lock(isle_state *s, double timeout)
 {
-    struct timespec dl = { 0, 0 };
+    struct timespec dl = {0, 0};
     if (timeout > 0) dl = isle_deadline(timeout);
     int got = 0;
     pthread_mutex_lock(&s->wmu);
@@ -422,7 +422,8 @@ static int name_is(const isle_state *s, const char *name)
     return s->name && strcmp(s->name, name) == 0;
 }
 
-isle_state *isle_state_singleton(const isle_state_config *cfg, double timeout, int *err, int *created)
+isle_state *isle_state_singleton(const isle_state_config *cfg, double timeout, int *err,
+                                 int *created)
 {
     *created = 0;
     if (!cfg->name || !cfg->name[0]) {
@@ -431,7 +432,7 @@ isle_state *isle_state_singleton(const isle_state_config *cfg, double timeout, i
         return NULL;
     }
     pthread_once(&reg_cv_once, reg_cv_init);
-    struct timespec dl = { 0, 0 };
+    struct timespec dl = {0, 0};
     if (timeout > 0) dl = isle_deadline(timeout);
     pthread_mutex_lock(&reg_lock);
     for (;;) {
@@ -537,7 +538,10 @@ isle_state *isle_state_lookup(int64_t id, const char *name, int *err)
     return NULL;
 }
 
-void isle_state_retain(isle_state *s) { atomic_fetch_add_explicit(&s->refs, 1, memory_order_relaxed); }
+void isle_state_retain(isle_state *s)
+{
+    atomic_fetch_add_explicit(&s->refs, 1, memory_order_relaxed);
+}
 
 void isle_state_release(isle_state *s)
 {
@@ -615,7 +619,8 @@ static int out_put(isle_state_out *o, char tag, const char *data, size_t len)
     return ISLE_OK;
 }
 
-int isle_state_call(isle_state *s, double timeout, const char *in, size_t in_len, isle_state_out *out)
+int isle_state_call(isle_state *s, double timeout, const char *in, size_t in_len,
+                    isle_state_out *out)
 {
     return isle_state_call_refs(s, timeout, in, in_len, NULL, out);
 }

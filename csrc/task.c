@@ -18,19 +18,19 @@ struct isle_task {
     atomic_int refs;
     atomic_int state;
     atomic_int cancel;
-    atomic_int ended;      /* 0/1 mirror of "state is final", spun on by waiters */
+    atomic_int ended; /* 0/1 mirror of "state is final", spun on by waiters */
     pthread_mutex_t mu;
     pthread_cond_t cv;
-    int waiters;           /* threads parked in isle_task_wait (mu) */
-    isle_sig *sig;         /* state running the task, retained while RUNNING (mu) */
-    isle_done *subs;       /* pending notices, each holding a task ref (mu) */
-    isle_task *rnext, *rprev; /* in sig's running list (sig's lock) */
-    double started;        /* isle_now() when it started running (mu) */
+    int waiters;                /* threads parked in isle_task_wait (mu) */
+    isle_sig *sig;              /* state running the task, retained while RUNNING (mu) */
+    isle_done *subs;            /* pending notices, each holding a task ref (mu) */
+    isle_task *rnext, *rprev;   /* in sig's running list (sig's lock) */
+    double started;             /* isle_now() when it started running (mu) */
     char label[ISLE_LABEL_MAX]; /* what runs, for isle_stats (set before it is linked) */
-    atomic_int has_deadline;  /* set once by isle_task_expire_at */
-    size_t deadline_slot;     /* index + 1 in the watchdog's heap, 0 if not in it (its lock) */
-    isle_msg *result;         /* NULL: ended with no bytes and no references */
-    isle_mem *mem;            /* charged for the result (isle_task_charge_results) */
+    atomic_int has_deadline;    /* set once by isle_task_expire_at */
+    size_t deadline_slot;       /* index + 1 in the watchdog's heap, 0 if not in it (its lock) */
+    isle_msg *result;           /* NULL: ended with no bytes and no references */
+    isle_mem *mem;              /* charged for the result (isle_task_charge_results) */
     /* An object whose lifetime is this slot's (a channel, chan.c): freed
      * with the slot, so it travels in isle_msg.refs like a token. Set once,
      * before the slot is shared. */
@@ -216,8 +216,8 @@ int isle_task_start(isle_task *t, isle_sig *sig, const char *label)
 
 /* The one way a task ends. Called with `mu` held and the task not final;
  * hands back what must be released once the lock is dropped. */
-static void finish_locked(isle_task *t, int state, isle_msg *result,
-                          isle_sig **sig, isle_done **subs)
+static void finish_locked(isle_task *t, int state, isle_msg *result, isle_sig **sig,
+                          isle_done **subs)
 {
     t->result = result;
     *sig = t->sig;
@@ -310,7 +310,10 @@ int isle_task_wait(isle_task *t, double timeout)
         int rc = timeout > 0 ? pthread_cond_timedwait(&t->cv, &t->mu, &dl)
                              : pthread_cond_wait(&t->cv, &t->mu);
         t->waiters--;
-        if (rc) { ended = atomic_load(&t->ended); break; }
+        if (rc) {
+            ended = atomic_load(&t->ended);
+            break;
+        }
     }
     pthread_mutex_unlock(&t->mu);
     return ended;
@@ -332,10 +335,7 @@ const char *isle_task_result(isle_task *t, size_t *len)
     return m && m->len ? m->data : NULL;
 }
 
-int isle_task_subscribe(isle_task *t, isle_mbox *mb)
-{
-    return isle_task_watch(t, mb, NULL);
-}
+int isle_task_subscribe(isle_task *t, isle_mbox *mb) { return isle_task_watch(t, mb, NULL); }
 
 int isle_task_watch(isle_task *t, isle_mbox *mb, isle_sig *sig)
 {
@@ -381,10 +381,7 @@ int isle_task_unwatch(isle_task *t, isle_mbox *mb, isle_sig *sig)
     return 1;
 }
 
-int isle_task_unsubscribe(isle_task *t, isle_mbox *mb)
-{
-    return isle_task_unwatch(t, mb, NULL);
-}
+int isle_task_unsubscribe(isle_task *t, isle_mbox *mb) { return isle_task_unwatch(t, mb, NULL); }
 
 void isle_done_free_list(isle_done *head)
 {
@@ -396,10 +393,7 @@ void isle_done_free_list(isle_done *head)
     }
 }
 
-int isle_task_cancel(isle_task *t)
-{
-    return isle_task_cancel_reason(t, ISLE_CANCEL_USER);
-}
+int isle_task_cancel(isle_task *t) { return isle_task_cancel_reason(t, ISLE_CANCEL_USER); }
 
 int isle_task_cancel_reason(isle_task *t, int reason)
 {
@@ -415,8 +409,7 @@ int isle_task_cancel_reason(isle_task *t, int reason)
     /* A queued task ends here, through the same path as any completion, so
      * its waiters and subscribers are told exactly once; the worker will
      * find it ended and skip it. */
-    if (state == ISLE_TASK_QUEUED)
-        finish_locked(t, ISLE_TASK_CANCELLED, NULL, &sig, &subs);
+    if (state == ISLE_TASK_QUEUED) finish_locked(t, ISLE_TASK_CANCELLED, NULL, &sig, &subs);
     pthread_mutex_unlock(&t->mu);
     if (state == ISLE_TASK_QUEUED) after_finish(t, sig, subs);
     return state;

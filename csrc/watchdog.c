@@ -49,7 +49,10 @@ static void sift_down(size_t i)
     for (;;) {
         size_t l = 2 * i + 1, r = l + 1, m = i;
         double md = w.deadline;
-        if (l < heap_len && heap[l].deadline < md) { m = l; md = heap[l].deadline; }
+        if (l < heap_len && heap[l].deadline < md) {
+            m = l;
+            md = heap[l].deadline;
+        }
         if (r < heap_len && heap[r].deadline < md) m = r;
         if (m == i) break;
         put(i, heap[m]);
@@ -125,7 +128,10 @@ int isle_task_expire_at(isle_task *t, double deadline)
     int rc = ISLE_OK;
     pthread_mutex_lock(&wd_lock);
     if (!wd_cv_ready) {
-        if (isle_cond_init(&wd_cv)) { rc = ISLE_ENOMEM; goto out; }
+        if (isle_cond_init(&wd_cv)) {
+            rc = ISLE_ENOMEM;
+            goto out;
+        }
         wd_cv_ready = 1;
     }
     /* Marked under the lock: a task ending from here on waits for it in
@@ -145,7 +151,10 @@ int isle_task_expire_at(isle_task *t, double deadline)
     if (heap_len == heap_cap) {
         size_t cap = heap_cap ? heap_cap * 2 : 64;
         watch *h = realloc(heap, cap * sizeof(*h));
-        if (!h) { rc = ISLE_ENOMEM; goto out; }
+        if (!h) {
+            rc = ISLE_ENOMEM;
+            goto out;
+        }
         heap = h;
         heap_cap = cap;
     }
@@ -156,7 +165,10 @@ int isle_task_expire_at(isle_task *t, double deadline)
         pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
         int err = pthread_create(&th, &attr, wd_main, NULL);
         pthread_attr_destroy(&attr);
-        if (err) { rc = ISLE_ENOMEM; goto out; }
+        if (err) {
+            rc = ISLE_ENOMEM;
+            goto out;
+        }
         wd_running = 1;
     }
     isle_task_retain(t);
