@@ -613,6 +613,19 @@ function TestSandbox:test_buffers_handed_in_give_no_pointer()
     ptrs:close()
 end
 
+-- Pools take the option for every isle of theirs, and a sandboxed isle's
+-- pools are sandboxed whatever it asks.
+function TestSandbox:test_pools_are_sandboxed()
+    local p = isle.pool{ size = 2, sandbox = true }
+    refused(p, "os.exit(3)", "os.exit is not allowed")
+    refused(p, "return require('ffi')", "not allowed")
+    lu.assertEquals(p:eval("return 1 + 1"), 2)
+    p:close()
+    local h = self.h
+    refused(h, "local p = require('isle').pool{ size = 1 } return p:eval('return require(\"ffi\")')", "not allowed")
+    refused(h, "local p = require('isle').pool{ size = 1, sandbox = false } return 1", "cannot be turned off")
+end
+
 function TestSandbox:test_option_errors()
     local ok, e = pcall(isle.spawn, { sandbox = "yes" })
     lu.assertFalse(ok)

@@ -147,7 +147,7 @@ local function wrap(p, owner)
 end
 
 local SPAWN_OPTIONS = { init = true, args = true, libs = true, instrument = true, instrument_loads = true,
-                        memory_limit = true }
+                        memory_limit = true, sandbox = true }
 
 local function bad_opt(name, what, got)
     error("isle.pool: option '" .. name .. "' must be " .. what .. " (got " .. got .. ")", 3)
