@@ -5,7 +5,9 @@
 --   luv (Debian: lua-luv)   W1 through its thread pool: uv.new_work +
 --                           uv.queue_work, one item in flight at a time; the
 --                           reply arrives as the after-work callback in the
---                           caller's loop. W2 not implemented: luv has no
+--                           caller's loop. W6: uv.new_thread (a thread with
+--                           a state of its own) answering one ping through an
+--                           async handle, then joined. W2 not implemented: luv has no
 --                           one-way channel into one persistent thread state
 --                           (a thread's async handle cannot be handed back to
 --                           the caller), only pipes/sockets.
@@ -54,6 +56,33 @@ local function luv_w1(uv, n)
     return result
 end
 
+-- W6 through luv: a thread with its own state, one ping (the reply comes
+-- back through an async handle into the caller's loop), joined; ms each.
+local function luv_w6(uv, count)
+    local t0 = now()
+    for i = 1, count do
+        local got
+        local async = uv.new_async(function(r) got = r end)
+        local th = uv.new_thread(function(a, v) a:send(v + 1) end, async, i)
+        th:join()
+        while got == nil do uv.run("once") end
+        if got ~= i + 1 then return nil, "luv: wrong reply " .. tostring(got) .. " to " .. i end
+        async:close()
+    end
+    uv.run()
+    return (now() - t0) * 1e3 / count
+end
+
+local function isle_w6(isle, count)
+    local t0 = now()
+    for i = 1, count do
+        local h = isle.spawn{ init = serve }
+        if h:call("inc", i) ~= i + 1 then error("CMP: wrong isle reply") end
+        h:close()
+    end
+    return (now() - t0) * 1e3 / count
+end
+
 local LIBS = { "luv", "lanes", "effil", "llthreads2" }
 
 local function run_cmp(ctx)
@@ -75,6 +104,15 @@ local function run_cmp(ctx)
                 runs = s.other.runs, floor_runs = s.isle.runs, na = s.other.err,
                 note = "luv " .. tostring(mod.version_string and mod.version_string() or "?")
                     .. "; ratio = times slower than isle" }
+            local count = ctx.n(300, 50)
+            local s6 = ctx.series({
+                { "other", function() return luv_w6(mod, count) end },
+                { "isle", function() return isle_w6(ctx.isle, count) end },
+            })
+            rows[#rows + 1] = ctx.row{ id = "CMP", name = "CMP luv W6 thread+ping+join",
+                value = s6.other.median, unit = "ms/thread", floor = s6.isle.median, floor_label = "isle W6",
+                runs = s6.other.runs, floor_runs = s6.isle.runs, na = s6.other.err,
+                note = "uv.new_thread, a ping back through uv_async; ratio = times slower than isle" }
             rows[#rows + 1] = ctx.row{ id = "CMP", name = "CMP luv W2 stream",
                 na = "not implemented (no one-way channel into one luv thread state)" }
         else
