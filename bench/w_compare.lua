@@ -11,9 +11,14 @@
 --                           one-way channel into one persistent thread state
 --                           (a thread's async handle cannot be handed back to
 --                           the caller), only pipes/sockets.
---   lanes, effil, llthreads2  only detected; not implemented here (none is
---                           packaged for this machine, so no code of theirs
---                           could be tried).
+--   lanes (3.x)             W1: a lane serving a linda ("in" -> "out"), one
+--                           value in flight; W6: lanes.gen + one call whose
+--                           result is read (a lane per call).
+--   llthreads2              W6: llthreads2.new(chunk, i), start, join (the
+--                           reply is the thread's result). W1 needs mtmsg.
+--   effil                   detected only.
+-- None of these is packaged for Debian: built from their sources (not
+-- committed) and put on LUA_PATH/LUA_CPATH, they run here (bench/README.md).
 local lib = require("lib")
 local now = lib.now
 
@@ -83,6 +88,57 @@ local function isle_w6(isle, count)
     return (now() - t0) * 1e3 / count
 end
 
+local function lanes_w1(lanes, n)
+    local linda = lanes.linda()
+    local lane = lanes.gen("*", function(l)
+        while true do
+            local _, v = l:receive("in")
+            if v == false then return end
+            l:send("out", v + 1)
+        end
+    end)(linda)
+    for i = 1, 1000 do linda:send("in", i); linda:receive("out") end
+    local t0 = now()
+    for i = 1, n do
+        linda:send("in", i)
+        local _, v = linda:receive("out")
+        if v ~= i + 1 then return nil, "lanes: wrong reply " .. tostring(v) end
+    end
+    local us = (now() - t0) * 1e6 / n
+    linda:send("in", false)
+    lane:join()
+    return us
+end
+
+local function lanes_w6(lanes, count)
+    local gen = lanes.gen("*", function(i) return i + 1 end)
+    local t0 = now()
+    for i = 1, count do
+        local v = gen(i)[1]
+        if v ~= i + 1 then return nil, "lanes: wrong reply " .. tostring(v) end
+    end
+    return (now() - t0) * 1e3 / count
+end
+
+local function llthreads2_w6(llt, count)
+    local t0 = now()
+    for i = 1, count do
+        local t = llt.new("return (...) + 1", i)
+        t:start()
+        local ok, v = t:join()
+        if not ok or v ~= i + 1 then return nil, "llthreads2: wrong reply " .. tostring(v) end
+    end
+    return (now() - t0) * 1e3 / count
+end
+
+-- One --compare row: `other` against isle's own figure in the same run.
+local function vs(ctx, name, unit, floor_label, other, mine, note)
+    local s = ctx.series({ { "other", other }, { "isle", mine } })
+    return ctx.row{ id = "CMP", name = name, value = s.other.median, unit = unit, floor = s.isle.median,
+        floor_label = floor_label, runs = s.other.runs, floor_runs = s.isle.runs, na = s.other.err,
+        note = note .. "; ratio = times slower than isle" }
+end
+
 local LIBS = { "luv", "lanes", "effil", "llthreads2" }
 
 local function run_cmp(ctx)
@@ -115,6 +171,21 @@ local function run_cmp(ctx)
                 note = "uv.new_thread, a ping back through uv_async; ratio = times slower than isle" }
             rows[#rows + 1] = ctx.row{ id = "CMP", name = "CMP luv W2 stream",
                 na = "not implemented (no one-way channel into one luv thread state)" }
+        elseif name == "lanes" then
+            local lanes = mod.configure and mod.configure() or mod
+            local h = ctx.isle.spawn{ init = serve }
+            local count = ctx.n(300, 50)
+            rows[#rows + 1] = vs(ctx, "CMP lanes W1 ping (linda)", "us/rt", "isle W1",
+                function() return lanes_w1(lanes, n) end, function() return isle_w1(h, n) end, "a lane serving a linda")
+            rows[#rows + 1] = vs(ctx, "CMP lanes W6 lane+call", "ms/lane", "isle W6",
+                function() return lanes_w6(lanes, count) end, function() return isle_w6(ctx.isle, count) end,
+                "lanes.gen, one call, its result read")
+            h:close()
+        elseif name == "llthreads2" then
+            local count = ctx.n(300, 50)
+            rows[#rows + 1] = vs(ctx, "CMP llthreads2 W6 thread+join", "ms/thread", "isle W6",
+                function() return llthreads2_w6(mod, count) end, function() return isle_w6(ctx.isle, count) end,
+                "new, start, join with the reply as its result")
         else
             rows[#rows + 1] = ctx.row{ id = "CMP", name = "CMP " .. name,
                 na = "importable, but not implemented in this bench" }
