@@ -41,15 +41,24 @@ struct timespec isle_deadline(double timeout)
     return ts;
 }
 
+/* One attribute object for every condition variable: made once, as
+ * building it takes three calls that a task slot (one per call) would pay
+ * each time. */
+static pthread_condattr_t cond_attr;
+static int cond_attr_rc;
+static pthread_once_t cond_attr_once = PTHREAD_ONCE_INIT;
+
+static void cond_attr_init(void)
+{
+    cond_attr_rc = pthread_condattr_init(&cond_attr);
+    if (!cond_attr_rc) cond_attr_rc = pthread_condattr_setclock(&cond_attr, CLOCK_MONOTONIC);
+}
+
 int isle_cond_init(pthread_cond_t *cv)
 {
-    pthread_condattr_t attr;
-    int rc = pthread_condattr_init(&attr);
-    if (rc) return rc;
-    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
-    rc = pthread_cond_init(cv, &attr);
-    pthread_condattr_destroy(&attr);
-    return rc;
+    pthread_once(&cond_attr_once, cond_attr_init);
+    if (cond_attr_rc) return cond_attr_rc;
+    return pthread_cond_init(cv, &cond_attr);
 }
 
 int isle_spin_until(const atomic_int *word, double timeout)

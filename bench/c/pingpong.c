@@ -112,6 +112,10 @@ int main(int argc, char **argv)
         return 2;
     }
     const char *mode = argv[1];
+    /* PINGPONG_SPIN=seconds sets the core's spin budget (0 under callgrind,
+     * where spinning only counts the other thread's time slices). */
+    const char *spin = getenv("PINGPONG_SPIN");
+    if (spin) isle_set_spin(strtod(spin, NULL));
     long n = strtol(argv[2], NULL, 10);
     if (n < 1) die("N must be positive");
 

@@ -499,6 +499,87 @@ static void test_free_with_pending_notices(void)
     isle_task_release(t);
 }
 
+/* A producer for test_parked_consumer_misses_nothing: `n` messages of its
+ * own kind, each carrying its index, with a short pause now and then so
+ * that the consumer empties the mailbox and parks in between. */
+typedef struct {
+    isle_mbox *mb;
+    int kind, n;
+} streamer;
+
+static void *stream_thread(void *arg)
+{
+    streamer *s = arg;
+    for (int i = 0; i < s->n; i++) {
+        isle_msg *m = isle_msg_new(s->kind, NULL, (const char *)&i, sizeof i);
+        CHECK(m != NULL);
+        CHECK_EQ(isle_mbox_push(s->mb, m, -1), ISLE_OK);
+        if (i % 97 == 0) check_sleep(0.0002);
+    }
+    return NULL;
+}
+
+/* Only the push that makes the mailbox non-empty signals a parked consumer
+ * (mbox.c): the later ones must still reach it, after every take, with
+ * several producers and a full mailbox in between. Without spinning, every
+ * wait that finds nothing parks; a lost wake-up would hang the wait (and
+ * the test's alarm would fail it). */
+static void test_parked_consumer_misses_nothing(void)
+{
+    double spin = isle_get_spin();
+    isle_set_spin(0);
+    /* One waiter parked, then three pushes: it wakes, and the next park
+     * after its take is woken by the next push. */
+    isle_mbox *mb = isle_mbox_new(8, 0);
+    for (int round = 0; round < 2; round++) {
+        waiter w = {.mb = mb, .timeout = -1};
+        pthread_t th = check_spawn(wait_thread, &w);
+        check_sleep(0.02);
+        for (int i = 0; i < 3; i++) CHECK_EQ(isle_mbox_push(mb, mk(i), 0), ISLE_OK);
+        check_join(th);
+        CHECK_EQ(w.rc, ISLE_OK);
+        int got = list_len(w.msgs);
+        CHECK(got >= 1 && got <= 3);
+        isle_msg_free_list(w.msgs);
+        if (got < 3) {
+            isle_msg *rest;
+            isle_done *done;
+            CHECK_EQ(isle_mbox_wait(mb, -1, &rest, &done), ISLE_OK);
+            CHECK_EQ(got + list_len(rest), 3);
+            isle_msg_free_list(rest);
+        }
+    }
+    isle_mbox_release(mb);
+
+    enum { PRODUCERS = 3, EACH = 3000 };
+    mb = isle_mbox_new(8, 0);
+    streamer s[PRODUCERS];
+    pthread_t th[PRODUCERS];
+    for (int p = 0; p < PRODUCERS; p++) {
+        s[p] = (streamer){.mb = mb, .kind = p, .n = EACH};
+        th[p] = check_spawn(stream_thread, &s[p]);
+    }
+    int next[PRODUCERS] = {0};
+    for (int total = 0; total < PRODUCERS * EACH;) {
+        isle_msg *msgs;
+        isle_done *done;
+        CHECK_EQ(isle_mbox_wait(mb, -1, &msgs, &done), ISLE_OK);
+        CHECK(msgs != NULL);
+        for (isle_msg *m = msgs; m; m = m->next, total++) {
+            int i;
+            CHECK(m->kind >= 0 && m->kind < PRODUCERS);
+            memcpy(&i, m->data, sizeof i);
+            CHECK_EQ(i, next[m->kind]); /* each producer's order is kept */
+            next[m->kind]++;
+        }
+        isle_msg_free_list(msgs);
+    }
+    for (int p = 0; p < PRODUCERS; p++) check_join(th[p]);
+    CHECK_EQ(isle_mbox_count(mb), 0);
+    isle_mbox_release(mb);
+    isle_set_spin(spin);
+}
+
 int main(void)
 {
     RUN(test_new_free);
@@ -517,5 +598,6 @@ int main(void)
     RUN(test_free_completes_queued_tasks);
     RUN(test_free_with_pending_notices);
     RUN(test_free_releases_carried_refs);
+    RUN(test_parked_consumer_misses_nothing);
     return check_done();
 }
