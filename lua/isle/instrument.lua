@@ -9,16 +9,21 @@
 --
 -- The chunk is wrapped as a factory
 --
---   return function(__isle_F, __isle_S, __isle_C) __isle_F, __isle_S =
---     __isle_F, __isle_S return function(...) <source>\nend end
+--   return function(__isle_f, __isle_s, __isle_C) local __isle_F, __isle_S =
+--     __isle_f + 0, __isle_s + 0 return function(...) <source>\nend end
 --
 -- (one line) with the prefix on line 1 and no other newline added, so line
 -- numbers are unchanged.  Calling the factory with the flag pointer, a
 -- scratch pointer and the slow path gives the chunk itself: a real function,
--- so setfenv/getfenv on it behave as on a plain chunk.  The self-assignment
--- marks both pointers as mutable upvalues: immutable ones are turned into
--- constant addresses in traces of closures (recursion, tail calls), and
--- two constant addresses never alias, so the flag load would leave the loop.
+-- so setfenv/getfenv on it behave as on a plain chunk.  __isle_F and
+-- __isle_S are assigned once, so they are immutable upvalues: in traces of
+-- closures (recursion, tail calls) LuaJIT turns them into constants, and a
+-- function entry's checkpoint is then a load, a compare and a store with no
+-- type checks.  `+ 0` makes them pointer values even when the caller passes
+-- arrays (ffi.new("int32_t[1]")): LuaJIT proves two constant array
+-- addresses apart, so the store would no longer keep the load in a
+-- tail-recursive loop, but it does not disambiguate two constant pointer
+-- values (lj_opt_mem.c, aa_xref).  test_instrument and test_stop check it.
 -- See docs/instrument.md.
 --
 -- Only `require` and a few base functions (cached below) are needed.
@@ -36,8 +41,8 @@ local M = {}
 
 local CHECKPOINT = "if __isle_F[0]~=0 then __isle_C() end __isle_S[0]=__isle_F[0] "
 local CP_AFTER = " " .. CHECKPOINT   -- after `do`, `repeat`, `)`
-local PREFIX = "return function(__isle_F, __isle_S, __isle_C) __isle_F, __isle_S = __isle_F, "
-  .. "__isle_S return function(...) "
+local PREFIX = "return function(__isle_f, __isle_s, __isle_C) local __isle_F, __isle_S = __isle_f + 0, "
+  .. "__isle_s + 0 return function(...) "
 local SUFFIX = "\nend end"
 
 M.CHECKPOINT = CHECKPOINT
