@@ -15,7 +15,9 @@ local libs = require("isle.libs")
 local interrupt = require("isle.interrupt")
 local proto = require("isle.proto")
 local wire = require("isle.wire")
-local sandbox = require("isle.sandbox") -- loaded at boot: it keeps the plain loaders
+-- isle.sandbox loads at boot only in a sandboxed isle (worker.main): 31 KiB
+-- of heap that every other isle would keep for nothing.
+local sandbox
 
 local coroutine = require("coroutine")
 local C = runtime.C
@@ -809,6 +811,9 @@ function worker.main(addr)
         the_pool = args[1]
         args = pack(unpack(args, 2, args.n))
     end
+    -- The sandbox takes the plain loaders as it loads: before isle.loaders
+    -- replaces them, and before any user code has run.
+    if spec.sandbox then sandbox = require("isle.sandbox") end
     if spec.instrument_loads then require("isle.loaders").install(_G) end
     libs.apply(spec.libs, _G)
     if spec.sandbox then
