@@ -42,6 +42,32 @@ function TestSandbox:tearDown()
     lu.assertTrue(helpers.eventually(function() collectgarbage() return isle.live_count() == 0 end, 10))
 end
 
+-- Only a sandboxed isle loads isle.sandbox at boot (31 KiB of heap that
+-- every other isle would keep for nothing: bench/README.md, Issue 12); a
+-- sandboxed one has it loaded before any of its code runs.
+function TestSandbox:test_only_sandboxed_isles_load_the_sandbox_module()
+    local plain = isle.spawn{ init = function()
+        function loaded() return package.loaded["isle.sandbox"] ~= nil end
+    end }
+    local ok, v = pcall(plain.call, plain, "loaded")
+    plain:close()
+    lu.assertTrue(ok, tostring(v))
+    lu.assertFalse(v)
+    lu.assertEquals(self.h:call("add", 2, 3), 5)
+    local outer = isle.spawn{ init = function()
+        function sandboxed()
+            local h = require("isle").spawn{ sandbox = true, instrument = false }
+            local r = h:eval("return type(require)")
+            h:close()
+            return r
+        end
+    end }
+    ok, v = pcall(outer.call, outer, "sandboxed")
+    outer:close()
+    lu.assertTrue(ok, tostring(v))
+    lu.assertEquals(v, "function")
+end
+
 -- The probes of the issue ------------------------------------------------------
 
 function TestSandbox:test_os_exit_refused()
