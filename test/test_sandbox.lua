@@ -46,23 +46,21 @@ end
 -- every other isle would keep for nothing: bench/README.md, Issue 12); a
 -- sandboxed one has it loaded before any of its code runs.
 function TestSandbox:test_only_sandboxed_isles_load_the_sandbox_module()
-    local plain = isle.spawn{ init = function()
-        function loaded() return package.loaded["isle.sandbox"] ~= nil end
-    end }
-    local ok, v = pcall(plain.call, plain, "loaded")
+    local plain = isle.spawn()
+    local ok, v = pcall(plain.eval, plain, "return package.loaded['isle.sandbox'] ~= nil")
     plain:close()
     lu.assertTrue(ok, tostring(v))
     lu.assertFalse(v)
     lu.assertEquals(self.h:call("add", 2, 3), 5)
-    local outer = isle.spawn{ init = function()
-        function sandboxed()
-            local h = require("isle").spawn{ sandbox = true, instrument = false }
-            local r = h:eval("return type(require)")
-            h:close()
-            return r
-        end
-    end }
-    ok, v = pcall(outer.call, outer, "sandboxed")
+    -- An isle that loads it later (through require("isle")) still makes
+    -- sandboxed isles.
+    local outer = isle.spawn()
+    ok, v = pcall(outer.eval, outer, [[
+        local h = require("isle").spawn{ sandbox = true }
+        local r = h:eval("return type(require)")
+        h:close()
+        return r
+    ]])
     outer:close()
     lu.assertTrue(ok, tostring(v))
     lu.assertEquals(v, "function")

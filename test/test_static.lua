@@ -86,19 +86,18 @@ end
 -- text of the rest: a module that needs it (here isle itself) declares it
 -- from isle.cdef's chunk read again, and it works (a nested spawn).
 function TestCdef:test_an_isle_declares_the_rest_of_the_api_on_demand()
-    local h = isle.spawn({ init = function()
-        function probe()
-            local ffi = require("ffi")
-            local before = pcall(ffi.typeof, "isle_stats")
-            local nested = require("isle").spawn()
-            local n = nested:eval("return 40 + 2")
-            nested:close()
-            local after = pcall(ffi.typeof, "isle_stats")
-            return before, after, n
-        end
-    end })
-    local before, after, n = h:call("probe")
+    local h = isle.spawn()
+    local ok, before, after, n = pcall(h.eval, h, [[
+        local ffi = require("ffi")
+        local before = pcall(ffi.typeof, "isle_stats")
+        local nested = require("isle").spawn()
+        local n = nested:eval("return 40 + 2")
+        nested:close()
+        local after = pcall(ffi.typeof, "isle_stats")
+        return before, after, n
+    ]])
     h:close()
+    lu.assertTrue(ok, tostring(before))
     lu.assertFalse(before)
     lu.assertTrue(after)
     lu.assertEquals(n, 42)

@@ -304,7 +304,6 @@ int isle_preload_count(void);
 ]]
 if select(2, ...) == REST_ONLY then return REST end
 ffi.cdef(CORE)
-CORE = nil
 -- A state the core made keeps not even REST's text (~6 KiB per isle): it
 -- reads it again from this module's chunk (its preloaded bytecode) when it
 -- first needs it.
