@@ -42,6 +42,30 @@ function TestSandbox:tearDown()
     lu.assertTrue(helpers.eventually(function() collectgarbage() return isle.live_count() == 0 end, 10))
 end
 
+-- Only a sandboxed isle loads isle.sandbox at boot (31 KiB of heap that
+-- every other isle would keep for nothing: bench/README.md, Issue 12); a
+-- sandboxed one has it loaded before any of its code runs.
+function TestSandbox:test_only_sandboxed_isles_load_the_sandbox_module()
+    local plain = isle.spawn()
+    local ok, v = pcall(plain.eval, plain, "return package.loaded['isle.sandbox'] ~= nil")
+    plain:close()
+    lu.assertTrue(ok, tostring(v))
+    lu.assertFalse(v)
+    lu.assertEquals(self.h:call("add", 2, 3), 5)
+    -- An isle that loads it later (through require("isle")) still makes
+    -- sandboxed isles.
+    local outer = isle.spawn()
+    ok, v = pcall(outer.eval, outer, [[
+        local h = require("isle").spawn{ sandbox = true }
+        local r = h:eval("return type(require)")
+        h:close()
+        return r
+    ]])
+    outer:close()
+    lu.assertTrue(ok, tostring(v))
+    lu.assertEquals(v, "function")
+end
+
 -- The probes of the issue ------------------------------------------------------
 
 function TestSandbox:test_os_exit_refused()

@@ -82,6 +82,27 @@ function TestCdef:test_every_header_function_is_declared()
     lu.assertTrue(n > 40)
 end
 
+-- An isle boots with the core declarations only and keeps not even the
+-- text of the rest: a module that needs it (here isle itself) declares it
+-- from isle.cdef's chunk read again, and it works (a nested spawn).
+function TestCdef:test_an_isle_declares_the_rest_of_the_api_on_demand()
+    local h = isle.spawn()
+    local ok, before, after, n = pcall(h.eval, h, [[
+        local ffi = require("ffi")
+        local before = pcall(ffi.typeof, "isle_stats")
+        local nested = require("isle").spawn()
+        local n = nested:eval("return 40 + 2")
+        nested:close()
+        local after = pcall(ffi.typeof, "isle_stats")
+        return before, after, n
+    ]])
+    h:close()
+    lu.assertTrue(ok, tostring(before))
+    lu.assertFalse(before)
+    lu.assertTrue(after)
+    lu.assertEquals(n, 42)
+end
+
 TestGlobals = {}
 
 -- Globals a module may read: the base library only, so isle works in

@@ -7,8 +7,14 @@ local io = require("io")
 local debug = require("debug")
 local package = require("package")
 local table = require("table")
+local type, select, ipairs, error = type, select, ipairs, error
 
-ffi.cdef[[
+-- Run with this as its second argument (rest_text below), the chunk returns
+-- the text of REST and declares nothing.
+local REST_ONLY = "isle.cdef: the rest of the API, as text"
+local running_in_core = debug.getregistry()["isle.library"] ~= nil
+
+local CORE = [[
 enum {
     ISLE_OK = 0, ISLE_ETIMEOUT = 1, ISLE_EBUSY = 2, ISLE_ECLOSED = 3,
     ISLE_ENOMEM = 4, ISLE_EINVAL = 5, ISLE_ENOENT = 6
@@ -296,6 +302,28 @@ void isle_pool_stats(isle_pool *p, isle_stats *out);
 int isle_preload_set(const char *name, const char *data, size_t len);
 int isle_preload_count(void);
 ]]
+if select(2, ...) == REST_ONLY then return REST end
+ffi.cdef(CORE)
+-- A state the core made keeps not even REST's text (~6 KiB per isle): it
+-- reads it again from this module's chunk (its preloaded bytecode) when it
+-- first needs it.
+if running_in_core then REST = nil end
+local function rest_text()
+    if REST then return REST end
+    local loaded = package.loaded
+    for _, searcher in ipairs(package.loaders) do
+        local chunk = searcher("isle.cdef")
+        if type(chunk) == "function" then
+            -- An isle's loaders record what a chunk returns as the module
+            -- (interrupt.guard_modules): this module stays what it is.
+            local mine = loaded["isle.cdef"]
+            local text = chunk("isle.cdef", REST_ONLY)
+            loaded["isle.cdef"] = mine
+            if type(text) == "string" then return text end
+        end
+    end
+    error("isle.cdef: cannot find its own module again to declare the rest of the API", 0)
+end
 
 -- Where libisle.so is looked for, in this order (docs/install.md):
 --   inside an isle, the file of the library that runs it (csrc/isle.c hands
@@ -379,11 +407,12 @@ local lib, path = locate()
 local declared = false
 local function full()
     if not declared then
+        local text = rest_text()
         declared = true
-        ffi.cdef(REST)
+        ffi.cdef(text)
     end
     return lib
 end
-if not debug.getregistry()["isle.library"] then full() end
+if not running_in_core then full() end
 
 return { C = lib, path = path, full = full }

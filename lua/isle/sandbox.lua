@@ -21,8 +21,11 @@ local type, error, pcall, xpcall, select, tostring, tonumber, next, ipairs, unpa
 local rawget, rawset, setmetatable, setfenv = rawget, rawset, setmetatable, setfenv
 local collectgarbage, gcinfo = collectgarbage, gcinfo
 local package = require("package")
--- The plain loaders, taken before isle.loaders replaces the globals (this
--- module loads with the worker, at boot).
+-- The plain loaders, taken before isle.loaders replaces the globals: a
+-- sandboxed isle's worker loads this module at boot, before that. (Another
+-- isle loads it only if its code requires isle, maybe after the globals
+-- were replaced; there only the option checks run, never compile_text,
+-- which serves the environment of M.install.)
 local plain_load = load
 -- Text only (mode "t"): the first-byte check of text_error is the rule,
 -- this is the VM's own check behind it.
