@@ -194,6 +194,83 @@ local function run_cmp(ctx)
     return rows
 end
 
+-- Resident memory per idle worker, in a fresh process (`run.lua --child
+-- w_compare mem PEER N`): N workers of the peer started and parked, the
+-- process's RSS growth divided by N. Each parks as its library would: a
+-- lane in a linda receive; an llthreads2 or luv thread (no channel of their
+-- own here) in poll(2) through the FFI, for 2 s, which loads the FFI in its
+-- state (a little more than a bare state holds).
+local PARK = "local ffi = require('ffi') ffi.cdef('int poll(void *, unsigned long, int);') ffi.C.poll(nil, 0, 2000)"
+
+local function child(what, peer, count)
+    if what ~= "mem" then error("w_compare: unknown child " .. tostring(what)) end
+    count = tonumber(count) or 200
+    local mod = require(peer)
+    lib.gc()
+    local before = lib.rss_kib()
+    local after, finish
+    if peer == "lanes" then
+        local lanes = mod.configure and mod.configure() or mod
+        local linda = lanes.linda()
+        local gen = lanes.gen("*", function(l) l:receive("quit") end)
+        local ls = {}
+        for i = 1, count do ls[i] = gen(linda) end
+        for i = 1, count do while ls[i].status == "pending" do lanes.sleep(0.001) end end
+        lanes.sleep(0.2)
+        after = lib.rss_kib()
+        finish = function()
+            for _ = 1, count do linda:send("quit", true) end
+            for i = 1, count do ls[i]:join() end
+        end
+    elseif peer == "llthreads2" then
+        local ts = {}
+        for i = 1, count do ts[i] = mod.new(PARK); ts[i]:start() end
+        local uv = pcall(require, "luv") and require("luv")
+        if uv then uv.sleep(500) else os.execute("sleep 0.5") end
+        after = lib.rss_kib()
+        finish = function() for i = 1, count do ts[i]:join() end end
+    elseif peer == "luv" then
+        local ts = {}
+        for i = 1, count do ts[i] = mod.new_thread(loadstring(PARK)) end
+        mod.sleep(500)
+        after = lib.rss_kib()
+        finish = function() for i = 1, count do ts[i]:join() end end
+    else
+        error("w_compare: no memory child for " .. tostring(peer))
+    end
+    finish()
+    io.write(string.format("%.3f KiB/worker before=%d after=%d\n", (after - before) / count, before, after))
+end
+
+local function peer_mem(ctx, peer, count)
+    local cmd = string.format("%s %s/run.lua --child w_compare mem %s %d", ctx.luajit, ctx.script_dir, peer, count)
+    local out = lib.capture(cmd)
+    local v = tonumber(out:match("^([%d%.]+) KiB/worker"))
+    if not v then return nil, peer .. " memory child failed: " .. out:sub(1, 200) end
+    return v
+end
+
+local function isle_mem(ctx, count)
+    local cmd = string.format("%s %s/run.lua --child w_life mem %d", ctx.luajit, ctx.script_dir, count)
+    local v = tonumber(lib.capture(cmd):match("^([%d%.]+) KiB/isle"))
+    if not v then return nil, "isle memory child failed" end
+    return v
+end
+
+local function run_mem(ctx)
+    local rows = {}
+    for _, peer in ipairs({ "lanes", "llthreads2", "luv" }) do
+        if pcall(require, peer) then
+            rows[#rows + 1] = vs(ctx, "CMP " .. peer .. " memory per idle worker", "KiB", "isle W6 memory",
+                function() return peer_mem(ctx, peer, 200) end, function() return isle_mem(ctx, 200) end,
+                "200 parked, RSS growth / 200")
+        end
+    end
+    return rows
+end
+
 return {
     { id = "CMP", title = "other LuaJIT threading libraries (--compare)", run = run_cmp },
+    { id = "CMP", title = "memory per idle worker, other libraries (--compare)", run = run_mem },
+    child = child,
 }
