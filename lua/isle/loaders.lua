@@ -31,7 +31,8 @@ local function instrumented(src, chunkname, env)
     return factory()(interrupt.pointers())
 end
 
--- A load() reader function is drained into a string first.
+-- A load() reader function is drained into a string first (the sandbox's
+-- load does the same: loaders.drain).
 local function drain(reader)
     local parts = {}
     while true do
@@ -42,6 +43,7 @@ local function drain(reader)
     end
     return table.concat(parts)
 end
+loaders.drain = drain
 
 function loaders.install(G)
     local plain_loadstring, plain_loadfile = G.loadstring, G.loadfile

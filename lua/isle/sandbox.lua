@@ -355,16 +355,7 @@ local function compile_text(src, chunkname, fenv, force_instrument, from_file)
 end
 M.compile_text = compile_text
 
-local function drain(reader)
-    local parts = {}
-    while true do
-        local piece = reader()
-        if piece == nil or piece == "" then break end
-        if type(piece) ~= "string" then error("reader function must return a string", 0) end
-        parts[#parts + 1] = piece
-    end
-    return concat(parts)
-end
+local drain = require("isle.loaders").drain
 
 local function safe_load(chunk, chunkname, mode, fenv)
     if type(chunk) == "function" then
