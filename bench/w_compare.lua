@@ -22,18 +22,9 @@
 local lib = require("lib")
 local now = lib.now
 
-local function serve()
-    function inc(i) return i + 1 end
-end
-
-local function isle_w1(h, n)
-    for i = 1, 1000 do h:call("inc", i) end
-    local t0 = now()
-    for i = 1, n do
-        if h:call("inc", i) ~= i + 1 then error("CMP: wrong isle reply") end
-    end
-    return (now() - t0) * 1e6 / n
-end
+-- isle's own side of the W1 rows: W1 itself (w_msg.lua).
+local w_msg = require("w_msg")
+local serve, isle_w1 = w_msg.serve, w_msg.w1_isle
 
 local function luv_w1(uv, n)
     local i, t0, result, bad = 0, nil, nil, nil
@@ -78,15 +69,10 @@ local function luv_w6(uv, count)
     return (now() - t0) * 1e3 / count
 end
 
-local function isle_w6(isle, count)
-    local t0 = now()
-    for i = 1, count do
-        local h = isle.spawn{ init = serve }
-        if h:call("inc", i) ~= i + 1 then error("CMP: wrong isle reply") end
-        h:close()
-    end
-    return (now() - t0) * 1e3 / count
-end
+-- isle's own side of the W6 rows: W6's spawn+ping+close and its memory
+-- child (w_life.lua).
+local w_life = require("w_life")
+local isle_w6, isle_mem = w_life.spawn_cycle, w_life.mem_run
 
 local function lanes_w1(lanes, n)
     local linda = lanes.linda()
@@ -247,13 +233,6 @@ local function peer_mem(ctx, peer, count)
     local out = lib.capture(cmd)
     local v = tonumber(out:match("^([%d%.]+) KiB/worker"))
     if not v then return nil, peer .. " memory child failed: " .. out:sub(1, 200) end
-    return v
-end
-
-local function isle_mem(ctx, count)
-    local cmd = string.format("%s %s/run.lua --child w_life mem %d", ctx.luajit, ctx.script_dir, count)
-    local v = tonumber(lib.capture(cmd):match("^([%d%.]+) KiB/isle"))
-    if not v then return nil, "isle memory child failed" end
     return v
 end
 

@@ -199,4 +199,6 @@ return {
     { id = "IDLE", title = "idle cost of 100 isles", run = run_idle },
     { id = "SCALE", title = "10,000 live isles (spawn time, idle CPU)", run = run_scale },
     child = child,
+    spawn_cycle = spawn_cycle, -- W6's figures, for --compare (w_compare.lua)
+    mem_run = mem_run,
 }

@@ -256,4 +256,5 @@ return {
     { id = "W3", title = "table (round trip with a table)", run = run_w3 },
     { id = "W7", title = "fanout (posts to 4 isles)", run = run_w7 },
     { id = "MEM", title = "W1-W3 with a memory_limit (vs without)", run = run_mem },
+    serve = serve, w1_isle = w1_isle, -- isle's side of --compare's W1 rows (w_compare.lua)
 }
