@@ -307,11 +307,7 @@ codec.register_special(3, Buffer, function(buf, path)
     check_process(buf, "buffer", 4)
     return codec.attach(C.isle_buf_ref(p), path)
 end, function(index, from)
-    if from == nil or type(index) ~= "number" or index < 1 or index > tonumber(from.nrefs) then
-        error("isle: a buffer arrived without its reference (index " .. tostring(index) .. ")", 0)
-    end
-    local p = C.isle_buf_of_ref(from.refs[index - 1])
-    if p == nil then error("isle: a buffer arrived as something else (index " .. tostring(index) .. ")", 0) end
+    local p = codec.carried(from, index, "a buffer", C.isle_buf_of_ref)
     return wrap(p)
 end)
 

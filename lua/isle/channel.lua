@@ -274,11 +274,7 @@ codec.register_special(2, Channel, function(ch, path)
     check_process(ch, "channel", 4)
     return codec.attach(C.isle_chan_ref(PTRS[ch]), path)
 end, function(index, from)
-    if from == nil or type(index) ~= "number" or index < 1 or index > tonumber(from.nrefs) then
-        error("isle: a channel arrived without its reference (index " .. tostring(index) .. ")", 0)
-    end
-    local p = C.isle_chan_of_ref(from.refs[index - 1])
-    if p == nil then error("isle: a channel arrived as something else (index " .. tostring(index) .. ")", 0) end
+    local p = codec.carried(from, index, "a channel", C.isle_chan_of_ref)
     return wrap(p)
 end)
 

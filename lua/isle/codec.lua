@@ -18,8 +18,8 @@ local buffer = require("string.buffer")
 local string = require("string")
 local debug = require("debug")
 
-local type, next, select, tostring, setmetatable, getmetatable, load, loadstring, require =
-    type, next, select, tostring, setmetatable, getmetatable, load, loadstring, require
+local type, next, select, tostring, tonumber, setmetatable, getmetatable, load, loadstring, require =
+    type, next, select, tostring, tonumber, setmetatable, getmetatable, load, loadstring, require
 local string_dump, string_format, string_match = string.dump, string.format, string.match
 local getinfo, getupvalue, setupvalue = debug.getinfo, debug.getupvalue, debug.setupvalue
 local dgetmetatable, setfenv = debug.getmetatable, setfenv
@@ -97,6 +97,21 @@ function codec.attach(x, path)
     attached[n] = x
     attached.n = n
     return n
+end
+
+-- The reference a special value arrived with (its restore's `index` into
+-- the refs of carrier `from`: a message, result or boot), checked; with
+-- `of_ref` (isle_chan_of_ref...), the object that reference stands for.
+-- `what` names the value in the errors ("a channel").
+function codec.carried(from, index, what, of_ref)
+    if from == nil or type(index) ~= "number" or index < 1 or index > tonumber(from.nrefs) then
+        error("isle: " .. what .. " arrived without its reference (index " .. tostring(index) .. ")", 0)
+    end
+    local ref = from.refs[index - 1]
+    if of_ref == nil then return ref end
+    local p = of_ref(ref)
+    if p == nil then error("isle: " .. what .. " arrived as something else (index " .. tostring(index) .. ")", 0) end
+    return p
 end
 
 -- Forgets the attachments (after the core took its references, or when an

@@ -309,11 +309,7 @@ codec.register_special(4, Pool, function(obj, path)
     check_process(obj, "pool", 4)
     return codec.attach(C.isle_pool_ref(PTRS[obj]), path)
 end, function(index, from)
-    if from == nil or type(index) ~= "number" or index < 1 or index > tonumber(from.nrefs) then
-        error("isle: a pool arrived without its reference (index " .. tostring(index) .. ")", 0)
-    end
-    local p = C.isle_pool_of_ref(from.refs[index - 1])
-    if p == nil then error("isle: a pool arrived as something else (index " .. tostring(index) .. ")", 0) end
+    local p = codec.carried(from, index, "a pool", C.isle_pool_of_ref)
     return wrap(p, false)
 end)
 

@@ -10,7 +10,7 @@ local errors = require("isle.errors")
 
 local C = runtime.C
 local isle_task_retain = C.isle_task_retain
-local setmetatable, tonumber, tostring, type, error = setmetatable, tonumber, tostring, type, error
+local setmetatable, error = setmetatable, error
 
 local token = {}
 local Token = {}
@@ -56,10 +56,7 @@ codec.register_special(1, Token, function(tok, path)
     check_process(tok, "token", 4)
     return codec.attach(PTRS[tok], path)
 end, function(index, from)
-    if from == nil or type(index) ~= "number" or index < 1 or index > tonumber(from.nrefs) then
-        error("isle: a token arrived without its reference (index " .. tostring(index) .. ")", 0)
-    end
-    local p = from.refs[index - 1]
+    local p = codec.carried(from, index, "a token")
     isle_task_retain(p)
     return token.wrap(p)
 end)
