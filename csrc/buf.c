@@ -38,10 +38,7 @@ int isle_buf_live_count(void) { return atomic_load_explicit(&live_bufs, memory_o
 static void buf_free(void *arg)
 {
     isle_buf *b = arg;
-    if (b->mem) {
-        isle_mem_uncharge(b->mem, b->size);
-        isle_mem_release(b->mem);
-    }
+    isle_mem_let_go(&b->mem, b->size);
     free(b->block);
     free(b);
     atomic_fetch_sub_explicit(&live_bufs, 1, memory_order_relaxed);
@@ -84,14 +81,7 @@ fail_block:
     return NULL;
 }
 
-int isle_buf_charge(isle_buf *b, isle_mem *a)
-{
-    if (!a || !isle_mem_limit(a) || b->mem) return 1;
-    if (!isle_mem_charge(a, b->size)) return 0;
-    isle_mem_retain(a);
-    b->mem = a;
-    return 1;
-}
+int isle_buf_charge(isle_buf *b, isle_mem *a) { return isle_mem_hold(&b->mem, a, b->size); }
 
 void isle_buf_retain(isle_buf *b) { isle_task_retain(b->anchor); }
 

@@ -98,10 +98,7 @@ static void chan_free(void *arg)
     wake_all(&ch->poppers, ISLE_TASK_CLOSED);
     wake_all(&ch->pushers, ISLE_TASK_CLOSED);
     pthread_mutex_destroy(&ch->mu);
-    if (ch->mem) {
-        isle_mem_uncharge(ch->mem, ch->cap * sizeof(*ch->ring));
-        isle_mem_release(ch->mem);
-    }
+    isle_mem_let_go(&ch->mem, ch->cap * sizeof(*ch->ring));
     free(ch->ring);
     free(ch);
 }
@@ -131,11 +128,7 @@ fail_ring:
 
 int isle_chan_charge(isle_chan *ch, isle_mem *a)
 {
-    if (!a || !isle_mem_limit(a) || ch->mem) return 1;
-    if (!isle_mem_charge(a, ch->cap * sizeof(*ch->ring))) return 0;
-    isle_mem_retain(a);
-    ch->mem = a;
-    return 1;
+    return isle_mem_hold(&ch->mem, a, ch->cap * sizeof(*ch->ring));
 }
 
 void isle_chan_retain(isle_chan *ch) { isle_task_retain(ch->anchor); }

@@ -18,6 +18,15 @@ static inline void isle_cpu_relax(void)
 #endif
 }
 
+/* An object charged to a capped account while it lives (a message, a
+ * channel's ring, a buffer): `*held` is the account it holds a reference
+ * of, NULL while it holds none. isle_mem_hold charges `n` bytes to `a` and
+ * keeps `a` in *held, once: 1, also for a NULL account, one without a limit
+ * or an object charged already; 0 if the bytes do not fit (nothing kept).
+ * isle_mem_let_go gives the `n` bytes back and drops the account. */
+int isle_mem_hold(isle_mem **held, isle_mem *a, size_t n);
+void isle_mem_let_go(isle_mem **held, size_t n);
+
 /* Absolute CLOCK_MONOTONIC deadline `timeout` seconds from now. Condition
  * variables are created with CLOCK_MONOTONIC so wall-clock jumps do not
  * shorten or stretch waits. */

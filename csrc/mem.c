@@ -176,3 +176,20 @@ void isle_mem_uncharge(isle_mem *a, size_t n)
 {
     if (a && a->limit) atomic_fetch_sub_explicit(&a->held, n, memory_order_relaxed);
 }
+
+int isle_mem_hold(isle_mem **held, isle_mem *a, size_t n)
+{
+    if (!a || !a->limit || *held) return 1;
+    if (!isle_mem_charge(a, n)) return 0;
+    isle_mem_retain(a);
+    *held = a;
+    return 1;
+}
+
+void isle_mem_let_go(isle_mem **held, size_t n)
+{
+    if (!*held) return;
+    isle_mem_uncharge(*held, n);
+    isle_mem_release(*held);
+    *held = NULL;
+}

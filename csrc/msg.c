@@ -65,23 +65,13 @@ isle_msg *isle_msg_new_refs(int32_t kind, isle_task *task, const char *data, siz
 /* The whole allocation: header, references and payload (msg_alloc). */
 static size_t msg_size(const isle_msg *m) { return (size_t)(m->data - (char *)m) + m->len + 1; }
 
-int isle_msg_charge(isle_msg *m, isle_mem *a)
-{
-    if (!a || !isle_mem_limit(a) || m->mem) return 1;
-    if (!isle_mem_charge(a, msg_size(m))) return 0;
-    isle_mem_retain(a);
-    m->mem = a;
-    return 1;
-}
+int isle_msg_charge(isle_msg *m, isle_mem *a) { return isle_mem_hold(&m->mem, a, msg_size(m)); }
 
 void isle_msg_free(isle_msg *m)
 {
     if (!m) return;
     isle_task_release(m->task);
-    if (m->mem) {
-        isle_mem_uncharge(m->mem, msg_size(m));
-        isle_mem_release(m->mem);
-    }
+    isle_mem_let_go(&m->mem, msg_size(m));
     /* A reference may be the last one of a token whose slot holds a result
      * with references of its own, or of a channel (chan.c) whose queued
      * messages carry more: those free in turn, never back into this message

@@ -730,10 +730,7 @@ isle_state_out *isle_state_out_new(void) { return calloc(1, sizeof(isle_state_ou
 void isle_state_out_free(isle_state_out *o)
 {
     if (!o) return;
-    if (o->mem) {
-        isle_mem_uncharge(o->mem, o->cap);
-        isle_mem_release(o->mem);
-    }
+    isle_mem_let_go(&o->mem, o->cap);
     isle_msg_free(o->refs);
     free(o->data);
     free(o);
