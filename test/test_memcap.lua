@@ -413,6 +413,30 @@ function TestMemcap:test_results_a_capped_isle_holds_count_against_its_limit()
     b:close()
 end
 
+-- Isle `a` makes something capped (an isle, a state) with its global
+-- `try(limit, ...)` (true, or false and an error code) and lets it go with
+-- its global `close_name`: it needs a limit of its own, one past a's room
+-- fails with `memory`, and its limit is charged to `a` while it lives.
+-- `...`: try's further arguments for the try after the first one made.
+local function check_charged_to_maker(a, what, close_name, ...)
+    local ok, e = a:call("try", nil)
+    lu.assertFalse(ok)
+    lu.assertStrContains(e, "needs a memory_limit of its own")
+    ok, e = a:call("try", 64 * MB)
+    lu.assertFalse(ok)
+    lu.assertEquals(e, "memory")
+    a:call("settle") -- (garbage collected later would take from what the charge adds)
+    local before = a:memory()
+    lu.assertTrue(a:call("try", 4 * MB))
+    local after = a:memory()
+    lu.assertTrue(after >= before + 4 * MB - 65536, ("%d with the %s, %d before"):format(after, what, before))
+    ok, e = a:call("try", 12 * MB, ...) -- 4 MB is taken now
+    lu.assertFalse(ok)
+    lu.assertEquals(e, "memory")
+    a:call(close_name)
+    lu.assertTrue(a:memory() < before + MB)
+end
+
 -- An isle a capped isle spawns needs a limit of its own, charged to the
 -- spawner's while it lives: a cap cannot be escaped by spawning.
 function TestMemcap:test_isles_a_capped_isle_spawns_are_charged_to_it()
@@ -426,22 +450,7 @@ function TestMemcap:test_isles_a_capped_isle_spawns_are_charged_to_it()
         function close_child() child:close() child = nil end
         function settle() collectgarbage() collectgarbage() return true end
     end)
-    local ok, e = a:call("try", nil)
-    lu.assertFalse(ok)
-    lu.assertStrContains(e, "needs a memory_limit of its own")
-    ok, e = a:call("try", 64 * MB)
-    lu.assertFalse(ok)
-    lu.assertEquals(e, "memory")
-    a:call("settle") -- (garbage collected later would take from what the charge adds)
-    local before = a:memory()
-    lu.assertTrue(a:call("try", 4 * MB))
-    local after = a:memory()
-    lu.assertTrue(after >= before + 4 * MB - 65536, ("%d with the child, %d before"):format(after, before))
-    ok, e = a:call("try", 12 * MB) -- 4 MB is taken now
-    lu.assertFalse(ok)
-    lu.assertEquals(e, "memory")
-    a:call("close_child")
-    lu.assertTrue(a:memory() < before + MB)
+    check_charged_to_maker(a, "child", "close_child")
     a:close()
 end
 
@@ -727,22 +736,7 @@ function TestStateMemcap:test_states_a_capped_isle_makes_are_charged_to_it()
         function close_state() st:close() st = nil end
         function settle() collectgarbage() collectgarbage() return true end
     end)
-    local ok, e = a:call("try", nil)
-    lu.assertFalse(ok)
-    lu.assertStrContains(e, "needs a memory_limit of its own")
-    ok, e = a:call("try", 64 * MB)
-    lu.assertFalse(ok)
-    lu.assertEquals(e, "memory")
-    a:call("settle") -- (garbage collected later would take from what the charge adds)
-    local before = a:memory()
-    lu.assertTrue(a:call("try", 4 * MB))
-    local after = a:memory()
-    lu.assertTrue(after >= before + 4 * MB - 65536, ("%d with the state, %d before"):format(after, before))
-    ok, e = a:call("try", 12 * MB, true) -- 4 MB is taken now
-    lu.assertFalse(ok)
-    lu.assertEquals(e, "memory")
-    a:call("close_state")
-    lu.assertTrue(a:memory() < before + MB)
+    check_charged_to_maker(a, "state", "close_state", true)
     lu.assertTrue(a:call("try", 12 * MB, true))
     a:call("close_state")
     a:close()
@@ -754,7 +748,7 @@ function TestStateMemcap:test_states_a_capped_isle_makes_are_charged_to_it()
             return ok, tostring(e)
         end
     end)
-    ok, e = s:call()
+    local ok, e = s:call()
     lu.assertFalse(ok)
     lu.assertStrContains(e, "needs a memory_limit of its own")
     s:close()
