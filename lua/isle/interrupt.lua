@@ -80,7 +80,8 @@ end
 local function in_user_code(rec, hooked)
     local co = co_running()
     if co == nil then return false end -- the main coroutine: the loop itself
-    -- Not the job's own coroutine: one the user made.
+    -- The job's own coroutine is user code only while marked; any other
+    -- coroutine is one the user made.
     if co == rec.co and not rec.user then return false end
     -- in_user_code <- check <- hook <- the function the hook interrupted
     return not (hooked and own_source(getinfo(4, "S").source))
