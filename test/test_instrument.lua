@@ -7,6 +7,7 @@ local ffi = require("ffi")
 local I = require("isle.instrument")
 
 local CP = I.CHECKPOINT
+local ENTRY = I.ENTRY -- a function entry's checkpoint when it makes no tail call
 
 local function count(s, sub)
   local n, p = 0, 1
@@ -23,7 +24,8 @@ local function inst(src)
   return out
 end
 
-local function ncp(src) return count(inst(src), CP) end
+-- Checkpoints of either form (the entry form is the full one's beginning).
+local function ncp(src) return count(inst(src), ENTRY) end
 
 local function newFS()
   return ffi.new("int32_t[1]"), ffi.new("int32_t[1]")
@@ -51,6 +53,56 @@ function TestPlacement.test_wrapper_shape()
     .. "__isle_s + 0 return function(...) ")
   lu.assertEquals(out:sub(-8), "\nend end")
   lu.assertEquals(CP, "if __isle_F[0]~=0 then __isle_C() end __isle_S[0]=__isle_F[0] ")
+  lu.assertEquals(ENTRY, "if __isle_F[0]~=0 then __isle_C() end ")
+end
+
+-- Only a function that may make a tail call keeps the store at its entry.
+function TestPlacement.test_entry_store_only_with_a_tail_call()
+  local function entry(src)
+    local out = inst(src)
+    local a, b = out:find(") " .. ENTRY, #I.PREFIX, true)
+    lu.assertNotNil(a, out)
+    return out:sub(b + 1, b + #"__isle_S") == "__isle_S" and "store" or "check"
+  end
+  local cases = {
+    -- a tail call, or what may be one: the store stays
+    { "local function f(k) return f(k - 1) end", "store" },
+    { "local function f(k) return o:m{ k } end", "store" },
+    { "local function f(k) return g'x' end", "store" },
+    { "local function f(k) return g[[x]] end", "store" },
+    { "local function f(k) return a.b.c(k); end", "store" },
+    { "local function f(k) return g(k) -- why\n end", "store" },
+    { "local function f(k) return (g(k)) end", "store" },
+    { "local function f(k) return not g(k) end", "store" },
+    { "local function f(k) if k then return g(k, h(1) + 2) else return 1 end end", "store" },
+    { "local function f(k) return function() end end", "store" },
+    { "local function f(k) repeat return g(k) until true end", "store" },
+    -- certainly no tail call: the check alone
+    { "local function f(k) if k < 2 then return k end return f(k - 1) + f(k - 2) end", "check" },
+    { "local function f(k) return k end", "check" },
+    { "local function f(k) return t[k] end", "check" },
+    { "local function f(...) return ... end", "check" },
+    { "local function f(k) return g(k), 1 end", "check" },
+    { "local function f(k) return 1, g(k) end", "check" },
+    { "local function f(k) return g(k) .. 'x' end", "check" },
+    { "local function f(k) return g(k) and h(k) end", "check" },
+    { "local function f(k) return -g(k) end", "check" },
+    { "local function f(k) return #g(k) end", "check" },
+    { "local function f(k) return g(k) == 1 end", "check" },
+    { "local function f(k) g(k) end", "check" },
+    { "local function f(k) return end", "check" },
+    -- a tail call in a nested function marks only that one
+    { "local function f(k) local g = function() return h() end return k end", "check" },
+  }
+  for _, c in ipairs(cases) do
+    lu.assertEquals(entry(c[1]), c[2], c[1])
+  end
+  -- The nested function of the last case keeps its own store.
+  local out = inst(cases[#cases][1])
+  lu.assertEquals(count(out, CP), 1)
+  lu.assertEquals(count(out, ENTRY), 2)
+  -- Loops and gotos keep the store whatever the function does.
+  lu.assertEquals(count(inst("local function f() while a do end ::l:: goto l end"), CP), 2)
 end
 
 function TestPlacement.test_loops_and_functions()
@@ -67,7 +119,7 @@ function TestPlacement.test_loops_and_functions()
   -- exact positions
   lu.assertStrContains(inst("while a do x() end"), "while a do " .. CP .. " x()")
   lu.assertStrContains(inst("repeat x() until y"), "repeat " .. CP .. " x()")
-  lu.assertStrContains(inst("function f(a) x() end"), "function f(a) " .. CP .. " x()")
+  lu.assertStrContains(inst("function f(a) x() end"), "function f(a) " .. ENTRY .. " x()")
   lu.assertStrContains(inst("if c then goto l end ::l::"), "then " .. CP .. "goto l end")
   -- labels get nothing after them
   lu.assertEquals(inst("::a:: x()"):find("::a:: x()", 1, true) ~= nil, true)
@@ -83,18 +135,18 @@ end
 function TestPlacement.test_nested_headers()
   local src = "while f(function() for i=1,2 do end end) do x() end"
   local out = inst(src)
-  lu.assertEquals(count(out, CP), 3)
+  lu.assertEquals(count(out, ENTRY), 3)
   lu.assertStrContains(out, "end end) do " .. CP .. " x() end")
   lu.assertStrContains(out, "for i=1,2 do " .. CP .. " end")
   -- a for header with a function containing a while and a plain do
   local src2 = "for k in g(function() do end while z do end end) do y() end"
   local out2 = inst(src2)
-  lu.assertEquals(count(out2, CP), 3)
+  lu.assertEquals(count(out2, ENTRY), 3)
   lu.assertStrContains(out2, "end end) do " .. CP .. " y() end")
-  lu.assertStrContains(out2, "function() " .. CP .. " do end")
+  lu.assertStrContains(out2, "function() " .. ENTRY .. " do end")
   -- until expression containing a function with a loop
   local out3 = inst("repeat x() until f(function() while a do end end)")
-  lu.assertEquals(count(out3, CP), 3)
+  lu.assertEquals(count(out3, ENTRY), 3)
 end
 
 function TestPlacement.test_nothing_in_strings_comments_numbers()
@@ -494,6 +546,32 @@ function TestJit.test_flag_load_stays_in_compiled_loop()
   lu.assertTrue(traced2 > 0)
   lu.assertStrContains(text2, "LOOP")
   lu.assertFalse(xload_in_loop(text2), "control unexpectedly kept the load")
+end
+
+-- Non-tail recursion gets the check without the store at its entry (no tail
+-- call): its trace loops through new frames ("up-recursion"), which LuaJIT's
+-- loop optimisation leaves alone, so the trace still loads the flag on each
+-- pass. test_stop's "plain recursion" stops such a compiled fib for real.
+function TestJit.test_flag_load_stays_in_up_recursion()
+  if not jit.status() then jit.on() end
+  local body = "local n = ... local function fib(k) if k < 2 then return k end "
+    .. "return fib(k - 1) + fib(k - 2) end return fib(n)"
+  local out = inst(body)
+  lu.assertEquals(count(out, CP), 0)
+  lu.assertEquals(count(out, ENTRY), 1)
+  local F, S = newFS()
+  local text, traced, r = dump_ir(out, "isle_jit_uprec", { F, S, function() end, 22 })
+  lu.assertEquals(r, 17711)
+  lu.assertTrue(traced > 0, "no trace recorded for the chunk")
+  -- The IR of each trace that loops by up-recursion holds the flag load.
+  local n = 0
+  for ir, link in text:gmatch("%-%-%-%- TRACE %d+ IR\n(.-)%-%-%-%- TRACE %d+ stop %-> ([%w%-]+)") do
+    if link == "up-recursion" then
+      n = n + 1
+      lu.assertStrContains(ir, " XLOAD ", false, "up-recursion trace without the flag load:\n" .. text)
+    end
+  end
+  lu.assertTrue(n > 0, "no up-recursion trace:\n" .. text)
 end
 
 -- Tail recursion compiles to a looping trace of a closure, whose immutable

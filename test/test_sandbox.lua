@@ -193,6 +193,29 @@ function TestSandbox:test_checkpoint_names_refused()
     lu.assertStrContains(tostring(e), "reserved")
     -- In a chunk with the real checkpoints around it (sent instrumented by the host).
     refused(self.h, "for i = 1, 3 do local p = __isle_F end", "reserved")
+    refused(self.h, "local function f() local p = __isle_S end f()", "reserved")
+end
+
+-- Functions and chunks sent instrumented carry both forms of checkpoint (a
+-- function entry without a tail call has no store, isle.instrument): the
+-- sandbox accepts both and still refuses the names anywhere else.
+function TestSandbox:test_both_checkpoint_forms_cross()
+    local I = require("isle.instrument")
+    local sent = {
+        { function(x) local function g(k) return k * 2 end return g(x) + 1 end, 41 },
+        { function(x) local function g(k) if k == 0 then return x end return g(k - 1) end return g(x) end, 20 },
+        { function(x) local s = 0 for i = 1, x do s = s + i end return s end, 210 },
+    }
+    for i, c in ipairs(sent) do
+        local ok, v = pcall(self.h.exec, self.h, c[1], 20)
+        lu.assertTrue(ok, "function " .. i .. ": " .. tostring(v))
+        lu.assertEquals(v, c[2])
+    end
+    local src = "local function g(k) return k + 1 end local function t(k) return g(k) end return t(1)"
+    local text = I.source(src)
+    lu.assertStrContains(text, ") " .. I.ENTRY .. " return k")
+    lu.assertStrContains(text, ") " .. I.CHECKPOINT)
+    lu.assertEquals(self.h:eval(src), 2)
 end
 
 function TestSandbox:test_coroutine_tricks_refused()

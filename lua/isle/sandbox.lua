@@ -130,7 +130,7 @@ end
 -- and its slow path. `wrapped`: the text was instrumented by its sender; the
 -- checkpoints and the wrapper it inserted are the only places where the
 -- names may appear (they are taken out before the search).
-local CHECKPOINT, WRAP_PREFIX
+local CHECKPOINT, ENTRY, WRAP_PREFIX
 local function strip_plain(s, what)
     local out, i = {}, 1
     while true do
@@ -153,10 +153,11 @@ function M.text_error(code, wrapped)
     if wrapped then
         if not CHECKPOINT then
             local ins = require("isle.instrument")
-            CHECKPOINT, WRAP_PREFIX = ins.CHECKPOINT, ins.PREFIX
+            CHECKPOINT, ENTRY, WRAP_PREFIX = ins.CHECKPOINT, ins.ENTRY, ins.PREFIX
         end
         if sub(s, 1, #WRAP_PREFIX) == WRAP_PREFIX then s = sub(s, #WRAP_PREFIX + 1) end
-        s = strip_plain(s, CHECKPOINT)
+        -- The full form first: the entry form (no store) is its beginning.
+        s = strip_plain(strip_plain(s, CHECKPOINT), ENTRY)
         if not find(s, "__isle_", 1, true) then return nil end
     end
     return PREFIX .. "names starting with __isle_ are reserved for isle's checkpoints"
