@@ -56,11 +56,64 @@ function TestPlacement.test_wrapper_shape()
   lu.assertEquals(ENTRY, "if __isle_F[0]~=0 then __isle_C() end ")
 end
 
+-- A body that opens with a bounded base-case guard gets its entry checkpoint
+-- after the guard (isle.instrument, guard); any other body right after `)`.
+function TestPlacement.test_entry_checkpoint_after_a_base_case_guard()
+  local function at(src)
+    local out = inst(src)
+    local a = out:find(ENTRY, #I.PREFIX + 1, true)
+    lu.assertNotNil(a, out)
+    local before = out:sub(#I.PREFIX + 1, a - 1)
+    if before:sub(-2) == ") " then return "entry" end
+    if before:sub(-4) == "end " then return "guard" end
+    return before
+  end
+  local cases = {
+    { "local function fib(k) if k < 2 then return k end return fib(k - 1) + fib(k - 2) end", "guard" },
+    { "local function f(k) -- base\n if not k then return nil end return f(k.next) end", "guard" },
+    { "local function f(k) if k <= 1 then return k, 1 end return f(k - 1) + 1 end", "guard" },
+    { "local function f(k) if k == nil then return end return f(k - 1) + 1 end", "guard" },
+    { "local function f(t) if t.done then return true end return f(t.next) end", "guard" },
+    -- two places that may call, a tail call, an else, a statement before
+    -- the return, a loop or function inside: the checkpoint stays at the entry
+    { "local function f(k) if k < 2 then return k + 1 end return f(k) end", "entry" },
+    { "local function f(k) if k < 2 then return g(k) end end", "entry" },
+    { "local function f(k) if k then return f(k) end end", "entry" },
+    { "local function f(k) if k.a.b then return 1 end end", "entry" },
+    { "local function f(k) if k then return 1 else return 2 end end", "entry" },
+    { "local function f(k) if k then return 1 elseif k then return 2 end end", "entry" },
+    { "local function f(k) if k then x = 1 return 1 end end", "entry" },
+    { "local function f(k) if k then return function() end end end", "entry" },
+    { "local function f(k) if k then return 'a' .. k end end", "entry" },
+    { "local function f(k) if #k < 1 then return 1 end end", "entry" },
+    { "local function f(k) if k then return -k, -k end end", "entry" },
+    { "local function f(k) local x = 1 if k then return 1 end end", "entry" },
+    { "local function f(k) while k do end end", "entry" },
+  }
+  for _, c in ipairs(cases) do
+    lu.assertEquals(at(c[1]), c[2], c[1])
+  end
+  -- The body is unchanged around it, and the result still compiles and runs.
+  local src = "local n = ... local function fib(k) if k < 2 then return k end "
+    .. "return fib(k - 1) + fib(k - 2) end return fib(n)"
+  local out = inst(src)
+  lu.assertStrContains(out, "if k < 2 then return k end " .. ENTRY .. " return fib(k - 1)")
+  local F, S = newFS()
+  lu.assertEquals(assert(load(out))()(F, S, function() end)(20), 6765)
+  -- The flag still stops it: set, the first call past the guard takes the slow path.
+  F[0] = 1
+  local ok, e = pcall(assert(load(out))()(F, S, function() error("stopped", 0) end), 20)
+  lu.assertFalse(ok)
+  lu.assertEquals(e, "stopped")
+  -- A guard that returns at once never reaches it (bounded: nothing to stop).
+  lu.assertEquals(assert(load(out))()(F, S, function() error("stopped", 0) end)(1), 1)
+end
+
 -- Only a function that may make a tail call keeps the store at its entry.
 function TestPlacement.test_entry_store_only_with_a_tail_call()
   local function entry(src)
     local out = inst(src)
-    local a, b = out:find(") " .. ENTRY, #I.PREFIX, true)
+    local a, b = out:find(ENTRY, #I.PREFIX + 1, true)
     lu.assertNotNil(a, out)
     return out:sub(b + 1, b + #"__isle_S") == "__isle_S" and "store" or "check"
   end
