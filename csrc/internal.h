@@ -39,7 +39,7 @@ enum {
     ISLE_MSG_BLOCK = 256,  /* a message whose whole allocation fits is cached */
     ISLE_TASK_BLOCK = 256, /* sizeof(struct isle_task), rounded up (task.c checks) */
     ISLE_CACHE_BATCH = 32, /* blocks per thread list, and per depot batch */
-    ISLE_CACHE_DEPOT = 32  /* batches per depot */
+    ISLE_CACHE_DEPOT = 64  /* batches per depot */
 };
 void *isle_cache_get(int kind);
 int isle_cache_put(int kind, void *p);
