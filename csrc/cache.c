@@ -15,8 +15,10 @@
  * keeps at most ISLE_CACHE_DEPOT batches of a kind and frees the rest; the
  * library's destructor frees the depot and the exiting thread's list and
  * turns the cache off, so what is freed after it goes straight to free().
- * isle_cache_trim frees the calling thread's list and the depot at once
- * (tests that count blocks call it). A block is reachable from a list or the
+ * isle_cache_trim frees the calling thread's list and the depot at once;
+ * isle_cache_pause stops caching (and handing out) blocks until it is
+ * undone. Test builds that count blocks and fail allocations one by one
+ * (test/c/failalloc.c) start paused. A block is reachable from a list or the
  * depot all the while it is cached, so valgrind and LeakSanitizer see only
  * real leaks: a message or slot never freed never reaches the cache. Under
  * AddressSanitizer a cached block is poisoned but for its link.
@@ -73,7 +75,11 @@ static _Thread_local cache_list lists[ISLE_CACHE_KINDS];
  * to the depot when it exits; 2: it is exiting (or the cache is off for it):
  * blocks it frees are not cached. */
 static _Thread_local int thread_mode;
-static atomic_int cache_off; /* the library is being unloaded or the process exits */
+/* Nonzero: nothing is cached or handed out. CACHE_EXITING for good (the
+ * process exits), CACHE_PAUSED while a test wants every block to reach the
+ * allocator (isle_cache_pause). */
+enum { CACHE_EXITING = 1, CACHE_PAUSED = 2 };
+static atomic_int cache_off;
 
 static pthread_key_t exit_key;
 static int exit_key_ok;
@@ -171,6 +177,7 @@ __attribute__((noinline)) static block *refill(int kind, cache_list *l)
 
 void *isle_cache_get(int kind)
 {
+    if (atomic_load_explicit(&cache_off, memory_order_relaxed)) return NULL;
     cache_list *l = &lists[kind];
     block *b = l->head;
     if (!b && !(b = refill(kind, l))) return NULL;
@@ -228,6 +235,12 @@ void isle_cache_trim(void)
     }
 }
 
+void isle_cache_pause(int paused)
+{
+    if (paused) atomic_fetch_or(&cache_off, CACHE_PAUSED);
+    else atomic_fetch_and(&cache_off, ~CACHE_PAUSED);
+}
+
 void isle_cache_fork(int phase)
 {
     for (int k = 0; k < ISLE_CACHE_KINDS; k++) {
@@ -241,7 +254,7 @@ void isle_cache_fork(int phase)
  * free their blocks themselves. */
 __attribute__((destructor)) static void cache_exit(void)
 {
-    atomic_store(&cache_off, 1);
+    atomic_fetch_or(&cache_off, CACHE_EXITING);
     isle_cache_trim();
     /* A library unloaded anyway (built without -z nodelete) must leave no
      * destructor of its own for threads that exit later. */

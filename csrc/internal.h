@@ -33,7 +33,9 @@ void isle_mem_let_go(isle_mem **held, size_t n);
  * a task slot's lock and condition variable), or NULL: the caller then
  * allocates one itself, of that size. isle_cache_put keeps a block (1) or
  * refuses it (0): the caller then frees it. isle_cache_trim frees what the
- * calling thread and the depot hold (tests that count blocks). */
+ * calling thread and the depot hold. isle_cache_pause(1) makes get and put
+ * refuse every block until isle_cache_pause(0): the allocation tests
+ * (test/c/failalloc.c) start so, for every block to reach the allocator. */
 enum { ISLE_CACHE_MSG, ISLE_CACHE_TASK, ISLE_CACHE_KINDS };
 enum {
     ISLE_MSG_BLOCK = 256,  /* a message whose whole allocation fits is cached */
@@ -44,6 +46,7 @@ enum {
 void *isle_cache_get(int kind);
 int isle_cache_put(int kind, void *p);
 void isle_cache_trim(void);
+void isle_cache_pause(int paused);
 /* Destroys what a cached task slot keeps initialised before it is freed (task.c). */
 void isle_task_block_fini(void *p);
 

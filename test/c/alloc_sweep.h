@@ -46,21 +46,14 @@ static inline int threads_settle(int n)
     return count_threads();
 }
 
-/* The core's block caches (csrc/cache.c) keep freed messages and task
- * slots for reuse: emptied before each run, so that every allocation of the
- * run reaches the failing allocator, and before blocks are counted. */
-void isle_cache_trim(void);
-
 /* Returns the number of allocation sites the sweep failed (at least one:
  * a sweep that fails nothing means the wrapper is not in place). */
 static inline long alloc_sweep(const alloc_op *o, void *ctx, int flags)
 {
-    isle_cache_trim();
     long live0 = failalloc_live(), kept = 0;
     int threads0 = count_threads(), fds0 = count_fds();
     for (long n = 1;; n++) {
         if (o->setup) o->setup(ctx);
-        isle_cache_trim();
         failalloc_arm(n, flags);
         int ok = o->run(ctx);
         long failed = failalloc_disarm();
@@ -71,9 +64,8 @@ static inline long alloc_sweep(const alloc_op *o, void *ctx, int flags)
         CHECK(!failed || !ok);
         CHECK(failed || ok);
         kept += o->check(ctx, ok);
-        CHECK_EQ(threads_settle(threads0), threads0);
-        isle_cache_trim(); /* after the threads: each gives its blocks back as it exits */
         CHECK_EQ(failalloc_live(), live0 + kept);
+        CHECK_EQ(threads_settle(threads0), threads0);
         CHECK_EQ(count_fds(), fds0);
         if (!failed) {
             printf("    %s%s: %ld allocation sites\n", o->name,

@@ -243,12 +243,37 @@ static void test_fork(void)
     isle_cache_trim();
 }
 
+static void test_pause(void)
+{
+    /* Paused, a freed block goes back to the allocator at once, and a new
+     * one comes from it: what the allocation tests rely on. */
+    isle_cache_trim();
+    long live0 = failalloc_live();
+    isle_cache_pause(1);
+    isle_msg *m = isle_msg_new(0, NULL, "p", 1);
+    CHECK(m != NULL);
+    CHECK_EQ(failalloc_live(), live0 + 1);
+    isle_msg_free(m);
+    CHECK_EQ(failalloc_live(), live0);
+    isle_task *t = isle_task_new();
+    isle_task_release(t);
+    CHECK_EQ(failalloc_live(), live0);
+    isle_cache_pause(0);
+    m = isle_msg_new(0, NULL, "q", 1);
+    isle_msg_free(m);
+    CHECK_EQ(failalloc_live(), live0 + 1);
+    isle_cache_trim();
+    CHECK_EQ(failalloc_live(), live0);
+}
+
 int main(void)
 {
+    isle_cache_pause(0); /* failalloc.c starts it paused */
     RUN(test_reuse);
     RUN(test_bounded);
     RUN(test_thread_exit);
     RUN(test_threads);
     RUN(test_fork);
+    RUN(test_pause);
     return check_done();
 }
