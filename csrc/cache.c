@@ -48,7 +48,7 @@
 #endif
 
 /* A cached block: its first word links it to the next; the rest is left as
- * it was (a task slot keeps its initialised lock and condition variable). */
+ * it was (a task slot keeps its initialised lock). */
 typedef struct block {
     struct block *next;
 } block;

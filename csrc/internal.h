@@ -30,7 +30,7 @@ void isle_mem_let_go(isle_mem **held, size_t n);
 /* Block caches (cache.c): small messages and task slots, recycled through
  * a per-thread list and a bounded shared depot. isle_cache_get returns a
  * block of the kind's size (uninitialised but for what the kind keeps:
- * a task slot's lock and condition variable), or NULL: the caller then
+ * a task slot's lock), or NULL: the caller then
  * allocates one itself, of that size. isle_cache_put keeps a block (1) or
  * refuses it (0): the caller then frees it. isle_cache_trim frees what the
  * calling thread and the depot hold. isle_cache_pause(1) makes get and put

@@ -1,9 +1,10 @@
 /* task.c - one-shot completion slots shared by a caller and a worker.
  *
- * `state` is atomic so waiters can spin on it without the lock; every
- * transition happens under `mu` so that waking, subscribing and cancelling
- * see one order of events. The slot is freed when the last reference goes:
- * the caller's handle, the queued message and each pending notice hold one.
+ * `state` is atomic so waiters can spin (and park) on it without the lock;
+ * every transition happens under `mu` so that subscribing, cancelling and
+ * ending see one order of events. The slot is freed when the last reference
+ * goes (back to the task cache, cache.c): the caller's handle, the queued
+ * message and each pending notice hold one.
  * A subscription (a pending notice) also holds its mailbox and signal block
  * until the task ends or the subscriber takes it back (isle_task_unwatch).
  * The result is a message (msg.c): the references it carries are let go
