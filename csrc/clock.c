@@ -1,8 +1,14 @@
-/* clock.c - monotonic time, deadlines and the bounded spin used before parking. */
+/* clock.c - monotonic time, deadlines, the bounded spin used before parking
+ * and the futex calls that park and wake. */
 #include "internal.h"
 
+#include <errno.h>
+#include <limits.h>
+#include <linux/futex.h>
 #include <math.h>
 #include <sched.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 /* Spin budget before a waiter parks. ~60 µs is what a parked thread takes to
  * wake on an idle vCPU here, so spinning about that long turns most
@@ -59,6 +65,20 @@ int isle_cond_init(pthread_cond_t *cv)
     pthread_once(&cond_attr_once, cond_attr_init);
     if (cond_attr_rc) return cond_attr_rc;
     return pthread_cond_init(cv, &cond_attr);
+}
+
+int isle_futex_wait(atomic_int *word, int expected, const struct timespec *deadline)
+{
+    /* WAIT_BITSET takes an absolute deadline, on CLOCK_MONOTONIC unless
+     * FUTEX_CLOCK_REALTIME is given: the clock of isle_deadline. */
+    long rc = syscall(SYS_futex, (int *)word, FUTEX_WAIT_BITSET_PRIVATE, expected, deadline, NULL,
+                      FUTEX_BITSET_MATCH_ANY);
+    return rc == -1 && errno == ETIMEDOUT ? ETIMEDOUT : 0;
+}
+
+void isle_futex_wake_all(atomic_int *word)
+{
+    syscall(SYS_futex, (int *)word, FUTEX_WAKE_PRIVATE, INT_MAX, NULL, NULL, 0);
 }
 
 int isle_spin_until(const atomic_int *word, double timeout)

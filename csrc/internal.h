@@ -27,11 +27,42 @@ static inline void isle_cpu_relax(void)
 int isle_mem_hold(isle_mem **held, isle_mem *a, size_t n);
 void isle_mem_let_go(isle_mem **held, size_t n);
 
+/* Block caches (cache.c): small messages and task slots, recycled through
+ * a per-thread list and a bounded shared depot. isle_cache_get returns a
+ * block of the kind's size (uninitialised but for what the kind keeps:
+ * a task slot's lock), or NULL: the caller then
+ * allocates one itself, of that size. isle_cache_put keeps a block (1) or
+ * refuses it (0): the caller then frees it. isle_cache_trim frees what the
+ * calling thread and the depot hold. isle_cache_pause(1) makes get and put
+ * refuse every block until isle_cache_pause(0): the allocation tests
+ * (test/c/failalloc.c) start so, for every block to reach the allocator. */
+enum { ISLE_CACHE_MSG, ISLE_CACHE_TASK, ISLE_CACHE_KINDS };
+enum {
+    ISLE_MSG_BLOCK = 256,  /* a message whose whole allocation fits is cached */
+    ISLE_TASK_BLOCK = 256, /* sizeof(struct isle_task), rounded up (task.c checks) */
+    ISLE_CACHE_BATCH = 32, /* blocks per thread list, and per depot batch */
+    ISLE_CACHE_DEPOT = 64  /* batches per depot */
+};
+void *isle_cache_get(int kind);
+int isle_cache_put(int kind, void *p);
+void isle_cache_trim(void);
+void isle_cache_pause(int paused);
+/* Destroys what a cached task slot keeps initialised before it is freed (task.c). */
+void isle_task_block_fini(void *p);
+
 /* Absolute CLOCK_MONOTONIC deadline `timeout` seconds from now. Condition
  * variables are created with CLOCK_MONOTONIC so wall-clock jumps do not
  * shorten or stretch waits. */
 struct timespec isle_deadline(double timeout);
 int isle_cond_init(pthread_cond_t *cv);
+
+/* Sleeps while `*word == expected`, until woken or the absolute
+ * CLOCK_MONOTONIC `deadline` (NULL: none) passes: ETIMEDOUT then, else 0
+ * (woken, interrupted, or the word had changed already: the caller looks
+ * again). isle_futex_wake_all wakes every thread asleep on `word`. Process-
+ * private futexes (clock.c). */
+int isle_futex_wait(atomic_int *word, int expected, const struct timespec *deadline);
+void isle_futex_wake_all(atomic_int *word);
 
 /* Spin until `*word != 0` or the budget (seconds, capped by `timeout` when
  * timeout >= 0) runs out. Returns the last value read. Bounded: a caller
@@ -123,5 +154,6 @@ void isle_watchdog_fork(int phase); /* watchdog.c */
 void isle_registry_fork(int phase); /* isle.c: live isles */
 void isle_preload_fork(int phase);  /* preload.c: bytecode blobs */
 void isle_state_fork(int phase);    /* state.c: shared states */
+void isle_cache_fork(int phase);    /* cache.c: the depots of the block caches */
 
 #endif

@@ -19,7 +19,9 @@
  * (the registry of shared states ranks with the registry of isles; the two
  * are never held together; so does the registry of pools, whose pool lock
  * comes before the signal-block lock and is never held with the others). The watchdog's lock is never held while any
- * other is taken, nor is a shared state's wait lock.
+ * other is taken, nor is a shared state's wait lock, nor the depot lock of
+ * the block caches (cache.c: freed small messages and task slots kept for
+ * reuse), which is taken last of all and nothing is taken under it.
  * Nothing here runs Lua code while holding a lock, so a Lua finalizer can
  * never run inside a core critical section. The one exception is by design:
  * a shared state's call lock (state.c) is held while its Lua code runs, and

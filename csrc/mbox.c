@@ -117,12 +117,27 @@ static void signal_consumer(isle_mbox *mb)
     arm_fd(mb);
 }
 
-int isle_mbox_push(isle_mbox *mb, isle_msg *m, double timeout)
+/* Links `m` at the tail (mu held, the mailbox open and not full). */
+static void enqueue(isle_mbox *mb, isle_msg *m)
+{
+    m->next = NULL;
+    if (mb->tail) mb->tail->next = m;
+    else mb->head = m;
+    mb->tail = m;
+    /* Only ever changed under mu: a plain increment, no locked RMW. */
+    atomic_store_explicit(&mb->count, atomic_load_explicit(&mb->count, memory_order_relaxed) + 1,
+                          memory_order_relaxed);
+    signal_consumer(mb);
+}
+
+/* The push that finds the mailbox full or closed (mu held; drops it):
+ * waits for room as `timeout` allows. Out of line, so that the common push
+ * carries none of its state. */
+__attribute__((noinline)) static int push_slow(isle_mbox *mb, isle_msg *m, double timeout)
 {
     int rc = ISLE_OK;
     struct timespec dl = {0, 0};
     int have_dl = 0; /* the clock is read only if the push has to wait */
-    pthread_mutex_lock(&mb->mu);
     while (!atomic_load(&mb->closed) && atomic_load(&mb->count) >= mb->capacity) {
         if (timeout == 0) {
             rc = ISLE_EBUSY;
@@ -146,17 +161,21 @@ int isle_mbox_push(isle_mbox *mb, isle_msg *m, double timeout)
         rc = ISLE_ECLOSED;
         goto out;
     }
-    m->next = NULL;
-    if (mb->tail) mb->tail->next = m;
-    else mb->head = m;
-    mb->tail = m;
-    /* Only ever changed under mu: a plain increment, no locked RMW. */
-    atomic_store_explicit(&mb->count, atomic_load_explicit(&mb->count, memory_order_relaxed) + 1,
-                          memory_order_relaxed);
-    signal_consumer(mb);
+    enqueue(mb, m);
 out:
     pthread_mutex_unlock(&mb->mu);
     return rc;
+}
+
+int isle_mbox_push(isle_mbox *mb, isle_msg *m, double timeout)
+{
+    pthread_mutex_lock(&mb->mu);
+    if (atomic_load_explicit(&mb->closed, memory_order_relaxed)
+        || atomic_load_explicit(&mb->count, memory_order_relaxed) >= mb->capacity)
+        return push_slow(mb, m, timeout);
+    enqueue(mb, m);
+    pthread_mutex_unlock(&mb->mu);
+    return ISLE_OK;
 }
 
 void isle_mbox_post_done(isle_done *d)

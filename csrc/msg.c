@@ -7,7 +7,8 @@
  * decoded) gives back every reference it was made with, and a reader that
  * keeps a token takes a reference of its own. A message (or result) made
  * for a capped isle is charged to its account, the whole allocation, until
- * it is freed (isle_msg_charge, mem.c). */
+ * it is freed (isle_msg_charge, mem.c): header, references and payload, as
+ * asked for, also when the message sits in a larger cached block. */
 #include "internal.h"
 
 #include <stdlib.h>
@@ -25,7 +26,16 @@ static inline isle_msg *msg_alloc(int32_t kind, isle_task *task, const char *dat
     /* nrefs is bounded by the callers, so only `len` can overflow the size. */
     size_t head = sizeof(isle_msg) + nrefs * sizeof(isle_task *);
     if (len > SIZE_MAX - head - 1) return NULL;
-    isle_msg *m = malloc(head + len + 1);
+    /* A small message takes a whole cached block (cache.c): made on one
+     * thread and freed on another, it would cost malloc its slowest paths. */
+    size_t size = head + len + 1;
+    isle_msg *m;
+    if (size <= ISLE_MSG_BLOCK) {
+        m = isle_cache_get(ISLE_CACHE_MSG);
+        if (!m) m = malloc(ISLE_MSG_BLOCK);
+    } else {
+        m = malloc(size);
+    }
     if (!m) return NULL;
     m->next = NULL;
     m->task = task;
@@ -78,7 +88,8 @@ void isle_msg_free(isle_msg *m)
      * (it is in no queue any more, and a token ends without a result). A
      * channel queued inside itself is never freed (docs/channels.md). */
     for (size_t i = 0, n = m->nrefs; i < n; i++) isle_task_release(m->refs[i]);
-    free(m);
+    /* By size, as msg_alloc chose: a small one is a whole block. */
+    if (msg_size(m) > ISLE_MSG_BLOCK || !isle_cache_put(ISLE_CACHE_MSG, m)) free(m);
 }
 
 void isle_msg_free_list(isle_msg *head)

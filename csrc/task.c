@@ -1,9 +1,10 @@
 /* task.c - one-shot completion slots shared by a caller and a worker.
  *
- * `state` is atomic so waiters can spin on it without the lock; every
- * transition happens under `mu` so that waking, subscribing and cancelling
- * see one order of events. The slot is freed when the last reference goes:
- * the caller's handle, the queued message and each pending notice hold one.
+ * `state` is atomic so waiters can spin (and park) on it without the lock;
+ * every transition happens under `mu` so that subscribing, cancelling and
+ * ending see one order of events. The slot is freed when the last reference
+ * goes (back to the task cache, cache.c): the caller's handle, the queued
+ * message and each pending notice hold one.
  * A subscription (a pending notice) also holds its mailbox and signal block
  * until the task ends or the subscriber takes it back (isle_task_unwatch).
  * The result is a message (msg.c): the references it carries are let go
@@ -11,32 +12,45 @@
  */
 #include "internal.h"
 
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 
+/* A slot is a block of the task cache (cache.c): while cached, its first
+ * word links it and `mu` stays initialised, so that a recycled slot skips
+ * its setup; everything from `waiters` to `label` is zeroed anew.
+ *
+ * A waiter parks on `ended` itself (a futex) rather than on a condition
+ * variable under `mu`: the ending thread stores `ended`, then wakes only if
+ * `waiters` says someone parked; a waiter counts itself in `waiters`, then
+ * checks `ended` again before it sleeps (both sequentially consistent, so
+ * one of the two always sees the other), and the kernel sleeps only while
+ * `ended` is still 0. No lock is taken on either side of the wait. */
 struct isle_task {
     atomic_int refs;
     atomic_int state;
     atomic_int cancel;
-    atomic_int ended; /* 0/1 mirror of "state is final", spun on by waiters */
+    atomic_int ended; /* 0/1 mirror of "state is final": spun and parked on by waiters */
     pthread_mutex_t mu;
-    pthread_cond_t cv;
-    int waiters;                /* threads parked in isle_task_wait (mu) */
-    isle_sig *sig;              /* state running the task, retained while RUNNING (mu) */
-    isle_done *subs;            /* pending notices, each holding a task ref (mu) */
-    isle_task *rnext, *rprev;   /* in sig's running list (sig's lock) */
-    double started;             /* isle_now() when it started running (mu) */
-    char label[ISLE_LABEL_MAX]; /* what runs, for isle_stats (set before it is linked) */
-    atomic_int has_deadline;    /* set once by isle_task_expire_at */
-    size_t deadline_slot;       /* index + 1 in the watchdog's heap, 0 if not in it (its lock) */
-    isle_msg *result;           /* NULL: ended with no bytes and no references */
-    isle_mem *mem;              /* charged for the result (isle_task_charge_results) */
+    atomic_int waiters;       /* threads parked (or parking) in isle_task_wait */
+    isle_sig *sig;            /* state running the task, retained while RUNNING (mu) */
+    isle_done *subs;          /* pending notices, each holding a task ref (mu) */
+    isle_task *rnext, *rprev; /* in sig's running list (sig's lock) */
+    double started;           /* isle_now() when it started running (mu) */
+    atomic_int has_deadline;  /* set once by isle_task_expire_at */
+    size_t deadline_slot;     /* index + 1 in the watchdog's heap, 0 if not in it (its lock) */
+    isle_msg *result;         /* NULL: ended with no bytes and no references */
+    isle_mem *mem;            /* charged for the result (isle_task_charge_results) */
     /* An object whose lifetime is this slot's (a channel, chan.c): freed
      * with the slot, so it travels in isle_msg.refs like a token. Set once,
      * before the slot is shared. */
     void (*owner_free)(void *);
     void *owner;
+    char label[ISLE_LABEL_MAX]; /* what runs, for isle_stats (set before it is linked) */
 };
+
+_Static_assert(sizeof(isle_task) <= ISLE_TASK_BLOCK, "a task slot must fit a cached block");
+_Static_assert(offsetof(isle_task, mu) >= sizeof(void *), "the cache's link must not touch mu");
 
 static int is_final(int state) { return state >= ISLE_TASK_DONE; }
 
@@ -48,19 +62,31 @@ int isle_task_live_count(void) { return atomic_load_explicit(&live_tasks, memory
 
 isle_task *isle_task_new(void)
 {
-    isle_task *t = calloc(1, sizeof(*t));
-    if (!t) return NULL;
-    if (pthread_mutex_init(&t->mu, NULL)) goto fail_mu;
-    if (isle_cond_init(&t->cv)) goto fail_cv;
+    isle_task *t = isle_cache_get(ISLE_CACHE_TASK);
+    if (!t) {
+        /* A whole block, so that the slot can be cached when it goes. */
+        t = malloc(ISLE_TASK_BLOCK);
+        if (!t) return NULL;
+        if (pthread_mutex_init(&t->mu, NULL)) goto fail_mu;
+    }
+    /* `label` is written before it is read (isle_task_start). */
+    memset(&t->waiters, 0, offsetof(isle_task, label) - offsetof(isle_task, waiters));
+    t->label[0] = '\0';
     atomic_init(&t->refs, 1);
     atomic_init(&t->state, ISLE_TASK_QUEUED);
+    atomic_init(&t->cancel, ISLE_CANCEL_NONE);
+    atomic_init(&t->ended, 0);
     atomic_fetch_add_explicit(&live_tasks, 1, memory_order_relaxed);
     return t;
-fail_cv:
-    pthread_mutex_destroy(&t->mu);
 fail_mu:
     free(t);
     return NULL;
+}
+
+void isle_task_block_fini(void *p)
+{
+    isle_task *t = p;
+    pthread_mutex_destroy(&t->mu);
 }
 
 void isle_task_retain(isle_task *t)
@@ -78,10 +104,10 @@ void isle_task_release(isle_task *t)
     isle_sig_release(t->sig);
     isle_msg_free(t->result); /* uncharges it from `mem` too */
     isle_mem_release(t->mem);
-    pthread_cond_destroy(&t->cv);
-    pthread_mutex_destroy(&t->mu);
-    free(t);
     atomic_fetch_sub_explicit(&live_tasks, 1, memory_order_relaxed);
+    if (isle_cache_put(ISLE_CACHE_TASK, t)) return;
+    isle_task_block_fini(t);
+    free(t);
 }
 
 void isle_task_set_owner(isle_task *t, void (*owner_free)(void *), void *owner)
@@ -229,8 +255,9 @@ static void finish_locked(isle_task *t, int state, isle_msg *result, isle_sig **
     t->sig = NULL;
     t->subs = NULL;
     atomic_store_explicit(&t->state, state, memory_order_release);
-    atomic_store_explicit(&t->ended, 1, memory_order_release);
-    if (t->waiters) pthread_cond_broadcast(&t->cv);
+    /* seq_cst, paired with isle_task_wait's count of itself: see above. */
+    atomic_store(&t->ended, 1);
+    if (atomic_load(&t->waiters)) isle_futex_wake_all(&t->ended);
 }
 
 static void after_finish(isle_task *t, isle_sig *sig, isle_done *subs)
@@ -303,19 +330,15 @@ int isle_task_wait(isle_task *t, double timeout)
     if (timeout == 0) return 0;
     struct timespec dl = {0, 0};
     if (timeout > 0) dl = isle_deadline(timeout);
+    atomic_fetch_add(&t->waiters, 1);
     int ended;
-    pthread_mutex_lock(&t->mu);
-    while (!(ended = atomic_load(&t->ended))) {
-        t->waiters++;
-        int rc = timeout > 0 ? pthread_cond_timedwait(&t->cv, &t->mu, &dl)
-                             : pthread_cond_wait(&t->cv, &t->mu);
-        t->waiters--;
-        if (rc) {
+    /* Wakes early on a signal or a spurious wake-up: look again. */
+    while (!(ended = atomic_load(&t->ended)))
+        if (isle_futex_wait(&t->ended, 0, timeout > 0 ? &dl : NULL) == ETIMEDOUT) {
             ended = atomic_load(&t->ended);
             break;
         }
-    }
-    pthread_mutex_unlock(&t->mu);
+    atomic_fetch_sub_explicit(&t->waiters, 1, memory_order_relaxed);
     return ended;
 }
 

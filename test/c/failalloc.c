@@ -60,6 +60,9 @@ long failalloc_disarm(void)
 
 long failalloc_live(void) { return atomic_load(&live); }
 
+/* Before main, and before an isle can run: see failalloc.h. */
+__attribute__((constructor)) static void failalloc_pause_cache(void) { isle_cache_pause(1); }
+
 static int should_fail(void)
 {
     if (!atomic_load_explicit(&armed, memory_order_acquire)) return 0;

@@ -17,4 +17,11 @@ long failalloc_disarm(void);
  * runs without LeakSanitizer). */
 long failalloc_live(void);
 
+/* The core keeps freed small messages and task slots for reuse
+ * (csrc/cache.c), which would hide blocks from both counts above: a
+ * program linked with this file starts with that cache paused, so that
+ * every block reaches the wrappers, as before the cache existed. Tests of
+ * the cache itself, and the stress tests, call isle_cache_pause(0). */
+void isle_cache_pause(int paused);
+
 #endif

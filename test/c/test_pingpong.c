@@ -6,6 +6,7 @@
  * reply must match its request, batches must hold exactly one item. */
 #include "check.h"
 #include "isle.h"
+#include "failalloc.h"
 
 #include <string.h>
 
@@ -135,6 +136,7 @@ static void test_park_only(void)
 
 int main(void)
 {
+    isle_cache_pause(0); /* run with the block caches on, as the library does */
     RUN(test_spin_then_park);
     RUN(test_park_only);
     return check_done();

@@ -5,6 +5,7 @@
  * loses nothing that was accepted. Clean under ThreadSanitizer. */
 #include "check.h"
 #include "isle.h"
+#include "failalloc.h"
 
 #include <sched.h>
 #include <string.h>
@@ -180,6 +181,7 @@ static void test_timed_waits(void)
 
 int main(void)
 {
+    isle_cache_pause(0); /* run with the block caches on, as the library does */
     RUN(test_all_delivered_in_order);
     RUN(test_close_race);
     RUN(test_timed_waits);

@@ -6,6 +6,7 @@
  * that saw RUNNING raised the runner's flag. Clean under TSan and ASan. */
 #include "check.h"
 #include "internal.h"
+#include "failalloc.h"
 
 #include <sched.h>
 #include <string.h>
@@ -264,6 +265,7 @@ static void test_duel(void)
 
 int main(void)
 {
+    isle_cache_pause(0); /* run with the block caches on, as the library does */
     RUN(test_race);
     RUN(test_duel);
     return check_done();
