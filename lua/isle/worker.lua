@@ -36,7 +36,7 @@ local EVAL, EXEC, POST, F_OPTIONS, F_WRAPPED, F_INSTRUMENT, F_SANDBOXED =
     proto.EVAL, proto.EXEC, proto.POST, proto.F_OPTIONS, proto.F_WRAPPED, proto.F_INSTRUMENT, proto.F_SANDBOXED
 local setfenv = setfenv
 local ISLE_TASK_DONE, ISLE_TASK_FAILED, ISLE_TASK_CLOSED = C.ISLE_TASK_DONE, C.ISLE_TASK_FAILED, C.ISLE_TASK_CLOSED
-local attached, isle_task_complete = wire.attached, C.isle_task_complete
+local attached, isle_task_complete, decoder = wire.attached, C.isle_task_complete, wire.decoder
 local reset = codec.reset
 
 local worker = {}
@@ -392,13 +392,15 @@ end
 
 local function target_function(rec)
     local kind, target = rec.kind, rec.target
-    if rec.sandboxed and not env and kind ~= proto.CALL then
+    local flags = rec.flags
+    if band(flags, F_SANDBOXED) ~= 0 and not env and kind ~= proto.CALL then
         error(errors.new("runtime", "isle sandbox: " .. isle_label .. " has no sandbox: it does not run "
             .. "code (eval, exec) sent from a sandboxed isle or state"), 0)
     end
-    if kind == EVAL then return compile(target, "=eval", rec.wrapped, rec.here) end
+    local wrapped = band(flags, F_WRAPPED) ~= 0
+    if kind == EVAL then return compile(target, "=eval", wrapped, band(flags, F_INSTRUMENT) ~= 0) end
     if kind == EXEC then
-        if rec.wrapped then return exec_function(target) end
+        if wrapped then return exec_function(target) end
         return compile(target, "=exec", false, nil, true) -- bytecode: the hook and isle.checkpoint() only
     end
     return resolve_global(target)
@@ -447,14 +449,19 @@ end
 -- of requests then runs in one loop that LuaJIT compiles, with no coroutine
 -- switch and no scheduler turn per message.
 
-local q_head, q_tail = nil, nil  -- isle_msg* queue, owned by the runners
+-- The isle_msg* queue, owned by the runners: [0] its head, [1] its tail.
+-- In C memory rather than two upvalues: a pointer stored in an upvalue is
+-- a cdata object, allocated for every message taken (garbage the
+-- collector then sweeps); one read from here and used on the spot is not.
+local queue = ffi.new("isle_msg *[2]")
 local self_ptr, flagp            -- set by main
 
 local function enqueue(msgs)
-    if q_tail ~= nil then q_tail.next = msgs else q_head = msgs end
+    local tail = queue[1]
+    if tail ~= nil then tail.next = msgs else queue[0] = msgs end
     local m, n = msgs, 1
     while m.next ~= nil do m = m.next; n = n + 1 end
-    q_tail = m
+    queue[1] = m
     C.isle_sig_hold(runtime.sched.sig, n) -- held messages count as queued (h:stats)
 end
 
@@ -605,6 +612,13 @@ local function call_label(name)
     return l
 end
 
+-- A job's record (its task, target, the marks interrupt.lua reads) costs
+-- a table with a hash part, garbage once the job ends, and the collections
+-- that garbage brings were most of a call's cost in the isle. A record
+-- whose job never yielded is known to nobody once the job has ended, so it
+-- is kept here for the next call.
+local spare_rec = nil
+
 local function run_message(s, runner, m)
     local t = m.task
     if t ~= nil then m.task = nil end -- the job takes over the message's reference
@@ -619,8 +633,8 @@ local function run_message(s, runner, m)
         end
         return C.isle_msg_free(m)
     end
-    local dec = runtime.dec
-    dec:set(m.data, m.len)
+    -- (Decoded whole before any user code runs: the decoder is shared.)
+    local dec = decoder(m.data, tonumber(m.len))
     local target = dec:decode()
     local flags = m.flags
     if t ~= nil then
@@ -642,9 +656,14 @@ local function run_message(s, runner, m)
         end
         return run_post(runner, m, target, codec.get_values(dec, m))
     end
-    local rec = { task = t, kind = m.kind, target = target, co = runner.co, user = false,
-                  wrapped = band(flags, F_WRAPPED) ~= 0, here = band(flags, F_INSTRUMENT) ~= 0,
-                  sandboxed = band(flags, F_SANDBOXED) ~= 0 }
+    local rec = spare_rec
+    if rec ~= nil then
+        spare_rec = nil
+        rec.task, rec.kind, rec.target, rec.co, rec.flags = t, m.kind, target, runner.co, flags
+    else
+        rec = { task = t, kind = m.kind, target = target, co = runner.co, user = false, flags = flags,
+                finished = false, stop = false }
+    end
     if band(flags, F_OPTIONS) ~= 0 then -- { target, options } from h:with{...}
         local o = codec.restore(target[2], m)
         rec.target = target[1]
@@ -658,27 +677,39 @@ local function run_message(s, runner, m)
         start(rec, m, codec.get_values(dec, m))
     end
     s:enter(runner)
+    if rec.finished and not rec.yielded then
+        -- Never handed to the loop (the job did not yield: sched.lua marks
+        -- a record it parks), so nothing else holds it: the next job's.
+        -- (Keys it lacks are not stored to, not even nil: a new key can make
+        -- LuaJIT rehash the table, for every call.)
+        rec.task, rec.target = nil, nil
+        if rec.token ~= nil then rec.token, rec.token_ref = nil, nil end
+        if rec.on_interrupt ~= nil then rec.on_interrupt = nil end
+        rec.user, rec.finished, rec.stop = false, false, false
+        spare_rec = rec
+    end
 end
 
 local function run_queue(runner)
     local s = runtime.sched
     while true do
-        local m = q_head
+        local m = queue[0]
         if m == nil then
             local msgs, go_on = s:wait_more()
             if msgs ~= nil then enqueue(msgs) end
             if not go_on then break end
-            m = q_head
+            m = queue[0]
         end
-        q_head = m.next
-        if q_head == nil then q_tail = nil end
+        local rest = m.next
+        queue[0] = rest
+        if rest == nil then queue[1] = nil end
         m.next = nil
         run_message(s, runner, m)
     end
 end
 
 local function flush(s)
-    while q_head ~= nil do s:spawn(run_queue, {}) end
+    while queue[0] ~= nil do s:spawn(run_queue, {}) end
 end
 
 -- Pools (isle.pool): an isle of a pool runs one feeder, a job that takes
@@ -711,7 +742,7 @@ local function feed(frec)
     s:close()
 end
 
-local function queued() return q_head ~= nil end
+local function queued() return queue[0] ~= nil end
 
 -- Takes ownership of a batch of messages from the mailbox; the loop starts
 -- them (flush) at the end of its turn.
@@ -848,9 +879,9 @@ function worker.main(addr)
         C.isle_stop(self_ptr, 0)
         for r in next, watching do unwatch(r) end
         s:abandon()
-        while q_head ~= nil do
-            local m = q_head
-            q_head = m.next
+        while queue[0] ~= nil do
+            local m = queue[0]
+            queue[0] = m.next
             local t = m.task
             if t ~= nil then
                 m.task = nil
@@ -859,6 +890,7 @@ function worker.main(addr)
             end
             C.isle_msg_free(m)
         end
+        queue[1] = nil
         error(err, 0)
     end
 end
