@@ -38,6 +38,7 @@ local setfenv = setfenv
 local ISLE_TASK_DONE, ISLE_TASK_FAILED, ISLE_TASK_CLOSED = C.ISLE_TASK_DONE, C.ISLE_TASK_FAILED, C.ISLE_TASK_CLOSED
 local attached, isle_task_complete, decoder = wire.attached, C.isle_task_complete, wire.decoder
 local reset = codec.reset
+local TASK_PTR = ffi.typeof("isle_task *")
 
 local worker = {}
 
@@ -259,6 +260,7 @@ local function complete(rec, ok, ...)
     if capped then core_mode() end
     rec.user = false
     local t = rec.task
+    if type(t) == "number" then t = ffi.cast(TASK_PTR, t) end -- a message's (run_message)
     rec.finished = true
     -- A stopped job ends stopped, even if its code caught the error and
     -- returned, or the request came while it was inside a C call.
@@ -656,12 +658,16 @@ local function run_message(s, runner, m)
         end
         return run_post(runner, m, target, codec.get_values(dec, m))
     end
+    -- The task slot goes into the record as its address, a number: a
+    -- pointer kept in a table is a cdata object, allocated for every call
+    -- (complete and interrupt.job_stop_reason cast it back).
+    local task = t ~= nil and tonumber(ffi.cast("uintptr_t", t)) or nil
     local rec = spare_rec
     if rec ~= nil then
         spare_rec = nil
-        rec.task, rec.kind, rec.target, rec.co, rec.flags = t, m.kind, target, runner.co, flags
+        rec.task, rec.kind, rec.target, rec.co, rec.flags = task, m.kind, target, runner.co, flags
     else
-        rec = { task = t, kind = m.kind, target = target, co = runner.co, user = false, flags = flags,
+        rec = { task = task, kind = m.kind, target = target, co = runner.co, user = false, flags = flags,
                 finished = false, stop = false }
     end
     if band(flags, F_OPTIONS) ~= 0 then -- { target, options } from h:with{...}
