@@ -458,13 +458,40 @@ end
 local queue = ffi.new("isle_msg *[2]")
 local self_ptr, flagp            -- set by main
 
-local function enqueue(msgs)
+-- Appends a batch of messages; the tail is left at its first message.
+local function link(msgs)
     local tail = queue[1]
     if tail ~= nil then tail.next = msgs else queue[0] = msgs end
-    local m, n = msgs, 1
-    while m.next ~= nil do m = m.next; n = n + 1 end
-    queue[1] = m
-    C.isle_sig_hold(runtime.sched.sig, n) -- held messages count as queued (h:stats)
+    queue[1] = msgs
+end
+
+-- Moves the tail on to the last message; returns how many it moved past.
+-- (The loop keeps no pointer in a variable from one turn to the next.)
+local function advance_tail()
+    local n = 0
+    while true do
+        local rest = queue[1].next
+        if rest == nil then return n end
+        queue[1] = rest
+        n = n + 1
+    end
+end
+
+local function enqueue(msgs)
+    link(msgs)
+    C.isle_sig_hold(runtime.sched.sig, 1 + advance_tail()) -- held messages count as queued (h:stats)
+end
+
+-- A runner's wait for the next batch (Sched:wait_more), queued; returns
+-- whether the runner may go on. A batch of several is counted by the
+-- caller, from a frame that holds no pointer: a stream of posts makes
+-- advance_tail's loop a trace of its own, and a pointer in any frame
+-- below it crossed from trace to trace as a cdata object, allocated for
+-- every batch (every call, for a caller waiting for each result).
+local function wait_batch(s)
+    local msgs, go_on = s:wait_more()
+    if msgs ~= nil then link(msgs) end
+    return go_on
 end
 
 local function start(rec, m, _n, ...)
@@ -699,13 +726,16 @@ end
 local function run_queue(runner)
     local s = runtime.sched
     while true do
-        local m = queue[0]
-        if m == nil then
-            local msgs, go_on = s:wait_more()
-            if msgs ~= nil then enqueue(msgs) end
+        if queue[0] == nil then
+            local go_on = wait_batch(s)
+            if queue[1] ~= nil then -- (read where used, never kept in a variable)
+                local n = 1
+                if queue[1].next ~= nil then n = n + advance_tail() end
+                C.isle_sig_hold(s.sig, n) -- held messages count as queued (h:stats)
+            end
             if not go_on then break end
-            m = queue[0]
         end
+        local m = queue[0]
         local rest = m.next
         queue[0] = rest
         if rest == nil then queue[1] = nil end
