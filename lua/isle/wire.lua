@@ -139,9 +139,10 @@ end
 wire.decoder = decoder
 
 -- The outcome of an ended slot: true, n, values... or false, error object.
--- Decodes from the slot's own memory; nothing is copied first. Tokens in
--- it come with references of their own: the result keeps its own until the
--- slot is freed, so an outcome may be read any number of times.
+-- Decodes from the slot's own memory (a small result from a copy of it:
+-- decoder above); the result stays in the slot. Tokens in it come with
+-- references of their own: the result keeps its own until the slot is
+-- freed, so an outcome may be read any number of times.
 function wire.outcome(t)
     local state = C.isle_task_state(t)
     local m = isle_task_result_msg(t)

@@ -443,8 +443,8 @@ end
 -- Messages ---------------------------------------------------------------------
 --
 -- Messages run in "runners": a runner is a job coroutine that takes messages
--- from the isle's queue in arrival order and runs each one straight from the
--- message memory, until the queue is empty. When a handler sleeps or awaits,
+-- from the isle's queue in arrival order and runs each one from the message
+-- memory (a small one from a copy: wire.decoder), until the queue is empty. When a handler sleeps or awaits,
 -- its runner stays with it and another runner takes the queue over, so
 -- nothing waits behind a suspended job. While the isle has nothing else to
 -- look after, a runner also waits for the next batch itself: a steady stream
