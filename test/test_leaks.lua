@@ -528,4 +528,39 @@ function TestLeaks:test_a_host_that_exits_without_closing_its_isles_exits_cleanl
     end
 end
 
+-- A blocking call (h:call, eval, exec) releases its task slot itself once
+-- it has the outcome; if it never gets there, the holder it kept the slot
+-- in (isle.handle) releases it when collected. Every way such a call ends
+-- must leave the count of live slots where it was.
+TestBlockingCalls = {}
+
+function TestBlockingCalls:test_slots_go_however_a_blocking_call_ends()
+    leaves_no_slot(function()
+        local b = isle.spawn{ init = INIT }
+        for i = 1, 200 do lu.assertEquals(b:call("inc", i), i + 1) end
+        for _ = 1, 50 do lu.assertFalse((pcall(b.call, b, "boom"))) end
+        lu.assertEquals(b:eval("return ...", 4), 4)
+        lu.assertEquals(b:exec(function(x) return x * 2 end, 4), 8)
+        -- Ended by its deadline while it runs.
+        local ok, e = pcall(b.call, b:with{ timeout = 0.01 }, "nap", 5)
+        lu.assertFalse(ok)
+        lu.assertEquals(e.code, "timeout")
+        -- Abandoned: a job of `a` blocked in a call to `b` is cancelled
+        -- while it waits (the call cancels its own task and raises); and
+        -- `a` closed with cancel while another one waits.
+        local a = isle.spawn{ init = INIT }
+        local t = a:spawn_eval("return require('isle').lookup(...):call('nap', 5)", b:id())
+        isle.sleep(0.05)
+        t:cancel()
+        lu.assertEquals(select(2, t:wait(10)).code, "cancelled")
+        local t2 = a:spawn_eval("return require('isle').lookup(...):call('nap', 5)", b:id())
+        isle.sleep(0.05)
+        a:close{ cancel = true }
+        lu.assertEquals(select(2, t2:wait(10)).code, "closed")
+        -- A closed isle: refused before any slot is made.
+        b:close{ cancel = true }
+        lu.assertEquals(select(2, pcall(b.call, b, "inc", 1)).code, "closed")
+    end)
+end
+
 os.exit(lu.LuaUnit.run())

@@ -367,10 +367,14 @@ codec.restore = restore
 
 -- Reads a value list written by put_values from `buf`, whose bytes came
 -- from carrier `from`; returns n, values...
+local TAG_V = ("V"):byte()
 function codec.get_values(buf, from)
-    local tag = buf:get(1)
-    local n = buf:decode()
-    if tag == "V" then
+    -- The tag read as a byte: buf:get(1) would make (intern) a string of it.
+    local p, len = buf:ref()
+    local tag = len > 0 and p[0] or 0
+    buf:skip(1)
+    local n = buf:decode() -- an empty list fails here, as buf:get(1) made it
+    if tag == TAG_V then
         if n == 0 then return 0 end
         if n == 1 then return 1, buf:decode() end
         if n == 2 then
@@ -381,7 +385,7 @@ function codec.get_values(buf, from)
     local t = {}
     for i = 1, n do
         local v = buf:decode()
-        if tag == "F" then v = restore(v, from) end
+        if tag == TAG_F then v = restore(v, from) end
         t[i] = v
     end
     return n, unpack(t, 1, n)

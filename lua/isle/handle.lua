@@ -206,7 +206,8 @@ local function send(self, kind, target, wait, with_task, n, ...)
     if with_task then
         t = C.isle_task_new()
         if t == nil then abandon(enc, errors.new("memory", "cannot allocate a task")) end
-        runtime.gc(t, isle_task_release)
+        -- A blocking call's holder (take_holder), or a finalizer of its own.
+        if type(with_task) == "cdata" then with_task[0] = t else runtime.gc(t, isle_task_release) end
         -- A capped isle holds the result in C memory: it counts against its limit.
         if runtime.mem ~= nil then C.isle_task_charge_results(t, runtime.mem) end
         -- The deadline runs from the call, queued time included.
@@ -271,42 +272,78 @@ local function check_function(v, fname)
     return v
 end
 
-local function finish(t, ok, ...)
+-- A blocking call's task slot is released by the call itself once its
+-- outcome is decoded; should the call never get there (an error raised on
+-- the way, a coroutine suspended in the wait and never resumed), the slot
+-- is released when a holder (isle_task *[1]) that nobody uses any more is
+-- collected. Holders are made with their finalizer and used again:
+-- ffi.gc on every call's own pointer, set and then taken back, cost about
+-- 500 instructions a call (LuaJIT's table of finalizers rehashes as keys
+-- come and go). A forked child starts a list of its own: a holder keeps
+-- the finalizer of the process that made it (runtime.gc).
+local holders, holder_count, holders_gen = {}, 0, nil
+local function release_held(hd)
+    local t = hd[0]
+    if t ~= nil then
+        hd[0] = nil
+        isle_task_release(t)
+    end
+end
+local function take_holder()
+    local g = generation()
+    if g ~= holders_gen then holders, holder_count, holders_gen = {}, 0, g end
+    local n = holder_count
+    if n == 0 then return runtime.gc(ffi.new("isle_task *[1]"), release_held) end
+    local hd = holders[n]
+    holders[n] = nil
+    holder_count = n - 1
+    return hd
+end
+
+local function finish(t, hd, ok, ...)
     -- The outcome is decoded: the slot and its result go now, not at some
     -- later GC cycle (which does not see their size: a stream of large
     -- results would pile up in C memory meanwhile).
-    ffi.gc(t, nil)
+    hd[0] = nil
+    local n = holder_count
+    if n < 16 then
+        holders[n + 1] = hd
+        holder_count = n + 1
+    end
     C.isle_task_release(t)
     if ok then return select(2, ...) end
     error((...), 3)
 end
 
-local function await(t)
+local function await(t, hd)
     local why = runtime.wait_task(t, -1)
     if why ~= "done" then
         -- The caller was stopped while waiting: the call is abandoned, so
-        -- the work it asked for is cancelled too.
+        -- the work it asked for is cancelled too (its holder releases it).
         C.isle_task_cancel(t)
         error(interrupt.stop_error(why), 3)
     end
-    return finish(t, outcome(t))
+    return finish(t, hd, outcome(t))
 end
 
 -- Blocking calls ---------------------------------------------------------
 
 function Handle:eval(code, ...)
     check_string(code, 1, "eval")
-    return await(raise_unless(send(self, EVAL, code, -1, true, select("#", ...), ...)))
+    local hd = take_holder()
+    return await(raise_unless(send(self, EVAL, code, -1, hd, select("#", ...), ...)), hd)
 end
 
 function Handle:call(name, ...)
     check_string(name, 1, "call")
-    return await(raise_unless(send(self, CALL, name, -1, true, select("#", ...), ...)))
+    local hd = take_holder()
+    return await(raise_unless(send(self, CALL, name, -1, hd, select("#", ...), ...)), hd)
 end
 
 function Handle:exec(fn, ...)
     local bc = check_function(fn, "exec")
-    return await(raise_unless(send(self, EXEC, bc, -1, true, select("#", ...), ...)))
+    local hd = take_holder()
+    return await(raise_unless(send(self, EXEC, bc, -1, hd, select("#", ...), ...)), hd)
 end
 
 -- Non-blocking: a task at once (waiting for mailbox room if it is full) ------

@@ -34,10 +34,14 @@ M.HOOK_COUNT = 1000         -- instructions between hook calls (see docs/jit-saf
 
 -- Why the running job must stop: "cancelled", "timeout", "closed" or nil.
 -- Sticky: once decided it stays in the job's record until the job ends.
+-- (A record's task is an isle_task*, or for a message's job its address as
+-- a number: worker.lua, run_message.)
+local TASK_PTR = ffi.typeof("isle_task *")
 function M.job_stop_reason(rec)
     local why = rec.stop
     if why then return why end
     local t = rec.task
+    if type(t) == "number" then t = ffi.cast(TASK_PTR, t) end
     if t ~= nil then
         local r = C.isle_task_cancelled(t)
         if r == CANCEL_USER then why = "cancelled" elseif r == CANCEL_TIMEOUT then why = "timeout" end

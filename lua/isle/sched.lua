@@ -178,6 +178,7 @@ local function step(self, rec, co, ...)
         rec.co = nil
     elseif a ~= IDLE then
         self.parked[co] = cur
+        cur.yielded = true -- the loop may hold it from now on (the worker reuses only records never parked)
         if a ~= SCHED then
             -- User code yielded at the top of a job: let others run, resume later.
             self.ready[#self.ready + 1] = cur

@@ -116,19 +116,40 @@ function wire.put_results(enc, n, ...)
     return false, errors.from_codec(e) or errors.new("value", tostring(e))
 end
 
+-- A decoder on the `len` bytes at `p` (C memory: a message or a result).
+-- Small ones are copied into a buffer kept for that and decoded from
+-- there: buf:set on C memory needs the pointer as a cdata object, which
+-- the buffer keeps, so compiled code allocates one per decode, garbage the
+-- collector then sweeps (isle.worker decodes every message this way, the
+-- host every result). A large one is decoded where it lies. Valid until
+-- the next call.
+local SMALL = 512
+local small = codec.new_buffer()
+local function decoder(p, len)
+    if len <= SMALL then
+        small:reset()
+        ffi.copy(small:reserve(len), p, len)
+        small:commit(len)
+        return small
+    end
+    local dec = runtime.dec
+    dec:set(p, len)
+    return dec
+end
+wire.decoder = decoder
+
 -- The outcome of an ended slot: true, n, values... or false, error object.
--- Decodes from the slot's own memory; nothing is copied first. Tokens in
--- it come with references of their own: the result keeps its own until the
--- slot is freed, so an outcome may be read any number of times.
+-- Decodes from the slot's own memory (a small result from a copy of it:
+-- decoder above); the result stays in the slot. Tokens in it come with
+-- references of their own: the result keeps its own until the slot is
+-- freed, so an outcome may be read any number of times.
 function wire.outcome(t)
     local state = C.isle_task_state(t)
     local m = isle_task_result_msg(t)
     local p, len = "", 0
     if m ~= nil then p, len = m.data, tonumber(m.len) end
     if state == ISLE_TASK_DONE then
-        local dec = runtime.dec
-        dec:set(p, len)
-        return true, codec.get_values(dec, m)
+        return true, codec.get_values(decoder(p, len), m)
     elseif state < ISLE_TASK_DONE then
         error("isle: task has not ended", 3)
     end

@@ -36,8 +36,9 @@ local EVAL, EXEC, POST, F_OPTIONS, F_WRAPPED, F_INSTRUMENT, F_SANDBOXED =
     proto.EVAL, proto.EXEC, proto.POST, proto.F_OPTIONS, proto.F_WRAPPED, proto.F_INSTRUMENT, proto.F_SANDBOXED
 local setfenv = setfenv
 local ISLE_TASK_DONE, ISLE_TASK_FAILED, ISLE_TASK_CLOSED = C.ISLE_TASK_DONE, C.ISLE_TASK_FAILED, C.ISLE_TASK_CLOSED
-local attached, isle_task_complete = wire.attached, C.isle_task_complete
+local attached, isle_task_complete, decoder = wire.attached, C.isle_task_complete, wire.decoder
 local reset = codec.reset
+local TASK_PTR = ffi.typeof("isle_task *")
 
 local worker = {}
 
@@ -259,6 +260,7 @@ local function complete(rec, ok, ...)
     if capped then core_mode() end
     rec.user = false
     local t = rec.task
+    if type(t) == "number" then t = ffi.cast(TASK_PTR, t) end -- a message's (run_message)
     rec.finished = true
     -- A stopped job ends stopped, even if its code caught the error and
     -- returned, or the request came while it was inside a C call.
@@ -392,13 +394,15 @@ end
 
 local function target_function(rec)
     local kind, target = rec.kind, rec.target
-    if rec.sandboxed and not env and kind ~= proto.CALL then
+    local flags = rec.flags
+    if band(flags, F_SANDBOXED) ~= 0 and not env and kind ~= proto.CALL then
         error(errors.new("runtime", "isle sandbox: " .. isle_label .. " has no sandbox: it does not run "
             .. "code (eval, exec) sent from a sandboxed isle or state"), 0)
     end
-    if kind == EVAL then return compile(target, "=eval", rec.wrapped, rec.here) end
+    local wrapped = band(flags, F_WRAPPED) ~= 0
+    if kind == EVAL then return compile(target, "=eval", wrapped, band(flags, F_INSTRUMENT) ~= 0) end
     if kind == EXEC then
-        if rec.wrapped then return exec_function(target) end
+        if wrapped then return exec_function(target) end
         return compile(target, "=exec", false, nil, true) -- bytecode: the hook and isle.checkpoint() only
     end
     return resolve_global(target)
@@ -439,23 +443,55 @@ end
 -- Messages ---------------------------------------------------------------------
 --
 -- Messages run in "runners": a runner is a job coroutine that takes messages
--- from the isle's queue in arrival order and runs each one straight from the
--- message memory, until the queue is empty. When a handler sleeps or awaits,
+-- from the isle's queue in arrival order and runs each one from the message
+-- memory (a small one from a copy: wire.decoder), until the queue is empty. When a handler sleeps or awaits,
 -- its runner stays with it and another runner takes the queue over, so
 -- nothing waits behind a suspended job. While the isle has nothing else to
 -- look after, a runner also waits for the next batch itself: a steady stream
 -- of requests then runs in one loop that LuaJIT compiles, with no coroutine
 -- switch and no scheduler turn per message.
 
-local q_head, q_tail = nil, nil  -- isle_msg* queue, owned by the runners
+-- The isle_msg* queue, owned by the runners: [0] its head, [1] its tail.
+-- In C memory rather than two upvalues: a pointer stored in an upvalue is
+-- a cdata object, allocated for every message taken (garbage the
+-- collector then sweeps); one read from here and used on the spot is not.
+local queue = ffi.new("isle_msg *[2]")
 local self_ptr, flagp            -- set by main
 
+-- Appends a batch of messages; the tail is left at its first message.
+local function link(msgs)
+    local tail = queue[1]
+    if tail ~= nil then tail.next = msgs else queue[0] = msgs end
+    queue[1] = msgs
+end
+
+-- Moves the tail on to the last message; returns how many it moved past.
+-- (The loop keeps no pointer in a variable from one turn to the next.)
+local function advance_tail()
+    local n = 0
+    while true do
+        local rest = queue[1].next
+        if rest == nil then return n end
+        queue[1] = rest
+        n = n + 1
+    end
+end
+
 local function enqueue(msgs)
-    if q_tail ~= nil then q_tail.next = msgs else q_head = msgs end
-    local m, n = msgs, 1
-    while m.next ~= nil do m = m.next; n = n + 1 end
-    q_tail = m
-    C.isle_sig_hold(runtime.sched.sig, n) -- held messages count as queued (h:stats)
+    link(msgs)
+    C.isle_sig_hold(runtime.sched.sig, 1 + advance_tail()) -- held messages count as queued (h:stats)
+end
+
+-- A runner's wait for the next batch (Sched:wait_more), queued; returns
+-- whether the runner may go on. A batch of several is counted by the
+-- caller, from a frame that holds no pointer: a stream of posts makes
+-- advance_tail's loop a trace of its own, and a pointer in any frame
+-- below it crossed from trace to trace as a cdata object, allocated for
+-- every batch (every call, for a caller waiting for each result).
+local function wait_batch(s)
+    local msgs, go_on = s:wait_more()
+    if msgs ~= nil then link(msgs) end
+    return go_on
 end
 
 local function start(rec, m, _n, ...)
@@ -605,6 +641,13 @@ local function call_label(name)
     return l
 end
 
+-- A job's record (its task, target, the marks interrupt.lua reads) costs
+-- a table with a hash part, garbage once the job ends, and the collections
+-- that garbage brings were most of a call's cost in the isle. A record
+-- whose job never yielded is known to nobody once the job has ended, so it
+-- is kept here for the next call.
+local spare_rec = nil
+
 local function run_message(s, runner, m)
     local t = m.task
     if t ~= nil then m.task = nil end -- the job takes over the message's reference
@@ -619,8 +662,8 @@ local function run_message(s, runner, m)
         end
         return C.isle_msg_free(m)
     end
-    local dec = runtime.dec
-    dec:set(m.data, m.len)
+    -- (Decoded whole before any user code runs: the decoder is shared.)
+    local dec = decoder(m.data, tonumber(m.len))
     local target = dec:decode()
     local flags = m.flags
     if t ~= nil then
@@ -642,9 +685,18 @@ local function run_message(s, runner, m)
         end
         return run_post(runner, m, target, codec.get_values(dec, m))
     end
-    local rec = { task = t, kind = m.kind, target = target, co = runner.co, user = false,
-                  wrapped = band(flags, F_WRAPPED) ~= 0, here = band(flags, F_INSTRUMENT) ~= 0,
-                  sandboxed = band(flags, F_SANDBOXED) ~= 0 }
+    -- The task slot goes into the record as its address, a number: a
+    -- pointer kept in a table is a cdata object, allocated for every call
+    -- (complete and interrupt.job_stop_reason cast it back).
+    local task = t ~= nil and tonumber(ffi.cast("uintptr_t", t)) or nil
+    local rec = spare_rec
+    if rec ~= nil then
+        spare_rec = nil
+        rec.task, rec.kind, rec.target, rec.co, rec.flags = task, m.kind, target, runner.co, flags
+    else
+        rec = { task = task, kind = m.kind, target = target, co = runner.co, user = false, flags = flags,
+                finished = false, stop = false }
+    end
     if band(flags, F_OPTIONS) ~= 0 then -- { target, options } from h:with{...}
         local o = codec.restore(target[2], m)
         rec.target = target[1]
@@ -658,27 +710,42 @@ local function run_message(s, runner, m)
         start(rec, m, codec.get_values(dec, m))
     end
     s:enter(runner)
+    if rec.finished and not rec.yielded then
+        -- Never handed to the loop (the job did not yield: sched.lua marks
+        -- a record it parks), so nothing else holds it: the next job's.
+        -- (Keys it lacks are not stored to, not even nil: a new key can make
+        -- LuaJIT rehash the table, for every call.)
+        rec.task, rec.target = nil, nil
+        if rec.token ~= nil then rec.token, rec.token_ref = nil, nil end
+        if rec.on_interrupt ~= nil then rec.on_interrupt = nil end
+        rec.user, rec.finished, rec.stop = false, false, false
+        spare_rec = rec
+    end
 end
 
 local function run_queue(runner)
     local s = runtime.sched
     while true do
-        local m = q_head
-        if m == nil then
-            local msgs, go_on = s:wait_more()
-            if msgs ~= nil then enqueue(msgs) end
+        if queue[0] == nil then
+            local go_on = wait_batch(s)
+            if queue[1] ~= nil then -- (read where used, never kept in a variable)
+                local n = 1
+                if queue[1].next ~= nil then n = n + advance_tail() end
+                C.isle_sig_hold(s.sig, n) -- held messages count as queued (h:stats)
+            end
             if not go_on then break end
-            m = q_head
         end
-        q_head = m.next
-        if q_head == nil then q_tail = nil end
+        local m = queue[0]
+        local rest = m.next
+        queue[0] = rest
+        if rest == nil then queue[1] = nil end
         m.next = nil
         run_message(s, runner, m)
     end
 end
 
 local function flush(s)
-    while q_head ~= nil do s:spawn(run_queue, {}) end
+    while queue[0] ~= nil do s:spawn(run_queue, {}) end
 end
 
 -- Pools (isle.pool): an isle of a pool runs one feeder, a job that takes
@@ -711,7 +778,7 @@ local function feed(frec)
     s:close()
 end
 
-local function queued() return q_head ~= nil end
+local function queued() return queue[0] ~= nil end
 
 -- Takes ownership of a batch of messages from the mailbox; the loop starts
 -- them (flush) at the end of its turn.
@@ -848,9 +915,9 @@ function worker.main(addr)
         C.isle_stop(self_ptr, 0)
         for r in next, watching do unwatch(r) end
         s:abandon()
-        while q_head ~= nil do
-            local m = q_head
-            q_head = m.next
+        while queue[0] ~= nil do
+            local m = queue[0]
+            queue[0] = m.next
             local t = m.task
             if t ~= nil then
                 m.task = nil
@@ -859,6 +926,7 @@ function worker.main(addr)
             end
             C.isle_msg_free(m)
         end
+        queue[1] = nil
         error(err, 0)
     end
 end
