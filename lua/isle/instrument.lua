@@ -215,6 +215,18 @@ local function gapclean(src, a, b, ncs, cs, ce)
   end
 end
 
+-- Index of the last character of the comment starting at s (`--`), or nil
+-- when it is a long comment with no end.
+local function comment_end(src, s)
+  local _, b, eq = find(src, "^%[(=*)%[", s + 2)
+  if b then
+    local _, e = find(src, "]" .. eq .. "]", b + 1, true)
+    return e
+  end
+  local e = find(src, "[\n\r]", s + 2)
+  return e and e - 1 or #src
+end
+
 -- Words that end a block: a `return`'s expression stops at them.
 local ENDWORD = { ["end"] = true, ["else"] = true, ["elseif"] = true, ["until"] = true }
 
@@ -255,14 +267,8 @@ local function maytail(src, p)
         if depth == 0 then return false end
         p = s + 1
       else
-        local e
-        local _, b, eq = find(src, "^%[(=*)%[", s + 2)
-        if b then
-          _, e = find(src, "]" .. eq .. "]", b + 1, true)
-          if not e then return true end
-        else
-          e = find(src, "[\n\r]", s + 2) or #src
-        end
+        local e = comment_end(src, s)
+        if not e then return true end
         p = e + 1
       end
     elseif cl == 5 then                           -- '[' or a long string
@@ -329,14 +335,8 @@ local function guard(src, p)
     local c = byte(src, s)
     local cl = CLASS[c]
     if c == 45 and byte(src, s + 1) == 45 then   -- a comment
-      local e
-      local _, b, eq = find(src, "^%[(=*)%[", s + 2)
-      if b then
-        _, e = find(src, "]" .. eq .. "]", b + 1, true)
-        if not e then return nil end
-      else
-        e = find(src, "[\n\r]", s + 2) or #src
-      end
+      local e = comment_end(src, s)
+      if not e then return nil end
       p = e + 1
     elseif cl == 1 then                           -- name or keyword
       local _, e = find(src, "^[%w_\128-\255]*", s + 1)
@@ -527,16 +527,8 @@ function M.source(src)
       pos = e + 1
     elseif cl == 4 then                           -- '-' or comment
       if byte(src, s + 1) == 45 then
-        local e
-        local _, b, eq = find(src, "^%[(=*)%[", s + 2)
-        if b then
-          local _
-          _, e = find(src, "]" .. eq .. "]", b + 1, true)
-          if not e then return fail(src, "unfinished long comment", s) end
-        else
-          e = find(src, "[\n\r]", s + 2)
-          e = e and e - 1 or n
-        end
+        local e = comment_end(src, s)
+        if not e then return fail(src, "unfinished long comment", s) end
         ncs = ncs + 1; cs[ncs] = s; ce[ncs] = e
         pos = e + 1
       else
