@@ -85,4 +85,32 @@ function helpers.eventually(cond, timeout)
     return v
 end
 
+-- The error `f(...)` raises; the test fails if it raises none.
+function helpers.err_of(f, ...)
+    local ok, e = pcall(f, ...)
+    require("luaunit").assertFalse(ok, "expected an error")
+    return e
+end
+
+-- Two full collections: finalizers of what is unreachable have run.
+function helpers.settle()
+    collectgarbage(); collectgarbage()
+end
+
+-- Collects until count() stops moving (up to 50 rounds, 10 ms apart: isles
+-- let go of what they hold on their own threads); returns the last count.
+function helpers.settled(count)
+    local isle = require("isle")
+    local n = -1
+    for _ = 1, 50 do
+        collectgarbage()
+        collectgarbage()
+        local m = count()
+        if m == n then return m end
+        n = m
+        isle.sleep(0.01)
+    end
+    return n
+end
+
 return helpers

@@ -11,15 +11,16 @@ local ffi = require("ffi")
 local helpers = require("test.helpers")
 local C = require("isle.cdef").C
 
+-- Not helpers.err_of: a misuse error is raised at the caller (level 2), and
+-- test_bad_arguments_raise_before_anything_is_allocated checks that the
+-- caller it names is this file.
 local function err_of(f, ...)
     local ok, e = pcall(f, ...)
     lu.assertFalse(ok, "expected an error")
     return e
 end
 
-local function settle()
-    collectgarbage(); collectgarbage()
-end
+local settle = helpers.settle
 
 local function live() return C.isle_buf_live_count() end
 

@@ -3,11 +3,7 @@ local lu = require("luaunit")
 local isle = require("isle")
 local helpers = require("test.helpers")
 
-local function err_of(f, ...)
-    local ok, e = pcall(f, ...)
-    lu.assertFalse(ok, "expected an error")
-    return e
-end
+local err_of = helpers.err_of
 
 local shared_ints = helpers.shared_ints
 

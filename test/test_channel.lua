@@ -7,15 +7,10 @@ local lu = require("luaunit")
 local isle = require("isle")
 local C = require("isle.cdef").C
 
-local function err_of(f, ...)
-    local ok, e = pcall(f, ...)
-    lu.assertFalse(ok, "expected an error")
-    return e
-end
+local helpers = require("test.helpers")
+local err_of = helpers.err_of
 
-local function settle()
-    collectgarbage(); collectgarbage()
-end
+local settle = helpers.settle
 
 TestChannel = {}
 

@@ -272,18 +272,7 @@ TestCarriedTokens = {}
 local function live_slots() return C.isle_task_live_count() end
 
 -- Collects until the count stops moving; returns it.
-local function settled_slots()
-    local n = -1
-    for _ = 1, 50 do
-        collectgarbage()
-        collectgarbage()
-        local m = live_slots()
-        if m == n then return m end
-        n = m
-        isle.sleep(0.01)
-    end
-    return n
-end
+local function settled_slots() return helpers.settled(live_slots) end
 
 -- Runs scenario(), then requires the count of live slots to come back to
 -- where it was (isles close on their threads: given a few seconds).

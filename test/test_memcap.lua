@@ -506,18 +506,7 @@ end
 -- left holding a slot once the isles are gone.
 function TestMemcap:test_tokens_travel_through_a_capped_isle_and_leave_nothing()
     local C = require("isle.cdef").C
-    local function settled()
-        local n = -1
-        for _ = 1, 50 do
-            collectgarbage()
-            collectgarbage()
-            local m = C.isle_task_live_count()
-            if m == n then return m end
-            n = m
-            isle.sleep(0.01)
-        end
-        return n
-    end
+    local function settled() return helpers.settled(C.isle_task_live_count) end
     local before = settled()
     do
         local b = isle.spawn{ init = "function back(tok) return tok, { tok } end" }

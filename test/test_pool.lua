@@ -10,19 +10,13 @@ local isle = require("isle")
 local helpers = require("test.helpers")
 local C = require("isle.cdef").C
 
-local function err_of(f, ...)
-    local ok, e = pcall(f, ...)
-    lu.assertFalse(ok, "expected an error")
-    return e
-end
+local err_of = helpers.err_of
 
 local function msg_of(f, ...)
     return tostring(err_of(f, ...))
 end
 
-local function settle()
-    collectgarbage(); collectgarbage()
-end
+local settle = helpers.settle
 
 -- A job that blocks its isle until the gate gets a value: a pool isle kept
 -- busy on purpose, with no timing involved.

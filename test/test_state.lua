@@ -10,11 +10,7 @@ local helpers = require("test.helpers")
 ffi.cdef("long syscall(long number, ...);")
 local function tid() return tonumber(ffi.C.syscall(186)) end -- SYS_gettid on x86-64
 
-local function err_of(f, ...)
-    local ok, e = pcall(f, ...)
-    lu.assertFalse(ok, "expected an error")
-    return e
-end
+local err_of = helpers.err_of
 
 local function code_of(f, ...)
     local e = err_of(f, ...)
