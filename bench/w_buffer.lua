@@ -12,7 +12,7 @@
 --
 -- Finds lua/, ffi/ and build/ relative to itself.
 local ROOT = (debug.getinfo(1, "S").source:match("^@(.*)/bench/[^/]*$")) or "."
-package.path = ROOT .. "/lua/?.lua;" .. ROOT .. "/ffi/?.lua;" .. package.path
+package.path = ROOT .. "/bench/?.lua;" .. ROOT .. "/lua/?.lua;" .. ROOT .. "/ffi/?.lua;" .. package.path
 package.cpath = ROOT .. "/build/?.so;" .. package.cpath
 
 local ffi = require("ffi")
@@ -23,14 +23,7 @@ local REPS = quick and 3 or 7
 local CALLS = quick and 3 or 10
 local SIZE = 64 * 1024 * 1024
 
-local function median(xs)
-    local t = {}
-    for i = 1, #xs do t[i] = xs[i] end
-    table.sort(t)
-    local m = #t
-    if m % 2 == 1 then return t[(m + 1) / 2] end
-    return (t[m / 2] + t[m / 2 + 1]) / 2
-end
+local median = require("lib").median
 
 local h = isle.spawn{ init = function()
     function peek_buf(b) return b:ptr()[12345] end

@@ -9,7 +9,7 @@
 -- Finds lua/, ffi/ and build/ relative to itself; builds the floor with
 -- `make build/bench_chan_floor` if it is missing.
 local ROOT = (debug.getinfo(1, "S").source:match("^@(.*)/bench/[^/]*$")) or "."
-package.path = ROOT .. "/lua/?.lua;" .. ROOT .. "/ffi/?.lua;" .. package.path
+package.path = ROOT .. "/bench/?.lua;" .. ROOT .. "/lua/?.lua;" .. ROOT .. "/ffi/?.lua;" .. package.path
 package.cpath = ROOT .. "/build/?.so;" .. package.cpath
 
 local isle = require("isle")
@@ -19,14 +19,7 @@ local REPS = quick and 3 or 7
 local N = quick and 500000 or 2000000
 local CAP = 1024
 
-local function median(xs)
-    local t = {}
-    for i = 1, #xs do t[i] = xs[i] end
-    table.sort(t)
-    local m = #t
-    if m % 2 == 1 then return t[(m + 1) / 2] end
-    return (t[m / 2] + t[m / 2 + 1]) / 2
-end
+local median = require("lib").median
 
 local CONSUME = function(c, n)
     local s = 0
