@@ -32,16 +32,22 @@ local guards = setmetatable({}, { __mode = "k" })    -- coroutine -> proxy freei
 local hook_on = false
 M.HOOK_COUNT = 1000         -- instructions between hook calls (see docs/jit-safety.md)
 
+-- A job record's task slot: an isle_task*, or for a message's job its
+-- address as a number (worker.lua, run_message), cast back here; or nil.
+local TASK_PTR = ffi.typeof("isle_task *")
+function M.task_of(rec)
+    local t = rec.task
+    if type(t) == "number" then return ffi.cast(TASK_PTR, t) end
+    return t
+end
+local task_of = M.task_of
+
 -- Why the running job must stop: "cancelled", "timeout", "closed" or nil.
 -- Sticky: once decided it stays in the job's record until the job ends.
--- (A record's task is an isle_task*, or for a message's job its address as
--- a number: worker.lua, run_message.)
-local TASK_PTR = ffi.typeof("isle_task *")
 function M.job_stop_reason(rec)
     local why = rec.stop
     if why then return why end
-    local t = rec.task
-    if type(t) == "number" then t = ffi.cast(TASK_PTR, t) end
+    local t = task_of(rec)
     if t ~= nil then
         local r = C.isle_task_cancelled(t)
         if r == CANCEL_USER then why = "cancelled" elseif r == CANCEL_TIMEOUT then why = "timeout" end

@@ -37,8 +37,8 @@ local EVAL, EXEC, POST, F_OPTIONS, F_WRAPPED, F_INSTRUMENT, F_SANDBOXED =
 local setfenv = setfenv
 local ISLE_TASK_DONE, ISLE_TASK_FAILED, ISLE_TASK_CLOSED = C.ISLE_TASK_DONE, C.ISLE_TASK_FAILED, C.ISLE_TASK_CLOSED
 local attached, isle_task_complete, decoder = wire.attached, C.isle_task_complete, wire.decoder
+local task_of = interrupt.task_of
 local reset = codec.reset
-local TASK_PTR = ffi.typeof("isle_task *")
 
 local worker = {}
 
@@ -259,8 +259,7 @@ end
 local function complete(rec, ok, ...)
     if capped then core_mode() end
     rec.user = false
-    local t = rec.task
-    if type(t) == "number" then t = ffi.cast(TASK_PTR, t) end -- a message's (run_message)
+    local t = task_of(rec)
     rec.finished = true
     -- A stopped job ends stopped, even if its code caught the error and
     -- returned, or the request came while it was inside a C call.
@@ -477,9 +476,18 @@ local function advance_tail()
     end
 end
 
+-- Counts the batch just linked (from the tail, left at its first message,
+-- to its end) as held: held messages count as queued (h:stats). Keeps no
+-- pointer in a variable (see wait_batch).
+local function hold_batch(sig)
+    local n = 1
+    if queue[1].next ~= nil then n = n + advance_tail() end
+    C.isle_sig_hold(sig, n)
+end
+
 local function enqueue(msgs)
     link(msgs)
-    C.isle_sig_hold(runtime.sched.sig, 1 + advance_tail()) -- held messages count as queued (h:stats)
+    hold_batch(runtime.sched.sig)
 end
 
 -- A runner's wait for the next batch (Sched:wait_more), queued; returns
@@ -728,11 +736,7 @@ local function run_queue(runner)
     while true do
         if queue[0] == nil then
             local go_on = wait_batch(s)
-            if queue[1] ~= nil then -- (read where used, never kept in a variable)
-                local n = 1
-                if queue[1].next ~= nil then n = n + advance_tail() end
-                C.isle_sig_hold(s.sig, n) -- held messages count as queued (h:stats)
-            end
+            if queue[1] ~= nil then hold_batch(s.sig) end -- (read where used, never kept in a variable)
             if not go_on then break end
         end
         local m = queue[0]
