@@ -747,4 +747,46 @@ function TestHotPath:test_serving_calls_and_posts_compiles_without_nyi_aborts()
     h:close()
 end
 
+-- Memory an idle isle keeps (issue 12, bench/README.md "idle memory, fifth
+-- round"): after its init and one plain call, its Lua heap (collected) stays
+-- well under a bound far above today's figure (~175 KiB on LuaJIT 2.1), so
+-- that code or data kept by every isle for nothing shows up here.
+TestIdle = {}
+
+local IDLE_HEAP_BOUND_KIB = 215
+
+function TestIdle:test_an_idle_isle_keeps_a_small_heap()
+    local h = isle.spawn{ init = function() function inc(i) return i + 1 end end }
+    lu.assertEquals(h:call("inc", 1), 2)
+    local kib, loaded = h:eval([[
+        collectgarbage() collectgarbage()
+        local kib = collectgarbage("count")
+        local t = {}
+        for k in pairs(package.loaded) do if k:find("^isle") then t[#t + 1] = k end end
+        table.sort(t)
+        return kib, table.concat(t, " ")
+    ]])
+    h:close()
+    lu.assertTrue(kib < IDLE_HEAP_BOUND_KIB, ("an idle isle's Lua heap is %.1f KiB (bound %d); isle modules loaded: %s")
+        :format(kib, IDLE_HEAP_BOUND_KIB, loaded))
+    -- What an isle loads only when it needs it is not there yet.
+    for _, m in ipairs({ "isle", "isle.handle", "isle.sandbox", "isle.instrument", "isle.hub" }) do
+        lu.assertFalse((" " .. loaded .. " "):find(" " .. m .. " ", 1, true) ~= nil, m .. " was loaded by an idle isle")
+    end
+end
+
+-- Init runs once: neither its text nor its compiled chunk stays in the
+-- isle's chunk cache (a large init leaves nothing of its size behind), and
+-- an eval of the same text still compiles and runs.
+function TestIdle:test_init_text_is_not_kept_and_the_same_text_still_evaluates()
+    local code = "-- " .. string.rep("x", 400000) .. "\ncount = (count or 0) + 1 return count"
+    local h = isle.spawn{ init = code }
+    lu.assertEquals(h:eval("return count"), 1)
+    local kib = h:eval("collectgarbage() collectgarbage() return collectgarbage('count')")
+    lu.assertTrue(kib < 390, ("the isle keeps %.1f KiB after a 391 KiB init"):format(kib))
+    lu.assertEquals(h:eval(code), 2)
+    lu.assertEquals(h:eval(code), 3)
+    h:close()
+end
+
 os.exit(lu.LuaUnit.run())
