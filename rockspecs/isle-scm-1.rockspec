@@ -69,6 +69,7 @@ build = {
       ["isle.runtime"] = "lua/isle/runtime.lua",
       ["isle.sandbox"] = "lua/isle/sandbox.lua",
       ["isle.sched"] = "lua/isle/sched.lua",
+      ["isle.sched_wait"] = "lua/isle/sched_wait.lua",
       ["isle.state"] = "lua/isle/state.lua",
       ["isle.task"] = "lua/isle/task.lua",
       ["isle.token"] = "lua/isle/token.lua",

@@ -789,4 +789,108 @@ function TestIdle:test_init_text_is_not_kept_and_the_same_text_still_evaluates()
     h:close()
 end
 
+-- The parts an isle loads on first need (isle.sched_wait: sleeps, awaits,
+-- timers; ffi/isle/cdef.lua's REST) load where they are first needed: in a
+-- plain isle, a sandboxed one, a capped one, while an interrupt is pending,
+-- and again after a load that ran out of memory.
+local LAZY_PROBE = [[
+    local isle = require("isle")
+    local before = package.loaded["isle.sched_wait"] ~= nil
+    isle.sleep(0.001)
+    local t = isle.spawn{ init = "function one() return 1 end" }
+    local n = t:call("one")
+    t:close()
+    return before, package.loaded["isle.sched_wait"] ~= nil, n
+]]
+
+function TestIdle:test_lazy_parts_load_in_a_plain_and_a_capped_isle()
+    for _, opts in ipairs({ {}, { memory_limit = 16 * 1024 * 1024 } }) do
+        local h = isle.spawn(opts)
+        local ok, before, after, n = pcall(h.eval, h, (LAZY_PROBE:gsub("isle.spawn{", opts.memory_limit
+            and "isle.spawn{ memory_limit = 4 * 1024 * 1024, " or "isle.spawn{")))
+        h:close()
+        lu.assertTrue(ok, tostring(before))
+        lu.assertFalse(before)
+        lu.assertTrue(after)
+        lu.assertEquals(n, 1)
+    end
+end
+
+function TestIdle:test_lazy_parts_load_in_a_sandboxed_isle()
+    local h = isle.spawn{ sandbox = true, init = [[
+        local isle = require("isle")
+        function nap(s)
+            isle.sleep(s)
+            isle.timer.at(0.001, function() fired = true end)
+            isle.sleep(0.05)
+            return fired == true
+        end
+    ]] }
+    local ok, fired = pcall(h.call, h, "nap", 0.001)
+    h:close()
+    lu.assertTrue(ok, tostring(fired))
+    lu.assertTrue(fired)
+end
+
+function TestIdle:test_a_lazy_load_with_an_interrupt_pending_completes_then_the_interrupt_fires()
+    local h = isle.spawn()
+    local ok, e = pcall(h.eval, h, [[
+        local isle = require("isle")
+        isle.interrupt(isle.interrupt_id(), true) -- every checkpoint from here raises
+        isle.sleep(0.001) -- loads isle.sched_wait first: the load is not cut
+        return "not interrupted"
+    ]])
+    lu.assertFalse(ok)
+    lu.assertEquals(e.code, "interrupted", tostring(e))
+    lu.assertTrue(h:eval([[
+        require("isle").sleep(0.001)
+        return package.loaded["isle.sched_wait"] == true
+    ]]))
+    h:close()
+end
+
+function TestIdle:test_a_lazy_load_that_ran_out_of_memory_loads_at_the_next_need()
+    local h = isle.spawn{ memory_limit = 4 * 1024 * 1024 }
+    local ok, failed, e, later = pcall(h.eval, h, [[
+        local isle = require("isle")
+        local hold = {}
+        -- Fill the isle up to its limit, then ask for what is not loaded yet.
+        pcall(function() while true do hold[#hold + 1] = { 1, 2, 3, 4, 5, 6, 7, 8 } end end)
+        local ok, err = pcall(isle.sleep, 0.001)
+        hold = nil
+        collectgarbage()
+        isle.sleep(0.001)
+        return not ok, tostring(err), package.loaded["isle.sched_wait"] == true
+    ]])
+    h:close()
+    lu.assertTrue(ok, tostring(failed))
+    lu.assertTrue(failed, "the first sleep did not run out of memory: the test says nothing")
+    lu.assertStrContains(e, "memory")
+    lu.assertTrue(later)
+end
+
+-- The same for any of isle's preloaded modules whose chunk fails as it
+-- runs (after require marked it as loading): the next require loads it again
+-- instead of failing with "loop or previous error loading module".
+function TestIdle:test_a_module_load_that_failed_as_it_ran_loads_at_the_next_require()
+    local C = require("isle.cdef").C
+    local bc = string.dump(loadstring([[
+        if not rawget(_G, "second_load") then rawset(_G, "second_load", true) error("the first load fails") end
+        return "loaded"
+    ]]))
+    lu.assertEquals(C.isle_preload_set("isle.test_fails_once", bc, #bc), 0)
+    local h = isle.spawn()
+    local ok, first, e, second, v = pcall(h.eval, h, [[
+        local ok1, e = pcall(require, "isle.test_fails_once")
+        local ok2, v = pcall(require, "isle.test_fails_once")
+        return ok1, tostring(e), ok2, v
+    ]])
+    h:close()
+    lu.assertTrue(ok, tostring(first))
+    lu.assertFalse(first)
+    lu.assertStrContains(e, "the first load fails")
+    lu.assertTrue(second, tostring(v))
+    lu.assertEquals(v, "loaded")
+end
+
 os.exit(lu.LuaUnit.run())

@@ -369,7 +369,14 @@ function M.guard_modules(package)
             loaded[name] = v
         end
         loading = loading - 1
-        if not ok then error((...), 0) end
+        if not ok then
+            -- Not left marked as loading (require's sentinel, which is not
+            -- even a userdata to type() in every LuaJIT): a module whose load
+            -- ran out of memory (a part isle loads on first need, under a
+            -- memory_limit) loads again at the next require.
+            loaded[name] = nil
+            error((...), 0)
+        end
         return ...
     end
     loaders[2] = function(name)
