@@ -51,6 +51,7 @@ build = {
       ["isle.cdef"] = "ffi/isle/cdef.lua",
       ["isle.chunks"] = "lua/isle/chunks.lua",
       ["isle.codec"] = "lua/isle/codec.lua",
+      ["isle.codec_check"] = "lua/isle/codec_check.lua",
       ["isle.combine"] = "lua/isle/combine.lua",
       ["isle.errors"] = "lua/isle/errors.lua",
       ["isle.fnsource"] = "lua/isle/fnsource.lua",

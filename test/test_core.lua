@@ -770,7 +770,8 @@ function TestIdle:test_an_idle_isle_keeps_a_small_heap()
     lu.assertTrue(kib < IDLE_HEAP_BOUND_KIB, ("an idle isle's Lua heap is %.1f KiB (bound %d); isle modules loaded: %s")
         :format(kib, IDLE_HEAP_BOUND_KIB, loaded))
     -- What an isle loads only when it needs it is not there yet.
-    for _, m in ipairs({ "isle", "isle.handle", "isle.sandbox", "isle.instrument", "isle.hub" }) do
+    for _, m in ipairs({ "isle", "isle.handle", "isle.sandbox", "isle.instrument", "isle.hub", "isle.sched_wait",
+        "isle.codec_check" }) do
         lu.assertFalse((" " .. loaded .. " "):find(" " .. m .. " ", 1, true) ~= nil, m .. " was loaded by an idle isle")
     end
 end
@@ -790,29 +791,33 @@ function TestIdle:test_init_text_is_not_kept_and_the_same_text_still_evaluates()
 end
 
 -- The parts an isle loads on first need (isle.sched_wait: sleeps, awaits,
--- timers; ffi/isle/cdef.lua's REST) load where they are first needed: in a
+-- timers; isle.codec_check: functions and the slow check; ffi/isle/cdef.lua's REST) load where they are first needed: in a
 -- plain isle, a sandboxed one, a capped one, while an interrupt is pending,
 -- and again after a load that ran out of memory.
 local LAZY_PROBE = [[
+    local before = package.loaded["isle.sched_wait"] ~= nil or package.loaded["isle.codec_check"] ~= nil
     local isle = require("isle")
-    local before = package.loaded["isle.sched_wait"] ~= nil
     isle.sleep(0.001)
     local t = isle.spawn{ init = "function one() return 1 end" }
     local n = t:call("one")
+    local double = t:eval("return function(x) return x * 2 end") -- a function arrives
+    local bad = select(2, pcall(t.call, t, "one", { co = coroutine.create(print) }))
     t:close()
-    return before, package.loaded["isle.sched_wait"] ~= nil, n
+    return before, package.loaded["isle.sched_wait"] ~= nil and package.loaded["isle.codec_check"] ~= nil,
+        n + double(1), tostring(bad)
 ]]
 
 function TestIdle:test_lazy_parts_load_in_a_plain_and_a_capped_isle()
     for _, opts in ipairs({ {}, { memory_limit = 16 * 1024 * 1024 } }) do
         local h = isle.spawn(opts)
-        local ok, before, after, n = pcall(h.eval, h, (LAZY_PROBE:gsub("isle.spawn{", opts.memory_limit
+        local ok, before, after, n, bad = pcall(h.eval, h, (LAZY_PROBE:gsub("isle.spawn{", opts.memory_limit
             and "isle.spawn{ memory_limit = 4 * 1024 * 1024, " or "isle.spawn{")))
         h:close()
         lu.assertTrue(ok, tostring(before))
         lu.assertFalse(before)
         lu.assertTrue(after)
-        lu.assertEquals(n, 1)
+        lu.assertEquals(n, 3)
+        lu.assertStrContains(bad, "cannot send a coroutine at args[1].co")
     end
 end
 
@@ -823,13 +828,14 @@ function TestIdle:test_lazy_parts_load_in_a_sandboxed_isle()
             isle.sleep(s)
             isle.timer.at(0.001, function() fired = true end)
             isle.sleep(0.05)
-            return fired == true
+            return fired == true, function(x) return x * 2 end
         end
     ]] }
-    local ok, fired = pcall(h.call, h, "nap", 0.001)
+    local ok, fired, double = pcall(h.call, h, "nap", 0.001)
     h:close()
     lu.assertTrue(ok, tostring(fired))
     lu.assertTrue(fired)
+    lu.assertEquals(double(21), 42)
 end
 
 function TestIdle:test_a_lazy_load_with_an_interrupt_pending_completes_then_the_interrupt_fires()
