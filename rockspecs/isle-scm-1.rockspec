@@ -61,6 +61,7 @@ build = {
       ["isle.hub"] = "lua/isle/hub.lua",
       ["isle.instrument"] = "lua/isle/instrument.lua",
       ["isle.interrupt"] = "lua/isle/interrupt.lua",
+      ["isle.interrupt_api"] = "lua/isle/interrupt_api.lua",
       ["isle.libs"] = "lua/isle/libs.lua",
       ["isle.loaders"] = "lua/isle/loaders.lua",
       ["isle.luv"] = "lua/isle/luv.lua",

@@ -771,7 +771,7 @@ function TestIdle:test_an_idle_isle_keeps_a_small_heap()
         :format(kib, IDLE_HEAP_BOUND_KIB, loaded))
     -- What an isle loads only when it needs it is not there yet.
     for _, m in ipairs({ "isle", "isle.handle", "isle.sandbox", "isle.instrument", "isle.hub", "isle.sched_wait",
-        "isle.codec_check" }) do
+        "isle.codec_check", "isle.interrupt_api" }) do
         lu.assertFalse((" " .. loaded .. " "):find(" " .. m .. " ", 1, true) ~= nil, m .. " was loaded by an idle isle")
     end
 end
@@ -791,19 +791,24 @@ function TestIdle:test_init_text_is_not_kept_and_the_same_text_still_evaluates()
 end
 
 -- The parts an isle loads on first need (isle.sched_wait: sleeps, awaits,
--- timers; isle.codec_check: functions and the slow check; ffi/isle/cdef.lua's REST) load where they are first needed: in a
+-- timers; isle.codec_check: functions and the slow check; isle.interrupt_api:
+-- interrupt ids; ffi/isle/cdef.lua's REST) load where they are first needed: in a
 -- plain isle, a sandboxed one, a capped one, while an interrupt is pending,
 -- and again after a load that ran out of memory.
 local LAZY_PROBE = [[
     local before = package.loaded["isle.sched_wait"] ~= nil or package.loaded["isle.codec_check"] ~= nil
+        or package.loaded["isle.interrupt_api"] ~= nil
     local isle = require("isle")
     isle.sleep(0.001)
+    local co = coroutine.create(function() while true do coroutine.yield() end end)
+    assert(type(isle.interrupt_id(co)) == "number")
     local t = isle.spawn{ init = "function one() return 1 end" }
     local n = t:call("one")
     local double = t:eval("return function(x) return x * 2 end") -- a function arrives
     local bad = select(2, pcall(t.call, t, "one", { co = coroutine.create(print) }))
     t:close()
-    return before, package.loaded["isle.sched_wait"] ~= nil and package.loaded["isle.codec_check"] ~= nil,
+    return before, package.loaded["isle.sched_wait"] ~= nil and package.loaded["isle.codec_check"] ~= nil
+        and package.loaded["isle.interrupt_api"] ~= nil,
         n + double(1), tostring(bad)
 ]]
 
@@ -828,7 +833,11 @@ function TestIdle:test_lazy_parts_load_in_a_sandboxed_isle()
             isle.sleep(s)
             isle.timer.at(0.001, function() fired = true end)
             isle.sleep(0.05)
-            return fired == true, function(x) return x * 2 end
+            local co = coroutine.create(function() while true do coroutine.yield() end end)
+            coroutine.resume(co)
+            isle.interrupt(isle.interrupt_id(co))
+            local ok, e = coroutine.resume(co)
+            return fired == true and not ok and e.code == "interrupted", function(x) return x * 2 end
         end
     ]] }
     local ok, fired, double = pcall(h.call, h, "nap", 0.001)
