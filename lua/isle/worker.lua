@@ -880,6 +880,25 @@ local function serve(s)
     end
 end
 
+-- isle.loaders (load, loadstring, loadfile, dofile and require of Lua files
+-- compiled with checkpoints) in G now, made the first time one of them is
+-- called: an isle that loads no code of its own does not keep them (~5 KiB).
+-- The plain loaders are taken here, before user code can change the globals.
+local function install_loaders(G)
+    local plain_load, plain_loadstring, plain_loadfile = G.load, G.loadstring, G.loadfile
+    local made
+    local function get(i)
+        if not made then made = { require("isle.loaders").make(G, plain_load, plain_loadstring, plain_loadfile) } end
+        return made[i]
+    end
+    G.load = function(...) return get(1)(...) end
+    G.loadstring = function(...) return get(2)(...) end
+    G.loadfile = function(...) return get(3)(...) end
+    G.dofile = function(...) return get(4)(...) end
+    -- package.loaders: preload, isle's own bytecode, then Lua files (3).
+    package.loaders[3] = function(...) return get(5)(...) end
+end
+
 function worker.main(addr)
     worker.main = nil -- run once per state
     self_ptr = ffi.cast("isle*", addr)
@@ -929,7 +948,7 @@ function worker.main(addr)
     -- The sandbox takes the plain loaders as it loads: before isle.loaders
     -- replaces them, and before any user code has run.
     if spec.sandbox then sandbox = require("isle.sandbox") end
-    if spec.instrument_loads then require("isle.loaders").install(_G) end
+    if spec.instrument_loads then install_loaders(_G) end
     libs.apply(spec.libs, _G)
     if spec.sandbox then
         env = sandbox.install(spec.sandbox, spec.libs, spec.instrument_loads)
