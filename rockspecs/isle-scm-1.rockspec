@@ -54,6 +54,7 @@ build = {
       ["isle.codec_check"] = "lua/isle/codec_check.lua",
       ["isle.combine"] = "lua/isle/combine.lua",
       ["isle.errors"] = "lua/isle/errors.lua",
+      ["isle.errors_describe"] = "lua/isle/errors_describe.lua",
       ["isle.fnsource"] = "lua/isle/fnsource.lua",
       ["isle.buffer"] = "lua/isle/buffer.lua",
       ["isle.channel"] = "lua/isle/channel.lua",

@@ -771,7 +771,7 @@ function TestIdle:test_an_idle_isle_keeps_a_small_heap()
         :format(kib, IDLE_HEAP_BOUND_KIB, loaded))
     -- What an isle loads only when it needs it is not there yet.
     for _, m in ipairs({ "isle", "isle.handle", "isle.sandbox", "isle.instrument", "isle.hub", "isle.sched_wait",
-        "isle.codec_check", "isle.interrupt_api", "isle.loaders" }) do
+        "isle.codec_check", "isle.interrupt_api", "isle.loaders", "isle.errors_describe" }) do
         lu.assertFalse((" " .. loaded .. " "):find(" " .. m .. " ", 1, true) ~= nil, m .. " was loaded by an idle isle")
     end
 end
@@ -792,12 +792,16 @@ end
 
 -- The parts an isle loads on first need (isle.sched_wait: sleeps, awaits,
 -- timers; isle.codec_check: functions and the slow check; isle.interrupt_api:
--- interrupt ids; isle.loaders: load and friends; ffi/isle/cdef.lua's REST) load where they are first needed: in a
+-- interrupt ids; isle.loaders: load and friends; isle.errors_describe: error
+-- values and tracebacks; ffi/isle/cdef.lua's REST) load where they are first needed: in a
 -- plain isle, a sandboxed one, a capped one, while an interrupt is pending,
 -- and again after a load that ran out of memory.
 local LAZY_PROBE = [[
     local before = package.loaded["isle.sched_wait"] ~= nil or package.loaded["isle.codec_check"] ~= nil
         or package.loaded["isle.interrupt_api"] ~= nil or package.loaded["isle.loaders"] ~= nil
+        or package.loaded["isle.errors_describe"] ~= nil
+    local okf, failed = pcall(error, setmetatable({}, { __tostring = function() return "described" end }))
+    assert(not okf and require("isle.errors").describe(failed) == "described")
     assert(loadstring("return 40 + 2")() == 42)
     local isle = require("isle")
     isle.sleep(0.001)
@@ -809,7 +813,8 @@ local LAZY_PROBE = [[
     local bad = select(2, pcall(t.call, t, "one", { co = coroutine.create(print) }))
     t:close()
     return before, package.loaded["isle.sched_wait"] ~= nil and package.loaded["isle.codec_check"] ~= nil
-        and package.loaded["isle.interrupt_api"] ~= nil and package.loaded["isle.loaders"] ~= nil,
+        and package.loaded["isle.interrupt_api"] ~= nil and package.loaded["isle.loaders"] ~= nil
+        and package.loaded["isle.errors_describe"] ~= nil,
         n + double(1), tostring(bad)
 ]]
 
