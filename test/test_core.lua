@@ -756,7 +756,7 @@ TestIdle = {}
 local IDLE_HEAP_BOUND_KIB = 215
 
 function TestIdle:test_an_idle_isle_keeps_a_small_heap()
-    local h = isle.spawn{ init = function() function inc(i) return i + 1 end end }
+    local h = isle.spawn{ init = "function inc(i) return i + 1 end" }
     lu.assertEquals(h:call("inc", 1), 2)
     local kib, loaded = h:eval([[
         collectgarbage() collectgarbage()

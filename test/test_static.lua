@@ -109,7 +109,8 @@ end
 -- would fail only there).
 function TestCdef:test_an_isle_boots_with_every_c_name_its_modules_use()
     local names, seen = {}, {}
-    for _, m in ipairs({ "worker", "sched", "sched_wait", "codec_check", "interrupt", "interrupt_api", "errors_describe", "runtime", "wire", "codec", "errors", "libs", "proto",
+    for _, m in ipairs({ "worker", "sched", "sched_wait", "codec_check", "interrupt", "interrupt_api",
+        "errors_describe", "runtime", "wire", "codec", "errors", "libs", "proto",
         "loaders", "sandbox", "task", "token", "chunks", "instrument", "fnsource" }) do
         local f = assert(io.open(ROOT .. "/lua/isle/" .. m .. ".lua"))
         for name in f:read("*a"):gmatch("C%.([%a_][%w_]*)") do

@@ -15,11 +15,9 @@
 -- that object (the `from` argument of restore and get_values).
 local ffi = require("ffi")
 local buffer = require("string.buffer")
-local string = require("string")
-local debug = require("debug")
 
-local type, next, select, tostring, tonumber, setmetatable, getmetatable, require =
-    type, next, select, tostring, tonumber, setmetatable, getmetatable, require
+local type, next, select, tostring, tonumber, getmetatable, require =
+    type, next, select, tostring, tonumber, getmetatable, require
 local istype = ffi.istype
 
 local codec = {}

@@ -5,7 +5,6 @@
 -- job is, is the worker's business (lua/isle/worker.lua: runners).
 local ffi = require("ffi")
 local coroutine = require("coroutine")
-local table = require("table")
 local C = require("isle.cdef").C
 
 local require = require -- the state's own, whatever user code does to the global
