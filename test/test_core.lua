@@ -914,4 +914,26 @@ function TestIdle:test_a_module_load_that_failed_as_it_ran_loads_at_the_next_req
     lu.assertEquals(v, "loaded")
 end
 
+-- A part loaded on first need is loaded with the state's own require, not
+-- with whatever user code has put in the global since (isle.instrument, which
+-- load and loadstring need, was loaded on demand before these parts were:
+-- not covered here).
+function TestIdle:test_lazy_parts_load_after_user_code_replaced_require()
+    local h = isle.spawn()
+    local ok, v = pcall(h.eval, h, [[
+        local isle = require("isle")
+        require = function(name) error("not this require: " .. tostring(name)) end
+        isle.sleep(0.001)                                      -- isle.sched_wait
+        local id = isle.interrupt_id(coroutine.create(print)) -- isle.interrupt_api
+        local t = isle.spawn()
+        local f = t:eval("return function() return 5 end")    -- isle.codec_check
+        local failed, e = pcall(t.eval, t, "error(setmetatable({}, { __tostring = function() return 'x' end }))")
+        t:close()
+        return f() + (type(id) == "number" and 1 or 0) + (not failed and e.message == "x" and 1 or 0)
+    ]])
+    h:close()
+    lu.assertTrue(ok, tostring(v))
+    lu.assertEquals(v, 7)
+end
+
 os.exit(lu.LuaUnit.run())

@@ -2,13 +2,18 @@
 -- that cannot be sent, shipping functions (bytecode, or instrumented source
 -- through isle.chunks) and loading the ones that arrive. Loaded the first
 -- time isle.codec needs it (its lazy stubs); plain values never do.
+-- The state's own require, which an isle's guarded loader hands to isle's
+-- modules (interrupt.guard_modules): this module loads on first need, when
+-- user code may have replaced the global.
+local _, own_require = ...
+local require = own_require or require
 local ffi = require("ffi")
 local string = require("string")
 local debug = require("debug")
 local codec = require("isle.codec")
 
-local type, next, tostring, setmetatable, load, loadstring, require, error =
-    type, next, tostring, setmetatable, load, loadstring, require, error
+local type, next, tostring, setmetatable, load, loadstring, error =
+    type, next, tostring, setmetatable, load, loadstring, error
 local string_dump, string_format, string_match = string.dump, string.format, string.match
 local getinfo, getupvalue, setupvalue = debug.getinfo, debug.getupvalue, debug.setupvalue
 local dgetmetatable, setfenv = debug.getmetatable, setfenv

@@ -1,5 +1,10 @@
 -- The rarer half of isle.errors: describing error values and tracebacks,
 -- loaded by isle.errors' stubs the first time one of these is called.
+-- The state's own require, which an isle's guarded loader hands to isle's
+-- modules (interrupt.guard_modules): this module loads on first need, when
+-- user code may have replaced the global.
+local _, own_require = ...
+local require = own_require or require
 local errors = require("isle.errors")
 local type, tostring, rawget, pcall = type, tostring, rawget, pcall
 -- The real metatable, not a __metatable field (see isle.errors).

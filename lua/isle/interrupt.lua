@@ -339,7 +339,14 @@ function M.guard_modules(package)
         if type(loader) ~= "function" then return loader end
         -- Counted from here: require calls the loader right after.
         loading = loading + 1
-        return function(...) return finish(name, pcall(loader, ...)) end
+        -- The state's own require goes along as the second argument when
+        -- require calls (it passes only the name): a module loaded on first
+        -- need may load after user code replaced the global. (isle.cdef
+        -- calls its own chunk with a second argument of its own.)
+        return function(n, second, ...)
+            if second == nil then second = require end
+            return finish(name, pcall(loader, n, second, ...))
+        end
     end
 end
 

@@ -2,6 +2,11 @@
 -- interrupts: isle.interrupt_id, isle.interrupt, isle.on_interrupt, and a
 -- host state's own signal block. Loaded by isle.interrupt's stubs the first
 -- time one of these is called; they share its tables (M.parts).
+-- The state's own require, which an isle's guarded loader hands to isle's
+-- modules (interrupt.guard_modules): this module loads on first need, when
+-- user code may have replaced the global.
+local _, own_require = ...
+local require = own_require or require
 local ffi = require("ffi")
 local coroutine = require("coroutine")
 local runtime = require("isle.runtime")

@@ -5,6 +5,11 @@
 -- they are (they cannot be instrumented), and source the instrumenter cannot
 -- handle falls back to the plain loader. Opt out per isle with the spawn
 -- option `instrument_loads = false` (docs/jit-safety.md).
+-- The state's own require, which an isle's guarded loader hands to isle's
+-- modules (interrupt.guard_modules): this module loads on first need, when
+-- user code may have replaced the global.
+local _, own_require = ...
+local require = own_require or require
 local string = require("string")
 local io = require("io")
 local table = require("table")

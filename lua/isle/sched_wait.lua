@@ -3,13 +3,18 @@
 -- first time one of its methods is called (isle.sched's LAZY list), so an
 -- isle that only serves calls does not keep it; isle.sched's comments on why
 -- jobs never touch the loop's bookkeeping themselves hold here too.
+-- The state's own require, which an isle's guarded loader hands to isle's
+-- modules (interrupt.guard_modules): this module loads on first need, when
+-- user code may have replaced the global.
+local _, own_require = ...
+local require = own_require or require
 local coroutine = require("coroutine")
 local table = require("table")
 local C = require("isle.cdef").C
 local sched = require("isle.sched")
 
 local co_yield = coroutine.yield
-local next, require = next, require
+local next = next
 local Sched, SCHED, SLEEP, AWAIT = sched.Sched, sched.SCHED, sched.SLEEP, sched.AWAIT
 local task_key, resume_parked = sched.task_key, sched.resume_parked
 

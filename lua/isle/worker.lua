@@ -886,6 +886,7 @@ end
 -- The plain loaders are taken here, before user code can change the globals.
 local function install_loaders(G)
     local plain_load, plain_loadstring, plain_loadfile = G.load, G.loadstring, G.loadfile
+    local require = require -- the state's own, whatever user code does to the global
     local made
     local function get(i)
         if not made then made = { require("isle.loaders").make(G, plain_load, plain_loadstring, plain_loadfile) } end
