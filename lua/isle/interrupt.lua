@@ -311,7 +311,7 @@ end
 function M.guard_modules(package)
     local loaders, loaded = package.loaders, package.loaded
     local blob = loaders[2]
-    local function finish(name, ok, ...)
+    local function finish(name, by_require, ok, ...)
         if ok then
             -- Registered before requests may land again: an error raised
             -- between here and require's own bookkeeping must not leave
@@ -328,8 +328,9 @@ function M.guard_modules(package)
             -- Not left marked as loading (require's sentinel, which is not
             -- even a userdata to type() in every LuaJIT): a module whose load
             -- ran out of memory (a part isle loads on first need, under a
-            -- memory_limit) loads again at the next require.
-            loaded[name] = nil
+            -- memory_limit) loads again at the next require. (Only when
+            -- require called: isle.cdef runs its own chunk again for text.)
+            if by_require then loaded[name] = nil end
             error((...), 0)
         end
         return ...
@@ -344,8 +345,8 @@ function M.guard_modules(package)
         -- need may load after user code replaced the global. (isle.cdef
         -- calls its own chunk with a second argument of its own.)
         return function(n, second, ...)
-            if second == nil then second = require end
-            return finish(name, pcall(loader, n, second, ...))
+            if second == nil then return finish(name, true, pcall(loader, n, require)) end
+            return finish(name, false, pcall(loader, n, second, ...))
         end
     end
 end
