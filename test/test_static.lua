@@ -103,6 +103,38 @@ function TestCdef:test_an_isle_declares_the_rest_of_the_api_on_demand()
     lu.assertEquals(n, 42)
 end
 
+-- An isle declares at boot only CORE (ffi/isle/cdef.lua): every C name its
+-- own modules use must be in it, or they would fail in an isle that never
+-- loaded a module calling cdef.full() (a name used only on a rare path
+-- would fail only there).
+function TestCdef:test_an_isle_boots_with_every_c_name_its_modules_use()
+    local names, seen = {}, {}
+    for _, m in ipairs({ "worker", "sched", "sched_wait", "codec_check", "interrupt", "interrupt_api",
+        "errors_describe", "runtime", "wire", "codec", "errors", "libs", "proto",
+        "loaders", "sandbox", "task", "token", "chunks", "instrument", "fnsource" }) do
+        local f = assert(io.open(ROOT .. "/lua/isle/" .. m .. ".lua"))
+        for name in f:read("*a"):gmatch("C%.([%a_][%w_]*)") do
+            if not seen[name] then seen[name] = true; names[#names + 1] = name end
+        end
+        f:close()
+    end
+    lu.assertTrue(#names > 40)
+    local h = isle.spawn()
+    local ok, full, missing = pcall(h.eval, h, [[
+        local ffi = require("ffi")
+        local C = require("isle.cdef").C
+        local missing = {}
+        for _, name in ipairs({ ... }) do
+            if not pcall(function() return C[name] end) then missing[#missing + 1] = name end
+        end
+        return pcall(ffi.typeof, "isle_stats"), table.concat(missing, " ")
+    ]], unpack(names))
+    h:close()
+    lu.assertTrue(ok, tostring(full))
+    lu.assertFalse(full, "the isle declared the rest of the API: the check says nothing")
+    lu.assertEquals(missing, "", "used by isle's own modules but not declared at an isle's boot (CORE)")
+end
+
 TestGlobals = {}
 
 -- Globals a module may read: the base library only, so isle works in

@@ -14,17 +14,15 @@ local type, select, ipairs, error = type, select, ipairs, error
 local REST_ONLY = "isle.cdef: the rest of the API, as text"
 local running_in_core = debug.getregistry()["isle.library"] ~= nil
 
+-- What an isle's own modules use (worker, sched, interrupt, runtime, wire,
+-- codec, sandbox, task, token: test/test_static.lua checks that list against
+-- them), declared at once in every state. The enums and declarations here
+-- are those of csrc/isle.h, split between CORE and REST.
 local CORE = [[
-enum {
-    ISLE_OK = 0, ISLE_ETIMEOUT = 1, ISLE_EBUSY = 2, ISLE_ECLOSED = 3,
-    ISLE_ENOMEM = 4, ISLE_EINVAL = 5, ISLE_ENOENT = 6
-};
-enum {
-    ISLE_TASK_QUEUED = 0, ISLE_TASK_RUNNING = 1, ISLE_TASK_DONE = 2,
-    ISLE_TASK_FAILED = 3, ISLE_TASK_CANCELLED = 4, ISLE_TASK_CLOSED = 5
-};
-enum { ISLE_CANCEL_NONE = 0, ISLE_CANCEL_USER = 1, ISLE_CANCEL_TIMEOUT = 2 };
-enum { ISLE_WIRE_VALUES = 86, ISLE_WIRE_FUNCS = 70, ISLE_WIRE_ERROR = 69, ISLE_WIRE_CORE = 67 };
+enum { ISLE_OK = 0, ISLE_ECLOSED = 3 };
+enum { ISLE_TASK_DONE = 2, ISLE_TASK_FAILED = 3, ISLE_TASK_CANCELLED = 4, ISLE_TASK_CLOSED = 5 };
+enum { ISLE_CANCEL_USER = 1, ISLE_CANCEL_TIMEOUT = 2 };
+enum { ISLE_WIRE_ERROR = 69, ISLE_WIRE_CORE = 67 };
 enum { ISLE_INTR_CLEAR = 0, ISLE_INTR_ONCE = 1, ISLE_INTR_ALWAYS = 2 };
 
 typedef struct isle_msg isle_msg;
@@ -46,28 +44,19 @@ struct isle_msg {
     isle_task **refs;
     isle_mem *mem;
 };
-enum { ISLE_MSG_REFS_MAX = 65536 };
 struct isle_done {
     isle_done *next;
     isle_task *task;
     isle_mbox *mbox;
     isle_sig *sig;
 };
-struct isle_sig {
-    volatile int32_t flag;
-    int32_t scratch;
-};
 
 double isle_now(void);
-void isle_set_spin(double seconds);
-double isle_get_spin(void);
 
 isle_msg *isle_msg_new(int32_t kind, isle_task *task, const char *data, size_t len);
 isle_msg *isle_msg_new_refs(int32_t kind, isle_task *task, const char *data, size_t len,
                             isle_task *const *refs, size_t nrefs);
 void isle_msg_free(isle_msg *m);
-void isle_msg_free_list(isle_msg *head);
-int isle_msg_charge(isle_msg *m, isle_mem *a);
 
 isle_task *isle_task_new(void);
 void isle_task_retain(isle_task *t);
@@ -77,9 +66,7 @@ int isle_task_start(isle_task *t, isle_sig *sig, const char *label);
 int isle_task_complete(isle_task *t, int state, const char *data, size_t len);
 int isle_task_complete_refs(isle_task *t, int state, const char *data, size_t len,
                             isle_task *const *refs, size_t nrefs);
-void isle_task_charge_results(isle_task *t, isle_mem *a);
 int isle_task_wait(isle_task *t, double timeout);
-const char *isle_task_result(isle_task *t, size_t *len);
 const isle_msg *isle_task_result_msg(isle_task *t);
 int isle_task_subscribe(isle_task *t, isle_mbox *mb);
 int isle_task_watch(isle_task *t, isle_mbox *mb, isle_sig *sig);
@@ -87,21 +74,11 @@ int isle_task_unwatch(isle_task *t, isle_mbox *mb, isle_sig *sig);
 int isle_task_unsubscribe(isle_task *t, isle_mbox *mb);
 void isle_done_free_list(isle_done *head);
 int isle_task_cancel(isle_task *t);
-int isle_task_cancel_reason(isle_task *t, int reason);
 int isle_task_cancelled(const isle_task *t);
-int isle_task_expire_at(isle_task *t, double deadline);
-int isle_task_live_count(void);
 
-isle_mbox *isle_mbox_new(size_t capacity, int with_fd);
-void isle_mbox_release(isle_mbox *mb);
-int isle_mbox_push(isle_mbox *mb, isle_msg *m, double timeout);
 int isle_mbox_wait(isle_mbox *mb, double timeout, isle_msg **msgs, isle_done **done);
 void isle_mbox_close(isle_mbox *mb);
 int isle_mbox_is_closed(isle_mbox *mb);
-size_t isle_mbox_count(isle_mbox *mb);
-int isle_mbox_fd(isle_mbox *mb);
-void isle_mbox_wake(isle_mbox *mb);
-int isle_mbox_notify_socket(isle_mbox *mb, int fd);
 
 isle_sig *isle_sig_new(void);
 void isle_sig_release(isle_sig *s);
@@ -109,14 +86,9 @@ int64_t isle_intr_new(isle_sig *s);
 void isle_intr_free(int64_t id);
 int isle_intr_set(int64_t id, int mode);
 int isle_intr_take(int64_t id);
-void isle_sig_raise(isle_sig *s);
 int isle_sig_pending(isle_sig *s);
-int isle_sig_fail_running(isle_sig *s, const char *data, size_t len);
-void isle_sig_lower(isle_sig *s);
 void isle_sig_hold(isle_sig *s, int64_t delta);
 
-void isle_retain(isle *i);
-void isle_release(isle *i);
 int64_t isle_id(const isle *i);
 const char *isle_name(const isle *i);
 isle_mbox *isle_mbox_of(isle *i);
@@ -124,37 +96,78 @@ isle_sig *isle_sig_of(isle *i);
 const isle_msg *isle_boot(isle *i);
 isle_task *isle_init_task(isle *i);
 int64_t isle_state_intr(isle *i);
-int isle_instrument(const isle *i);
 void isle_stop(isle *i, int cancel);
-int isle_is_closed(const isle *i);
 int isle_close_mode(const isle *i);
-int isle_live_count(void);
 int isle_fork_generation(void);
-enum { ISLE_MEM_OFF = 0, ISLE_MEM_CORE = 1, ISLE_MEM_USER = 2 };
-typedef void *(*isle_mem_allocf)(void *ud, void *ptr, size_t osize, size_t nsize);
-isle_mem *isle_mem_new(size_t limit);
-void isle_mem_retain(isle_mem *a);
-void isle_mem_release(isle_mem *a);
+enum { ISLE_MEM_CORE = 1, ISLE_MEM_USER = 2 };
 isle_mem *isle_mem_of(isle *i);
-void *isle_mem_alloc(void *ud, void *ptr, size_t osize, size_t nsize);
-void isle_mem_wrap(isle_mem *a, isle_mem_allocf f, void *fud, size_t heap, isle_sig *sig);
-void isle_mem_unwrap(isle_mem *a);
 int isle_mem_enforce(isle_mem *a, int mode);
 size_t isle_mem_used(isle_mem *a);
 size_t isle_mem_limit(isle_mem *a);
 size_t isle_mem_minimum(size_t used);
 int isle_mem_gc_wanted(isle_mem *a);
 void isle_mem_collected(isle_mem *a);
-int isle_mem_charge(isle_mem *a, size_t n);
-void isle_mem_uncharge(isle_mem *a, size_t n);
 ]]
 
--- The rest of the API: spawning and looking up isles, their stats, shared
--- states, channels, notices, the preloaded modules. A host state declares it
--- at once; a state the core made (an isle, a shared state) only when a module
--- that needs it loads (cdef.full(): isle, isle.state, isle.channel, ...), so
--- an isle that uses none of it does not keep ~12 KiB of ctypes it never needs.
+-- The rest of the API: what only a host or a module an isle loads on demand
+-- uses (spawning and looking up isles, their stats, mailboxes and tasks made
+-- by the caller, memory accounts, shared states, channels, buffers, pools,
+-- notices, the preloaded modules). A host state declares it at once; a state
+-- the core made (an isle, a shared state) only when a module that needs it
+-- loads (cdef.full(): isle, isle.handle, isle.state, isle.channel, isle.hub,
+-- ...), so an idle isle does not keep ctypes it never needs (~20 KiB of heap
+-- for REST; with CORE under 256 ctypes LuaJIT's table of them stays at its
+-- second size: bench/README.md, Issue 12, fifth round).
 local REST = [[
+enum { ISLE_ETIMEOUT = 1, ISLE_EBUSY = 2, ISLE_ENOMEM = 4, ISLE_EINVAL = 5, ISLE_ENOENT = 6 };
+enum { ISLE_TASK_QUEUED = 0, ISLE_TASK_RUNNING = 1 };
+enum { ISLE_CANCEL_NONE = 0 };
+enum { ISLE_WIRE_VALUES = 86, ISLE_WIRE_FUNCS = 70 };
+enum { ISLE_MSG_REFS_MAX = 65536 };
+struct isle_sig {
+    volatile int32_t flag;
+    int32_t scratch;
+};
+
+void isle_set_spin(double seconds);
+double isle_get_spin(void);
+
+void isle_msg_free_list(isle_msg *head);
+int isle_msg_charge(isle_msg *m, isle_mem *a);
+
+void isle_task_charge_results(isle_task *t, isle_mem *a);
+const char *isle_task_result(isle_task *t, size_t *len);
+int isle_task_cancel_reason(isle_task *t, int reason);
+int isle_task_expire_at(isle_task *t, double deadline);
+int isle_task_live_count(void);
+
+isle_mbox *isle_mbox_new(size_t capacity, int with_fd);
+void isle_mbox_release(isle_mbox *mb);
+int isle_mbox_push(isle_mbox *mb, isle_msg *m, double timeout);
+size_t isle_mbox_count(isle_mbox *mb);
+int isle_mbox_fd(isle_mbox *mb);
+void isle_mbox_wake(isle_mbox *mb);
+int isle_mbox_notify_socket(isle_mbox *mb, int fd);
+
+void isle_sig_raise(isle_sig *s);
+int isle_sig_fail_running(isle_sig *s, const char *data, size_t len);
+void isle_sig_lower(isle_sig *s);
+
+void isle_retain(isle *i);
+void isle_release(isle *i);
+int isle_instrument(const isle *i);
+int isle_is_closed(const isle *i);
+int isle_live_count(void);
+enum { ISLE_MEM_OFF = 0 };
+typedef void *(*isle_mem_allocf)(void *ud, void *ptr, size_t osize, size_t nsize);
+isle_mem *isle_mem_new(size_t limit);
+void isle_mem_retain(isle_mem *a);
+void isle_mem_release(isle_mem *a);
+void *isle_mem_alloc(void *ud, void *ptr, size_t osize, size_t nsize);
+void isle_mem_wrap(isle_mem *a, isle_mem_allocf f, void *fud, size_t heap, isle_sig *sig);
+void isle_mem_unwrap(isle_mem *a);
+int isle_mem_charge(isle_mem *a, size_t n);
+void isle_mem_uncharge(isle_mem *a, size_t n);
 int isle_notify_listen(char *path, size_t cap);
 int isle_notify_accept(int lfd, char *path, double timeout);
 enum { ISLE_LABEL_MAX = 48 };

@@ -10,6 +10,7 @@ local wire = require("isle.wire")
 local task = require("isle.task")
 
 local C = runtime.C
+require("isle.cdef").full() -- the declarations an isle makes on demand (ffi/isle/cdef.lua)
 local dgetmetatable = require("debug").getmetatable
 local type, ipairs, select, unpack, error, pcall, tostring =
     type, ipairs, select, unpack, error, pcall, tostring

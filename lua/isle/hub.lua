@@ -13,6 +13,7 @@ local runtime = require("isle.runtime")
 local errors = require("isle.errors")
 
 local C = runtime.C
+require("isle.cdef").full() -- the declarations an isle makes on demand (ffi/isle/cdef.lua)
 local co_create, co_resume, co_yield, co_running, co_isyieldable, co_status =
     coroutine.create, coroutine.resume, coroutine.yield, coroutine.running, coroutine.isyieldable,
     coroutine.status

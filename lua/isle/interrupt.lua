@@ -17,8 +17,7 @@ local errors = require("isle.errors")
 
 local C = runtime.C
 local co_running = coroutine.running
-local setmetatable, getmetatable, newproxy, error, type, tonumber =
-    setmetatable, getmetatable, newproxy, error, type, tonumber
+local setmetatable, error, type, tonumber, require = setmetatable, error, type, tonumber, require
 local ISLE_TASK_DONE, CANCEL_USER, CANCEL_TIMEOUT = C.ISLE_TASK_DONE, C.ISLE_CANCEL_USER, C.ISLE_CANCEL_TIMEOUT
 
 local M = {}
@@ -214,16 +213,6 @@ function M.bind(s, id)
     state_id = id
 end
 
--- A host state (not an isle) gets a signal block of its own.
-function M.bind_host()
-    if sig ~= nil then return end
-    local s = C.isle_sig_new()
-    if s == nil then error("isle: cannot allocate a signal block", 0) end
-    ffi.gc(s, C.isle_sig_release)
-    M.host_sig = s  -- kept for the life of the state
-    M.bind(s, C.isle_intr_new(s))
-end
-
 -- An explicit checkpoint for hot loops. The store after the load keeps
 -- LuaJIT from hoisting the load out of a compiled loop.
 function M.checkpoint()
@@ -232,40 +221,6 @@ function M.checkpoint()
 end
 
 function M.pointers() return flagp, scratchp, check end
-
--- isle.interrupt_id([co]): makes the running coroutine (or `co`; the main
--- state outside any coroutine) interruptible and returns its id. Inside an
--- isle job, the job's own coroutine gets an id for that job only: it is
--- unknown once the job ends, though the coroutine serves later jobs.
--- Installs the hook the first time.
-function M.interrupt_id(co)
-    M.install_hook()
-    if co == nil then
-        co = co_running()
-        if co == nil then return tonumber(state_id) end
-    elseif type(co) ~= "thread" then
-        error("bad argument #1 to 'interrupt_id' (coroutine or nil expected, got " .. type(co) .. ")", 3)
-    end
-    local s = runtime.sched
-    local rec = s and s.current
-    if rec and rec.co == co and not rec.finished then
-        if not rec.intr_id then rec.intr_id = C.isle_intr_new(sig) end
-        return tonumber(rec.intr_id)
-    end
-    local id = co_ids[co]
-    if not id then
-        id = C.isle_intr_new(sig)
-        -- 0 is no id (out of memory): handing it out would make every
-        -- interrupt of this coroutine fail later as "unknown".
-        if id == 0 then error(errors.new("memory", "cannot allocate an interrupt id"), 3) end
-        co_ids[co] = id
-        -- The id goes when the coroutine is collected: later requests get "unknown".
-        local guard = newproxy(true)
-        getmetatable(guard).__gc = function() C.isle_intr_free(id) end
-        guards[co] = guard
-    end
-    return tonumber(id)
-end
 
 -- A job ended: its own interrupt id goes with it.
 function M.job_ended(rec)
@@ -356,7 +311,7 @@ end
 function M.guard_modules(package)
     local loaders, loaded = package.loaders, package.loaded
     local blob = loaders[2]
-    local function finish(name, ok, ...)
+    local function finish(name, by_require, ok, ...)
         if ok then
             -- Registered before requests may land again: an error raised
             -- between here and require's own bookkeeping must not leave
@@ -369,7 +324,15 @@ function M.guard_modules(package)
             loaded[name] = v
         end
         loading = loading - 1
-        if not ok then error((...), 0) end
+        if not ok then
+            -- Not left marked as loading (require's sentinel, which is not
+            -- even a userdata to type() in every LuaJIT): a module whose load
+            -- ran out of memory (a part isle loads on first need, under a
+            -- memory_limit) loads again at the next require. (Only when
+            -- require called: isle.cdef runs its own chunk again for text.)
+            if by_require then loaded[name] = nil end
+            error((...), 0)
+        end
         return ...
     end
     loaders[2] = function(name)
@@ -377,53 +340,35 @@ function M.guard_modules(package)
         if type(loader) ~= "function" then return loader end
         -- Counted from here: require calls the loader right after.
         loading = loading + 1
-        return function(...) return finish(name, pcall(loader, ...)) end
+        -- The state's own require goes along as the second argument when
+        -- require calls (it passes only the name): a module loaded on first
+        -- need may load after user code replaced the global. (isle.cdef
+        -- calls its own chunk with a second argument of its own.)
+        return function(n, second, ...)
+            if second == nil then return finish(name, true, pcall(loader, n, require)) end
+            return finish(name, false, pcall(loader, n, second, ...))
+        end
     end
 end
 
-local MODES = { [true] = C.ISLE_INTR_ALWAYS, [false] = C.ISLE_INTR_CLEAR }
 
--- The mode for a flag as mtstates defines it: nil once, true always, false clear.
-function M.mode_of(flag)
-    if flag == nil then return C.ISLE_INTR_ONCE end
-    return MODES[flag]
-end
-
--- isle.interrupt(id[, flag]) from any thread: nil once, true always, false clear.
-function M.interrupt(id, flag)
-    if type(id) ~= "number" then
-        error("bad argument #1 to 'interrupt' (interrupt id expected, got " .. type(id) .. ")", 3)
-    end
-    if flag ~= nil and type(flag) ~= "boolean" then
-        error("bad argument #2 to 'interrupt' (boolean or nil expected, got " .. type(flag) .. ")", 3)
-    end
-    if C.isle_intr_set(id, M.mode_of(flag)) ~= C.ISLE_OK then
-        error(errors.new("unknown", "no interruptible state or coroutine with id " .. id), 3)
-    end
-    return true
-end
-
--- isle.on_interrupt([co,] fn): run fn(id) on the interrupted thread instead
--- of raising. fn nil removes the handler.
-function M.on_interrupt(a, b)
-    local key, fn = STATE, a
-    if type(a) == "thread" then key, fn = a, b end
-    if fn ~= nil and type(fn) ~= "function" then
-        error("bad argument to 'on_interrupt' (function or nil expected, got " .. type(fn) .. ")", 3)
-    end
-    if key == STATE then
-        M.install_hook()
-        handlers[STATE] = fn
-        return
-    end
-    M.interrupt_id(key)
-    local s = runtime.sched
-    local rec = s and s.current
-    if rec and rec.co == key and not rec.finished then
-        rec.on_interrupt = fn -- the job's own coroutine: for this job only
-    else
-        handlers[key] = fn
+-- The API that makes coroutines interruptible and sends interrupts
+-- (isle.interrupt_id, isle.interrupt, isle.on_interrupt; bind_host, mode_of)
+-- is in isle.interrupt_api, loaded the first time one of these is called:
+-- an isle nobody interrupts by id never loads it (bench/README.md, Issue 12,
+-- fifth round). The module puts the real functions in place of these stubs.
+M.parts = { STATE = STATE, co_ids = co_ids, handlers = handlers, guards = guards }
+function M.parts.sig() return sig, state_id end
+local function lazy(name)
+    M[name] = function(...)
+        require("isle.interrupt_api")
+        return M[name](...)
     end
 end
+lazy("bind_host")
+lazy("interrupt_id")
+lazy("on_interrupt")
+lazy("interrupt")
+lazy("mode_of")
 
 return M

@@ -5,6 +5,11 @@
 -- they are (they cannot be instrumented), and source the instrumenter cannot
 -- handle falls back to the plain loader. Opt out per isle with the spawn
 -- option `instrument_loads = false` (docs/jit-safety.md).
+-- The state's own require, which an isle's guarded loader hands to isle's
+-- modules (interrupt.guard_modules): this module loads on first need, when
+-- user code may have replaced the global.
+local _, own_require = ...
+local require = own_require or require
 local string = require("string")
 local io = require("io")
 local table = require("table")
@@ -45,9 +50,11 @@ local function drain(reader)
 end
 loaders.drain = drain
 
-function loaders.install(G)
-    local plain_loadstring, plain_loadfile = G.loadstring, G.loadfile
-    plain_load = G.load
+-- The instrumented load, loadstring, loadfile, dofile and Lua-file searcher
+-- of a state whose plain loaders are given (an isle takes them at boot and
+-- makes these on first use: worker.lua's install_loaders).
+function loaders.make(G, plain_load_, plain_loadstring, plain_loadfile)
+    plain_load = plain_load_
 
     local plain_load = plain_load
     local function load(chunk, chunkname, mode, env)
@@ -111,8 +118,15 @@ function loaders.install(G)
         return g
     end
 
+    return load, loadstring, loadfile, dofile, search_lua
+end
+
+-- Replaces G's loaders with these at once (a shared state: isle.state).
+function loaders.install(G)
+    local load, loadstring, loadfile, dofile, search_lua = loaders.make(G, G.load, G.loadstring, G.loadfile)
     G.load, G.loadstring, G.loadfile, G.dofile = load, loadstring, loadfile, dofile
     -- package.loaders: preload, isle's own bytecode, then Lua files (3).
+    local package = G.package or require("package")
     package.loaders[3] = search_lua
 end
 

@@ -5,9 +5,9 @@
 -- job is, is the worker's business (lua/isle/worker.lua: runners).
 local ffi = require("ffi")
 local coroutine = require("coroutine")
-local table = require("table")
 local C = require("isle.cdef").C
 
+local require = require -- the state's own, whatever user code does to the global
 local co_create, co_resume, co_yield, co_running, co_isyieldable =
     coroutine.create, coroutine.resume, coroutine.yield, coroutine.running, coroutine.isyieldable
 local setmetatable, tonumber, tostring, error, type, next = setmetatable, tonumber, tostring, error, type, next
@@ -44,59 +44,28 @@ local SLEEP, AWAIT = 1, 2 -- what a job yielding SCHED asks for (see step)
 local Sched = {}
 Sched.__index = Sched
 
-local sched = { SCHED = SCHED }
+local sched = { SCHED = SCHED, Sched = Sched, SLEEP = SLEEP, AWAIT = AWAIT }
+
+-- What only jobs that wait need (timers, sleeps, awaits, on_done, isle.go)
+-- is in isle.sched_wait, loaded the first time one of these methods is
+-- called: an isle that only serves calls never loads it (bench/README.md,
+-- Issue 12, fifth round). The module puts the real methods in place of
+-- these stubs. The loop itself only reaches them once something waits (a
+-- timer, a waiting list), which one of them made: it never loads the module.
+local LAZY = { "add_timer", "timers_timeout", "fire_timers", "sweep_stopped", "wake", "go", "timer",
+    "cancel_timer", "watch", "sleep", "await" }
+local function lazy(name)
+    Sched[name] = function(...)
+        require("isle.sched_wait")
+        return Sched[name](...)
+    end
+end
+for i = 1, #LAZY do lazy(LAZY[i]) end
 
 local function task_key(t)
     return tonumber(ffi.cast("uintptr_t", t))
 end
 sched.task_key = task_key
-
--- Timers: a binary min-heap of {at, rec} (a sleeping or awaiting job) or
--- {at, cb, interval} (a user timer); cancelled entries are skipped.
-local function heap_push(h, e)
-    local n = #h + 1
-    h[n] = e
-    while n > 1 do
-        local p = (n - n % 2) / 2
-        if h[p].at <= e.at then break end
-        h[n], h[p] = h[p], e
-        n = p
-    end
-end
-
--- Puts entry `e` at slot `i` of the first `n` slots and moves it down
--- until its children are not earlier.
-local function sift_down(h, i, e, n)
-    while true do
-        local l, r, m = 2 * i, 2 * i + 1, i
-        if l <= n and h[l].at < (m == i and e.at or h[m].at) then m = l end
-        if r <= n and h[r].at < (m == i and e.at or h[m].at) then m = r end
-        if m == i then break end
-        h[i] = h[m]
-        i = m
-    end
-    h[i] = e
-end
-
-local function heap_pop(h)
-    local top, n = h[1], #h
-    local last = h[n]
-    h[n] = nil
-    if n > 1 then sift_down(h, 1, last, n - 1) end
-    return top
-end
-
--- Drops the cancelled entries of a timer heap in place (callers may hold
--- the table) and restores the heap order.
-local function heap_compact(h)
-    local n = 0
-    for i = 1, #h do
-        local e = h[i]
-        if e.rec or e.cb then n = n + 1; h[n] = e end
-    end
-    for i = #h, n + 1, -1 do h[i] = nil end
-    for i = (n - n % 2) / 2, 1, -1 do sift_down(h, i, h[i], n) end
-end
 
 -- sched.new(mbox, sig, host): the loop of one isle. It is the only consumer
 -- of the mailbox. `host` is the worker's side, given once:
@@ -149,12 +118,6 @@ local function job_body(fn, rec)
     end
 end
 
-local function add_timer(self, at, rec)
-    local e = { at = at, rec = rec }
-    heap_push(self.timers, e)
-    return e
-end
-
 -- Runs coroutine `co` for record `rec` until it yields or ends its job, and
 -- registers what it yielded for (see "Why jobs never touch..." above).
 local function step(self, rec, co, ...)
@@ -183,7 +146,7 @@ local function step(self, rec, co, ...)
             -- User code yielded at the top of a job: let others run, resume later.
             self.ready[#self.ready + 1] = cur
         elseif b == SLEEP then
-            cur.timer = add_timer(self, C.isle_now() + c, cur)
+            cur.timer = self:add_timer(C.isle_now() + c, cur)
         elseif b == AWAIT then
             local list = self.waiting[c]
             if not list then
@@ -192,7 +155,7 @@ local function step(self, rec, co, ...)
             end
             list[#list + 1] = cur
             cur.awaiting = c
-            if d >= 0 then cur.timer = add_timer(self, C.isle_now() + d, cur) end
+            if d >= 0 then cur.timer = self:add_timer(C.isle_now() + d, cur) end
         end
     end
 end
@@ -219,6 +182,7 @@ local function resume_parked(self, rec, ...)
     if enter then enter() end
     step(self, rec, co, ...)
 end
+sched.resume_parked = resume_parked
 
 -- True when the running code is a job's own coroutine (not a coroutine the
 -- user created inside it) and no C call stands in between (a table.sort
@@ -229,146 +193,10 @@ function Sched:can_yield()
     return rec ~= nil and rec.co == co_running() and co_isyieldable()
 end
 
--- Wakes a suspended job with `why` (from the loop only, never from a job).
--- Drops whatever still holds the record; a record that is not the one its
--- coroutine is parked for is not resumed (see resume_parked).
-function Sched:wake(rec, why)
-    if rec.timer then
-        rec.timer.rec = nil
-        rec.timer = nil
-        self.dead_timers = self.dead_timers + 1
-    end
-    if rec.awaiting then
-        local key = rec.awaiting
-        local list = self.waiting[key]
-        if list then
-            for i = #list, 1, -1 do
-                if list[i] == rec then table.remove(list, i) end
-            end
-            if #list == 0 and not list.callbacks then
-                -- The last waiter gave up: take the subscription back, or a
-                -- task that never ends keeps this mailbox (and itself) for
-                -- ever. If it has ended, its notice finds no list: harmless.
-                self.waiting[key] = nil
-                C.isle_task_unsubscribe(list.task, self.mbox)
-            end
-        end
-        rec.awaiting = nil
-    end
-    resume_parked(self, rec, why)
-end
-
--- User callbacks: timers, isle.go, on_done ---------------------------------------
---
--- Each runs in a job of its own (so it may sleep and call other isles),
--- started by the loop on its next turn, never from inside the call that
--- asked for it. `what` names it in error reports (isle.on_error).
-function Sched:go(fn, args, what)
-    local later = self.later
-    later[#later + 1] = { fn = fn, args = args, what = what }
-end
-
--- A timer: fn(args...) at `at` (isle.now() time), then every `interval`
--- seconds if given. Returns the heap entry, which Sched:cancel_timer takes.
-function Sched:timer(at, interval, fn, args)
-    local e = { at = at, cb = { fn = fn, args = args, what = interval and "a timer (every)" or "a timer" },
-                interval = interval }
-    heap_push(self.timers, e)
-    return e
-end
-
-function Sched:cancel_timer(e)
-    if e.cb == nil then return false end
-    e.cb = nil
-    self.dead_timers = self.dead_timers + 1
-    return true
-end
-
 -- The driver contract (runtime.driver) ------------------------------------------
 
 function Sched:can_suspend() return self:can_yield() end
 function Sched:suspend(t, timeout) return self:await(t, timeout) end
-
--- fn() runs in a job of its own once task `t` has ended (next turn if it
--- has ended already).
-function Sched:watch(t, fn)
-    local key = task_key(t)
-    local list = self.waiting[key]
-    if not list then
-        local r = C.isle_task_subscribe(t, self.mbox)
-        if r == 0 then return self:go(fn, nil, "an on_done callback") end
-        if r < 0 then error(require("isle.errors").new("memory", "cannot watch the task"), 3) end
-        list = { task = t }
-        self.waiting[key] = list
-    end
-    local cbs = list.callbacks
-    if not cbs then cbs = {}; list.callbacks = cbs end
-    cbs[#cbs + 1] = fn
-end
-
--- Sleeps the running job for `s` seconds. Returns the wake reason
--- ("timeout" when the time ran out). The loop arms the timer (step).
-function Sched:sleep(s)
-    local why = co_yield(SCHED, SLEEP, s)
-    self.host.resumed(self.current)
-    return why
-end
-
--- Awaits task `t` (isle_task*) from the running job. timeout < 0: forever.
--- Returns "done", "timeout" or another wake reason.
--- The loop puts the job in s.waiting (step). A list there means a notice
--- for the task is on its way already; a subscription left by a job stopped
--- before its yield only brings a notice nobody waits for.
-function Sched:await(t, timeout)
-    local key = task_key(t)
-    if not self.waiting[key] then
-        local r = C.isle_task_subscribe(t, self.mbox)
-        if r == 0 then return "done" end
-        if r < 0 then
-            return C.isle_task_wait(t, timeout) ~= 0 and "done" or "timeout"
-        end
-    end
-    local why = co_yield(SCHED, AWAIT, key, timeout, t)
-    self.host.resumed(self.current)
-    return why
-end
-
-function Sched:fire_timers()
-    local h = self.timers
-    if #h == 0 then return end
-    -- A cancelled entry (a job woken early, a cancelled user timer) stays
-    -- until it reaches the top; behind a long timer that may be never, so
-    -- they are swept once they are the most. Here, on the loop's own
-    -- coroutine: a stop raised in a job could leave the heap half-sifted.
-    if self.dead_timers > 32 and self.dead_timers * 2 > #h then
-        heap_compact(h)
-        self.dead_timers = 0
-    end
-    local now = C.isle_now()
-    while #h > 0 and h[1].at <= now do
-        local e = heap_pop(h)
-        local rec, cb = e.rec, e.cb
-        if rec then
-            rec.timer = nil
-            self:wake(rec, "timeout")
-        elseif cb then
-            -- A closing isle drops its pending timers: they never run.
-            if C.isle_mbox_is_closed(self.mbox) == 0 then
-                self:go(cb.fn, cb.args, cb.what)
-                if e.interval then
-                    -- From the deadline, not from now: no drift; but never
-                    -- in the past (a late loop does not fire a burst).
-                    local at = e.at + e.interval
-                    if at < now then at = now end
-                    e.at = at
-                    heap_push(h, e)
-                end
-            end
-        else
-            self.dead_timers = self.dead_timers - 1
-        end
-    end
-end
 
 function Sched:notify_done(t)
     local key = task_key(t)
@@ -402,14 +230,8 @@ local function next_timeout(self)
     if #self.ready > 0 or #self.later > 0 or self.stash_done ~= nil or self.host.queued() then
         return 0
     end
-    local h = self.timers
-    while #h > 0 and h[1].rec == nil and h[1].cb == nil do
-        heap_pop(h)
-        self.dead_timers = self.dead_timers - 1
-    end
-    if #h == 0 then return -1 end
-    local d = h[1].at - C.isle_now()
-    return d > 0 and d or 0
+    if #self.timers == 0 then return -1 end
+    return self:timers_timeout()
 end
 
 -- Runs until the mailbox is closed and every job has finished.
@@ -450,7 +272,7 @@ function Sched:run()
             if msgs ~= nil then host.on_message(self, msgs) end
         end
         host.on_idle(self)
-        self:fire_timers()
+        if #self.timers > 0 then self:fire_timers() end
         self.may_block = true
         host.flush(self)
         self.may_block = false
@@ -485,22 +307,8 @@ end
 -- Suspended jobs (sleeping, awaiting) that were asked to stop are woken
 -- with the reason reason_of(rec) gives, which their sleep or wait raises.
 function Sched:wake_stopped(reason_of)
-    local recs = {}
-    for _, list in next, self.waiting do
-        for i = 1, #list do recs[#recs + 1] = list[i] end
-    end
-    local h = self.timers
-    for i = 1, #h do
-        local rec = h[i].rec
-        if rec then recs[#recs + 1] = rec end
-    end
-    for i = 1, #recs do
-        local rec = recs[i]
-        if rec.co and not rec.finished then
-            local why = reason_of(rec)
-            if why then self:wake(rec, why) end
-        end
-    end
+    if next(self.waiting) == nil and #self.timers == 0 then return end -- nobody waits
+    return self:sweep_stopped(reason_of)
 end
 
 -- No more messages: a failed init ends the isle this way.

@@ -322,8 +322,10 @@ end
 -- isle to insert the checkpoints itself, as isle.chunks.prepare would have
 -- (only for a chunk that compiles by itself, so a syntax error is Lua's own
 -- and text cannot reach outside the wrapper); source the instrumenter cannot
--- handle compiles as it is. Either way the result is cached like any chunk.
-local function compile(code, chunkname, wrapped, here, dumped)
+-- handle compiles as it is. Either way the result is cached like any chunk,
+-- unless it runs `once` (init: its text and its compiled chunk would stay in
+-- the cache for the isle's life).
+local function compile(code, chunkname, wrapped, here, dumped, once)
     local key = wrapped and code or (here and "\1" or "\0") .. code
     local f = chunk_cache[key]
     if f then return f end
@@ -356,6 +358,7 @@ local function compile(code, chunkname, wrapped, here, dumped)
             codec.bind_checkpoints(f) -- bytecode of a function made by instrumented code
         end
     end
+    if once then return f end
     if chunk_count >= 256 then chunk_cache, chunk_count = {}, 0 end
     chunk_cache[key] = f
     chunk_count = chunk_count + 1
@@ -380,9 +383,10 @@ end
 -- An exec'd function sent as instrumented source: { text, chunkname }; the
 -- chunk returns the function itself.
 local exec_cache = setmetatable({}, { __mode = "k" })
-local function exec_function(target)
+local function exec_function(target, once)
     local text, chunkname = target[1], target[2]
-    local f = compile(text, chunkname, true)
+    local f = compile(text, chunkname, true, nil, nil, once)
+    if once then return f() end
     local fn = exec_cache[f]
     if not fn then
         fn = f()
@@ -797,11 +801,11 @@ local function run_init(rec)
     local function init(...)
         local f
         if spec.init_code then
-            f = compile(spec.init_code, "=init", spec.init_wrapped, spec.init_instrument)
+            f = compile(spec.init_code, "=init", spec.init_wrapped, spec.init_instrument, nil, true)
         elseif spec.init_src then
-            f = exec_function(spec.init_src)
+            f = exec_function(spec.init_src, true)
         elseif spec.init_fn then
-            f = compile(spec.init_fn, "=init", nil, nil, true)
+            f = compile(spec.init_fn, "=init", nil, nil, true, true)
         else
             return
         end
@@ -811,6 +815,9 @@ local function run_init(rec)
     if capped then user_mode() end
     rec.user = true -- complete clears it
     local ok, e = xpcall(init, on_error, unpack(a, 1, a.n))
+    -- Kept no longer than init runs: the record stays (on_idle, a pool's
+    -- feeder read rec.ok), what it was started with need not.
+    rec.spec, rec.args = nil, nil
     if ok then
         complete(rec, true)
     else
@@ -844,7 +851,57 @@ local function cap_state(s)
     return nil
 end
 
+-- Runs the loop until the isle ends (the end of worker.main).
+local function serve(s)
+    local ok, err = pcall(s.run, s)
+    if not ok then
+        -- The loop itself failed (a bug, or out of memory): what it had
+        -- queued ends CLOSED here; the core ends the jobs that were running
+        -- (isle_sig_fail_running) and whatever is left in the mailbox.
+        -- Closed first, so that whoever learns of an ended task finds the
+        -- isle closed too and can queue no more. Their token watches and
+        -- the subscriptions of their waits are taken back here.
+        C.isle_stop(self_ptr, 0)
+        for r in next, watching do unwatch(r) end
+        s:abandon()
+        while queue[0] ~= nil do
+            local m = queue[0]
+            queue[0] = m.next
+            local t = m.task
+            if t ~= nil then
+                m.task = nil
+                C.isle_task_complete(t, ISLE_TASK_CLOSED, nil, 0)
+                C.isle_task_release(t)
+            end
+            C.isle_msg_free(m)
+        end
+        queue[1] = nil
+        error(err, 0)
+    end
+end
+
+-- isle.loaders (load, loadstring, loadfile, dofile and require of Lua files
+-- compiled with checkpoints) in G now, made the first time one of them is
+-- called: an isle that loads no code of its own does not keep them (~5 KiB).
+-- The plain loaders are taken here, before user code can change the globals.
+local function install_loaders(G)
+    local plain_load, plain_loadstring, plain_loadfile = G.load, G.loadstring, G.loadfile
+    local require = require -- the state's own, whatever user code does to the global
+    local made
+    local function get(i)
+        if not made then made = { require("isle.loaders").make(G, plain_load, plain_loadstring, plain_loadfile) } end
+        return made[i]
+    end
+    G.load = function(...) return get(1)(...) end
+    G.loadstring = function(...) return get(2)(...) end
+    G.loadfile = function(...) return get(3)(...) end
+    G.dofile = function(...) return get(4)(...) end
+    -- package.loaders: preload, isle's own bytecode, then Lua files (3).
+    package.loaders[3] = function(...) return get(5)(...) end
+end
+
 function worker.main(addr)
+    worker.main = nil -- run once per state
     self_ptr = ffi.cast("isle*", addr)
     runtime.self_ptr = self_ptr
     local id = tonumber(C.isle_id(self_ptr))
@@ -892,7 +949,7 @@ function worker.main(addr)
     -- The sandbox takes the plain loaders as it loads: before isle.loaders
     -- replaces them, and before any user code has run.
     if spec.sandbox then sandbox = require("isle.sandbox") end
-    if spec.instrument_loads then require("isle.loaders").install(_G) end
+    if spec.instrument_loads then install_loaders(_G) end
     libs.apply(spec.libs, _G)
     if spec.sandbox then
         env = sandbox.install(spec.sandbox, spec.libs, spec.instrument_loads)
@@ -908,31 +965,9 @@ function worker.main(addr)
     s:spawn(run_init, rec)
     if rec.ok == false then return end
     if the_pool then s:spawn(feed, { pool = the_pool, init = rec }) end
-    local ok, err = pcall(s.run, s)
-    if not ok then
-        -- The loop itself failed (a bug, or out of memory): what it had
-        -- queued ends CLOSED here; the core ends the jobs that were running
-        -- (isle_sig_fail_running) and whatever is left in the mailbox.
-        -- Closed first, so that whoever learns of an ended task finds the
-        -- isle closed too and can queue no more. Their token watches and
-        -- the subscriptions of their waits are taken back here.
-        C.isle_stop(self_ptr, 0)
-        for r in next, watching do unwatch(r) end
-        s:abandon()
-        while queue[0] ~= nil do
-            local m = queue[0]
-            queue[0] = m.next
-            local t = m.task
-            if t ~= nil then
-                m.task = nil
-                C.isle_task_complete(t, ISLE_TASK_CLOSED, nil, 0)
-                C.isle_task_release(t)
-            end
-            C.isle_msg_free(m)
-        end
-        queue[1] = nil
-        error(err, 0)
-    end
+    -- A tail call: main's frame goes, and with it (worker.main is let go
+    -- above) the code that boots, which an idle isle would keep for nothing.
+    return serve(s)
 end
 
 return worker
