@@ -54,24 +54,34 @@
 #define UNPOISON(p, n) ((void)(p), (void)(n))
 #endif
 
-#define ALIGN 16
-#define CLASSES (ISLE_BOOTHEAP_SMALL / ALIGN + 1)
+/* LuaJIT's own allocator aligns blocks to 8 bytes, so LuaJIT asks no more. */
+#define GRAIN 8
+#define CLASSES (ISLE_BOOTHEAP_SMALL / GRAIN + 1) /* class k: blocks of k * GRAIN bytes */
+#define MAPWORDS ((CLASSES + 63) / 64)
+
+/* A free span larger than ISLE_BOOTHEAP_SMALL. */
+typedef struct hole {
+    struct hole *next;
+    size_t size;
+} hole;
 
 struct isle_bootheap {
-    _Alignas(ALIGN) void *free[CLASSES]; /* per class: a list linked through its blocks */
-    char *bump, *end;                     /* the region's part never handed out */
-    size_t live;                          /* blocks handed out and not freed */
-    int sealed;                           /* new blocks are the wrapped allocator's */
-    isle_mem_allocf f;                    /* the wrapped allocator (LuaJIT's) */
+    void *free[CLASSES];     /* per class: a list linked through its blocks */
+    uint64_t map[MAPWORDS];  /* bit k: free[k] is not empty */
+    hole *holes;             /* larger free spans, first fit */
+    char *bump, *end;        /* the region's part never handed out */
+    size_t live;             /* blocks handed out and not freed */
+    int sealed;              /* new blocks are the wrapped allocator's */
+    isle_mem_allocf f;       /* the wrapped allocator (LuaJIT's) */
     void *ud;
 };
-_Static_assert(sizeof(isle_bootheap) % ALIGN == 0, "blocks after the header must stay aligned");
+_Static_assert(sizeof(isle_bootheap) % GRAIN == 0, "blocks after the header must stay aligned");
 
 static pthread_mutex_t pool_lock = PTHREAD_MUTEX_INITIALIZER;
 static isle_bootheap *pool[ISLE_BOOTHEAP_POOL];
 static int pooled; /* pool_lock */
 
-static size_t class_of(size_t n) { return (n + ALIGN - 1) / ALIGN; }
+static size_t round_up(size_t n) { return (n + GRAIN - 1) & ~(size_t)(GRAIN - 1); }
 
 static int owns(const isle_bootheap *h, const void *p)
 {
@@ -82,11 +92,9 @@ static int owns(const isle_bootheap *h, const void *p)
 /* Empty: all of the region after the header is the bump space. */
 static void reset(isle_bootheap *h, isle_mem_allocf f, void *ud)
 {
-    memset(h->free, 0, sizeof h->free);
+    memset(h, 0, sizeof *h);
     h->bump = (char *)(h + 1);
     h->end = (char *)h + ISLE_BOOTHEAP_SIZE;
-    h->live = 0;
-    h->sealed = 0;
     h->f = f;
     h->ud = ud;
     POISON(h->bump, (size_t)(h->end - h->bump));
@@ -149,43 +157,108 @@ void isle_bootheap_fork(int phase)
 size_t isle_bootheap_live(const isle_bootheap *h) { return h->live; }
 int isle_bootheap_sealed(const isle_bootheap *h) { return h->sealed; }
 int isle_bootheap_owns(const isle_bootheap *h, const void *p) { return owns(h, p); }
+size_t isle_bootheap_used(const isle_bootheap *h)
+{
+    return (size_t)(h->bump - (const char *)(h + 1));
+}
 
-/* A block of `n` bytes from the region, or NULL (sealing the heap when a
- * small one does not fit). */
+static void push(isle_bootheap *h, void *p, size_t cls)
+{
+    UNPOISON(p, sizeof(void *));
+    *(void **)p = h->free[cls];
+    h->free[cls] = p;
+    h->map[cls / 64] |= (uint64_t)1 << (cls % 64);
+}
+
+static void *pop(isle_bootheap *h, size_t cls)
+{
+    void *p = h->free[cls];
+    UNPOISON(p, sizeof(void *));
+    h->free[cls] = *(void **)p;
+    if (!h->free[cls]) h->map[cls / 64] &= ~((uint64_t)1 << (cls % 64));
+    return p;
+}
+
+/* The smallest class from `cls` on with a free block, or 0. */
+static size_t class_from(const isle_bootheap *h, size_t cls)
+{
+    for (size_t w = cls / 64; w < MAPWORDS; w++) {
+        uint64_t bits = h->map[w];
+        if (w == cls / 64) bits &= ~(uint64_t)0 << (cls % 64);
+        if (bits) return w * 64 + (size_t)__builtin_ctzll(bits);
+    }
+    return 0;
+}
+
+/* `n` bytes (a multiple of GRAIN) at `p` are free again: onto the bump
+ * space if they end where it begins, else onto their class's list or
+ * among the holes. */
+static void give(isle_bootheap *h, char *p, size_t n)
+{
+    POISON(p, n);
+    if (p + n == h->bump) {
+        h->bump = p;
+    } else if (n <= ISLE_BOOTHEAP_SMALL) {
+        push(h, p, n / GRAIN);
+    } else {
+        hole *o = (hole *)(void *)p;
+        UNPOISON(o, sizeof *o);
+        o->size = n;
+        o->next = h->holes;
+        h->holes = o;
+    }
+}
+
+/* `n` bytes (a multiple of GRAIN) from the region, or NULL (sealing the heap
+ * when a small block does not fit). A small block comes from its class,
+ * else is cut from the smallest larger free block, else from a hole, else
+ * from the bump space: the boot's garbage is reused before new memory is
+ * touched. */
 static void *region_alloc(isle_bootheap *h, size_t n)
 {
-    size_t cls = class_of(n);
-    size_t sz = cls * ALIGN;
-    void *p;
-    if (cls < CLASSES && h->free[cls]) {
-        p = h->free[cls];
-        UNPOISON(p, sizeof(void *));
-        h->free[cls] = *(void **)p;
-    } else if ((size_t)(h->end - h->bump) >= sz) {
-        p = h->bump;
-        h->bump += sz;
-    } else {
+    size_t cls = n / GRAIN;
+    char *p;
+    if (cls < CLASSES) {
+        if (h->free[cls]) {
+            p = pop(h, cls);
+            goto found;
+        }
+        size_t k = class_from(h, cls + 1);
+        if (k) {
+            p = pop(h, k);
+            give(h, p + n, (k - cls) * GRAIN);
+            goto found;
+        }
+    }
+    for (hole **link = &h->holes; *link; link = &(*link)->next) {
+        hole *o = *link;
+        if (o->size >= n) {
+            *link = o->next;
+            p = (char *)o;
+            if (o->size > n) give(h, p + n, o->size - n);
+            goto found;
+        }
+    }
+    if ((size_t)(h->end - h->bump) < n) {
         if (cls < CLASSES) h->sealed = 1;
         return NULL;
     }
-    UNPOISON(p, sz);
+    p = h->bump;
+    h->bump += n;
+found:
+    UNPOISON(p, n);
     h->live++;
     return p;
 }
 
 static void region_free(isle_bootheap *h, void *p, size_t n)
 {
-    size_t cls = class_of(n);
     h->live--;
-    POISON(p, cls * ALIGN);
-    if (h->sealed) return; /* never handed out again: the state allocates elsewhere now */
-    if (cls < CLASSES) {
-        UNPOISON(p, sizeof(void *));
-        *(void **)p = h->free[cls];
-        h->free[cls] = p;
-    } else if ((char *)p + cls * ALIGN == h->bump) {
-        h->bump = p; /* the last block carved: its space is carved again */
+    if (h->sealed) {
+        POISON(p, n); /* never handed out again: the state allocates elsewhere now */
+        return;
     }
+    give(h, p, round_up(n));
 }
 
 /* A new block: from the region while the heap is not sealed, else (or if
@@ -193,10 +266,25 @@ static void region_free(isle_bootheap *h, void *p, size_t n)
 static void *new_block(isle_bootheap *h, size_t n)
 {
     if (!h->sealed) {
-        void *p = region_alloc(h, n);
+        void *p = region_alloc(h, round_up(n));
         if (p) return p;
     }
     return h->f(h->ud, NULL, 0, n);
+}
+
+/* A region block from `o` to `n` bytes (rounded) where it is, if it can. */
+static int resize_in_place(isle_bootheap *h, char *p, size_t o, size_t n)
+{
+    if (n == o) return 1;
+    if (n < o) {
+        /* Its tail is free again (once sealed, unused till the state closes). */
+        if (!h->sealed) give(h, p + n, o - n);
+        return 1;
+    }
+    if (h->sealed || p + o != h->bump || (size_t)(h->end - p) < n) return 0;
+    h->bump = p + n; /* the last block carved grows into the bump space */
+    UNPOISON(p, n);
+    return 1;
 }
 
 void *isle_bootheap_alloc(void *ud, void *p, size_t osz, size_t nsz)
@@ -211,14 +299,10 @@ void *isle_bootheap_alloc(void *ud, void *p, size_t osz, size_t nsz)
         region_free(h, p, osz);
         return NULL;
     }
-    if (class_of(osz) == class_of(nsz)) return p; /* the block has room already */
+    if (resize_in_place(h, p, round_up(osz), round_up(nsz))) return p;
     void *q = new_block(h, nsz);
-    if (!q) {
-        /* Growth may fail (LuaJIT keeps the old block); a shrink must not:
-         * the block stays and serves the smaller size, its tail unused. */
-        return nsz > osz ? NULL : p;
-    }
-    memcpy(q, p, osz < nsz ? osz : nsz);
+    if (!q) return NULL; /* growth (a shrink stays in place): LuaJIT keeps the old block */
+    memcpy(q, p, osz);
     region_free(h, p, osz);
     return q;
 }

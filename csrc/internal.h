@@ -125,13 +125,14 @@ void isle_mbox_post_done(isle_done *d);
  * unmapped when the pool is full. isle_bootheap_live counts the region
  * blocks not freed yet; isle_bootheap_trim unmaps the pooled regions. */
 #define ISLE_BOOTHEAP_SIZE ((size_t)256 << 10) /* a region, its header included */
-#define ISLE_BOOTHEAP_SMALL 2048                /* larger blocks are never reused */
+#define ISLE_BOOTHEAP_SMALL 2048                /* larger free spans: first fit */
 #define ISLE_BOOTHEAP_POOL 8                    /* regions kept for the next states */
 typedef struct isle_bootheap isle_bootheap;
 isle_bootheap *isle_bootheap_take(isle_mem_allocf f, void *ud);
 void isle_bootheap_give_back(isle_bootheap *h);
 void *isle_bootheap_alloc(void *ud, void *p, size_t osz, size_t nsz);
 size_t isle_bootheap_live(const isle_bootheap *h);
+size_t isle_bootheap_used(const isle_bootheap *h); /* bytes of the region carved so far */
 int isle_bootheap_sealed(const isle_bootheap *h);
 int isle_bootheap_owns(const isle_bootheap *h, const void *p);
 int isle_bootheap_pooled(void);
