@@ -287,14 +287,10 @@ static int resize_in_place(isle_bootheap *h, char *p, size_t o, size_t n)
     return 1;
 }
 
-void *isle_bootheap_alloc(void *ud, void *p, size_t osz, size_t nsz)
+/* A region block, or a new block while the heap is not sealed. */
+__attribute__((noinline)) static void *slow_path(isle_bootheap *h, void *p, size_t osz, size_t nsz)
 {
-    isle_bootheap *h = ud;
-    if (!owns(h, p)) {
-        /* The wrapped allocator's block (or none): it stays there. */
-        if (p || nsz == 0) return h->f(h->ud, p, osz, nsz);
-        return new_block(h, nsz);
-    }
+    if (!p) return nsz ? new_block(h, nsz) : NULL;
     if (nsz == 0) {
         region_free(h, p, osz);
         return NULL;
@@ -305,4 +301,13 @@ void *isle_bootheap_alloc(void *ud, void *p, size_t osz, size_t nsz)
     memcpy(q, p, osz);
     region_free(h, p, osz);
     return q;
+}
+
+/* Kept to a few instructions (no frame): once the heap is sealed, every
+ * call of an allocation-heavy job passes here to reach LuaJIT's allocator. */
+void *isle_bootheap_alloc(void *ud, void *p, size_t osz, size_t nsz)
+{
+    isle_bootheap *h = ud;
+    if (p ? !owns(h, p) : h->sealed) return h->f(h->ud, p, osz, nsz);
+    return slow_path(h, p, osz, nsz);
 }
