@@ -66,14 +66,19 @@ typedef struct hole {
 } hole;
 
 struct isle_bootheap {
-    void *free[CLASSES];     /* per class: a list linked through its blocks */
-    uint64_t map[MAPWORDS];  /* bit k: free[k] is not empty */
-    hole *holes;             /* larger free spans, first fit */
-    char *bump, *end;        /* the region's part never handed out */
-    size_t live;             /* blocks handed out and not freed */
-    int sealed;              /* new blocks are the wrapped allocator's */
-    isle_mem_allocf f;       /* the wrapped allocator (LuaJIT's) */
+    /* What isle_bootheap_alloc reads on every call, first: an address p
+     * with p - lo < len takes the slow path, any other goes straight to f.
+     * Sealed, [lo, lo + len) is the region; before, it is [0, region end),
+     * so that new blocks (p NULL) come to the region too. */
+    uintptr_t lo, len;
+    isle_mem_allocf f; /* the wrapped allocator (LuaJIT's) */
     void *ud;
+    int sealed;              /* new blocks are the wrapped allocator's */
+    size_t live;             /* blocks handed out and not freed */
+    char *bump, *end;        /* the region's part never handed out */
+    hole *holes;             /* larger free spans, first fit */
+    uint64_t map[MAPWORDS];  /* bit k: free[k] is not empty */
+    void *free[CLASSES];     /* per class: a list linked through its blocks */
 };
 _Static_assert(sizeof(isle_bootheap) % GRAIN == 0, "blocks after the header must stay aligned");
 
@@ -97,7 +102,16 @@ static void reset(isle_bootheap *h, isle_mem_allocf f, void *ud)
     h->end = (char *)h + ISLE_BOOTHEAP_SIZE;
     h->f = f;
     h->ud = ud;
+    h->lo = 0;
+    h->len = (uintptr_t)h->end;
     POISON(h->bump, (size_t)(h->end - h->bump));
+}
+
+static void seal(isle_bootheap *h)
+{
+    h->sealed = 1;
+    h->lo = (uintptr_t)h;
+    h->len = ISLE_BOOTHEAP_SIZE;
 }
 
 isle_bootheap *isle_bootheap_take(isle_mem_allocf f, void *ud)
@@ -240,7 +254,7 @@ static void *region_alloc(isle_bootheap *h, size_t n)
         }
     }
     if ((size_t)(h->end - h->bump) < n) {
-        if (cls < CLASSES) h->sealed = 1;
+        if (cls < CLASSES) seal(h);
         return NULL;
     }
     p = h->bump;
@@ -287,10 +301,12 @@ static int resize_in_place(isle_bootheap *h, char *p, size_t o, size_t n)
     return 1;
 }
 
-/* A region block, or a new block while the heap is not sealed. */
+/* A region block, or while the heap is not sealed a new block or any block
+ * below the region's end. */
 __attribute__((noinline)) static void *slow_path(isle_bootheap *h, void *p, size_t osz, size_t nsz)
 {
     if (!p) return nsz ? new_block(h, nsz) : NULL;
+    if (!owns(h, p)) return h->f(h->ud, p, osz, nsz);
     if (nsz == 0) {
         region_free(h, p, osz);
         return NULL;
@@ -303,11 +319,11 @@ __attribute__((noinline)) static void *slow_path(isle_bootheap *h, void *p, size
     return q;
 }
 
-/* Kept to a few instructions (no frame): once the heap is sealed, every
+/* Kept to a compare and a jump (no frame): once the heap is sealed, every
  * call of an allocation-heavy job passes here to reach LuaJIT's allocator. */
 void *isle_bootheap_alloc(void *ud, void *p, size_t osz, size_t nsz)
 {
     isle_bootheap *h = ud;
-    if (p ? !owns(h, p) : h->sealed) return h->f(h->ud, p, osz, nsz);
+    if ((uintptr_t)p - h->lo >= h->len) return h->f(h->ud, p, osz, nsz);
     return slow_path(h, p, osz, nsz);
 }
