@@ -77,6 +77,8 @@ struct isle_bootheap {
     size_t live;             /* blocks handed out and not freed */
     char *bump, *end;        /* the region's part never handed out */
     hole *holes;             /* larger free spans, first fit */
+    void (*emptied)(void *); /* called when the last block goes (isle_bootheap_closing) */
+    void *emptied_arg;
     uint64_t map[MAPWORDS];  /* bit k: free[k] is not empty */
     void *free[CLASSES];     /* per class: a list linked through its blocks */
 };
@@ -171,6 +173,17 @@ void isle_bootheap_fork(int phase)
 size_t isle_bootheap_live(const isle_bootheap *h) { return h->live; }
 int isle_bootheap_sealed(const isle_bootheap *h) { return h->sealed; }
 int isle_bootheap_owns(const isle_bootheap *h, const void *p) { return owns(h, p); }
+int isle_bootheap_closing(isle_bootheap *h, void (*fn)(void *), void *arg)
+{
+    /* Sealed, a free is only counted: the region is emptied as a whole when
+     * it is given back. */
+    seal(h);
+    if (!h->live) return 0;
+    h->emptied = fn;
+    h->emptied_arg = arg;
+    return 1;
+}
+
 size_t isle_bootheap_used(const isle_bootheap *h)
 {
     return (size_t)(h->bump - (const char *)(h + 1));
@@ -267,7 +280,10 @@ found:
 
 static void region_free(isle_bootheap *h, void *p, size_t n)
 {
-    h->live--;
+    if (--h->live == 0 && h->emptied) {
+        h->emptied(h->emptied_arg); /* the state closes: nothing of it is left here */
+        h->emptied = NULL;
+    }
     if (h->sealed) {
         POISON(p, n); /* never handed out again: the state allocates elsewhere now */
         return;

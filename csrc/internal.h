@@ -132,6 +132,10 @@ isle_bootheap *isle_bootheap_take(isle_mem_allocf f, void *ud);
 void isle_bootheap_give_back(isle_bootheap *h);
 void *isle_bootheap_alloc(void *ud, void *p, size_t osz, size_t nsz);
 size_t isle_bootheap_live(const isle_bootheap *h);
+/* The state closes: the heap is sealed (frees are only counted) and
+ * `fn(arg)` runs once, when the last region block is freed (from inside
+ * that free); 0 (and nothing noted) if none is left now. */
+int isle_bootheap_closing(isle_bootheap *h, void (*fn)(void *), void *arg);
 size_t isle_bootheap_used(const isle_bootheap *h); /* bytes of the region carved so far */
 int isle_bootheap_sealed(const isle_bootheap *h);
 int isle_bootheap_owns(const isle_bootheap *h, const void *p);

@@ -202,23 +202,23 @@ static void *catch_alloc(void *ud, void *p, size_t osz, size_t nsz)
     return q;
 }
 
-static void hand_back(isle_lua_acct *a);
-
-/* After the sentinel: lua_close only frees now. */
-static void *closing_boot(void *ud, void *p, size_t osz, size_t nsz)
+/* The boot heap has no block of the state left: lua_close ends with
+ * LuaJIT's allocator. */
+static void to_luajit(void *ud)
 {
     isle_lua_acct *a = ud;
-    void *q = isle_bootheap_alloc(a->boot, p, osz, nsz);
-    if (isle_bootheap_live(a->boot) == 0) lua_setallocf(a->L, (lua_Alloc)a->allocf, a->allocd);
-    return q;
+    lua_setallocf(a->L, (lua_Alloc)a->allocf, a->allocd);
 }
 
 /* The allocator lua_close ends with: LuaJIT's, once the boot heap holds no
- * block of the state. */
+ * block of the state (until then the boot heap routes the frees, and tells
+ * when its last block goes). */
 static void hand_back(isle_lua_acct *a)
 {
-    if (a->boot && isle_bootheap_live(a->boot)) lua_setallocf(a->L, closing_boot, a);
-    else lua_setallocf(a->L, (lua_Alloc)a->allocf, a->allocd);
+    if (a->boot && isle_bootheap_closing(a->boot, to_luajit, a))
+        lua_setallocf(a->L, isle_bootheap_alloc, a->boot);
+    else
+        to_luajit(a);
 }
 
 static void *closing_alloc(void *ud, void *p, size_t osz, size_t nsz)

@@ -2,7 +2,8 @@
  * come from the region and its garbage is reused there; once a small block
  * does not fit the heap is sealed and every new block is the wrapped
  * allocator's; frees and reallocs go to whichever owns the block, across
- * the seal too, with the bytes kept; a region given back is the next one
+ * the seal too, with the bytes kept; closing, the last region block's
+ * free calls back once; a region given back is the next one
  * taken, the pool keeps at most ISLE_BOOTHEAP_POOL of them and unmaps the
  * rest; threads share the pool (run under TSan too), and a child forked
  * while other threads use it can still use it.
@@ -232,6 +233,45 @@ static void test_growth_fails_cleanly(void)
     isle_bootheap_trim();
 }
 
+/* Closing: the heap is sealed, frees of region blocks are counted, the
+ * wrapped allocator's go there, and the callback runs once, inside the free
+ * of the last region block. */
+static int emptied_calls;
+static isle_bootheap *emptied_heap;
+
+static void on_empty(void *arg)
+{
+    CHECK(arg == &emptied_calls);
+    CHECK_EQ(isle_bootheap_live(emptied_heap), 0);
+    emptied_calls++;
+}
+
+static void test_closing(void)
+{
+    wrapped w = {0, 0};
+    isle_bootheap *h = isle_bootheap_take(wrapped_alloc, &w);
+    CHECK(h != NULL);
+    emptied_heap = h;
+    emptied_calls = 0;
+    char *a = A(h, NULL, 0, 40), *b = A(h, NULL, 0, 4000);
+    char *huge = A(h, NULL, 0, 2 * ISLE_BOOTHEAP_SIZE);
+    CHECK(!isle_bootheap_owns(h, huge));
+    CHECK(!isle_bootheap_sealed(h));
+    CHECK_EQ(isle_bootheap_closing(h, on_empty, &emptied_calls), 1);
+    CHECK(isle_bootheap_sealed(h));
+    CHECK(A(h, a, 40, 0) == NULL);
+    CHECK_EQ(emptied_calls, 0);
+    CHECK(A(h, huge, 2 * ISLE_BOOTHEAP_SIZE, 0) == NULL);
+    CHECK_EQ(w.live, 0);
+    CHECK_EQ(emptied_calls, 0);
+    CHECK(A(h, b, 4000, 0) == NULL);
+    CHECK_EQ(emptied_calls, 1);
+    /* Nothing left: nothing to wait for. */
+    CHECK_EQ(isle_bootheap_closing(h, on_empty, &emptied_calls), 0);
+    CHECK_EQ(emptied_calls, 1);
+    isle_bootheap_give_back(h);
+}
+
 static void test_pool_bound(void)
 {
     isle_bootheap_trim();
@@ -336,6 +376,7 @@ int main(void)
     RUN(test_region_and_reuse);
     RUN(test_seal_and_routing);
     RUN(test_growth_fails_cleanly);
+    RUN(test_closing);
     RUN(test_pool_bound);
     RUN(test_threads);
     RUN(test_fork);
