@@ -160,12 +160,12 @@ static void pin_library(void);
 
 /* Accounting a state ----------------------------------------------------------
  *
- * The state is built by LuaJIT's own allocator (luaL_newstate), boots in a
- * boot heap (bootheap.c: recycled memory, already faulted in) that hands
- * every block after that first one back to LuaJIT's allocator once it is
- * full, and is then counted through its account (isle_mem_alloc wraps the
- * boot heap's allocator, or LuaJIT's when there is no boot heap), so no
- * limit can fail an allocation inside lua_newstate.
+ * The state is built by LuaJIT's own allocator (luaL_newstate) and boots
+ * in a boot heap (bootheap.c: a region recycled from closed states, so
+ * already faulted in; once it is full, new blocks are LuaJIT's allocator's
+ * again). Then it is counted through its account (isle_mem_alloc wraps the
+ * boot heap's router, or LuaJIT's allocator when there is no boot heap), so
+ * no limit can fail an allocation inside lua_newstate.
  *
  * lua_close must find LuaJIT's allocator in place again when it is done, or
  * it does not destroy that allocator's arena (it only frees the main block
