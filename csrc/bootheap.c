@@ -79,10 +79,12 @@ struct isle_bootheap {
     hole *holes;             /* larger free spans, first fit */
     void (*emptied)(void *); /* called when the last block goes (isle_bootheap_closing) */
     void *emptied_arg;
-    uint64_t map[MAPWORDS];  /* bit k: free[k] is not empty */
-    void *free[CLASSES];     /* per class: a list linked through its blocks */
+    uint64_t map[MAPWORDS]; /* bit k: free[k] is not empty */
+    void *free[CLASSES];    /* per class: a list linked through its blocks */
 };
 _Static_assert(sizeof(isle_bootheap) % GRAIN == 0, "blocks after the header must stay aligned");
+
+#define REGION_MAP (MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE)
 
 static pthread_mutex_t pool_lock = PTHREAD_MUTEX_INITIALIZER;
 static isle_bootheap *pool[ISLE_BOOTHEAP_POOL];
@@ -123,8 +125,9 @@ isle_bootheap *isle_bootheap_take(isle_mem_allocf f, void *ud)
     if (pooled) h = pool[--pooled];
     pthread_mutex_unlock(&pool_lock);
     if (!h) {
-        void *m = mmap(NULL, ISLE_BOOTHEAP_SIZE, PROT_READ | PROT_WRITE,
-                       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+        /* fd -1: what MAP_ANONYMOUS asks for */
+        /* cppcheck-suppress invalidFunctionArg */
+        void *m = mmap(NULL, ISLE_BOOTHEAP_SIZE, PROT_READ | PROT_WRITE, REGION_MAP, -1, 0);
         if (m == MAP_FAILED) return NULL; /* the state boots on LuaJIT's allocator alone */
         h = m;
     }
@@ -150,7 +153,7 @@ void isle_bootheap_trim(void)
     isle_bootheap *gone[ISLE_BOOTHEAP_POOL];
     pthread_mutex_lock(&pool_lock);
     int n = pooled;
-    memcpy(gone, pool, (size_t)n * sizeof gone[0]);
+    for (int k = 0; k < n; k++) gone[k] = pool[k];
     pooled = 0;
     pthread_mutex_unlock(&pool_lock);
     for (int k = 0; k < n; k++) munmap(gone[k], ISLE_BOOTHEAP_SIZE);

@@ -125,8 +125,8 @@ void isle_mbox_post_done(isle_done *d);
  * unmapped when the pool is full. isle_bootheap_live counts the region
  * blocks not freed yet; isle_bootheap_trim unmaps the pooled regions. */
 #define ISLE_BOOTHEAP_SIZE ((size_t)256 << 10) /* a region, its header included */
-#define ISLE_BOOTHEAP_SMALL 2048                /* larger free spans: first fit */
-#define ISLE_BOOTHEAP_POOL 8                    /* regions kept for the next states */
+#define ISLE_BOOTHEAP_SMALL 2048               /* larger free spans: first fit */
+#define ISLE_BOOTHEAP_POOL 8                   /* regions kept for the next states */
 typedef struct isle_bootheap isle_bootheap;
 isle_bootheap *isle_bootheap_take(isle_mem_allocf f, void *ud);
 void isle_bootheap_give_back(isle_bootheap *h);
@@ -156,7 +156,7 @@ typedef struct isle_lua_acct {
     void *sentinel;         /* a block only lua_close frees */
     isle_mem_allocf allocf; /* LuaJIT's own allocator of the state */
     void *allocd;
-    isle_bootheap *boot;    /* where it booted (NULL: LuaJIT's allocator alone) */
+    isle_bootheap *boot; /* where it booted (NULL: LuaJIT's allocator alone) */
 } isle_lua_acct;
 
 /* A fresh lua_State with the standard libraries, the preload searcher and

@@ -217,8 +217,7 @@ static void hand_back(isle_lua_acct *a)
 {
     if (a->boot && isle_bootheap_closing(a->boot, to_luajit, a))
         lua_setallocf(a->L, isle_bootheap_alloc, a->boot);
-    else
-        to_luajit(a);
+    else to_luajit(a);
 }
 
 static void *closing_alloc(void *ud, void *p, size_t osz, size_t nsz)
