@@ -10,10 +10,13 @@
  * "a heap per state"). So a boot heap serves a state only while it boots:
  *
  * - One region of ISLE_BOOTHEAP_SIZE bytes, mapped once, this struct at its
- *   start. Blocks up to ISLE_BOOTHEAP_SMALL bytes come from free lists per
- *   16-byte class or from the bump pointer; larger ones from the bump
- *   pointer only (a boot frees few of them). No header per block: LuaJIT
- *   passes every block's size.
+ *   start. No header per block (LuaJIT passes every block's size). A small
+ *   block (up to ISLE_BOOTHEAP_SMALL bytes) comes from the free list of its
+ *   8-byte class, else is cut from the smallest larger free block, else
+ *   from a free span larger than that (first fit), else from the bump
+ *   pointer: the boot's garbage is reused before new memory is touched (an
+ *   idle isle's boot fills ~190 KiB of the region for ~187 KiB LuaJIT asked
+ *   for). A larger block takes a free span or the bump pointer.
  * - A new block comes from the region until a small one does not fit (the
  *   heap is sealed then: from that moment every new block is the wrapped
  *   allocator's, LuaJIT's own, and the job's allocations behave as if the
@@ -21,10 +24,12 @@
  *   wrapped allocator without sealing.
  * - Frees and reallocs are routed by address: a block inside the region is
  *   the heap's (one subtraction and one compare), any other the wrapped
- *   allocator's. A region block reallocated once sealed moves out.
- * - When its state has closed, the region goes back to a process-wide pool
- *   of at most ISLE_BOOTHEAP_POOL regions (beyond that it is unmapped), and
- *   the next state boots in it.
+ *   allocator's. A region block that grows once sealed moves out.
+ * - When its state closes (isle_bootheap_closing) the heap is sealed and
+ *   only counts its blocks going; the caller learns when the last one goes
+ *   (lua_close must end on LuaJIT's allocator). Then the region goes back
+ *   to a process-wide pool of at most ISLE_BOOTHEAP_POOL regions (beyond
+ *   that it is unmapped), and the next state boots in it.
  *
  * One state, one heap: the heap runs on whichever thread runs its state
  * (one at a time) and takes no lock. The pool's lock is a leaf (isle.h's
