@@ -7,11 +7,12 @@
  * there. So before a fork the forking thread takes every process-wide lock
  * of the core, in the lock order of isle.h (registries of isles and of
  * shared states, interrupt table, preload blobs, watchdog, then the depots
- * of the block caches, a leaf lock); the parent then releases them, and the child
- * releases them and forgets the parent's threads. Objects made before the
- * fork (isles, tasks, mailboxes) are not repaired: their own locks may be
- * held by threads that are gone, so the Lua layer refuses to use them in the
- * child (isle_fork_generation tells it that a fork happened).
+ * of the block caches and the pool of boot heaps, leaf locks); the parent
+ * then releases them, and the child releases them and forgets the parent's
+ * threads. Objects made before the fork (isles, tasks, mailboxes) are not
+ * repaired: their own locks may be held by threads that are gone, so the Lua
+ * layer refuses to use them in the child (isle_fork_generation tells it
+ * that a fork happened).
  */
 #include "internal.h"
 
@@ -36,10 +37,12 @@ static void prepare(void)
     if (isle_preload_fork) isle_preload_fork(ISLE_FORK_PREPARE);
     isle_watchdog_fork(ISLE_FORK_PREPARE);
     isle_cache_fork(ISLE_FORK_PREPARE);
+    isle_bootheap_fork(ISLE_FORK_PREPARE);
 }
 
 static void after(int phase)
 {
+    isle_bootheap_fork(phase);
     isle_cache_fork(phase);
     isle_watchdog_fork(phase);
     if (isle_preload_fork) isle_preload_fork(phase);

@@ -114,6 +114,34 @@ void isle_mbox_retain(isle_mbox *mb);
 /* Move a notice onto its subscriber's done list (ownership passes). */
 void isle_mbox_post_done(isle_done *d);
 
+/* Boot heaps (bootheap.c): the region a new Lua state boots in, recycled
+ * through a bounded process-wide pool. isle_bootheap_take gives an empty
+ * heap over `f` (LuaJIT's allocator of the state), or NULL (no region could
+ * be mapped: the state uses `f` alone). isle_bootheap_alloc, the state's
+ * lua_Alloc with the heap as `ud`, hands out region blocks until a small one
+ * does not fit (then the heap is sealed and every new block is `f`'s), and
+ * routes frees and reallocs by address. isle_bootheap_give_back takes the
+ * region back once the state is closed (accepts NULL): to the pool, or
+ * unmapped when the pool is full. isle_bootheap_live counts the region
+ * blocks not freed yet; isle_bootheap_trim unmaps the pooled regions. */
+#define ISLE_BOOTHEAP_SIZE ((size_t)256 << 10) /* a region, its header included */
+#define ISLE_BOOTHEAP_SMALL 2048               /* larger free spans: first fit */
+#define ISLE_BOOTHEAP_POOL 8                   /* regions kept for the next states */
+typedef struct isle_bootheap isle_bootheap;
+isle_bootheap *isle_bootheap_take(isle_mem_allocf f, void *ud);
+void isle_bootheap_give_back(isle_bootheap *h);
+void *isle_bootheap_alloc(void *ud, void *p, size_t osz, size_t nsz);
+size_t isle_bootheap_live(const isle_bootheap *h);
+/* The state closes: the heap is sealed (frees are only counted) and
+ * `fn(arg)` runs once, when the last region block is freed (from inside
+ * that free); 0 (and nothing noted) if none is left now. */
+int isle_bootheap_closing(isle_bootheap *h, void (*fn)(void *), void *arg);
+size_t isle_bootheap_used(const isle_bootheap *h); /* bytes of the region carved so far */
+int isle_bootheap_sealed(const isle_bootheap *h);
+int isle_bootheap_owns(const isle_bootheap *h, const void *p);
+int isle_bootheap_pooled(void);
+void isle_bootheap_trim(void);
+
 /* Installs the preload searcher in a fresh state (preload.c). */
 struct lua_State;
 int isle_preload_install(struct lua_State *L);
@@ -128,6 +156,7 @@ typedef struct isle_lua_acct {
     void *sentinel;         /* a block only lua_close frees */
     isle_mem_allocf allocf; /* LuaJIT's own allocator of the state */
     void *allocd;
+    isle_bootheap *boot; /* where it booted (NULL: LuaJIT's allocator alone) */
 } isle_lua_acct;
 
 /* A fresh lua_State with the standard libraries, the preload searcher and
@@ -155,5 +184,6 @@ void isle_registry_fork(int phase); /* isle.c: live isles */
 void isle_preload_fork(int phase);  /* preload.c: bytecode blobs */
 void isle_state_fork(int phase);    /* state.c: shared states */
 void isle_cache_fork(int phase);    /* cache.c: the depots of the block caches */
+void isle_bootheap_fork(int phase); /* bootheap.c: the pool of boot regions */
 
 #endif

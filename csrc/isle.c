@@ -160,19 +160,27 @@ static void pin_library(void);
 
 /* Accounting a state ----------------------------------------------------------
  *
- * The state is built by LuaJIT's own allocator (luaL_newstate), then
- * counted through its account (isle_mem_alloc wraps that allocator), so no
- * limit can fail an allocation inside lua_newstate. lua_close must find
- * LuaJIT's allocator in place again when it is done, or it does not destroy
- * that allocator's arena (it only frees the main block into it); but the
- * finalizers lua_close runs first are the state's code and stay under the
- * account. So the state holds a sentinel block that nothing but lua_close
- * frees: a userdata in the registry (the main thread's stack would not do:
- * lua_close empties it before the finalizers, whose allocations may then
- * collect it). LuaJIT frees it once every finalizer has run, with the rest
- * of the state, and then the allocator goes back to LuaJIT's. (Code that
- * takes it out of the registry only makes the hand-back come at another
- * moment of the close, or never: then the arena stays mapped.) */
+ * The state is built by LuaJIT's own allocator (luaL_newstate) and boots
+ * in a boot heap (bootheap.c: a region recycled from closed states, so
+ * already faulted in; once it is full, new blocks are LuaJIT's allocator's
+ * again). Then it is counted through its account (isle_mem_alloc wraps the
+ * boot heap's router, or LuaJIT's allocator when there is no boot heap), so
+ * no limit can fail an allocation inside lua_newstate.
+ *
+ * lua_close must find LuaJIT's allocator in place again when it is done, or
+ * it does not destroy that allocator's arena (it only frees the main block
+ * into it); but the finalizers lua_close runs first are the state's code
+ * and stay under the account, and the blocks of the boot heap must reach
+ * the boot heap until the last of them is freed. So the state holds a
+ * sentinel block that nothing but lua_close frees: a userdata in the
+ * registry (the main thread's stack would not do: lua_close empties it
+ * before the finalizers, whose allocations may then collect it). LuaJIT
+ * frees it once every finalizer has run, with the rest of the state; then
+ * the boot heap alone routes the frees, and when it has no block left (all
+ * are freed before lua_close's end: LuaJIT checks that its count of bytes
+ * is back to its main block) the allocator goes back to LuaJIT's. (Code
+ * that takes the sentinel out of the registry only makes the hand-back come
+ * at another moment of the close, or never: then the arena stays mapped.) */
 enum { CAUGHT_MAX = 8 };
 typedef struct caught {
     isle_mem *mem;
@@ -194,21 +202,38 @@ static void *catch_alloc(void *ud, void *p, size_t osz, size_t nsz)
     return q;
 }
 
+/* The boot heap has no block of the state left: lua_close ends with
+ * LuaJIT's allocator. */
+static void to_luajit(void *ud)
+{
+    isle_lua_acct *a = ud;
+    lua_setallocf(a->L, (lua_Alloc)a->allocf, a->allocd);
+}
+
+/* The allocator lua_close ends with: LuaJIT's, once the boot heap holds no
+ * block of the state (until then the boot heap routes the frees, and tells
+ * when its last block goes). */
+static void hand_back(isle_lua_acct *a)
+{
+    if (a->boot && isle_bootheap_closing(a->boot, to_luajit, a))
+        lua_setallocf(a->L, isle_bootheap_alloc, a->boot);
+    else to_luajit(a);
+}
+
 static void *closing_alloc(void *ud, void *p, size_t osz, size_t nsz)
 {
     isle_lua_acct *a = ud;
     void *q = isle_mem_alloc(a->mem, p, osz, nsz);
-    if (p == a->sentinel && nsz == 0) lua_setallocf(a->L, (lua_Alloc)a->allocf, a->allocd);
+    if (p == a->sentinel && nsz == 0) hand_back(a);
     return q;
 }
 
 /* Counts the state from now on; 0 if the sentinel could not be made. */
 static int account_state(isle_lua_acct *a, lua_State *L)
 {
-    a->L = L;
-    a->allocf = (isle_mem_allocf)lua_getallocf(L, &a->allocd);
     size_t heap = (size_t)lua_gc(L, LUA_GCCOUNT, 0) * 1024 + (size_t)lua_gc(L, LUA_GCCOUNTB, 0);
-    isle_mem_wrap(a->mem, a->allocf, a->allocd, heap, a->sig);
+    if (a->boot) isle_mem_wrap(a->mem, isle_bootheap_alloc, a->boot, heap, a->sig);
+    else isle_mem_wrap(a->mem, a->allocf, a->allocd, heap, a->sig);
     caught c = {.mem = a->mem, .n = 0};
     lua_setallocf(L, catch_alloc, &c);
     void *u = lua_newuserdata(L, 1);
@@ -221,6 +246,16 @@ static int account_state(isle_lua_acct *a, lua_State *L)
     return a->sentinel != NULL;
 }
 
+/* lua_close, then the boot heap's region goes back to the pool. */
+static void close_state(lua_State *L, isle_lua_acct *a)
+{
+    lua_close(L);
+    isle_bootheap_give_back(a->boot);
+    a->boot = NULL;
+    a->L = NULL;
+    a->sentinel = NULL;
+}
+
 void isle_lua_close(lua_State *L, isle_lua_acct *a)
 {
     if (!a) {
@@ -230,11 +265,9 @@ void isle_lua_close(lua_State *L, isle_lua_acct *a)
     /* Finalizers that lua_close runs are under the limit too. */
     isle_mem_enforce(a->mem, ISLE_MEM_CORE);
     if (a->sentinel) lua_setallocf(L, closing_alloc, a);
-    else lua_setallocf(L, (lua_Alloc)a->allocf, a->allocd);
-    lua_close(L);
+    else hand_back(a);
+    close_state(L, a);
     isle_mem_unwrap(a->mem);
-    a->L = NULL;
-    a->sentinel = NULL;
 }
 
 lua_State *isle_lua_new(const char *path, const char *cpath, isle_lua_acct *acct)
@@ -242,9 +275,22 @@ lua_State *isle_lua_new(const char *path, const char *cpath, isle_lua_acct *acct
     pthread_once(&pin_once, pin_library);
     lua_State *L = luaL_newstate();
     if (!L) return NULL;
+    if (acct) {
+        /* Only a state with an account has a place to keep its boot heap. */
+        acct->L = L;
+        acct->sentinel = NULL;
+        acct->allocf = (isle_mem_allocf)lua_getallocf(L, &acct->allocd);
+        acct->boot = isle_bootheap_take(acct->allocf, acct->allocd);
+        if (acct->boot) lua_setallocf(L, isle_bootheap_alloc, acct->boot);
+    }
     boot_paths bp = {path ? path : "", cpath ? cpath : ""};
     if (lua_cpcall(L, boot_state, &bp) != 0) {
-        lua_close(L);
+        if (acct) {
+            hand_back(acct);
+            close_state(L, acct);
+        } else {
+            lua_close(L);
+        }
         return NULL;
     }
     if (acct && !account_state(acct, L)) {

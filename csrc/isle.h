@@ -21,7 +21,9 @@
  * comes before the signal-block lock and is never held with the others). The watchdog's lock is never held while any
  * other is taken, nor is a shared state's wait lock, nor the depot lock of
  * the block caches (cache.c: freed small messages and task slots kept for
- * reuse), which is taken last of all and nothing is taken under it.
+ * reuse), which is taken last of all and nothing is taken under it; the
+ * pool lock of the boot heaps (bootheap.c) is such a leaf too (the two are
+ * held together only around fork(), depot first).
  * Nothing here runs Lua code while holding a lock, so a Lua finalizer can
  * never run inside a core critical section. The one exception is by design:
  * a shared state's call lock (state.c) is held while its Lua code runs, and
