@@ -50,6 +50,12 @@ void isle_cache_pause(int paused);
 /* Destroys what a cached task slot keeps initialised before it is freed (task.c). */
 void isle_task_block_fini(void *p);
 
+/* isle_now at the last clock tick (CLOCK_MONOTONIC_COARSE: behind it by up
+ * to a tick, a few ms, never ahead): a read of a word the kernel updates,
+ * for a time that only needs a tick's precision. isle_now() minus it is
+ * never less than the true time since. */
+double isle_now_coarse(void);
+
 /* Absolute CLOCK_MONOTONIC deadline `timeout` seconds from now. Condition
  * variables are created with CLOCK_MONOTONIC so wall-clock jumps do not
  * shorten or stretch waits. */
@@ -113,6 +119,8 @@ void isle_sig_attach_mbox(isle_sig *s, isle_mbox *mb);
 void isle_mbox_retain(isle_mbox *mb);
 /* Move a notice onto its subscriber's done list (ownership passes). */
 void isle_mbox_post_done(isle_done *d);
+/* The mailbox's lock (mbox.c), for a test that messages pass without it. */
+pthread_mutex_t *isle_mbox_lock_of(isle_mbox *mb);
 
 /* Installs the preload searcher in a fresh state (preload.c). */
 struct lua_State;

@@ -22,6 +22,9 @@
  * other is taken, nor is a shared state's wait lock, nor the depot lock of
  * the block caches (cache.c: freed small messages and task slots kept for
  * reuse), which is taken last of all and nothing is taken under it.
+ * Messages are pushed and taken without the mailbox lock (mbox.c: a stack
+ * swapped by compare-and-swap); a push takes it only to wake a parked
+ * consumer or arm the fd, holding no other lock then.
  * Nothing here runs Lua code while holding a lock, so a Lua finalizer can
  * never run inside a core critical section. The one exception is by design:
  * a shared state's call lock (state.c) is held while its Lua code runs, and
@@ -287,7 +290,9 @@ typedef struct isle_stats {
     int64_t queued; /* in the mailbox, or taken by the loop and not started */
     int64_t running;
     int64_t done, failed, cancelled, closed; /* ended by this state so far */
-    double oldest_start;   /* isle_now() when the longest-running task started; 0: none */
+    /* isle_now() when the longest-running task started, to a clock tick
+     * (a few ms; never later than it did); 0: none */
+    double oldest_start;
     int32_t oldest_cancel; /* ISLE_CANCEL_* already asked of that task (still running) */
     char oldest_label[ISLE_LABEL_MAX];
 } isle_stats;

@@ -18,7 +18,7 @@
 
 /* A slot is a block of the task cache (cache.c): while cached, its first
  * word links it and `mu` stays initialised, so that a recycled slot skips
- * its setup; everything from `waiters` to `label` is zeroed anew.
+ * its setup; everything from `sig` to `label` is zeroed anew.
  *
  * A waiter parks on `ended` itself (a futex) rather than on a condition
  * variable under `mu`: the ending thread stores `ended`, then wakes only if
@@ -30,13 +30,11 @@ struct isle_task {
     atomic_int refs;
     atomic_int state;
     atomic_int cancel;
-    atomic_int ended; /* 0/1 mirror of "state is final": spun and parked on by waiters */
     pthread_mutex_t mu;
-    atomic_int waiters;       /* threads parked (or parking) in isle_task_wait */
     isle_sig *sig;            /* state running the task, retained while RUNNING (mu) */
     isle_done *subs;          /* pending notices, each holding a task ref (mu) */
     isle_task *rnext, *rprev; /* in sig's running list (sig's lock) */
-    double started;           /* isle_now() when it started running (mu) */
+    double started;           /* isle_now_coarse() when it started running (mu) */
     atomic_int has_deadline;  /* set once by isle_task_expire_at */
     size_t deadline_slot;     /* index + 1 in the watchdog's heap, 0 if not in it (its lock) */
     isle_msg *result;         /* NULL: ended with no bytes and no references */
@@ -47,10 +45,19 @@ struct isle_task {
     void (*owner_free)(void *);
     void *owner;
     char label[ISLE_LABEL_MAX]; /* what runs, for isle_stats (set before it is linked) */
+    /* Last, more than a cache line away from `mu`, `state` and `refs`: a
+     * caller spins on `ended` while the runner takes the lock, starts and
+     * ends the task; on the lock's line each of those writes took the line
+     * back from the spinning caller (a miss each), on its own line only
+     * the final store does. */
+    atomic_int ended;   /* 0/1 mirror of "state is final": spun and parked on by waiters */
+    atomic_int waiters; /* threads parked (or parking) in isle_task_wait */
 };
 
 _Static_assert(sizeof(isle_task) <= ISLE_TASK_BLOCK, "a task slot must fit a cached block");
 _Static_assert(offsetof(isle_task, mu) >= sizeof(void *), "the cache's link must not touch mu");
+_Static_assert(offsetof(isle_task, ended) >= offsetof(isle_task, mu) + sizeof(pthread_mutex_t) + 64,
+               "a waiter's spin must not share a line with the lock");
 
 static int is_final(int state) { return state >= ISLE_TASK_DONE; }
 
@@ -70,8 +77,9 @@ isle_task *isle_task_new(void)
         if (pthread_mutex_init(&t->mu, NULL)) goto fail_mu;
     }
     /* `label` is written before it is read (isle_task_start). */
-    memset(&t->waiters, 0, offsetof(isle_task, label) - offsetof(isle_task, waiters));
+    memset(&t->sig, 0, offsetof(isle_task, label) - offsetof(isle_task, sig));
     t->label[0] = '\0';
+    atomic_init(&t->waiters, 0);
     atomic_init(&t->refs, 1);
     atomic_init(&t->state, ISLE_TASK_QUEUED);
     atomic_init(&t->cancel, ISLE_CANCEL_NONE);
@@ -220,7 +228,9 @@ int isle_task_start(isle_task *t, isle_sig *sig, const char *label)
     if (state == ISLE_TASK_QUEUED) {
         atomic_store(&t->state, ISLE_TASK_RUNNING);
         if (sig) {
-            t->started = isle_now();
+            /* For isle_stats' `running_for` only: a tick's precision is
+             * enough, and the full clock read cost ~50 ns of every call. */
+            t->started = isle_now_coarse();
             size_t n = 0;
             if (label)
                 for (; n + 1 < sizeof t->label && label[n]; n++) t->label[n] = label[n];
