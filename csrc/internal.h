@@ -39,7 +39,8 @@ void isle_mem_let_go(isle_mem **held, size_t n);
 enum { ISLE_CACHE_MSG, ISLE_CACHE_TASK, ISLE_CACHE_KINDS };
 enum {
     ISLE_MSG_BLOCK = 256,  /* a message whose whole allocation fits is cached */
-    ISLE_TASK_BLOCK = 256, /* sizeof(struct isle_task), rounded up (task.c checks) */
+    ISLE_TASK_BLOCK = 320, /* sizeof(struct isle_task), rounded up (task.c checks) */
+    ISLE_TASK_SMALL = 40,  /* a result this short (with its NUL) is kept in its slot */
     ISLE_CACHE_BATCH = 32, /* blocks per thread list, and per depot batch */
     ISLE_CACHE_DEPOT = 64  /* batches per depot */
 };

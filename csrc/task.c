@@ -45,6 +45,14 @@ struct isle_task {
     void (*owner_free)(void *);
     void *owner;
     char label[ISLE_LABEL_MAX]; /* what runs, for isle_stats (set before it is linked) */
+    /* A small result without references, for a reader without a charged
+     * account, is kept here (`result` points at `small`) instead of in a
+     * message of its own: that message was allocated by the runner and
+     * freed by the caller, and carried lines of its own between them.
+     * Written under `mu` by the completion that wins, read after `ended`;
+     * `small_data` follows the header, as a message's payload does. */
+    isle_msg small;
+    char small_data[ISLE_TASK_SMALL];
     /* Last, more than a cache line away from `mu`, `state` and `refs`: a
      * caller spins on `ended` while the runner takes the lock, starts and
      * ends the task; on the lock's line each of those writes took the line
@@ -110,7 +118,8 @@ void isle_task_release(isle_task *t)
      * notices hold references, so `subs` is empty here. */
     if (t->owner_free) t->owner_free(t->owner);
     isle_sig_release(t->sig);
-    isle_msg_free(t->result); /* uncharges it from `mem` too */
+    /* Uncharges it from `mem` too; a small one holds nothing. */
+    if (t->result != &t->small) isle_msg_free(t->result);
     isle_mem_release(t->mem);
     atomic_fetch_sub_explicit(&live_tasks, 1, memory_order_relaxed);
     if (isle_cache_put(ISLE_CACHE_TASK, t)) return;
@@ -300,12 +309,33 @@ void isle_task_charge_results(isle_task *t, isle_mem *a)
     t->mem = a;
 }
 
+/* Fills the slot's own result message with `len` (< ISLE_TASK_SMALL) bytes
+ * of `data` (mu held, the task not final): as msg_alloc would. */
+static isle_msg *small_result_locked(isle_task *t, const char *data, size_t len)
+{
+    isle_msg *m = &t->small;
+    m->next = NULL;
+    m->task = NULL;
+    m->kind = 0;
+    m->flags = 0;
+    m->len = len;
+    m->data = t->small_data;
+    m->nrefs = 0;
+    m->refs = NULL;
+    m->mem = NULL;
+    memcpy(m->data, data, len);
+    m->data[len] = '\0';
+    return m;
+}
+
 int isle_task_complete_refs(isle_task *t, int state, const char *data, size_t len,
                             isle_task *const *refs, size_t nrefs)
 {
     if (!is_final(state)) return 0;
     isle_msg *result = NULL;
-    if (len || nrefs) {
+    /* `mem` is set before the task is shared (isle_task_charge_results). */
+    int small = len && len < ISLE_TASK_SMALL && !nrefs && !t->mem;
+    if ((len || nrefs) && !small) {
         result = isle_msg_new_refs(0, NULL, data, len, refs, nrefs);
         if (!result) state = ISLE_TASK_FAILED; /* read back as a "memory" error */
         /* A result its reader's account cannot hold is not stored: the
@@ -320,7 +350,12 @@ int isle_task_complete_refs(isle_task *t, int state, const char *data, size_t le
     isle_done *subs = NULL;
     pthread_mutex_lock(&t->mu);
     int won = !is_final(atomic_load(&t->state));
-    if (won) finish_locked(t, state, result, &sig, &subs);
+    if (won) {
+        /* Only the winner writes the slot's own result: a losing
+         * completion running at the same time must not touch it. */
+        if (small) result = small_result_locked(t, data, len);
+        finish_locked(t, state, result, &sig, &subs);
+    }
     pthread_mutex_unlock(&t->mu);
     /* A lost race gives its references (and its charge) back here, outside
      * the lock: the last reference of a token frees it. */
