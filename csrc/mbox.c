@@ -33,8 +33,10 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-/* The inbox of a closed mailbox: never a message's address. */
-#define INBOX_CLOSED ((isle_msg *)(uintptr_t)1)
+/* The inbox of a closed mailbox: the address of an object that is never
+ * a message pushed. */
+static isle_msg inbox_closed_mark;
+#define INBOX_CLOSED (&inbox_closed_mark)
 
 /* The first line holds what both sides touch for every message: the inbox,
  * the count, and the words a producer reads after filling an empty inbox. */
