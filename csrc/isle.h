@@ -22,6 +22,8 @@
  * other is taken, nor is a shared state's wait lock, nor the depot lock of
  * the block caches (cache.c: freed small messages and task slots kept for
  * reuse), which is taken last of all and nothing is taken under it.
+ * The task and signal-block locks are the core's own (isle_lock,
+ * internal.h: a word and a futex), in the same place in this order.
  * Messages are pushed and taken without the mailbox lock (mbox.c: a stack
  * swapped by compare-and-swap); a push takes it only to wake a parked
  * consumer or arm the fd, holding no other lock then.
