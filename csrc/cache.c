@@ -70,11 +70,18 @@ static const size_t block_size[ISLE_CACHE_KINDS] = {ISLE_MSG_BLOCK, ISLE_TASK_BL
 static depot depots[ISLE_CACHE_KINDS] = {{PTHREAD_MUTEX_INITIALIZER, 0, {NULL}},
                                          {PTHREAD_MUTEX_INITIALIZER, 0, {NULL}}};
 
-static _Thread_local cache_list lists[ISLE_CACHE_KINDS];
-/* 0: this thread has cached nothing yet; 1: its key is set, so its lists go
- * to the depot when it exits; 2: it is exiting (or the cache is off for it):
- * blocks it frees are not cached. */
-static _Thread_local int thread_mode;
+/* A thread's lists and mode in one thread-local object: in libisle.so each
+ * thread-local variable is found through the dynamic linker (a TLS
+ * descriptor, or __tls_get_addr without -mtls-dialect=gnu2: the Makefile),
+ * so one object costs one look-up per call where two cost two. */
+typedef struct thread_cache {
+    cache_list lists[ISLE_CACHE_KINDS];
+    /* 0: this thread has cached nothing yet; 1: its key is set, so its
+     * lists go to the depot when it exits; 2: it is exiting (or the cache
+     * is off for it): blocks it frees are not cached. */
+    int mode;
+} thread_cache;
+static _Thread_local thread_cache tc;
 /* Nonzero: nothing is cached or handed out. CACHE_EXITING for good (the
  * process exits), CACHE_PAUSED while a test wants every block to reach the
  * allocator (isle_cache_pause). */
@@ -131,8 +138,9 @@ __attribute__((noinline)) static void flush_list(int kind, cache_list *l)
 static void thread_exit(void *unused)
 {
     (void)unused;
-    thread_mode = 2;
-    for (int k = 0; k < ISLE_CACHE_KINDS; k++) flush_list(k, &lists[k]);
+    thread_cache *t = &tc;
+    t->mode = 2;
+    for (int k = 0; k < ISLE_CACHE_KINDS; k++) flush_list(k, &t->lists[k]);
 }
 
 static void make_exit_key(void) { exit_key_ok = !pthread_key_create(&exit_key, thread_exit); }
@@ -140,25 +148,26 @@ static void make_exit_key(void) { exit_key_ok = !pthread_key_create(&exit_key, t
 /* The first block this thread caches or takes: have its lists handed to
  * the depot when it exits. 0 if it must not cache (it is exiting, or the
  * key could not be set). */
-static int thread_register(void)
+static int thread_register(thread_cache *t)
 {
-    if (thread_mode == 2) return 0;
+    if (t->mode == 2) return 0;
     pthread_once(&exit_key_once, make_exit_key);
-    if (!exit_key_ok || pthread_setspecific(exit_key, &thread_mode)) {
-        thread_mode = 2;
+    if (!exit_key_ok || pthread_setspecific(exit_key, t)) {
+        t->mode = 2;
         return 0;
     }
-    thread_mode = 1;
+    t->mode = 1;
     return 1;
 }
 
 /* Fills the empty list `l` with a batch from the depot; its first block, or
  * NULL. Kept out of line: the common case, a block on the list, stays a few
  * instructions. */
-__attribute__((noinline)) static block *refill(int kind, cache_list *l)
+__attribute__((noinline)) static block *refill(int kind, thread_cache *t)
 {
     /* A batch taken here may outlive the thread: it must be handed back. */
-    if (thread_mode != 1 && !thread_register()) return NULL;
+    if (t->mode != 1 && !thread_register(t)) return NULL;
+    cache_list *l = &t->lists[kind];
     depot *d = &depots[kind];
     /* Peeked first: a thread that only allocates (a producer ahead of its
      * consumer) must not take the lock for each block it mallocs. */
@@ -178,9 +187,10 @@ __attribute__((noinline)) static block *refill(int kind, cache_list *l)
 void *isle_cache_get(int kind)
 {
     if (atomic_load_explicit(&cache_off, memory_order_relaxed)) return NULL;
-    cache_list *l = &lists[kind];
+    thread_cache *t = &tc;
+    cache_list *l = &t->lists[kind];
     block *b = l->head;
-    if (!b && !(b = refill(kind, l))) return NULL;
+    if (!b && !(b = refill(kind, t))) return NULL;
     UNPOISON(b, sizeof *b);
     l->head = b->next;
     l->n--;
@@ -189,10 +199,10 @@ void *isle_cache_get(int kind)
 }
 
 /* isle_cache_put when this thread has not cached yet, or its list is full. */
-__attribute__((noinline)) static int put_slow(int kind, block *b)
+__attribute__((noinline)) static int put_slow(int kind, block *b, thread_cache *t)
 {
-    if (thread_mode != 1 && !thread_register()) return 0;
-    cache_list *l = &lists[kind];
+    if (t->mode != 1 && !thread_register(t)) return 0;
+    cache_list *l = &t->lists[kind];
     if (l->n == ISLE_CACHE_BATCH) flush_list(kind, l);
     b->next = l->head;
     l->head = b;
@@ -205,9 +215,10 @@ int isle_cache_put(int kind, void *p)
     if (atomic_load_explicit(&cache_off, memory_order_relaxed)) return 0;
     block *b = p;
     POISON((char *)b + sizeof *b, block_size[kind] - sizeof *b);
-    cache_list *l = &lists[kind];
-    if (thread_mode != 1 || l->n == ISLE_CACHE_BATCH) {
-        if (put_slow(kind, b)) return 1;
+    thread_cache *t = &tc;
+    cache_list *l = &t->lists[kind];
+    if (t->mode != 1 || l->n == ISLE_CACHE_BATCH) {
+        if (put_slow(kind, b, t)) return 1;
         UNPOISON(b, block_size[kind]);
         return 0;
     }
@@ -220,7 +231,7 @@ int isle_cache_put(int kind, void *p)
 void isle_cache_trim(void)
 {
     for (int k = 0; k < ISLE_CACHE_KINDS; k++) {
-        cache_list *l = &lists[k];
+        cache_list *l = &tc.lists[k];
         discard_list(k, l->head);
         l->head = NULL;
         l->n = 0;

@@ -39,7 +39,8 @@ void isle_mem_let_go(isle_mem **held, size_t n);
 enum { ISLE_CACHE_MSG, ISLE_CACHE_TASK, ISLE_CACHE_KINDS };
 enum {
     ISLE_MSG_BLOCK = 256,  /* a message whose whole allocation fits is cached */
-    ISLE_TASK_BLOCK = 256, /* sizeof(struct isle_task), rounded up (task.c checks) */
+    ISLE_TASK_BLOCK = 320, /* sizeof(struct isle_task), rounded up (task.c checks) */
+    ISLE_TASK_SMALL = 40,  /* a result this short (with its NUL) is kept in its slot */
     ISLE_CACHE_BATCH = 32, /* blocks per thread list, and per depot batch */
     ISLE_CACHE_DEPOT = 64  /* batches per depot */
 };
@@ -49,6 +50,12 @@ void isle_cache_trim(void);
 void isle_cache_pause(int paused);
 /* Destroys what a cached task slot keeps initialised before it is freed (task.c). */
 void isle_task_block_fini(void *p);
+
+/* isle_now at the last clock tick (CLOCK_MONOTONIC_COARSE: behind it by up
+ * to a tick, a few ms, never ahead): a read of a word the kernel updates,
+ * for a time that only needs a tick's precision. isle_now() minus it is
+ * never less than the true time since. */
+double isle_now_coarse(void);
 
 /* Absolute CLOCK_MONOTONIC deadline `timeout` seconds from now. Condition
  * variables are created with CLOCK_MONOTONIC so wall-clock jumps do not
@@ -64,6 +71,33 @@ int isle_cond_init(pthread_cond_t *cv);
 int isle_futex_wait(atomic_int *word, int expected, const struct timespec *deadline);
 void isle_futex_wake_all(atomic_int *word);
 
+/* The core's own lock, for the task and signal-block locks that every call
+ * takes and lets go (task.c): an uncontended take and release are one
+ * atomic each and a handful of instructions, where glibc's mutex cost about
+ * 50 instructions a pair (four pairs per round trip; callgrind, bench/
+ * README.md). `v` is 0 free, 1 held, 2 held with a thread perhaps asleep on
+ * it (Drepper, "Futexes Are Tricky", mutex 3): a take that finds it held
+ * spins briefly, then marks it 2 and sleeps on the futex; a release that
+ * finds 2 wakes one sleeper. Not recursive; no owner is checked; no
+ * condition variable waits on it. Zero is an unlocked lock. */
+typedef struct isle_lock {
+    atomic_int v;
+} isle_lock;
+void isle_lock_slow(isle_lock *l);
+void isle_lock_wake(isle_lock *l);
+static inline void isle_lock_init(isle_lock *l) { atomic_init(&l->v, 0); }
+static inline void isle_lock_take(isle_lock *l)
+{
+    int c = 0;
+    if (!atomic_compare_exchange_strong_explicit(&l->v, &c, 1, memory_order_acquire,
+                                                 memory_order_relaxed))
+        isle_lock_slow(l);
+}
+static inline void isle_lock_give(isle_lock *l)
+{
+    if (atomic_exchange_explicit(&l->v, 0, memory_order_release) == 2) isle_lock_wake(l);
+}
+
 /* Spin until `*word != 0` or the budget (seconds, capped by `timeout` when
  * timeout >= 0) runs out. Returns the last value read. Bounded: a caller
  * that finds nothing parks afterwards, so idle threads cost no CPU. */
@@ -76,7 +110,7 @@ typedef struct isle_sig_impl {
     isle_mbox *mbox;       /* woken on requests, may be NULL */
     struct isle_intr *ids; /* interrupt ids of this state (registry lock) */
     atomic_int pending;    /* ids whose mode is not CLEAR */
-    pthread_mutex_t mu;    /* guards `running` (taken after a task's lock) */
+    isle_lock mu;          /* guards `running` (taken after a task's lock) */
     isle_task *running;    /* tasks this state runs now (task.c links them) */
     atomic_llong ended[4]; /* tasks it ended: done, failed, cancelled, closed */
     atomic_llong held;     /* messages its loop took and has not started */
@@ -113,6 +147,8 @@ void isle_sig_attach_mbox(isle_sig *s, isle_mbox *mb);
 void isle_mbox_retain(isle_mbox *mb);
 /* Move a notice onto its subscriber's done list (ownership passes). */
 void isle_mbox_post_done(isle_done *d);
+/* The mailbox's lock (mbox.c), for a test that messages pass without it. */
+pthread_mutex_t *isle_mbox_lock_of(isle_mbox *mb);
 
 /* Boot heaps (bootheap.c): the region a new Lua state boots in, recycled
  * through a bounded process-wide pool. isle_bootheap_take gives an empty

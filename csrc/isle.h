@@ -24,6 +24,11 @@
  * reuse), which is taken last of all and nothing is taken under it; the
  * pool lock of the boot heaps (bootheap.c) is such a leaf too (the two are
  * held together only around fork(), depot first).
+ * The task and signal-block locks are the core's own (isle_lock,
+ * internal.h: a word and a futex), in the same place in this order.
+ * Messages are pushed and taken without the mailbox lock (mbox.c: a stack
+ * swapped by compare-and-swap); a push takes it only to wake a parked
+ * consumer or arm the fd, holding no other lock then.
  * Nothing here runs Lua code while holding a lock, so a Lua finalizer can
  * never run inside a core critical section. The one exception is by design:
  * a shared state's call lock (state.c) is held while its Lua code runs, and
@@ -289,7 +294,9 @@ typedef struct isle_stats {
     int64_t queued; /* in the mailbox, or taken by the loop and not started */
     int64_t running;
     int64_t done, failed, cancelled, closed; /* ended by this state so far */
-    double oldest_start;   /* isle_now() when the longest-running task started; 0: none */
+    /* isle_now() when the longest-running task started, to a clock tick
+     * (a few ms; never later than it did); 0: none */
+    double oldest_start;
     int32_t oldest_cancel; /* ISLE_CANCEL_* already asked of that task (still running) */
     char oldest_label[ISLE_LABEL_MAX];
 } isle_stats;

@@ -17,8 +17,8 @@
 #include <string.h>
 
 /* A slot is a block of the task cache (cache.c): while cached, its first
- * word links it and `mu` stays initialised, so that a recycled slot skips
- * its setup; everything from `waiters` to `label` is zeroed anew.
+ * word links it and `mu` stays as it was let go (unlocked); everything
+ * from `sig` to `label` is zeroed anew.
  *
  * A waiter parks on `ended` itself (a futex) rather than on a condition
  * variable under `mu`: the ending thread stores `ended`, then wakes only if
@@ -30,13 +30,11 @@ struct isle_task {
     atomic_int refs;
     atomic_int state;
     atomic_int cancel;
-    atomic_int ended; /* 0/1 mirror of "state is final": spun and parked on by waiters */
-    pthread_mutex_t mu;
-    atomic_int waiters;       /* threads parked (or parking) in isle_task_wait */
+    isle_lock mu;
     isle_sig *sig;            /* state running the task, retained while RUNNING (mu) */
     isle_done *subs;          /* pending notices, each holding a task ref (mu) */
     isle_task *rnext, *rprev; /* in sig's running list (sig's lock) */
-    double started;           /* isle_now() when it started running (mu) */
+    double started;           /* isle_now_coarse() when it started running (mu) */
     atomic_int has_deadline;  /* set once by isle_task_expire_at */
     size_t deadline_slot;     /* index + 1 in the watchdog's heap, 0 if not in it (its lock) */
     isle_msg *result;         /* NULL: ended with no bytes and no references */
@@ -47,10 +45,27 @@ struct isle_task {
     void (*owner_free)(void *);
     void *owner;
     char label[ISLE_LABEL_MAX]; /* what runs, for isle_stats (set before it is linked) */
+    /* A small result without references, for a reader without a charged
+     * account, is kept here (`result` points at `small`) instead of in a
+     * message of its own: that message was allocated by the runner and
+     * freed by the caller, and carried lines of its own between them.
+     * Written under `mu` by the completion that wins, read after `ended`;
+     * `small_data` follows the header, as a message's payload does. */
+    isle_msg small;
+    char small_data[ISLE_TASK_SMALL];
+    /* Last, more than a cache line away from `mu`, `state` and `refs`: a
+     * caller spins on `ended` while the runner takes the lock, starts and
+     * ends the task; on the lock's line each of those writes took the line
+     * back from the spinning caller (a miss each), on its own line only
+     * the final store does. */
+    atomic_int ended;   /* 0/1 mirror of "state is final": spun and parked on by waiters */
+    atomic_int waiters; /* threads parked (or parking) in isle_task_wait */
 };
 
 _Static_assert(sizeof(isle_task) <= ISLE_TASK_BLOCK, "a task slot must fit a cached block");
 _Static_assert(offsetof(isle_task, mu) >= sizeof(void *), "the cache's link must not touch mu");
+_Static_assert(offsetof(isle_task, ended) >= offsetof(isle_task, mu) + sizeof(isle_lock) + 64,
+               "a waiter's spin must not share a line with the lock");
 
 static int is_final(int state) { return state >= ISLE_TASK_DONE; }
 
@@ -67,26 +82,24 @@ isle_task *isle_task_new(void)
         /* A whole block, so that the slot can be cached when it goes. */
         t = malloc(ISLE_TASK_BLOCK);
         if (!t) return NULL;
-        if (pthread_mutex_init(&t->mu, NULL)) goto fail_mu;
+        isle_lock_init(&t->mu);
     }
     /* `label` is written before it is read (isle_task_start). */
-    memset(&t->waiters, 0, offsetof(isle_task, label) - offsetof(isle_task, waiters));
+    memset(&t->sig, 0, offsetof(isle_task, label) - offsetof(isle_task, sig));
     t->label[0] = '\0';
+    atomic_init(&t->waiters, 0);
     atomic_init(&t->refs, 1);
     atomic_init(&t->state, ISLE_TASK_QUEUED);
     atomic_init(&t->cancel, ISLE_CANCEL_NONE);
     atomic_init(&t->ended, 0);
     atomic_fetch_add_explicit(&live_tasks, 1, memory_order_relaxed);
     return t;
-fail_mu:
-    free(t);
-    return NULL;
 }
 
 void isle_task_block_fini(void *p)
 {
-    isle_task *t = p;
-    pthread_mutex_destroy(&t->mu);
+    /* Nothing to destroy: the lock is a word, left unlocked (0). */
+    (void)p;
 }
 
 void isle_task_retain(isle_task *t)
@@ -102,7 +115,8 @@ void isle_task_release(isle_task *t)
      * notices hold references, so `subs` is empty here. */
     if (t->owner_free) t->owner_free(t->owner);
     isle_sig_release(t->sig);
-    isle_msg_free(t->result); /* uncharges it from `mem` too */
+    /* Uncharges it from `mem` too; a small one holds nothing. */
+    if (t->result != &t->small) isle_msg_free(t->result);
     isle_mem_release(t->mem);
     atomic_fetch_sub_explicit(&live_tasks, 1, memory_order_relaxed);
     if (isle_cache_put(ISLE_CACHE_TASK, t)) return;
@@ -136,23 +150,23 @@ int isle_task_cancelled(const isle_task *t)
 void isle_sig_link_running(isle_sig *s, isle_task *t)
 {
     isle_sig_impl *si = (isle_sig_impl *)s;
-    pthread_mutex_lock(&si->mu);
+    isle_lock_take(&si->mu);
     t->rprev = NULL;
     t->rnext = si->running;
     if (si->running) si->running->rprev = t;
     si->running = t;
-    pthread_mutex_unlock(&si->mu);
+    isle_lock_give(&si->mu);
 }
 
 void isle_sig_unlink_running(isle_sig *s, isle_task *t)
 {
     isle_sig_impl *si = (isle_sig_impl *)s;
-    pthread_mutex_lock(&si->mu);
+    isle_lock_take(&si->mu);
     if (t->rprev) t->rprev->rnext = t->rnext;
     else si->running = t->rnext;
     if (t->rnext) t->rnext->rprev = t->rprev;
     t->rnext = t->rprev = NULL;
-    pthread_mutex_unlock(&si->mu);
+    isle_lock_give(&si->mu);
 }
 
 void isle_sig_count_end(isle_sig *s, int state)
@@ -179,7 +193,7 @@ void isle_sig_stats(isle_sig *s, isle_stats *out)
     out->oldest_start = 0;
     out->oldest_cancel = 0;
     out->oldest_label[0] = '\0';
-    pthread_mutex_lock(&si->mu);
+    isle_lock_take(&si->mu);
     isle_task *oldest = NULL;
     for (isle_task *t = si->running; t; t = t->rnext) {
         out->running++;
@@ -192,7 +206,7 @@ void isle_sig_stats(isle_sig *s, isle_stats *out)
         out->oldest_cancel = atomic_load(&oldest->cancel);
         memcpy(out->oldest_label, oldest->label, sizeof out->oldest_label);
     }
-    pthread_mutex_unlock(&si->mu);
+    isle_lock_give(&si->mu);
 }
 
 int isle_sig_fail_running(isle_sig *s, const char *data, size_t len)
@@ -200,10 +214,10 @@ int isle_sig_fail_running(isle_sig *s, const char *data, size_t len)
     isle_sig_impl *si = (isle_sig_impl *)s;
     int n = 0;
     for (;;) {
-        pthread_mutex_lock(&si->mu);
+        isle_lock_take(&si->mu);
         isle_task *t = si->running;
         if (t) isle_task_retain(t);
-        pthread_mutex_unlock(&si->mu);
+        isle_lock_give(&si->mu);
         if (!t) break;
         /* Completing unlinks it; a task finished meanwhile is unlinked too. */
         n += isle_task_complete(t, ISLE_TASK_FAILED, data, len);
@@ -215,12 +229,14 @@ int isle_sig_fail_running(isle_sig *s, const char *data, size_t len)
 int isle_task_start(isle_task *t, isle_sig *sig, const char *label)
 {
     int started = 0;
-    pthread_mutex_lock(&t->mu);
+    isle_lock_take(&t->mu);
     int state = atomic_load(&t->state);
     if (state == ISLE_TASK_QUEUED) {
         atomic_store(&t->state, ISLE_TASK_RUNNING);
         if (sig) {
-            t->started = isle_now();
+            /* For isle_stats' `running_for` only: a tick's precision is
+             * enough, and the full clock read cost ~50 ns of every call. */
+            t->started = isle_now_coarse();
             size_t n = 0;
             if (label)
                 for (; n + 1 < sizeof t->label && label[n]; n++) t->label[n] = label[n];
@@ -236,7 +252,7 @@ int isle_task_start(isle_task *t, isle_sig *sig, const char *label)
         /* Ended while queued (cancelled): the runner skips it; count it here. */
         isle_sig_count_end(sig, state);
     }
-    pthread_mutex_unlock(&t->mu);
+    isle_lock_give(&t->mu);
     return started;
 }
 
@@ -290,12 +306,33 @@ void isle_task_charge_results(isle_task *t, isle_mem *a)
     t->mem = a;
 }
 
+/* Fills the slot's own result message with `len` (< ISLE_TASK_SMALL) bytes
+ * of `data` (mu held, the task not final): as msg_alloc would. */
+static isle_msg *small_result_locked(isle_task *t, const char *data, size_t len)
+{
+    isle_msg *m = &t->small;
+    m->next = NULL;
+    m->task = NULL;
+    m->kind = 0;
+    m->flags = 0;
+    m->len = len;
+    m->data = t->small_data;
+    m->nrefs = 0;
+    m->refs = NULL;
+    m->mem = NULL;
+    memcpy(m->data, data, len);
+    m->data[len] = '\0';
+    return m;
+}
+
 int isle_task_complete_refs(isle_task *t, int state, const char *data, size_t len,
                             isle_task *const *refs, size_t nrefs)
 {
     if (!is_final(state)) return 0;
     isle_msg *result = NULL;
-    if (len || nrefs) {
+    /* `mem` is set before the task is shared (isle_task_charge_results). */
+    int small = len && len < ISLE_TASK_SMALL && !nrefs && !t->mem;
+    if ((len || nrefs) && !small) {
         result = isle_msg_new_refs(0, NULL, data, len, refs, nrefs);
         if (!result) state = ISLE_TASK_FAILED; /* read back as a "memory" error */
         /* A result its reader's account cannot hold is not stored: the
@@ -308,10 +345,15 @@ int isle_task_complete_refs(isle_task *t, int state, const char *data, size_t le
     }
     isle_sig *sig = NULL;
     isle_done *subs = NULL;
-    pthread_mutex_lock(&t->mu);
+    isle_lock_take(&t->mu);
     int won = !is_final(atomic_load(&t->state));
-    if (won) finish_locked(t, state, result, &sig, &subs);
-    pthread_mutex_unlock(&t->mu);
+    if (won) {
+        /* Only the winner writes the slot's own result: a losing
+         * completion running at the same time must not touch it. */
+        if (small) result = small_result_locked(t, data, len);
+        finish_locked(t, state, result, &sig, &subs);
+    }
+    isle_lock_give(&t->mu);
     /* A lost race gives its references (and its charge) back here, outside
      * the lock: the last reference of a token frees it. */
     if (!won) isle_msg_free(result);
@@ -366,7 +408,7 @@ int isle_task_watch(isle_task *t, isle_mbox *mb, isle_sig *sig)
     isle_done *d = malloc(sizeof(*d));
     if (!d) return -1;
     int subscribed = 0;
-    pthread_mutex_lock(&t->mu);
+    isle_lock_take(&t->mu);
     if (!atomic_load(&t->ended)) {
         isle_task_retain(t);
         isle_mbox_retain(mb);
@@ -378,7 +420,7 @@ int isle_task_watch(isle_task *t, isle_mbox *mb, isle_sig *sig)
         t->subs = d;
         subscribed = 1;
     }
-    pthread_mutex_unlock(&t->mu);
+    isle_lock_give(&t->mu);
     if (!subscribed) free(d);
     return subscribed;
 }
@@ -386,14 +428,14 @@ int isle_task_watch(isle_task *t, isle_mbox *mb, isle_sig *sig)
 int isle_task_unwatch(isle_task *t, isle_mbox *mb, isle_sig *sig)
 {
     isle_done *d = NULL;
-    pthread_mutex_lock(&t->mu);
+    isle_lock_take(&t->mu);
     for (isle_done **pp = &t->subs; *pp; pp = &(*pp)->next)
         if ((*pp)->mbox == mb && (*pp)->sig == sig) {
             d = *pp;
             *pp = d->next;
             break;
         }
-    pthread_mutex_unlock(&t->mu);
+    isle_lock_give(&t->mu);
     if (!d) return 0;
     /* Released outside the task lock: the last reference to the mailbox may
      * go here, and freeing it ends its queued tasks (their locks). */
@@ -423,7 +465,7 @@ int isle_task_cancel_reason(isle_task *t, int reason)
     if (reason != ISLE_CANCEL_USER && reason != ISLE_CANCEL_TIMEOUT) return -1;
     isle_sig *sig = NULL;
     isle_done *subs = NULL;
-    pthread_mutex_lock(&t->mu);
+    isle_lock_take(&t->mu);
     int state = atomic_load(&t->state);
     /* The first reason sticks: a timed-out task stays timed out. */
     int none = ISLE_CANCEL_NONE;
@@ -433,7 +475,7 @@ int isle_task_cancel_reason(isle_task *t, int reason)
      * its waiters and subscribers are told exactly once; the worker will
      * find it ended and skip it. */
     if (state == ISLE_TASK_QUEUED) finish_locked(t, ISLE_TASK_CANCELLED, NULL, &sig, &subs);
-    pthread_mutex_unlock(&t->mu);
+    isle_lock_give(&t->mu);
     if (state == ISLE_TASK_QUEUED) after_finish(t, sig, subs);
     return state;
 }

@@ -150,10 +150,15 @@ static void complete_setup(void *p)
     CHECK_EQ(isle_task_subscribe(c->t, c->mb), 1);
 }
 
+/* Longer than a result kept in the slot itself (task.c), which needs no
+ * allocation: this one is a message. */
+static const char long_result[] = "a result too long to be kept in its task slot: a message";
+_Static_assert(sizeof long_result > ISLE_TASK_SMALL, "the result must not fit the slot");
+
 static int complete_run(void *p)
 {
     ctx *c = p;
-    CHECK_EQ(isle_task_complete(c->t, ISLE_TASK_DONE, "result", 6), 1);
+    CHECK_EQ(isle_task_complete(c->t, ISLE_TASK_DONE, long_result, sizeof long_result - 1), 1);
     return isle_task_state(c->t) == ISLE_TASK_DONE;
 }
 
@@ -164,7 +169,7 @@ static long complete_check(void *p, int ok)
     size_t len = 99;
     const char *r = isle_task_result(c->t, &len);
     if (ok) {
-        CHECK(len == 6 && memcmp(r, "result", 6) == 0);
+        CHECK(len == sizeof long_result - 1 && memcmp(r, long_result, len) == 0);
     } else {
         CHECK_EQ(isle_task_state(c->t), ISLE_TASK_FAILED);
         CHECK_EQ(len, 0);

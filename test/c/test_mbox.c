@@ -1,7 +1,7 @@
 /* test_mbox.c - bounded mailboxes: order, capacity, blocking, close, wake,
  * batches, the eventfd and what freeing does to queued tasks. */
 #include "check.h"
-#include "isle.h"
+#include "internal.h"
 
 #include <poll.h>
 #include <string.h>
@@ -580,6 +580,43 @@ static void test_parked_consumer_misses_nothing(void)
     isle_set_spin(spin);
 }
 
+/* Messages pass without the mailbox's lock (mbox.c): with the lock held by
+ * another thread, pushes and a wait that finds only messages complete, in
+ * order. A lock on either side would make them wait until the lock is let
+ * go, after the test has looked. */
+static atomic_int passed;
+
+static void *pass_thread(void *arg)
+{
+    isle_mbox *mb = arg;
+    for (int i = 0; i < 100; i++) CHECK_EQ(isle_mbox_push(mb, mk(i), 0), ISLE_OK);
+    isle_msg *msgs;
+    isle_done *done;
+    CHECK_EQ(isle_mbox_wait(mb, 0, &msgs, &done), ISLE_OK);
+    CHECK_EQ(list_len(msgs), 100);
+    int i = 0;
+    for (isle_msg *m = msgs; m; m = m->next) CHECK_EQ(m->kind, i++);
+    isle_msg_free_list(msgs);
+    CHECK(done == NULL);
+    atomic_store(&passed, 1);
+    return NULL;
+}
+
+static void test_messages_pass_without_the_lock(void)
+{
+    isle_mbox *mb = isle_mbox_new(128, 0);
+    pthread_mutex_t *mu = isle_mbox_lock_of(mb);
+    pthread_mutex_lock(mu);
+    pthread_t th = check_spawn(pass_thread, mb);
+    for (int i = 0; i < 1000 && !atomic_load(&passed); i++) check_sleep(0.01);
+    int ok = atomic_load(&passed);
+    pthread_mutex_unlock(mu);
+    check_join(th);
+    CHECK(ok);
+    CHECK_EQ(isle_mbox_count(mb), 0);
+    isle_mbox_release(mb);
+}
+
 int main(void)
 {
     RUN(test_new_free);
@@ -599,5 +636,6 @@ int main(void)
     RUN(test_free_with_pending_notices);
     RUN(test_free_releases_carried_refs);
     RUN(test_parked_consumer_misses_nothing);
+    RUN(test_messages_pass_without_the_lock);
     return check_done();
 }

@@ -1,6 +1,7 @@
 /* test_task.c - completion slots: one completion, results, waits, cancels
  * (queued and running), subscriptions and references. */
 #include "check.h"
+#include "failalloc.h"
 #include "internal.h"
 
 #include <stdlib.h>
@@ -548,6 +549,82 @@ static void test_final_state_has_its_result(void)
     for (int i = 0; i < n; i++) isle_task_release(race_tasks[i]);
 }
 
+/* A small result without references is kept in the slot itself (task.c):
+ * read back whole and NUL-terminated on both sides of the size limit, made
+ * without an allocation (with every allocation failing it still ends DONE;
+ * a result in a message of its own ends FAILED then), and when two
+ * completions race, the result is the winner's alone. */
+typedef struct {
+    isle_task *t;
+    char data[ISLE_TASK_SMALL];
+    size_t len;
+    atomic_int *go;
+    int won;
+} racer;
+
+static void *race_complete(void *arg)
+{
+    racer *r = arg;
+    while (!atomic_load(r->go)) isle_cpu_relax();
+    r->won = isle_task_complete(r->t, ISLE_TASK_DONE, r->data, r->len);
+    return NULL;
+}
+
+static void test_small_result_in_slot(void)
+{
+    char src[ISLE_TASK_SMALL + 2];
+    for (size_t len = 1; len <= sizeof src; len++) {
+        for (size_t i = 0; i < len; i++) src[i] = (char)('a' + (i + len) % 26);
+        isle_task *t = isle_task_new();
+        CHECK_EQ(isle_task_complete(t, ISLE_TASK_DONE, src, len), 1);
+        const isle_msg *m = isle_task_result_msg(t);
+        CHECK(m != NULL);
+        CHECK_EQ(m->len, len);
+        CHECK_EQ(m->nrefs, 0);
+        CHECK(memcmp(m->data, src, len) == 0);
+        CHECK_EQ(m->data[len], '\0');
+        isle_task_release(t);
+    }
+
+    /* Every allocation failing: a small result needs none. */
+    isle_task *t = isle_task_new();
+    failalloc_arm(1, FAILALLOC_PERSIST);
+    CHECK_EQ(isle_task_complete(t, ISLE_TASK_DONE, "small", 5), 1);
+    CHECK_EQ(failalloc_disarm(), 0);
+    CHECK_EQ(isle_task_state(t), ISLE_TASK_DONE);
+    size_t len = 0;
+    const char *r = isle_task_result(t, &len);
+    CHECK(len == 5 && memcmp(r, "small", 5) == 0);
+    isle_task_release(t);
+    /* One byte too long for the slot: a message, which cannot be made. */
+    memset(src, 'x', ISLE_TASK_SMALL);
+    t = isle_task_new();
+    failalloc_arm(1, FAILALLOC_PERSIST);
+    CHECK_EQ(isle_task_complete(t, ISLE_TASK_DONE, src, ISLE_TASK_SMALL), 1);
+    CHECK(failalloc_disarm() >= 1);
+    CHECK_EQ(isle_task_state(t), ISLE_TASK_FAILED);
+    CHECK(isle_task_result(t, &len) == NULL && len == 0);
+    isle_task_release(t);
+
+    /* Two completions at once: the winner's bytes, whole. */
+    for (int round = 0; round < SCALE(2000); round++) {
+        atomic_int go = 0;
+        t = isle_task_new();
+        racer a = {.t = t, .len = 30, .go = &go}, b = {.t = t, .len = 20, .go = &go};
+        memset(a.data, 'a', a.len);
+        memset(b.data, 'b', b.len);
+        pthread_t ta = check_spawn(race_complete, &a), tb = check_spawn(race_complete, &b);
+        atomic_store(&go, 1);
+        check_join(ta);
+        check_join(tb);
+        CHECK_EQ(a.won + b.won, 1);
+        racer *w = a.won ? &a : &b;
+        r = isle_task_result(t, &len);
+        CHECK(len == w->len && memcmp(r, w->data, len) == 0);
+        isle_task_release(t);
+    }
+}
+
 int main(void)
 {
     RUN(test_fail_running);
@@ -562,5 +639,6 @@ int main(void)
     RUN(test_unwatch);
     RUN(test_final_state_has_its_result);
     RUN(test_result_carries_refs);
+    RUN(test_small_result_in_slot);
     return check_done();
 }
