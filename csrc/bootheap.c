@@ -95,6 +95,14 @@ static pthread_mutex_t pool_lock = PTHREAD_MUTEX_INITIALIZER;
 static isle_bootheap *pool[ISLE_BOOTHEAP_POOL];
 static int pooled; /* pool_lock */
 
+/* ASan keeps a region's poison after munmap: a later mapping at the same
+ * address would start poisoned, header and all. */
+static void unmap(isle_bootheap *h)
+{
+    UNPOISON(h, ISLE_BOOTHEAP_SIZE);
+    munmap(h, ISLE_BOOTHEAP_SIZE);
+}
+
 static size_t round_up(size_t n) { return (n + GRAIN - 1) & ~(size_t)(GRAIN - 1); }
 
 static int owns(const isle_bootheap *h, const void *p)
@@ -150,7 +158,7 @@ void isle_bootheap_give_back(isle_bootheap *h)
         kept = 1;
     }
     pthread_mutex_unlock(&pool_lock);
-    if (!kept) munmap(h, ISLE_BOOTHEAP_SIZE);
+    if (!kept) unmap(h);
 }
 
 void isle_bootheap_trim(void)
@@ -161,7 +169,7 @@ void isle_bootheap_trim(void)
     for (int k = 0; k < n; k++) gone[k] = pool[k];
     pooled = 0;
     pthread_mutex_unlock(&pool_lock);
-    for (int k = 0; k < n; k++) munmap(gone[k], ISLE_BOOTHEAP_SIZE);
+    for (int k = 0; k < n; k++) unmap(gone[k]);
 }
 
 int isle_bootheap_pooled(void)
