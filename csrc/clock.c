@@ -88,30 +88,6 @@ void isle_futex_wake_all(atomic_int *word)
     syscall(SYS_futex, (int *)word, FUTEX_WAKE_PRIVATE, INT_MAX, NULL, NULL, 0);
 }
 
-void isle_lock_slow(isle_lock *l)
-{
-    /* Held: its holder is most often running on another CPU and lets go
-     * within a few hundred instructions, so look for that first. */
-    for (int i = 0; i < 100; i++) {
-        isle_cpu_relax();
-        int c = 0;
-        if (atomic_load_explicit(&l->v, memory_order_relaxed) == 0
-            && atomic_compare_exchange_weak_explicit(&l->v, &c, 1, memory_order_acquire,
-                                                     memory_order_relaxed))
-            return;
-    }
-    /* Say that a thread may sleep on it (2), and sleep while it is held;
-     * the exchange that finds it free takes it (as 2: a release wakes one
-     * more thread than needed at worst). */
-    while (atomic_exchange_explicit(&l->v, 2, memory_order_acquire) != 0)
-        isle_futex_wait(&l->v, 2, NULL);
-}
-
-void isle_lock_wake(isle_lock *l)
-{
-    syscall(SYS_futex, (int *)&l->v, FUTEX_WAKE_PRIVATE, 1, NULL, NULL, 0);
-}
-
 int isle_spin_until(const atomic_int *word, double timeout)
 {
     int v = atomic_load_explicit(word, memory_order_acquire);

@@ -71,33 +71,6 @@ int isle_cond_init(pthread_cond_t *cv);
 int isle_futex_wait(atomic_int *word, int expected, const struct timespec *deadline);
 void isle_futex_wake_all(atomic_int *word);
 
-/* The core's own lock, for the task and signal-block locks that every call
- * takes and lets go (task.c): an uncontended take and release are one
- * atomic each and a handful of instructions, where glibc's mutex cost about
- * 50 instructions a pair (four pairs per round trip; callgrind, bench/
- * README.md). `v` is 0 free, 1 held, 2 held with a thread perhaps asleep on
- * it (Drepper, "Futexes Are Tricky", mutex 3): a take that finds it held
- * spins briefly, then marks it 2 and sleeps on the futex; a release that
- * finds 2 wakes one sleeper. Not recursive; no owner is checked; no
- * condition variable waits on it. Zero is an unlocked lock. */
-typedef struct isle_lock {
-    atomic_int v;
-} isle_lock;
-void isle_lock_slow(isle_lock *l);
-void isle_lock_wake(isle_lock *l);
-static inline void isle_lock_init(isle_lock *l) { atomic_init(&l->v, 0); }
-static inline void isle_lock_take(isle_lock *l)
-{
-    int c = 0;
-    if (!atomic_compare_exchange_strong_explicit(&l->v, &c, 1, memory_order_acquire,
-                                                 memory_order_relaxed))
-        isle_lock_slow(l);
-}
-static inline void isle_lock_give(isle_lock *l)
-{
-    if (atomic_exchange_explicit(&l->v, 0, memory_order_release) == 2) isle_lock_wake(l);
-}
-
 /* Spin until `*word != 0` or the budget (seconds, capped by `timeout` when
  * timeout >= 0) runs out. Returns the last value read. Bounded: a caller
  * that finds nothing parks afterwards, so idle threads cost no CPU. */
@@ -110,7 +83,7 @@ typedef struct isle_sig_impl {
     isle_mbox *mbox;       /* woken on requests, may be NULL */
     struct isle_intr *ids; /* interrupt ids of this state (registry lock) */
     atomic_int pending;    /* ids whose mode is not CLEAR */
-    isle_lock mu;          /* guards `running` (taken after a task's lock) */
+    pthread_mutex_t mu;    /* guards `running` (taken after a task's lock) */
     isle_task *running;    /* tasks this state runs now (task.c links them) */
     atomic_llong ended[4]; /* tasks it ended: done, failed, cancelled, closed */
     atomic_llong held;     /* messages its loop took and has not started */

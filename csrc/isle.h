@@ -24,8 +24,6 @@
  * reuse), which is taken last of all and nothing is taken under it; the
  * pool lock of the boot heaps (bootheap.c) is such a leaf too (the two are
  * held together only around fork(), depot first).
- * The task and signal-block locks are the core's own (isle_lock,
- * internal.h: a word and a futex), in the same place in this order.
  * Messages are pushed and taken without the mailbox lock (mbox.c: a stack
  * swapped by compare-and-swap); a push takes it only to wake a parked
  * consumer or arm the fd, holding no other lock then.

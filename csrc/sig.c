@@ -28,7 +28,10 @@ isle_sig *isle_sig_new(void)
 {
     isle_sig_impl *s = calloc(1, sizeof(*s));
     if (!s) return NULL;
-    isle_lock_init(&s->mu);
+    if (pthread_mutex_init(&s->mu, NULL)) {
+        free(s);
+        return NULL;
+    }
     atomic_init(&s->refs, 1);
     return &s->pub;
 }
@@ -74,6 +77,7 @@ void isle_sig_release(isle_sig *s)
     if (atomic_fetch_sub_explicit(&si->refs, 1, memory_order_acq_rel) != 1) return;
     isle_sig_drop_ids(s);
     isle_mbox_release(si->mbox);
+    pthread_mutex_destroy(&si->mu);
     free(si);
 }
 

@@ -17,8 +17,8 @@
 #include <string.h>
 
 /* A slot is a block of the task cache (cache.c): while cached, its first
- * word links it and `mu` stays as it was let go (unlocked); everything
- * from `sig` to `label` is zeroed anew.
+ * word links it and `mu` stays initialised, so that a recycled slot skips
+ * its setup; everything from `sig` to `label` is zeroed anew.
  *
  * A waiter parks on `ended` itself (a futex) rather than on a condition
  * variable under `mu`: the ending thread stores `ended`, then wakes only if
@@ -30,7 +30,7 @@ struct isle_task {
     atomic_int refs;
     atomic_int state;
     atomic_int cancel;
-    isle_lock mu;
+    pthread_mutex_t mu;
     isle_sig *sig;            /* state running the task, retained while RUNNING (mu) */
     isle_done *subs;          /* pending notices, each holding a task ref (mu) */
     isle_task *rnext, *rprev; /* in sig's running list (sig's lock) */
@@ -64,7 +64,7 @@ struct isle_task {
 
 _Static_assert(sizeof(isle_task) <= ISLE_TASK_BLOCK, "a task slot must fit a cached block");
 _Static_assert(offsetof(isle_task, mu) >= sizeof(void *), "the cache's link must not touch mu");
-_Static_assert(offsetof(isle_task, ended) >= offsetof(isle_task, mu) + sizeof(isle_lock) + 64,
+_Static_assert(offsetof(isle_task, ended) >= offsetof(isle_task, mu) + sizeof(pthread_mutex_t) + 64,
                "a waiter's spin must not share a line with the lock");
 
 static int is_final(int state) { return state >= ISLE_TASK_DONE; }
@@ -82,7 +82,7 @@ isle_task *isle_task_new(void)
         /* A whole block, so that the slot can be cached when it goes. */
         t = malloc(ISLE_TASK_BLOCK);
         if (!t) return NULL;
-        isle_lock_init(&t->mu);
+        if (pthread_mutex_init(&t->mu, NULL)) goto fail_mu;
     }
     /* `label` is written before it is read (isle_task_start). */
     memset(&t->sig, 0, offsetof(isle_task, label) - offsetof(isle_task, sig));
@@ -94,12 +94,15 @@ isle_task *isle_task_new(void)
     atomic_init(&t->ended, 0);
     atomic_fetch_add_explicit(&live_tasks, 1, memory_order_relaxed);
     return t;
+fail_mu:
+    free(t);
+    return NULL;
 }
 
 void isle_task_block_fini(void *p)
 {
-    /* Nothing to destroy: the lock is a word, left unlocked (0). */
-    (void)p;
+    isle_task *t = p;
+    pthread_mutex_destroy(&t->mu);
 }
 
 void isle_task_retain(isle_task *t)
@@ -150,23 +153,23 @@ int isle_task_cancelled(const isle_task *t)
 void isle_sig_link_running(isle_sig *s, isle_task *t)
 {
     isle_sig_impl *si = (isle_sig_impl *)s;
-    isle_lock_take(&si->mu);
+    pthread_mutex_lock(&si->mu);
     t->rprev = NULL;
     t->rnext = si->running;
     if (si->running) si->running->rprev = t;
     si->running = t;
-    isle_lock_give(&si->mu);
+    pthread_mutex_unlock(&si->mu);
 }
 
 void isle_sig_unlink_running(isle_sig *s, isle_task *t)
 {
     isle_sig_impl *si = (isle_sig_impl *)s;
-    isle_lock_take(&si->mu);
+    pthread_mutex_lock(&si->mu);
     if (t->rprev) t->rprev->rnext = t->rnext;
     else si->running = t->rnext;
     if (t->rnext) t->rnext->rprev = t->rprev;
     t->rnext = t->rprev = NULL;
-    isle_lock_give(&si->mu);
+    pthread_mutex_unlock(&si->mu);
 }
 
 void isle_sig_count_end(isle_sig *s, int state)
@@ -193,7 +196,7 @@ void isle_sig_stats(isle_sig *s, isle_stats *out)
     out->oldest_start = 0;
     out->oldest_cancel = 0;
     out->oldest_label[0] = '\0';
-    isle_lock_take(&si->mu);
+    pthread_mutex_lock(&si->mu);
     isle_task *oldest = NULL;
     for (isle_task *t = si->running; t; t = t->rnext) {
         out->running++;
@@ -206,7 +209,7 @@ void isle_sig_stats(isle_sig *s, isle_stats *out)
         out->oldest_cancel = atomic_load(&oldest->cancel);
         memcpy(out->oldest_label, oldest->label, sizeof out->oldest_label);
     }
-    isle_lock_give(&si->mu);
+    pthread_mutex_unlock(&si->mu);
 }
 
 int isle_sig_fail_running(isle_sig *s, const char *data, size_t len)
@@ -214,10 +217,10 @@ int isle_sig_fail_running(isle_sig *s, const char *data, size_t len)
     isle_sig_impl *si = (isle_sig_impl *)s;
     int n = 0;
     for (;;) {
-        isle_lock_take(&si->mu);
+        pthread_mutex_lock(&si->mu);
         isle_task *t = si->running;
         if (t) isle_task_retain(t);
-        isle_lock_give(&si->mu);
+        pthread_mutex_unlock(&si->mu);
         if (!t) break;
         /* Completing unlinks it; a task finished meanwhile is unlinked too. */
         n += isle_task_complete(t, ISLE_TASK_FAILED, data, len);
@@ -229,7 +232,7 @@ int isle_sig_fail_running(isle_sig *s, const char *data, size_t len)
 int isle_task_start(isle_task *t, isle_sig *sig, const char *label)
 {
     int started = 0;
-    isle_lock_take(&t->mu);
+    pthread_mutex_lock(&t->mu);
     int state = atomic_load(&t->state);
     if (state == ISLE_TASK_QUEUED) {
         atomic_store(&t->state, ISLE_TASK_RUNNING);
@@ -252,7 +255,7 @@ int isle_task_start(isle_task *t, isle_sig *sig, const char *label)
         /* Ended while queued (cancelled): the runner skips it; count it here. */
         isle_sig_count_end(sig, state);
     }
-    isle_lock_give(&t->mu);
+    pthread_mutex_unlock(&t->mu);
     return started;
 }
 
@@ -345,7 +348,7 @@ int isle_task_complete_refs(isle_task *t, int state, const char *data, size_t le
     }
     isle_sig *sig = NULL;
     isle_done *subs = NULL;
-    isle_lock_take(&t->mu);
+    pthread_mutex_lock(&t->mu);
     int won = !is_final(atomic_load(&t->state));
     if (won) {
         /* Only the winner writes the slot's own result: a losing
@@ -353,7 +356,7 @@ int isle_task_complete_refs(isle_task *t, int state, const char *data, size_t le
         if (small) result = small_result_locked(t, data, len);
         finish_locked(t, state, result, &sig, &subs);
     }
-    isle_lock_give(&t->mu);
+    pthread_mutex_unlock(&t->mu);
     /* A lost race gives its references (and its charge) back here, outside
      * the lock: the last reference of a token frees it. */
     if (!won) isle_msg_free(result);
@@ -408,7 +411,7 @@ int isle_task_watch(isle_task *t, isle_mbox *mb, isle_sig *sig)
     isle_done *d = malloc(sizeof(*d));
     if (!d) return -1;
     int subscribed = 0;
-    isle_lock_take(&t->mu);
+    pthread_mutex_lock(&t->mu);
     if (!atomic_load(&t->ended)) {
         isle_task_retain(t);
         isle_mbox_retain(mb);
@@ -420,7 +423,7 @@ int isle_task_watch(isle_task *t, isle_mbox *mb, isle_sig *sig)
         t->subs = d;
         subscribed = 1;
     }
-    isle_lock_give(&t->mu);
+    pthread_mutex_unlock(&t->mu);
     if (!subscribed) free(d);
     return subscribed;
 }
@@ -428,14 +431,14 @@ int isle_task_watch(isle_task *t, isle_mbox *mb, isle_sig *sig)
 int isle_task_unwatch(isle_task *t, isle_mbox *mb, isle_sig *sig)
 {
     isle_done *d = NULL;
-    isle_lock_take(&t->mu);
+    pthread_mutex_lock(&t->mu);
     for (isle_done **pp = &t->subs; *pp; pp = &(*pp)->next)
         if ((*pp)->mbox == mb && (*pp)->sig == sig) {
             d = *pp;
             *pp = d->next;
             break;
         }
-    isle_lock_give(&t->mu);
+    pthread_mutex_unlock(&t->mu);
     if (!d) return 0;
     /* Released outside the task lock: the last reference to the mailbox may
      * go here, and freeing it ends its queued tasks (their locks). */
@@ -465,7 +468,7 @@ int isle_task_cancel_reason(isle_task *t, int reason)
     if (reason != ISLE_CANCEL_USER && reason != ISLE_CANCEL_TIMEOUT) return -1;
     isle_sig *sig = NULL;
     isle_done *subs = NULL;
-    isle_lock_take(&t->mu);
+    pthread_mutex_lock(&t->mu);
     int state = atomic_load(&t->state);
     /* The first reason sticks: a timed-out task stays timed out. */
     int none = ISLE_CANCEL_NONE;
@@ -475,7 +478,7 @@ int isle_task_cancel_reason(isle_task *t, int reason)
      * its waiters and subscribers are told exactly once; the worker will
      * find it ended and skip it. */
     if (state == ISLE_TASK_QUEUED) finish_locked(t, ISLE_TASK_CANCELLED, NULL, &sig, &subs);
-    isle_lock_give(&t->mu);
+    pthread_mutex_unlock(&t->mu);
     if (state == ISLE_TASK_QUEUED) after_finish(t, sig, subs);
     return state;
 }

@@ -112,56 +112,6 @@ static void test_spin_until(void)
     isle_set_spin(def);
 }
 
-/* The core's lock (isle_lock, clock.c): threads adding to a plain counter
- * under it lose no addition; a holder that keeps it for a while makes the
- * others sleep on it (past their spin) and its release wakes each of them;
- * and the coarse clock is never ahead of isle_now. */
-enum { LOCKERS = 4 };
-static isle_lock lock;
-static long counter;
-static atomic_int inside;
-
-static void *add_under_lock(void *arg)
-{
-    long n = *(long *)arg;
-    for (long i = 0; i < n; i++) {
-        isle_lock_take(&lock);
-        CHECK_EQ(atomic_fetch_add(&inside, 1), 0); /* alone in here */
-        counter++;
-        atomic_fetch_sub(&inside, 1);
-        isle_lock_give(&lock);
-    }
-    return NULL;
-}
-
-static void test_lock(void)
-{
-    isle_lock_init(&lock);
-    long each = SCALE(200000);
-    pthread_t th[LOCKERS];
-    for (int i = 0; i < LOCKERS; i++) th[i] = check_spawn(add_under_lock, &each);
-    for (int i = 0; i < LOCKERS; i++) check_join(th[i]);
-    CHECK_EQ(counter, each * LOCKERS);
-    CHECK_EQ(atomic_load(&lock.v), 0);
-
-    /* Held for 50 ms: the others spin out and sleep (the word says 2), and
-     * are all let in after the release. */
-    counter = 0;
-    long one = 1;
-    isle_lock_take(&lock);
-    for (int i = 0; i < LOCKERS; i++) th[i] = check_spawn(add_under_lock, &one);
-    for (int i = 0; i < 500 && atomic_load(&lock.v) != 2; i++) check_sleep(0.01);
-    CHECK_EQ(atomic_load(&lock.v), 2);
-    check_sleep(0.05);
-    CHECK_EQ(counter, 0);
-    isle_lock_give(&lock);
-    for (int i = 0; i < LOCKERS; i++) check_join(th[i]);
-    CHECK_EQ(counter, LOCKERS);
-    CHECK(atomic_load(&lock.v) == 0);
-
-    for (int i = 0; i < 1000; i++) CHECK(isle_now_coarse() <= isle_now());
-}
-
 int main(void)
 {
     RUN(test_now_monotonic);
@@ -169,6 +119,5 @@ int main(void)
     RUN(test_deadline);
     RUN(test_cond_monotonic);
     RUN(test_spin_until);
-    RUN(test_lock);
     return check_done();
 }
