@@ -163,6 +163,48 @@ function TestGlobals:test_modules_neither_set_nor_need_globals()
     lu.assertTrue(seen > 20, "the bytecode listing was not parsed")
 end
 
+-- Code that walks every module's tables (Lanes' lookup of transferable
+-- functions, run by lanes.gen) asserts that a key whose value is a table or
+-- a function is a string or a number. isle's tables keyed by coroutines or
+-- tables must stay out of reach of package.loaded.
+local function bad_keys(root)
+    local found, seen = {}, {}
+    local function walk(t, path)
+        if seen[t] then return end
+        seen[t] = true
+        for k, v in pairs(t) do
+            local tv = type(v)
+            if tv == "table" or tv == "function" then
+                local tk = type(k)
+                if tk ~= "string" and tk ~= "number" then found[#found + 1] = path .. "[" .. tk .. "]" end
+                if tv == "table" then walk(v, path .. "." .. tostring(k)) end
+            end
+        end
+    end
+    for name, m in pairs(root) do
+        if type(m) == "table" and type(name) == "string" and name:match("^isle") then walk(m, name) end
+    end
+    return found
+end
+
+function TestGlobals:test_module_tables_hold_no_keys_lanes_cannot_walk()
+    local isle = require("isle")
+    -- The detector first: a planted key is found.
+    local planted = bad_keys({ isle_probe = { x = { [{}] = {} } } })
+    lu.assertEquals(#planted, 1)
+    -- Load what keeps such tables: a shipped function (isle.codec_check), an
+    -- interrupt handler on a coroutine (isle.interrupt_api), a live isle.
+    local h = isle.spawn()
+    lu.assertEquals(h:exec(function(x) return x + 1 end, 1), 2)
+    local co = coroutine.create(function() end)
+    isle.on_interrupt(co, function() end)
+    lu.assertNotNil(isle.interrupt_id(co))
+    lu.assertTrue(package.loaded["isle.codec_check"] ~= nil)
+    lu.assertTrue(package.loaded["isle.interrupt_api"] ~= nil)
+    lu.assertEquals(bad_keys(package.loaded), {})
+    h:close()
+end
+
 TestJit = {}
 
 local function aborts_during(f)

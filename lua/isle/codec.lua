@@ -123,8 +123,11 @@ end
 -- arrive run in (isle.codec_check).
 codec.fn_env = nil
 
--- What isle.codec_check shares with this module.
-codec.parts = { FN_MT = FN_MT, SPECIAL_MT = SPECIAL_MT, specials = specials, bad = bad, cdata_ok = cdata_ok }
+-- What isle.codec_check shares with this module. A function, not a field:
+-- a table keyed by tables, reachable from package.loaded, trips code that
+-- walks every module's tables (Lanes' lookup of functions asserts on it).
+local parts = { FN_MT = FN_MT, SPECIAL_MT = SPECIAL_MT, specials = specials, bad = bad, cdata_ok = cdata_ok }
+function codec.parts() return parts end
 
 -- The slow check (which names the path of what cannot be sent), shipping
 -- functions and loading the ones that arrive are in isle.codec_check, loaded

@@ -17,7 +17,7 @@ local type, next, tostring, setmetatable, load, loadstring, error =
 local string_dump, string_format, string_match = string.dump, string.format, string.match
 local getinfo, getupvalue, setupvalue = debug.getinfo, debug.getupvalue, debug.setupvalue
 local dgetmetatable, setfenv = debug.getmetatable, setfenv
-local P = codec.parts
+local P = codec.parts()
 local FN_MT, SPECIAL_MT, specials, bad, cdata_ok = P.FN_MT, P.SPECIAL_MT, P.specials, P.bad, P.cdata_ok
 local CHECKPOINT_UPVALUES = codec.CHECKPOINT_UPVALUES
 

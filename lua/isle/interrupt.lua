@@ -357,8 +357,11 @@ end
 -- is in isle.interrupt_api, loaded the first time one of these is called:
 -- an isle nobody interrupts by id never loads it (bench/README.md, Issue 12,
 -- fifth round). The module puts the real functions in place of these stubs.
-M.parts = { STATE = STATE, co_ids = co_ids, handlers = handlers, guards = guards }
-function M.parts.sig() return sig, state_id end
+-- A function, not a field: tables keyed by coroutines, reachable from
+-- package.loaded, trip code that walks every module's tables (Lanes).
+local parts = { STATE = STATE, co_ids = co_ids, handlers = handlers, guards = guards }
+function parts.sig() return sig, state_id end
+function M.parts() return parts end
 local function lazy(name)
     M[name] = function(...)
         require("isle.interrupt_api")

@@ -1,7 +1,7 @@
 -- The part of isle.interrupt that makes coroutines interruptible and sends
 -- interrupts: isle.interrupt_id, isle.interrupt, isle.on_interrupt, and a
 -- host state's own signal block. Loaded by isle.interrupt's stubs the first
--- time one of these is called; they share its tables (M.parts).
+-- time one of these is called; they share its tables (M.parts()).
 -- The state's own require, which an isle's guarded loader hands to isle's
 -- modules (interrupt.guard_modules): this module loads on first need, when
 -- user code may have replaced the global.
@@ -16,7 +16,7 @@ local M = require("isle.interrupt")
 local C = runtime.C
 local co_running = coroutine.running
 local getmetatable, newproxy, error, type, tonumber = getmetatable, newproxy, error, type, tonumber
-local P = M.parts
+local P = M.parts()
 local STATE, co_ids, handlers, guards = P.STATE, P.co_ids, P.handlers, P.guards
 
 -- A host state (not an isle) gets a signal block of its own.
