@@ -272,7 +272,7 @@ VERSION := $(shell sed -n 's/.*_VERSION = "\([^"]*\)".*/\1/p' lua/isle.lua | hea
 # is ffi/isle/cdef.lua (installed as isle/cdef.lua), isle.X is lua/isle/X.lua.
 # test/test_package.lua checks this list and the rockspec's against lua/ and ffi/.
 ISLE_MODULES := isle isle.cdef isle.chunks isle.codec isle.codec_check isle.combine isle.errors isle.errors_describe isle.fnsource \
-	isle.buffer isle.channel isle.handle isle.hub isle.instrument isle.interrupt isle.interrupt_api isle.libs isle.loaders isle.luv isle.ngx \
+	isle.buffer isle.channel isle.handle isle.hub isle.instrument isle.interrupt isle.interrupt_api isle.lazy isle.libs isle.loaders isle.luv isle.ngx \
 	isle.pool isle.proto isle.runtime isle.sandbox isle.sched isle.sched_wait isle.state isle.task isle.token isle.wire isle.worker
 module_src = $(if $(filter isle,$(1)),lua/isle.lua,$(if $(filter isle.cdef,$(1)),ffi/isle/cdef.lua,lua/isle/$(patsubst isle.%,%,$(1)).lua))
 module_dst = $(DESTDIR)$(LUADIR)/$(subst .,/,$(1)).lua

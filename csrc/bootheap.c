@@ -43,22 +43,6 @@
 #include <string.h>
 #include <sys/mman.h>
 
-#if defined(__SANITIZE_ADDRESS__)
-#define BOOTHEAP_ASAN 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define BOOTHEAP_ASAN 1
-#endif
-#endif
-#ifdef BOOTHEAP_ASAN
-#include <sanitizer/asan_interface.h>
-#define POISON(p, n) ASAN_POISON_MEMORY_REGION((p), (n))
-#define UNPOISON(p, n) ASAN_UNPOISON_MEMORY_REGION((p), (n))
-#else
-#define POISON(p, n) ((void)(p), (void)(n))
-#define UNPOISON(p, n) ((void)(p), (void)(n))
-#endif
-
 /* LuaJIT's own allocator aligns blocks to 8 bytes, so LuaJIT asks no more. */
 #define GRAIN 8
 #define CLASSES (ISLE_BOOTHEAP_SMALL / GRAIN + 1) /* class k: blocks of k * GRAIN bytes */
@@ -99,7 +83,7 @@ static int pooled; /* pool_lock */
  * address would start poisoned, header and all. */
 static void unmap(isle_bootheap *h)
 {
-    UNPOISON(h, ISLE_BOOTHEAP_SIZE);
+    ISLE_UNPOISON(h, ISLE_BOOTHEAP_SIZE);
     munmap(h, ISLE_BOOTHEAP_SIZE);
 }
 
@@ -121,7 +105,7 @@ static void reset(isle_bootheap *h, isle_mem_allocf f, void *ud)
     h->ud = ud;
     h->lo = 0;
     h->len = (uintptr_t)h->end;
-    POISON(h->bump, (size_t)(h->end - h->bump));
+    ISLE_POISON(h->bump, (size_t)(h->end - h->bump));
 }
 
 static void seal(isle_bootheap *h)
@@ -207,7 +191,7 @@ size_t isle_bootheap_used(const isle_bootheap *h)
 
 static void push(isle_bootheap *h, void *p, size_t cls)
 {
-    UNPOISON(p, sizeof(void *));
+    ISLE_UNPOISON(p, sizeof(void *));
     *(void **)p = h->free[cls];
     h->free[cls] = p;
     h->map[cls / 64] |= (uint64_t)1 << (cls % 64);
@@ -216,7 +200,7 @@ static void push(isle_bootheap *h, void *p, size_t cls)
 static void *pop(isle_bootheap *h, size_t cls)
 {
     void *p = h->free[cls];
-    UNPOISON(p, sizeof(void *));
+    ISLE_UNPOISON(p, sizeof(void *));
     h->free[cls] = *(void **)p;
     if (!h->free[cls]) h->map[cls / 64] &= ~((uint64_t)1 << (cls % 64));
     return p;
@@ -238,14 +222,14 @@ static size_t class_from(const isle_bootheap *h, size_t cls)
  * among the holes. */
 static void give(isle_bootheap *h, char *p, size_t n)
 {
-    POISON(p, n);
+    ISLE_POISON(p, n);
     if (p + n == h->bump) {
         h->bump = p;
     } else if (n <= ISLE_BOOTHEAP_SMALL) {
         push(h, p, n / GRAIN);
     } else {
         hole *o = (hole *)(void *)p;
-        UNPOISON(o, sizeof *o);
+        ISLE_UNPOISON(o, sizeof *o);
         o->size = n;
         o->next = h->holes;
         h->holes = o;
@@ -289,7 +273,7 @@ static void *region_alloc(isle_bootheap *h, size_t n)
     p = h->bump;
     h->bump += n;
 found:
-    UNPOISON(p, n);
+    ISLE_UNPOISON(p, n);
     h->live++;
     return p;
 }
@@ -301,7 +285,7 @@ static void region_free(isle_bootheap *h, void *p, size_t n)
         h->emptied = NULL;
     }
     if (h->sealed) {
-        POISON(p, n); /* never handed out again: the state allocates elsewhere now */
+        ISLE_POISON(p, n); /* never handed out again: the state allocates elsewhere now */
         return;
     }
     give(h, p, round_up(n));
@@ -329,7 +313,7 @@ static int resize_in_place(isle_bootheap *h, char *p, size_t o, size_t n)
     }
     if (h->sealed || p + o != h->bump || (size_t)(h->end - p) < n) return 0;
     h->bump = p + n; /* the last block carved grows into the bump space */
-    UNPOISON(p, n);
+    ISLE_UNPOISON(p, n);
     return 1;
 }
 

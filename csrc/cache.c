@@ -31,22 +31,6 @@
 
 #include <stdlib.h>
 
-#if defined(__SANITIZE_ADDRESS__)
-#define CACHE_ASAN 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define CACHE_ASAN 1
-#endif
-#endif
-#ifdef CACHE_ASAN
-#include <sanitizer/asan_interface.h>
-#define POISON(p, n) ASAN_POISON_MEMORY_REGION((p), (n))
-#define UNPOISON(p, n) ASAN_UNPOISON_MEMORY_REGION((p), (n))
-#else
-#define POISON(p, n) ((void)(p), (void)(n))
-#define UNPOISON(p, n) ((void)(p), (void)(n))
-#endif
-
 /* A cached block: its first word links it to the next; the rest is left as
  * it was (a task slot keeps its initialised lock). */
 typedef struct block {
@@ -96,7 +80,7 @@ static pthread_once_t exit_key_once = PTHREAD_ONCE_INIT;
  * keeps initialised. */
 static void discard(int kind, block *b)
 {
-    UNPOISON(b, block_size[kind]);
+    ISLE_UNPOISON(b, block_size[kind]);
     if (kind == ISLE_CACHE_TASK) isle_task_block_fini(b);
     free(b);
 }
@@ -104,7 +88,7 @@ static void discard(int kind, block *b)
 static void discard_list(int kind, block *b)
 {
     while (b) {
-        UNPOISON(b, sizeof *b);
+        ISLE_UNPOISON(b, sizeof *b);
         block *next = b->next;
         discard(kind, b);
         b = next;
@@ -191,10 +175,10 @@ void *isle_cache_get(int kind)
     cache_list *l = &t->lists[kind];
     block *b = l->head;
     if (!b && !(b = refill(kind, t))) return NULL;
-    UNPOISON(b, sizeof *b);
+    ISLE_UNPOISON(b, sizeof *b);
     l->head = b->next;
     l->n--;
-    UNPOISON(b, block_size[kind]);
+    ISLE_UNPOISON(b, block_size[kind]);
     return b;
 }
 
@@ -214,12 +198,12 @@ int isle_cache_put(int kind, void *p)
 {
     if (atomic_load_explicit(&cache_off, memory_order_relaxed)) return 0;
     block *b = p;
-    POISON((char *)b + sizeof *b, block_size[kind] - sizeof *b);
+    ISLE_POISON((char *)b + sizeof *b, block_size[kind] - sizeof *b);
     thread_cache *t = &tc;
     cache_list *l = &t->lists[kind];
     if (t->mode != 1 || l->n == ISLE_CACHE_BATCH) {
         if (put_slow(kind, b, t)) return 1;
-        UNPOISON(b, block_size[kind]);
+        ISLE_UNPOISON(b, block_size[kind]);
         return 0;
     }
     b->next = l->head;

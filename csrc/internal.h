@@ -18,6 +18,25 @@ static inline void isle_cpu_relax(void)
 #endif
 }
 
+/* Memory a recycling allocator keeps but nobody may touch (a cached block,
+ * a free span of a boot region) is poisoned under AddressSanitizer, so that
+ * a use after free is still caught; without it these do nothing. */
+#if defined(__SANITIZE_ADDRESS__)
+#define ISLE_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define ISLE_ASAN 1
+#endif
+#endif
+#ifdef ISLE_ASAN
+#include <sanitizer/asan_interface.h>
+#define ISLE_POISON(p, n) ASAN_POISON_MEMORY_REGION((p), (n))
+#define ISLE_UNPOISON(p, n) ASAN_UNPOISON_MEMORY_REGION((p), (n))
+#else
+#define ISLE_POISON(p, n) ((void)(p), (void)(n))
+#define ISLE_UNPOISON(p, n) ((void)(p), (void)(n))
+#endif
+
 /* An object charged to a capped account while it lives (a message, a
  * channel's ring, a buffer): `*held` is the account it holds a reference
  * of, NULL while it holds none. isle_mem_hold charges `n` bytes to `a` and

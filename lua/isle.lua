@@ -56,7 +56,7 @@ local MODULES = { "isle", "isle.cdef", "isle.codec", "isle.errors", "isle.runtim
     "isle.token", "isle.chunks", "isle.instrument", "isle.fnsource", "isle.loaders", "isle.wire",
     "isle.combine", "isle.hub", "isle.luv", "isle.state", "isle.channel", "isle.buffer", "isle.sandbox", "isle.pool",
     "isle.sched_wait", "isle.codec_check", "isle.interrupt_api",
-    "isle.errors_describe" }
+    "isle.errors_describe", "isle.lazy" }
 local function preload_modules()
     if C.isle_preload_count() > 0 then return end
     for _, name in ipairs(MODULES) do

@@ -52,6 +52,7 @@ build = {
       ["isle.chunks"] = "lua/isle/chunks.lua",
       ["isle.codec"] = "lua/isle/codec.lua",
       ["isle.codec_check"] = "lua/isle/codec_check.lua",
+      ["isle.lazy"] = "lua/isle/lazy.lua",
       ["isle.combine"] = "lua/isle/combine.lua",
       ["isle.errors"] = "lua/isle/errors.lua",
       ["isle.errors_describe"] = "lua/isle/errors_describe.lua",

@@ -140,16 +140,7 @@ function codec.parts() return parts end
 --                                when it carries checkpoint upvalues
 --   codec.bind_checkpoints(f)    gives an arrived function this state's checkpoints
 --   codec.restore_function(v)    the function a shipped form (FN_MT) stands for
-local function lazy(name)
-    codec[name] = function(...)
-        require("isle.codec_check")
-        return codec[name](...)
-    end
-end
-lazy("check")
-lazy("check_function")
-lazy("bind_checkpoints")
-lazy("restore_function")
+require("isle.lazy")(codec, "isle.codec_check", { "check", "check_function", "bind_checkpoints", "restore_function" })
 
 -- The upvalues isle.instrument gives the functions it compiles: not the
 -- user's, so they do not count, and the receiver binds its own.

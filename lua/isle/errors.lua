@@ -39,14 +39,6 @@ end
 --   errors.cut_traceback(tb)  tb without the frames of isle's own machinery
 --   errors.from_codec(e)      the "value" error for the codec's rejection, or nil
 -- (and errors.CODES, the codes an error object may have)
-local function lazy(name)
-    errors[name] = function(...)
-        require("isle.errors_describe")
-        return errors[name](...)
-    end
-end
-lazy("describe")
-lazy("cut_traceback")
-lazy("from_codec")
+require("isle.lazy")(errors, "isle.errors_describe", { "describe", "cut_traceback", "from_codec" })
 
 return errors

@@ -362,16 +362,6 @@ end
 local parts = { STATE = STATE, co_ids = co_ids, handlers = handlers, guards = guards }
 function parts.sig() return sig, state_id end
 function M.parts() return parts end
-local function lazy(name)
-    M[name] = function(...)
-        require("isle.interrupt_api")
-        return M[name](...)
-    end
-end
-lazy("bind_host")
-lazy("interrupt_id")
-lazy("on_interrupt")
-lazy("interrupt")
-lazy("mode_of")
+require("isle.lazy")(M, "isle.interrupt_api", { "bind_host", "interrupt_id", "on_interrupt", "interrupt", "mode_of" })
 
 return M

@@ -54,13 +54,7 @@ local sched = { SCHED = SCHED, Sched = Sched, SLEEP = SLEEP, AWAIT = AWAIT }
 -- timer, a waiting list), which one of them made: it never loads the module.
 local LAZY = { "add_timer", "timers_timeout", "fire_timers", "sweep_stopped", "wake", "go", "timer",
     "cancel_timer", "watch", "sleep", "await" }
-local function lazy(name)
-    Sched[name] = function(...)
-        require("isle.sched_wait")
-        return Sched[name](...)
-    end
-end
-for i = 1, #LAZY do lazy(LAZY[i]) end
+require("isle.lazy")(Sched, "isle.sched_wait", LAZY)
 
 local function task_key(t)
     return tonumber(ffi.cast("uintptr_t", t))
