@@ -6,7 +6,6 @@
 #include <limits.h>
 #include <linux/futex.h>
 #include <math.h>
-#include <sched.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -88,25 +87,12 @@ void isle_futex_wake_all(atomic_int *word)
     syscall(SYS_futex, (int *)word, FUTEX_WAKE_PRIVATE, INT_MAX, NULL, NULL, 0);
 }
 
+static int word_set(const void *word)
+{
+    return atomic_load_explicit((const atomic_int *)word, memory_order_acquire);
+}
+
 int isle_spin_until(const atomic_int *word, double timeout)
 {
-    int v = atomic_load_explicit(word, memory_order_acquire);
-    if (v) return v;
-    double budget = atomic_load_explicit(&spin_budget, memory_order_relaxed);
-    if (timeout >= 0 && timeout < budget) budget = timeout;
-    if (budget <= 0) return 0;
-    double end = isle_now() + budget;
-    for (;;) {
-        /* Read the clock only every 64 probes: it costs more than a probe. */
-        for (int i = 0; i < 64; i++) {
-            isle_cpu_relax();
-            v = atomic_load_explicit(word, memory_order_acquire);
-            if (v) return v;
-        }
-        if (isle_now() >= end) return v;
-        /* When the cores are oversubscribed the thread we wait for may be
-         * queued behind us on this very core: give it the CPU. On an idle
-         * machine this returns at once and the spin goes on. */
-        sched_yield();
-    }
+    return isle_spin_for(word_set, word, timeout);
 }

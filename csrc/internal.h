@@ -4,6 +4,7 @@
 
 #include "isle.h"
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <time.h>
 
@@ -16,6 +17,33 @@ static inline void isle_cpu_relax(void)
 #elif defined(__aarch64__)
     __asm__ __volatile__("yield");
 #endif
+}
+
+/* The bounded spin every wait starts with (isle_spin_until, the mailbox's
+ * wait): probes ready(arg) until it is non-zero or the spin budget, capped
+ * by `timeout` when >= 0, runs out, and returns its last value. Inline so
+ * that the probe is inlined too. The clock is read only every 64 probes (it
+ * costs more than a probe); between rounds the CPU is given up, because when
+ * the cores are oversubscribed the thread waited for may be queued behind
+ * this one on its very core (on an idle machine sched_yield returns at once
+ * and the spin goes on). */
+static inline int isle_spin_for(int (*ready)(const void *), const void *arg, double timeout)
+{
+    int v = ready(arg);
+    if (v) return v;
+    double budget = isle_get_spin();
+    if (timeout >= 0 && timeout < budget) budget = timeout;
+    if (budget <= 0) return 0;
+    double end = isle_now() + budget;
+    for (;;) {
+        for (int i = 0; i < 64; i++) {
+            isle_cpu_relax();
+            v = ready(arg);
+            if (v) return v;
+        }
+        if (isle_now() >= end) return v;
+        sched_yield();
+    }
 }
 
 /* Memory a recycling allocator keeps but nobody may touch (a cached block,

@@ -26,7 +26,6 @@
 #include "internal.h"
 
 #include <errno.h>
-#include <sched.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <sys/eventfd.h>
@@ -346,33 +345,18 @@ static int inbox_full(isle_mbox *mb)
 
 static int has_work(isle_mbox *mb) { return mb->head || mb->done_head || mb->woken; }
 
-/* Spins until a message or something else arrives, or the spin budget (capped
- * by `timeout` when >= 0) runs out; as isle_spin_until, on two words. */
-static int spin_for_work(isle_mbox *mb, double timeout)
+/* Something for the consumer: a message, or a notice, a wake or the close. */
+static int work_waiting(const void *p)
 {
-    if (inbox_full(mb) || atomic_load_explicit(&mb->pending, memory_order_acquire)) return 1;
-    double budget = isle_get_spin();
-    if (timeout >= 0 && timeout < budget) budget = timeout;
-    if (budget <= 0) return 0;
-    double end = isle_now() + budget;
-    for (;;) {
-        /* The clock only every 64 probes: it costs more than a probe. */
-        for (int i = 0; i < 64; i++) {
-            isle_cpu_relax();
-            if (inbox_full(mb) || atomic_load_explicit(&mb->pending, memory_order_acquire))
-                return 1;
-        }
-        if (isle_now() >= end) return 0;
-        /* A producer queued behind us on this very core gets the CPU. */
-        sched_yield();
-    }
+    isle_mbox *mb = (isle_mbox *)p;
+    return inbox_full(mb) || atomic_load_explicit(&mb->pending, memory_order_acquire);
 }
 
 int isle_mbox_wait(isle_mbox *mb, double timeout, isle_msg **msgs, isle_done **done)
 {
     *msgs = NULL;
     *done = NULL;
-    if (timeout != 0) spin_for_work(mb, timeout);
+    if (timeout != 0) isle_spin_for(work_waiting, mb, timeout);
     /* Only messages waiting: take them without the lock. A notice, a wake
      * or the close (`pending`), messages the close moved, or an fd to drain
      * go through the lock. */
