@@ -153,10 +153,12 @@ static void test_spawn(void)
      * mailbox, signal block, init task and interrupt id. */
     long sites = alloc_sweep_both(&op, c, 0);
     CHECK(sites >= 9);
-    /* Then, counting every thread: the same sites first, then the new
-     * isle's thread's (the copy of its init result). */
+    /* Then, counting every thread: the same sites. The new isle's thread
+     * adds none of its own (its small init result is kept in the init
+     * task's slot, csrc/task.c; its Lua state never allocated through
+     * malloc); the sweep must still pass. */
     alloc_op any = {"isle_spawn and the isle's thread", NULL, spawn_run, spawn_check};
-    CHECK(alloc_sweep_both(&any, c, FAILALLOC_ANY_THREAD) > sites);
+    CHECK(alloc_sweep_both(&any, c, FAILALLOC_ANY_THREAD) >= sites);
     CHECK_EQ(count_threads(), threads);
 }
 
