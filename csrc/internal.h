@@ -74,6 +74,13 @@ static inline int isle_spin_for(int (*ready)(const void *), const void *arg, dou
 int isle_mem_hold(isle_mem **held, isle_mem *a, size_t n);
 void isle_mem_let_go(isle_mem **held, size_t n);
 
+/* A message that lives in its owner's memory, not allocated (msg.c; a task
+ * slot's small result, task.c): `m` is filled as isle_msg_new would fill a
+ * message of kind 0 with no task and no references, its payload a copy of
+ * `data` at `payload` (room for len + 1 bytes). It is never given to
+ * isle_msg_free. */
+isle_msg *isle_msg_fill_plain(isle_msg *m, char *payload, const char *data, size_t len);
+
 /* Block caches (cache.c): small messages and task slots, recycled through
  * a per-thread list and a bounded shared depot. isle_cache_get returns a
  * block of the kind's size (uninitialised but for what the kind keeps:

@@ -17,6 +17,31 @@
 _Static_assert(sizeof(isle_msg) % _Alignof(isle_task *) == 0,
                "the references that follow the header must be aligned");
 
+/* Fills the header of `m`, its payload at `payload` (room for len + 1
+ * bytes), `nrefs` references left for the caller to fill. */
+static inline isle_msg *msg_fill(isle_msg *m, char *payload, int32_t kind, isle_task *task,
+                                 const char *data, size_t len, size_t nrefs)
+{
+    m->next = NULL;
+    m->task = task;
+    m->kind = kind;
+    m->flags = 0;
+    m->len = len;
+    m->data = payload;
+    m->nrefs = nrefs;
+    m->refs = NULL;
+    m->mem = NULL;
+    if (len) memcpy(m->data, data, len);
+    m->data[len] = '\0';
+    if (task) isle_task_retain(task);
+    return m;
+}
+
+isle_msg *isle_msg_fill_plain(isle_msg *m, char *payload, const char *data, size_t len)
+{
+    return msg_fill(m, payload, 0, NULL, data, len, 0);
+}
+
 /* The header and the payload, with room for `nrefs` references after the
  * header (left for the caller to fill). Inlined into both constructors, so
  * that a message without references costs what it did before they existed. */
@@ -37,19 +62,7 @@ static inline isle_msg *msg_alloc(int32_t kind, isle_task *task, const char *dat
         m = malloc(size);
     }
     if (!m) return NULL;
-    m->next = NULL;
-    m->task = task;
-    m->kind = kind;
-    m->flags = 0;
-    m->len = len;
-    m->data = (char *)m + head;
-    m->nrefs = nrefs;
-    m->refs = NULL;
-    m->mem = NULL;
-    if (len) memcpy(m->data, data, len);
-    m->data[len] = '\0';
-    if (task) isle_task_retain(task);
-    return m;
+    return msg_fill(m, (char *)m + head, kind, task, data, len, nrefs);
 }
 
 isle_msg *isle_msg_new(int32_t kind, isle_task *task, const char *data, size_t len)

@@ -309,25 +309,6 @@ void isle_task_charge_results(isle_task *t, isle_mem *a)
     t->mem = a;
 }
 
-/* Fills the slot's own result message with `len` (< ISLE_TASK_SMALL) bytes
- * of `data` (mu held, the task not final): as msg_alloc would. */
-static isle_msg *small_result_locked(isle_task *t, const char *data, size_t len)
-{
-    isle_msg *m = &t->small;
-    m->next = NULL;
-    m->task = NULL;
-    m->kind = 0;
-    m->flags = 0;
-    m->len = len;
-    m->data = t->small_data;
-    m->nrefs = 0;
-    m->refs = NULL;
-    m->mem = NULL;
-    memcpy(m->data, data, len);
-    m->data[len] = '\0';
-    return m;
-}
-
 int isle_task_complete_refs(isle_task *t, int state, const char *data, size_t len,
                             isle_task *const *refs, size_t nrefs)
 {
@@ -353,7 +334,7 @@ int isle_task_complete_refs(isle_task *t, int state, const char *data, size_t le
     if (won) {
         /* Only the winner writes the slot's own result: a losing
          * completion running at the same time must not touch it. */
-        if (small) result = small_result_locked(t, data, len);
+        if (small) result = isle_msg_fill_plain(&t->small, t->small_data, data, len);
         finish_locked(t, state, result, &sig, &subs);
     }
     pthread_mutex_unlock(&t->mu);
