@@ -38,10 +38,12 @@ static void prepare(void)
     isle_watchdog_fork(ISLE_FORK_PREPARE);
     isle_cache_fork(ISLE_FORK_PREPARE);
     isle_bootheap_fork(ISLE_FORK_PREPARE);
+    isle_arena_fork(ISLE_FORK_PREPARE);
 }
 
 static void after(int phase)
 {
+    isle_arena_fork(phase);
     isle_bootheap_fork(phase);
     isle_cache_fork(phase);
     isle_watchdog_fork(phase);

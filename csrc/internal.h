@@ -205,6 +205,23 @@ int isle_bootheap_owns(const isle_bootheap *h, const void *p);
 int isle_bootheap_pooled(void);
 void isle_bootheap_trim(void);
 
+/* The most bytes the account's state has held since isle_mem_wrap (mem.c;
+ * read on the state's thread). */
+size_t isle_mem_peak(const isle_mem *a);
+
+/* LuaJIT arenas kept from closed states (arena.c). isle_arena_take gives a
+ * kept arena (an empty one of LuaJIT's allocator: lua_newstate with LuaJIT's
+ * function and it) or NULL. A closing state whose heap never passed
+ * ISLE_ARENA_PEAK may reserve a slot (1 if it got one); it then closes on a
+ * forwarder, so that LuaJIT does not destroy the arena, and hands it over
+ * with isle_arena_put (NULL: the slot is given up). */
+#define ISLE_ARENA_POOL 8
+#define ISLE_ARENA_PEAK ((size_t)1 << 20)
+void *isle_arena_take(void);
+int isle_arena_reserve(size_t peak);
+void isle_arena_put(void *arena);
+int isle_arena_pooled(void);
+
 /* Installs the preload searcher in a fresh state (preload.c). */
 struct lua_State;
 int isle_preload_install(struct lua_State *L);
@@ -220,6 +237,7 @@ typedef struct isle_lua_acct {
     isle_mem_allocf allocf; /* LuaJIT's own allocator of the state */
     void *allocd;
     isle_bootheap *boot; /* where it booted (NULL: LuaJIT's allocator alone) */
+    int keep_arena;      /* the close keeps LuaJIT's arena (arena.c) */
 } isle_lua_acct;
 
 /* A fresh lua_State with the standard libraries, the preload searcher and
@@ -248,5 +266,6 @@ void isle_preload_fork(int phase);  /* preload.c: bytecode blobs */
 void isle_state_fork(int phase);    /* state.c: shared states */
 void isle_cache_fork(int phase);    /* cache.c: the depots of the block caches */
 void isle_bootheap_fork(int phase); /* bootheap.c: the pool of boot regions */
+void isle_arena_fork(int phase);    /* arena.c: the kept LuaJIT arenas */
 
 #endif

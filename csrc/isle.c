@@ -202,12 +202,23 @@ static void *catch_alloc(void *ud, void *p, size_t osz, size_t nsz)
     return q;
 }
 
+/* LuaJIT's allocator under another name: lua_close frees the state's last
+ * block through it and leaves the arena alone (arena.c). */
+static void *keep_arena_alloc(void *ud, void *p, size_t osz, size_t nsz)
+{
+    isle_lua_acct *a = ud;
+    return a->allocf(a->allocd, p, osz, nsz);
+}
+
 /* The boot heap has no block of the state left: lua_close ends with
- * LuaJIT's allocator. */
+ * LuaJIT's allocator, which destroys the arena, or with its forwarder if the
+ * arena is to be kept for the next state. */
 static void to_luajit(void *ud)
 {
     isle_lua_acct *a = ud;
-    lua_setallocf(a->L, (lua_Alloc)a->allocf, a->allocd);
+    a->keep_arena = isle_arena_reserve(isle_mem_peak(a->mem));
+    if (a->keep_arena) lua_setallocf(a->L, keep_arena_alloc, a);
+    else lua_setallocf(a->L, (lua_Alloc)a->allocf, a->allocd);
 }
 
 /* The allocator lua_close ends with: LuaJIT's, once the boot heap holds no
@@ -246,10 +257,13 @@ static int account_state(isle_lua_acct *a, lua_State *L)
     return a->sentinel != NULL;
 }
 
-/* lua_close, then the boot heap's region goes back to the pool. */
+/* lua_close, then the boot heap's region and the arena go back to their
+ * pools. */
 static void close_state(lua_State *L, isle_lua_acct *a)
 {
     lua_close(L);
+    if (a->keep_arena) isle_arena_put(a->allocd);
+    a->keep_arena = 0;
     isle_bootheap_give_back(a->boot);
     a->boot = NULL;
     a->L = NULL;
@@ -270,12 +284,33 @@ void isle_lua_close(lua_State *L, isle_lua_acct *a)
     isle_mem_unwrap(a->mem);
 }
 
+/* LuaJIT's allocator function, as the first state made here reported it. */
+static _Atomic(lua_Alloc) luajit_alloc;
+
+/* A new state, on an arena kept from a closed one when there is one (only a
+ * state with an account can keep its arena in turn). */
+static lua_State *new_state(int kept_arena)
+{
+    lua_Alloc f = atomic_load_explicit(&luajit_alloc, memory_order_relaxed);
+    void *arena = kept_arena && f ? isle_arena_take() : NULL;
+    /* A failure inside lua_newstate closes the partial state on LuaJIT's own
+     * function: the arena is destroyed with it. */
+    if (arena) return lua_newstate(f, arena);
+    lua_State *L = luaL_newstate();
+    if (L && !f) {
+        void *ud;
+        atomic_store_explicit(&luajit_alloc, lua_getallocf(L, &ud), memory_order_relaxed);
+    }
+    return L;
+}
+
 lua_State *isle_lua_new(const char *path, const char *cpath, isle_lua_acct *acct)
 {
     pthread_once(&pin_once, pin_library);
-    lua_State *L = luaL_newstate();
+    lua_State *L = new_state(acct != NULL);
     if (!L) return NULL;
     if (acct) {
+        acct->keep_arena = 0;
         /* Only a state with an account has a place to keep its boot heap. */
         acct->L = L;
         acct->sentinel = NULL;

@@ -22,8 +22,9 @@
  * other is taken, nor is a shared state's wait lock, nor the depot lock of
  * the block caches (cache.c: freed small messages and task slots kept for
  * reuse), which is taken last of all and nothing is taken under it; the
- * pool lock of the boot heaps (bootheap.c) is such a leaf too (the two are
- * held together only around fork(), depot first).
+ * pool lock of the boot heaps (bootheap.c) and the lock of the kept LuaJIT
+ * arenas (arena.c) are such leaves too (the three are held together only
+ * around fork(), depot first, arenas last).
  * Messages are pushed and taken without the mailbox lock (mbox.c: a stack
  * swapped by compare-and-swap); a push takes it only to wake a parked
  * consumer or arm the fd, holding no other lock then.

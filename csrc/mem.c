@@ -24,6 +24,7 @@ struct isle_mem {
     size_t cap[3];      /* per mode (ISLE_MEM_*): the most heap + held may reach */
     int mode;           /* the state's thread only */
     int gc_wanted;      /* the state's thread only */
+    size_t peak;        /* the state's thread only: the most `heap` has been */
     size_t mark;        /* past this, ask the state for a full collection */
     isle_mem_allocf f;  /* the allocator wrapped */
     void *ud;
@@ -102,7 +103,11 @@ __attribute__((noinline)) static void *mem_resize(isle_mem *a, void *p, size_t o
     size_t heap = atomic_load_explicit(&a->heap, memory_order_relaxed);
     if (nsz > osz && a->limit && !admit(a, heap, nsz - osz)) return NULL;
     void *q = a->f(a->ud, p, osz, nsz);
-    if (q) atomic_store_explicit(&a->heap, heap - osz + nsz, memory_order_relaxed);
+    if (q) {
+        size_t now = heap - osz + nsz;
+        atomic_store_explicit(&a->heap, now, memory_order_relaxed);
+        if (now > a->peak) a->peak = now;
+    }
     return q;
 }
 
@@ -126,6 +131,7 @@ void isle_mem_wrap(isle_mem *a, isle_mem_allocf f, void *ud, size_t heap, isle_s
     a->f = f;
     a->ud = ud;
     a->sig = sig;
+    a->peak = heap;
     atomic_store_explicit(&a->heap, heap, memory_order_relaxed);
 }
 
@@ -144,6 +150,7 @@ int isle_mem_enforce(isle_mem *a, int mode)
 }
 
 size_t isle_mem_used(isle_mem *a) { return a ? used_of(a) : 0; }
+size_t isle_mem_peak(const isle_mem *a) { return a->peak; }
 size_t isle_mem_limit(isle_mem *a) { return a ? a->limit : 0; }
 
 size_t isle_mem_minimum(size_t used)

@@ -617,6 +617,73 @@ function TestNoRawPointers:test_forged_objects_are_refused_before_any_c_call()
     h:close()
 end
 
+-- A closed state's LuaJIT arena is kept for the next state (csrc/arena.c):
+-- a close leaves one in the pool, a spawn takes it, an isle on a kept arena
+-- works as any other, the pool keeps at most ISLE_ARENA_POOL (8, csrc/
+-- internal.h), and a state whose heap passed ISLE_ARENA_PEAK (1 MiB) does
+-- not leave its arena.
+TestArena = {}
+
+local ARENA_POOL = 8
+local arena_pooled
+do
+    local ffi = require("ffi")
+    ffi.cdef("int isle_arena_pooled(void);")
+    local C = require("isle.cdef").C
+    arena_pooled = function() return C.isle_arena_pooled() end
+end
+
+-- No isle of an earlier test closes in the background meanwhile.
+local function settle()
+    collectgarbage()
+    collectgarbage()
+    lu.assertTrue(helpers.eventually(function() return isle.live_count() == 0 end, 10), "isles still live")
+end
+
+function TestArena:test_a_close_keeps_the_arena_and_a_spawn_takes_it()
+    settle()
+    -- Empty the pool: isles kept alive take every kept arena.
+    local hs = {}
+    for i = 1, ARENA_POOL do hs[i] = isle.spawn() end
+    lu.assertEquals(arena_pooled(), 0)
+    hs[1]:close()
+    lu.assertEquals(arena_pooled(), 1, "a closed isle left no arena")
+    local h = isle.spawn{ init = "function churn(n) local t = {} for i = 1, n do t[i] = { i } end "
+        .. "local s = 0 for i = 1, n do s = s + t[i][1] end return s end" }
+    lu.assertEquals(arena_pooled(), 0, "the next spawn did not take the kept arena")
+    -- On the kept arena: allocation and collection as in any isle.
+    for _ = 1, 3 do lu.assertEquals(h:call("churn", 2000), 2000 * 2001 / 2) end
+    lu.assertEquals(h:eval("collectgarbage() return type(collectgarbage('count'))"), "number")
+    h:close()
+    for i = 2, ARENA_POOL do hs[i]:close() end
+    lu.assertEquals(arena_pooled(), ARENA_POOL)
+    -- Full: the next close destroys its arena.
+    for i = 1, ARENA_POOL + 1 do hs[i] = isle.spawn() end
+    lu.assertEquals(arena_pooled(), 0)
+    for i = 1, ARENA_POOL + 1 do hs[i]:close() end
+    lu.assertEquals(arena_pooled(), ARENA_POOL)
+end
+
+function TestArena:test_a_state_that_grew_large_does_not_leave_its_arena()
+    settle()
+    isle.spawn():close()
+    local h = isle.spawn()
+    local n = arena_pooled()
+    lu.assertTrue(n < ARENA_POOL, "the spawn took no arena")
+    -- ~100,000 small tables: several MiB, past ISLE_ARENA_PEAK.
+    lu.assertEquals(h:eval("local t = {} for i = 1, 100000 do t[i] = { i } end return #t"), 100000)
+    h:close()
+    lu.assertEquals(arena_pooled(), n, "an arena that held several MiB was kept")
+    -- A shared state keeps its arena as an isle does.
+    isle.spawn():close()
+    n = arena_pooled()
+    lu.assertTrue(n >= 1)
+    local s = isle.state("return function(x) return x end")
+    lu.assertEquals(arena_pooled(), n - 1, "a shared state took no kept arena")
+    s:close()
+    lu.assertEquals(arena_pooled(), n, "a shared state left no arena")
+end
+
 -- The message hot paths (issue 12): a call's round trip and a post, on both
 -- sides, allocate nothing per message that the collector must then sweep
 -- (garbage was most of a call's cost in the isle: a record table whose
