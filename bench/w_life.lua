@@ -108,6 +108,7 @@ local function run_w6(ctx)
         { "plain", function() return ctx.plain("spawn", count) end },
         { "c", function() return ctx.cfloor("spawn", count) end },
         { "mem", function() return mem_run(ctx, 200) end },
+        { "memfloor", function() return ctx.plain("idle", 200) end },
     })
     lib.gc()
     local leaked = isle.live_count() - base
@@ -123,8 +124,10 @@ local function run_w6(ctx)
             floor = s.c.median, floor_label = "C thread", runs = s.isle.runs, floor_runs = s.c.runs,
             note = s.c.err or "floor: a bare thread with isle's mailbox started, pinged, joined; no Lua" },
         ctx.row{ id = "W6", name = "W6 memory per idle isle", value = s.mem.median, unit = "KiB",
+            floor = s.memfloor.median, floor_label = "C idle state", floor_runs = s.memfloor.runs,
             runs = s.mem.runs, na = s.mem.err, extra = { count = 200 },
-            note = "VmRSS with 200 idle isles minus the bare process, / 200",
+            note = s.memfloor.err or ("VmRSS with 200 idle isles minus the bare process, / 200; floor: 200 parked"
+                .. " threads, each with a LuaJIT state with its libraries, ffi and string.buffer"),
             targets = { { op = "<=", value = 64, text = "<= 64 KiB" },
                         { op = "<", value = 86, text = "< 86 KiB" } } },
     }

@@ -14,6 +14,11 @@
  *   plain_floor spawn N    N threads, each creating a LuaJIT state, opening
  *                          the standard libraries, running one chunk and
  *                          closing it, started and joined one after the other
+ *   plain_floor idle N     N threads kept alive, each with a LuaJIT state
+ *                          with the standard libraries, `ffi` and
+ *                          `string.buffer` loaded (what every isle state
+ *                          has), having run one chunk, then parked on a
+ *                          condvar: the growth of VmRSS per thread (KiB)
  *
  * Prints one line "<value> <unit>" (us/rt, msg/s or ms/thread) and exits 0;
  * a wrong answer prints to stderr and exits 1. Built by `make bench-floor`
@@ -194,10 +199,70 @@ static double run_spawn(long n)
     return (now() - t0) * 1e3 / (double)n;
 }
 
+/* idle ----------------------------------------------------------------------- */
+
+static pthread_mutex_t idle_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t idle_cv = PTHREAD_COND_INITIALIZER;
+static long idle_ready;
+static int idle_go;
+
+static void *idle_thread(void *arg)
+{
+    lua_State *L = luaL_newstate();
+    if (!L) die("luaL_newstate failed");
+    luaL_openlibs(L);
+    if (luaL_loadstring(L, "require('ffi') require('string.buffer') local i = ... return i + 1") != 0)
+        die("load failed");
+    lua_pushinteger(L, (lua_Integer)(intptr_t)arg);
+    if (lua_pcall(L, 1, 1, 0) != 0) die("chunk failed");
+    if (lua_tointeger(L, -1) != (lua_Integer)(intptr_t)arg + 1) die("wrong chunk result");
+    lua_pop(L, 1);
+    pthread_mutex_lock(&idle_mu);
+    idle_ready++;
+    pthread_cond_broadcast(&idle_cv);
+    while (!idle_go) pthread_cond_wait(&idle_cv, &idle_mu);
+    pthread_mutex_unlock(&idle_mu);
+    lua_close(L);
+    return NULL;
+}
+
+static long rss_kib(void)
+{
+    FILE *f = fopen("/proc/self/status", "r");
+    if (!f) die("cannot read /proc/self/status");
+    char line[256];
+    long kib = -1;
+    while (fgets(line, sizeof line, f))
+        if (sscanf(line, "VmRSS: %ld", &kib) == 1) break;
+    fclose(f);
+    if (kib < 0) die("no VmRSS");
+    return kib;
+}
+
+static double run_idle(long n)
+{
+    pthread_t *th = calloc((size_t)n, sizeof *th);
+    if (!th) die("out of memory");
+    long before = rss_kib();
+    for (long i = 0; i < n; i++)
+        if (pthread_create(&th[i], NULL, idle_thread, (void *)(intptr_t)i)) die("pthread_create failed");
+    pthread_mutex_lock(&idle_mu);
+    while (idle_ready < n) pthread_cond_wait(&idle_cv, &idle_mu);
+    pthread_mutex_unlock(&idle_mu);
+    long after = rss_kib();
+    pthread_mutex_lock(&idle_mu);
+    idle_go = 1;
+    pthread_cond_broadcast(&idle_cv);
+    pthread_mutex_unlock(&idle_mu);
+    for (long i = 0; i < n; i++) pthread_join(th[i], NULL);
+    free(th);
+    return (double)(after - before) / (double)n;
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 3) {
-        fprintf(stderr, "usage: plain_floor ping|stream|spawn N\n");
+        fprintf(stderr, "usage: plain_floor ping|stream|spawn|idle N\n");
         return 2;
     }
     long n = strtol(argv[2], NULL, 10);
@@ -205,6 +270,7 @@ int main(int argc, char **argv)
     if (!strcmp(argv[1], "ping")) printf("%.4f us/rt\n", run_ping(n));
     else if (!strcmp(argv[1], "stream")) printf("%.1f msg/s\n", run_stream(n));
     else if (!strcmp(argv[1], "spawn")) printf("%.5f ms/thread\n", run_spawn(n));
+    else if (!strcmp(argv[1], "idle")) printf("%.3f KiB/thread\n", run_idle(n));
     else die("unknown mode");
     return 0;
 }
