@@ -2,12 +2,13 @@
  * locks and tables usable in the child.
  *
  * fork() copies only the calling thread. A lock another thread held at that
- * moment would stay locked in the child for ever, and the registry, the
+ * moment would stay locked in the child for ever, and the registries, the
  * watchdog and the interrupt table would describe threads that do not exist
  * there. So before a fork the forking thread takes every process-wide lock
- * of the core, in the lock order of isle.h (registries of isles and of
- * shared states, interrupt table, preload blobs, watchdog, then the depots
- * of the block caches and the pool of boot heaps, leaf locks); the parent
+ * of the core, in the lock order of isle.h (registries of isles, of shared
+ * states and of pools, interrupt table, preload blobs, watchdog, then the
+ * depots of the block caches, the pool of boot heaps and the kept LuaJIT
+ * arenas, leaf locks); the parent
  * then releases them, and the child releases them and forgets the parent's
  * threads. Objects made before the fork (isles, tasks, mailboxes) are not
  * repaired: their own locks may be held by threads that are gone, so the Lua
@@ -33,6 +34,7 @@ static void prepare(void)
 {
     if (isle_registry_fork) isle_registry_fork(ISLE_FORK_PREPARE);
     if (isle_state_fork) isle_state_fork(ISLE_FORK_PREPARE);
+    isle_pool_fork(ISLE_FORK_PREPARE);
     isle_intr_fork(ISLE_FORK_PREPARE);
     if (isle_preload_fork) isle_preload_fork(ISLE_FORK_PREPARE);
     isle_watchdog_fork(ISLE_FORK_PREPARE);
@@ -49,6 +51,7 @@ static void after(int phase)
     isle_watchdog_fork(phase);
     if (isle_preload_fork) isle_preload_fork(phase);
     isle_intr_fork(phase);
+    isle_pool_fork(phase);
     if (isle_state_fork) isle_state_fork(phase);
     if (isle_registry_fork) isle_registry_fork(phase);
 }

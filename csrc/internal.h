@@ -267,5 +267,6 @@ void isle_state_fork(int phase);    /* state.c: shared states */
 void isle_cache_fork(int phase);    /* cache.c: the depots of the block caches */
 void isle_bootheap_fork(int phase); /* bootheap.c: the pool of boot regions */
 void isle_arena_fork(int phase);    /* arena.c: the kept LuaJIT arenas */
+void isle_pool_fork(int phase);     /* pool.c: the registry of pools */
 
 #endif

@@ -156,6 +156,24 @@ size_t isle_pool_size(isle_pool *p)
     return n;
 }
 
+void isle_pool_fork(int phase)
+{
+    if (phase == ISLE_FORK_PREPARE) {
+        pthread_mutex_lock(&registry_mu);
+        return;
+    }
+    if (phase == ISLE_FORK_CHILD) {
+        /* The parent's pools belong to the parent (their isles are not
+         * here, their locks may be held by threads that are gone): the
+         * child forgets them, so a lookup does not find them and their
+         * names are free. Unlisted, a close of one (which the Lua side
+         * refuses anyway) does not look for it in the list. */
+        for (isle_pool *p = registry; p; p = p->next) p->listed = 0;
+        registry = NULL;
+    }
+    pthread_mutex_unlock(&registry_mu);
+}
+
 isle_pool *isle_pool_lookup(int64_t id, const char *name)
 {
     pthread_mutex_lock(&registry_mu);

@@ -209,6 +209,28 @@ function TestFork:test_parent_objects_are_refused_in_the_child_at_once()
     h:close()
 end
 
+-- The parent's pools are not the child's either: looking one up by name or
+-- id finds nothing, its name is free for a pool of the child's, and the
+-- parent's pool still works afterwards.
+function TestFork:test_parent_pools_are_unknown_in_the_child()
+    local p = isle.pool{ size = 1, name = "fork-pool", init = "function f(x) return x end" }
+    lu.assertEquals(p:call("f", 1), 1)
+    local id = p:id()
+    local code = in_child(function()
+        local by_name, e1 = isle.pool_ref("fork-pool")
+        if by_name ~= nil or not e1 or e1.code ~= "unknown" then return 1 end
+        local by_id, e2 = isle.pool_ref(id)
+        if by_id ~= nil or not e2 or e2.code ~= "unknown" then return 2 end
+        local mine = isle.pool{ size = 1, name = "fork-pool", init = "function f(x) return x + 1 end" }
+        if mine:call("f", 1) ~= 2 then return 3 end
+        mine:close()
+        return 0
+    end)
+    lu.assertEquals(code, 0)
+    lu.assertEquals(p:call("f", 3), 3)
+    p:close()
+end
+
 -- Objects made in the child are the child's: their finalizers free them
 -- (only the parent's copies are left alone). Each result here is 1 MB of C
 -- memory held by its task until the task object is collected.
