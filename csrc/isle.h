@@ -18,7 +18,9 @@
  *   registry lock  ->  channel lock  ->  task lock  ->  signal-block lock, interrupt-id lock  ->  mailbox lock
  * (the registry of shared states ranks with the registry of isles; the two
  * are never held together; so does the registry of pools, whose pool lock
- * comes before the signal-block lock and is never held with the others). The watchdog's lock is never held while any
+ * comes before the signal-block lock and is never held with the others; only
+ * the thread that forks holds the three registries at once, isles', shared
+ * states', pools', in that order: fork.c). The watchdog's lock is never held while any
  * other is taken, nor is a shared state's wait lock, nor the depot lock of
  * the block caches (cache.c: freed small messages and task slots kept for
  * reuse), which is taken last of all and nothing is taken under it; the
