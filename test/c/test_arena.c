@@ -11,7 +11,6 @@
 #include "check.h"
 #include "internal.h"
 
-#include <sys/wait.h>
 
 static char arenas[ISLE_ARENA_POOL + 4];
 
@@ -118,9 +117,7 @@ static void test_fork(void)
             for (int i = 0; i < more; i++) isle_arena_put(NULL);
             _Exit(0);
         }
-        int status = 0;
-        CHECK_EQ(waitpid(pid, &status, 0), pid);
-        CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+        check_child_ok(pid);
     }
     atomic_store(&stop_churn, 1);
     pthread_join(th, NULL);

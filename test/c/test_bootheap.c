@@ -16,7 +16,6 @@
 #include <errno.h>
 #include <string.h>
 #include <sys/mman.h>
-#include <sys/wait.h>
 
 typedef struct wrapped {
     long live;  /* blocks handed out and not freed */
@@ -362,9 +361,7 @@ static void test_fork(void)
             isle_bootheap_trim();
             _Exit(0);
         }
-        int status = 0;
-        CHECK_EQ(waitpid(pid, &status, 0), pid);
-        CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+        check_child_ok(pid);
     }
     atomic_store(&stop_churn, 1);
     pthread_join(th, NULL);

@@ -9,7 +9,6 @@
 #include "internal.h"
 
 #include <string.h>
-#include <sys/wait.h>
 
 /* Blocks held by the cache when it is full: a thread's list plus the depot. */
 enum { CACHE_BOUND = ISLE_CACHE_BATCH * (ISLE_CACHE_DEPOT + 1) };
@@ -234,9 +233,7 @@ static void test_fork(void)
             isle_cache_trim();
             _Exit(0);
         }
-        int status = 0;
-        CHECK_EQ(waitpid(pid, &status, 0), pid);
-        CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+        check_child_ok(pid);
     }
     atomic_store(&churning, 0);
     pthread_join(th, NULL);

@@ -11,7 +11,6 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
-#include <sys/wait.h>
 
 /* What a host does: connect a non-blocking stream socket to `path`. */
 static int connect_to(const char *path)
@@ -101,9 +100,7 @@ static void test_refuses_other_processes(void)
         (void)fd;
         _exit(0);
     }
-    int status;
-    CHECK_EQ(waitpid(pid, &status, 0), pid);
-    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    check_child_ok(pid);
     int host = connect_to(path);
     int fd = isle_notify_accept(lfd, path, 5);
     CHECK(fd >= 0);
