@@ -207,10 +207,20 @@ end
 
 TestJit = {}
 
+-- Aborts while f runs, except one kind that is not about f's code: an abort
+-- with LuaJIT's error 0 ("error thrown or hook called during recording")
+-- reported at isle's count hook, which an earlier test installed in this
+-- state (isle.interrupt_id). It was seen once in a run of the whole suite
+-- (2026-11-30: "interrupt.lua:196: 0 51", the hook's first instruction) and
+-- could not be brought about on demand; the loop is recorded again later,
+-- so it says nothing about what f's code compiles to, and counting it made
+-- these checks flaky. Any other abort, at the hook or elsewhere, counts.
+local RECERR = 0
 local function aborts_during(f)
     local aborts = {}
+    local hook = debug.gethook()
     local function on_trace(what, _tr, func, pc, otr, oex)
-        if what == "abort" then
+        if what == "abort" and not (otr == RECERR and hook ~= nil and func == hook) then
             local info = require("jit.util").funcinfo(func, pc)
             aborts[#aborts + 1] = tostring(info.loc) .. ": " .. tostring(otr) .. " " .. tostring(oex)
         end
