@@ -843,6 +843,24 @@ function TestIdle:test_an_idle_isle_keeps_a_small_heap()
     end
 end
 
+-- The collector, stopped while the worker boots (csrc/isle.c, run_worker),
+-- runs again before any user code: in init, in a job, in a sandboxed and in
+-- a capped isle.
+function TestIdle:test_the_collector_runs_from_init_on()
+    -- ~11 MB of garbage: with the collector stopped the heap would hold it
+    -- all (and a 4 MiB cap would fail init). The sandbox allows only
+    -- collectgarbage "count" and "collect", so that is what is read.
+    local CHURN = "local n = 0 for i = 1, 200000 do local t = { i } n = n + #t end "
+        .. "return collectgarbage('count') < 3072"
+    for _, opts in ipairs({ {}, { sandbox = true }, { memory_limit = 4 * 1024 * 1024 } }) do
+        opts.init = "assert((function() " .. CHURN .. " end)(), 'garbage piled up in init')"
+        local h = isle.spawn(opts)
+        lu.assertTrue(h:eval(CHURN), "garbage piled up in a job")
+        if not opts.sandbox then lu.assertTrue(h:eval("return collectgarbage('isrunning')")) end
+        h:close()
+    end
+end
+
 -- Init runs once: neither its text nor its compiled chunk stays in the
 -- isle's chunk cache (a large init leaves nothing of its size behind), and
 -- an eval of the same text still compiles and runs.

@@ -12,7 +12,9 @@ local runtime = require("isle.runtime")
 -- next lands on fresh pages while the garbage's stay resident for the
 -- isle's life (-16 KiB RSS per idle isle, +6% instructions per spawn; a
 -- second collection as main starts saved 12 KiB more for +13%:
--- bench/README.md, Issue 12).
+-- bench/README.md, Issue 12). The collector was stopped until here
+-- (csrc/isle.c, run_worker); this full collection starts it again, before
+-- any user code runs (test_core checks it runs in init and after).
 collectgarbage("collect")
 local PTRS = runtime.ptrs -- object -> its C pointer (never a field user code can reach)
 local codec = require("isle.codec")
