@@ -17,8 +17,13 @@ local WAIT = 120
 local STATES = 4
 
 -- A counter that holds its state a little while (contention). The count
--- goes up as the last thing before returning, after every checkpoint, so a
--- call counts if and only if it returned to its caller.
+-- goes up as the last thing before returning, after every checkpoint; but
+-- the count hook can still fire between the increment and the return (it
+-- fires on instruction counts, not only at checkpoints), and an interrupt
+-- it delivers there fails a call that did count. So a state's count is at
+-- least the calls its callers saw succeed, and at most that plus the calls
+-- to it that failed `interrupted` (seen once in `make stress`: 375 against
+-- 374 successes).
 local COUNTER = [[
     local n = 0
     return function(cmd, hold)
@@ -38,9 +43,9 @@ local CALLER = [==[
     local isle = require("isle")
     local names, ops, seed, singleton = ...
     math.randomseed(seed)
-    local ok_by, failed = {}, {}
+    local ok_by, failed, interrupted_by = {}, {}, {}
     local refs = {}
-    for i = 1, #names do ok_by[names[i]] = 0 end
+    for i = 1, #names do ok_by[names[i]], interrupted_by[names[i]] = 0, 0 end
     local function ref(name)
         local r = refs[name]
         if r then return r end
@@ -71,10 +76,11 @@ local CALLER = [==[
                 if code ~= "closed" and code ~= "interrupted" then error("unexpected failure: " .. tostring(a)) end
                 failed[code] = (failed[code] or 0) + 1
                 if code == "closed" then refs[name] = nil end
+                if code == "interrupted" then interrupted_by[name] = interrupted_by[name] + 1 end
             end
         end
     end
-    return ok_by, failed
+    return ok_by, failed, interrupted_by
 ]==]
 
 TestStateStress = {}
@@ -112,22 +118,29 @@ function TestStateStress:test_many_callers_interrupts_closes_and_collections()
         end
         states[dropped] = nil
         collectgarbage()
-        local host_ok, host_failed = run_caller(names, ops, round, singleton)
-        local ok_by = { host_ok }
+        local host_ok, host_failed, host_interrupted = run_caller(names, ops, round, singleton)
+        local ok_by, interrupted_by = { host_ok }, { host_interrupted }
         for i = 1, #hs do
-            local ok, got, failed = tasks[i]:wait(WAIT)
+            local ok, got, failed, interrupted = tasks[i]:wait(WAIT)
             lu.assertTrue(ok ~= false, ("round %d isle %d: %s"):format(round, i, tostring(got)))
             lu.assertNotNil(ok, ("round %d isle %d: no result within %d s"):format(round, i, WAIT))
             ok_by[#ok_by + 1] = got
+            interrupted_by[#interrupted_by + 1] = interrupted
             for code, n in pairs(failed) do totals[code] = (totals[code] or 0) + n end
         end
         for code, n in pairs(host_failed) do totals[code] = (totals[code] or 0) + n end
         -- A pending interrupt may hit the "get" below: clear them first.
         for i = 3, STATES do
             states[i]:interrupt(false)
-            local want = 0
-            for _, by in ipairs(ok_by) do want = want + by[names[i]] end
-            lu.assertEquals(states[i]:call("get"), want, ("round %d: state %s"):format(round, names[i]))
+            local want, slack = 0, 0
+            for k, by in ipairs(ok_by) do
+                want = want + by[names[i]]
+                slack = slack + interrupted_by[k][names[i]]
+            end
+            local got = states[i]:call("get")
+            lu.assertTrue(got >= want and got <= want + slack,
+                ("round %d: state %s counted %d; its callers saw %d succeed and %d interrupted")
+                    :format(round, names[i], got, want, slack))
             totals.calls = totals.calls + want
             states[i]:close()
         end
