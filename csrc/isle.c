@@ -32,11 +32,11 @@ struct isle {
     size_t charged;     /* what is charged to it now */
     isle_lua_acct acct; /* the state under `mem` (isle_lua_new) */
     pthread_t thread;
-    pthread_mutex_t join_mu; /* serialises join/detach, guards `ended` */
+    pthread_mutex_t join_mu; /* serialises join/detach, and `ended`'s setting */
     pthread_cond_t ended_cv; /* broadcast when the thread is about to return */
     int joined, detached;    /* join_mu */
-    int ended;               /* join_mu: the thread has nothing left to do */
-    atomic_int ended_flag;   /* `ended` for a joiner's spin before it parks */
+    atomic_int ended;        /* the thread has nothing left to do (set under
+                                join_mu; a joiner spins on it before it parks) */
     atomic_int closing;
     atomic_int close_mode;
     isle *rnext;   /* registry list (registry lock) */
@@ -406,8 +406,7 @@ static void *isle_thread(void *arg)
     pthread_mutex_unlock(&reg_lock);
     atomic_fetch_sub(&live_threads, 1);
     pthread_mutex_lock(&i->join_mu);
-    i->ended = 1;
-    atomic_store_explicit(&i->ended_flag, 1, memory_order_release);
+    atomic_store_explicit(&i->ended, 1, memory_order_release);
     pthread_cond_broadcast(&i->ended_cv);
     pthread_mutex_unlock(&i->join_mu);
     /* From here on only this function's last instructions run: libisle.so
@@ -573,16 +572,16 @@ int isle_join(isle *i, double timeout)
     if (timeout > 0) dl = isle_deadline(timeout);
     /* A close waits here for the state's lua_close (tens of µs): a bounded
      * spin first spares it the wake-up of a parked thread (bench W6). */
-    if (timeout != 0) isle_spin_until(&i->ended_flag, timeout);
+    if (timeout != 0) isle_spin_until(&i->ended, timeout);
     pthread_mutex_lock(&i->join_mu);
-    while (!i->ended && timeout != 0) {
+    while (!atomic_load(&i->ended) && timeout != 0) {
         if (timeout < 0) {
             pthread_cond_wait(&i->ended_cv, &i->join_mu);
         } else if (pthread_cond_timedwait(&i->ended_cv, &i->join_mu, &dl)) {
             break; /* timed out (or failed): report what is true now */
         }
     }
-    int ended = i->ended;
+    int ended = atomic_load(&i->ended);
     if (ended && !i->joined && !i->detached) {
         /* It is past its last lock: this returns at once. */
         pthread_join(i->thread, NULL);
