@@ -175,16 +175,24 @@ static double run_stream(long n)
 
 /* spawn ---------------------------------------------------------------------- */
 
-static void *state_thread(void *arg)
+/* A new state with the standard libraries that has run `chunk` (which
+ * returns its argument + 1) with `i`, its stack empty again. */
+static lua_State *state_after_chunk(const char *chunk, intptr_t i)
 {
     lua_State *L = luaL_newstate();
     if (!L) die("luaL_newstate failed");
     luaL_openlibs(L);
-    if (luaL_loadstring(L, "local i = ... return i + 1") != 0) die("load failed");
-    lua_pushinteger(L, (lua_Integer)(intptr_t)arg);
+    if (luaL_loadstring(L, chunk) != 0) die("load failed");
+    lua_pushinteger(L, (lua_Integer)i);
     if (lua_pcall(L, 1, 1, 0) != 0) die("chunk failed");
-    if (lua_tointeger(L, -1) != (lua_Integer)(intptr_t)arg + 1) die("wrong chunk result");
-    lua_close(L);
+    if (lua_tointeger(L, -1) != (lua_Integer)i + 1) die("wrong chunk result");
+    lua_pop(L, 1);
+    return L;
+}
+
+static void *state_thread(void *arg)
+{
+    lua_close(state_after_chunk("local i = ... return i + 1", (intptr_t)arg));
     return NULL;
 }
 
@@ -193,7 +201,8 @@ static double run_spawn(long n)
     double t0 = now();
     for (long i = 0; i < n; i++) {
         pthread_t th;
-        if (pthread_create(&th, NULL, state_thread, (void *)(intptr_t)i)) die("pthread_create failed");
+        if (pthread_create(&th, NULL, state_thread, (void *)(intptr_t)i))
+            die("pthread_create failed");
         pthread_join(th, NULL);
     }
     return (now() - t0) * 1e3 / (double)n;
@@ -206,17 +215,13 @@ static pthread_cond_t idle_cv = PTHREAD_COND_INITIALIZER;
 static long idle_ready;
 static int idle_go;
 
+/* What every isle state holds besides the standard libraries. */
+static const char idle_chunk[] =
+    "require('ffi') require('string.buffer') local i = ... return i + 1";
+
 static void *idle_thread(void *arg)
 {
-    lua_State *L = luaL_newstate();
-    if (!L) die("luaL_newstate failed");
-    luaL_openlibs(L);
-    if (luaL_loadstring(L, "require('ffi') require('string.buffer') local i = ... return i + 1") != 0)
-        die("load failed");
-    lua_pushinteger(L, (lua_Integer)(intptr_t)arg);
-    if (lua_pcall(L, 1, 1, 0) != 0) die("chunk failed");
-    if (lua_tointeger(L, -1) != (lua_Integer)(intptr_t)arg + 1) die("wrong chunk result");
-    lua_pop(L, 1);
+    lua_State *L = state_after_chunk(idle_chunk, (intptr_t)arg);
     pthread_mutex_lock(&idle_mu);
     idle_ready++;
     pthread_cond_broadcast(&idle_cv);
@@ -245,7 +250,8 @@ static double run_idle(long n)
     if (!th) die("out of memory");
     long before = rss_kib();
     for (long i = 0; i < n; i++)
-        if (pthread_create(&th[i], NULL, idle_thread, (void *)(intptr_t)i)) die("pthread_create failed");
+        if (pthread_create(&th[i], NULL, idle_thread, (void *)(intptr_t)i))
+            die("pthread_create failed");
     pthread_mutex_lock(&idle_mu);
     while (idle_ready < n) pthread_cond_wait(&idle_cv, &idle_mu);
     pthread_mutex_unlock(&idle_mu);
