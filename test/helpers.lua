@@ -97,6 +97,13 @@ function helpers.settle()
     collectgarbage(); collectgarbage()
 end
 
+-- True once no isle is live, collecting meanwhile (a collected owning
+-- handle closes its isle in the background); false after 10 s.
+function helpers.no_isle_live()
+    local isle = require("isle")
+    return helpers.eventually(function() collectgarbage() return isle.live_count() == 0 end, 10)
+end
+
 -- Collects until count() stops moving (up to 50 rounds, 10 ms apart: isles
 -- let go of what they hold on their own threads); returns the last count.
 function helpers.settled(count)

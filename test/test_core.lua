@@ -635,9 +635,7 @@ end
 
 -- No isle of an earlier test closes in the background meanwhile.
 local function settle()
-    collectgarbage()
-    collectgarbage()
-    lu.assertTrue(helpers.eventually(function() return isle.live_count() == 0 end, 10), "isles still live")
+    lu.assertTrue(helpers.no_isle_live(), "isles still live")
 end
 
 function TestArena:test_a_close_keeps_the_arena_and_a_spawn_takes_it()

@@ -35,9 +35,7 @@ end
 TestMemcap = {}
 
 function TestMemcap:tearDown()
-    collectgarbage()
-    lu.assertTrue(helpers.eventually(function() collectgarbage() return isle.live_count() == 0 end, 10),
-        "an isle is left")
+    lu.assertTrue(helpers.no_isle_live(), "an isle is left")
 end
 
 function TestMemcap:test_unbounded_job_fails_with_memory_and_the_isle_serves_on()

@@ -38,8 +38,7 @@ end
 
 function TestSandbox:tearDown()
     self.h:close{ cancel = true }
-    collectgarbage()
-    lu.assertTrue(helpers.eventually(function() collectgarbage() return isle.live_count() == 0 end, 10))
+    lu.assertTrue(helpers.no_isle_live())
 end
 
 -- Only a sandboxed isle loads isle.sandbox at boot (31 KiB of heap that
