@@ -5,7 +5,7 @@
  * in a process with threads on several cores: a TLB shootdown, an
  * inter-processor interrupt per core, in this VM a hypervisor exit each).
  * Measured on a spawn + ping + close cycle: the munmap alone was ~15% of the
- * process's CPU, lua_newstate's faults ~8% (bench/README.md, Issue 12).
+ * process's CPU, lua_newstate's mapping and faults ~10% (bench/README.md, Issue 12).
  *
  * LuaJIT's lua_close destroys its arena only when the state's allocator is
  * LuaJIT's own function at that moment (lj_state.c, close_state); with any
