@@ -25,12 +25,12 @@ PIC := -fPIC -pthread
 TLS_DIALECT := $(shell $(CC) -mtls-dialect=gnu2 -x c -c -o /dev/null /dev/null 2>/dev/null && echo -mtls-dialect=gnu2)
 ROOT := $(abspath .)
 BUILD := build
-SRCS := csrc/clock.c csrc/cache.c csrc/bootheap.c csrc/arena.c csrc/mem.c csrc/msg.c csrc/task.c csrc/mbox.c csrc/sig.c csrc/watchdog.c csrc/fork.c csrc/notify.c csrc/chan.c csrc/buf.c csrc/pool.c csrc/preload.c csrc/isle.c csrc/state.c
+SRCS := csrc/clock.c csrc/cache.c csrc/bootheap.c csrc/arena.c csrc/mem.c csrc/msg.c csrc/task.c csrc/mbox.c csrc/sig.c csrc/watchdog.c csrc/fork.c csrc/notify.c csrc/chan.c csrc/buf.c csrc/pool.c csrc/threads.c csrc/preload.c csrc/isle.c csrc/state.c
 HDRS := csrc/isle.h csrc/internal.h
 # The C hosts' API (csrc/isle_host.h, docs/c-api.md): part of libisle.so.
 SRCS += csrc/host.c
 HDRS += csrc/isle_host.h
-CORE_SRCS := csrc/clock.c csrc/cache.c csrc/bootheap.c csrc/arena.c csrc/mem.c csrc/msg.c csrc/task.c csrc/mbox.c csrc/sig.c csrc/watchdog.c csrc/fork.c csrc/notify.c csrc/chan.c csrc/buf.c csrc/pool.c
+CORE_SRCS := csrc/clock.c csrc/cache.c csrc/bootheap.c csrc/arena.c csrc/mem.c csrc/msg.c csrc/task.c csrc/mbox.c csrc/sig.c csrc/watchdog.c csrc/fork.c csrc/notify.c csrc/chan.c csrc/buf.c csrc/pool.c csrc/threads.c
 CTESTS := $(patsubst test/c/%.c,%,$(wildcard test/c/test_*.c))
 # Test builds route the core's allocations through test/c/failalloc.c, which
 # can fail the n-th one (docs/testing.md); the library itself never links it.

@@ -7,8 +7,8 @@
  * there. So before a fork the forking thread takes every process-wide lock
  * of the core, in the lock order of isle.h (registries of isles, of shared
  * states and of pools, interrupt table, preload blobs, watchdog, then the
- * depots of the block caches, the pool of boot heaps and the kept LuaJIT
- * arenas, leaf locks); the parent
+ * depots of the block caches, the pool of boot heaps, the kept LuaJIT
+ * arenas and the parked threads, leaf locks); the parent
  * then releases them, and the child releases them and forgets the parent's
  * threads. Objects made before the fork (isles, tasks, mailboxes) are not
  * repaired: their own locks may be held by threads that are gone, so the Lua
@@ -41,10 +41,12 @@ static void prepare(void)
     isle_cache_fork(ISLE_FORK_PREPARE);
     isle_bootheap_fork(ISLE_FORK_PREPARE);
     isle_arena_fork(ISLE_FORK_PREPARE);
+    isle_threads_fork(ISLE_FORK_PREPARE);
 }
 
 static void after(int phase)
 {
+    isle_threads_fork(phase);
     isle_arena_fork(phase);
     isle_bootheap_fork(phase);
     isle_cache_fork(phase);

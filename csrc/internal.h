@@ -222,6 +222,19 @@ int isle_arena_reserve(size_t peak);
 void isle_arena_put(void *arena);
 int isle_arena_pooled(void);
 
+/* The OS threads isles run on (threads.c): isle_threads_start runs fn(arg)
+ * on a parked thread, or on a new one (0, or pthread_create's error); when
+ * fn returns, the thread parks for the next isle (at most
+ * ISLE_THREADS_PARKED of them, each for at most ISLE_THREADS_LINGER seconds
+ * without work). isle_threads_trim makes every parked thread exit and joins
+ * it. */
+#define ISLE_THREADS_PARKED 8
+#define ISLE_THREADS_LINGER 1.0
+typedef void (*isle_thread_fn)(void *arg);
+int isle_threads_start(isle_thread_fn fn, void *arg);
+int isle_threads_parked(void);
+void isle_threads_trim(void);
+
 /* Installs the preload searcher in a fresh state (preload.c). */
 struct lua_State;
 int isle_preload_install(struct lua_State *L);
@@ -268,5 +281,6 @@ void isle_cache_fork(int phase);    /* cache.c: the depots of the block caches *
 void isle_bootheap_fork(int phase); /* bootheap.c: the pool of boot regions */
 void isle_arena_fork(int phase);    /* arena.c: the kept LuaJIT arenas */
 void isle_pool_fork(int phase);     /* pool.c: the registry of pools */
+void isle_threads_fork(int phase);  /* threads.c: the parked threads */
 
 #endif

@@ -1,7 +1,7 @@
 /* isle.c - an isle: a thread owning one fresh lua_State that runs the Lua
  * worker loop (lua/isle/worker.lua) over the isle's mailbox.
  *
- * References: the owner's handle, the thread itself (until it ends) and every
+ * References: the owner's handle, its thread (until done with it) and every
  * looked-up handle each hold one; the isle is freed when the last goes.
  * The registry (live isles by id and name) has its own lock, taken before
  * any other lock of the core.
@@ -27,16 +27,16 @@ struct isle {
     isle_task *init;
     int64_t intr; /* interrupt id of the isle's state */
     int instrument;
-    isle_mem *mem;      /* the state's account (mem.c) */
-    isle_mem *charge;   /* the spawner's, charged memory_limit until the thread ends */
-    size_t charged;     /* what is charged to it now */
-    isle_lua_acct acct; /* the state under `mem` (isle_lua_new) */
-    pthread_t thread;
-    pthread_mutex_t join_mu; /* serialises join/detach, and `ended`'s setting */
-    pthread_cond_t ended_cv; /* broadcast when the thread is about to return */
-    int joined, detached;    /* join_mu */
-    atomic_int ended;        /* the thread has nothing left to do (set under
-                                join_mu; a joiner spins on it before it parks) */
+    isle_mem *mem;           /* the state's account (mem.c) */
+    isle_mem *charge;        /* the spawner's, charged memory_limit until the thread ends */
+    size_t charged;          /* what is charged to it now */
+    isle_lua_acct acct;      /* the state under `mem` (isle_lua_new) */
+    pthread_mutex_t join_mu; /* `ended`'s setting and its waiters */
+    pthread_cond_t ended_cv; /* broadcast when the isle's thread is done with it */
+    atomic_int ended;        /* the thread has nothing left to do for this isle
+                                (set under join_mu; a joiner spins on it before
+                                it waits); the thread may park for the next
+                                isle then (threads.c) */
     atomic_int closing;
     atomic_int close_mode;
     isle *rnext;   /* registry list (registry lock) */
@@ -358,9 +358,14 @@ static int run_worker(lua_State *L)
     return 0;
 }
 
-static void *isle_thread(void *arg)
+/* The isle the calling thread runs, if any: an isle closing itself only
+ * asks for the stop. */
+static _Thread_local isle *running_isle;
+
+static void isle_thread(void *arg)
 {
     isle *i = arg;
+    running_isle = i;
     i->acct.mem = i->mem;
     i->acct.sig = i->sig;
     lua_State *L = isle_lua_new(i->path, i->cpath, &i->acct);
@@ -409,10 +414,11 @@ static void *isle_thread(void *arg)
     atomic_store_explicit(&i->ended, 1, memory_order_release);
     pthread_cond_broadcast(&i->ended_cv);
     pthread_mutex_unlock(&i->join_mu);
-    /* From here on only this function's last instructions run: libisle.so
-     * stays mapped for them however it was loaded (pin_library). */
+    running_isle = NULL;
+    /* From here on only this library's code runs on this thread (it parks
+     * or exits, threads.c): libisle.so stays mapped for it however it was
+     * loaded (pin_library). */
     isle_release(i);
-    return NULL;
 }
 
 /* LuaJIT unloads a library loaded with ffi.load or package.loadlib when the
@@ -518,7 +524,7 @@ isle *isle_spawn(const isle_config *cfg, int *err)
     i->id = reg_next_id++;
     reg_insert_locked(i);
     atomic_fetch_add(&live_threads, 1);
-    int rc = pthread_create(&i->thread, NULL, isle_thread, i);
+    int rc = isle_threads_start(isle_thread, i);
     if (rc) {
         reg_remove_locked(i);
         atomic_fetch_sub(&live_threads, 1);
@@ -528,7 +534,6 @@ isle *isle_spawn(const isle_config *cfg, int *err)
     *err = ISLE_OK;
     return i;
 fail:
-    i->joined = 1;
     isle_free(i);
     return NULL;
 }
@@ -567,7 +572,7 @@ void isle_stop(isle *i, int cancel)
 
 int isle_join(isle *i, double timeout)
 {
-    if (pthread_equal(pthread_self(), i->thread)) return 0;
+    if (running_isle == i) return 0;
     struct timespec dl = {0, 0};
     if (timeout > 0) dl = isle_deadline(timeout);
     /* A close waits here for the state's lua_close (tens of µs): a bounded
@@ -582,11 +587,6 @@ int isle_join(isle *i, double timeout)
         }
     }
     int ended = atomic_load(&i->ended);
-    if (ended && !i->joined && !i->detached) {
-        /* It is past its last lock: this returns at once. */
-        pthread_join(i->thread, NULL);
-        i->joined = 1;
-    }
     pthread_mutex_unlock(&i->join_mu);
     return ended;
 }
@@ -603,13 +603,4 @@ void isle_stats_get(isle *i, isle_stats *out)
     isle_sig_stats(i->sig, out);
 }
 
-void isle_abandon(isle *i)
-{
-    isle_stop(i, 0);
-    pthread_mutex_lock(&i->join_mu);
-    if (!i->joined && !i->detached) {
-        pthread_detach(i->thread);
-        i->detached = 1;
-    }
-    pthread_mutex_unlock(&i->join_mu);
-}
+void isle_abandon(isle *i) { isle_stop(i, 0); }

@@ -26,7 +26,8 @@
  * reuse), which is taken last of all and nothing is taken under it; the
  * pool lock of the boot heaps (bootheap.c) and the lock of the kept LuaJIT
  * arenas (arena.c) are such leaves too (the three are held together only
- * around fork(), depot first, arenas last).
+ * around fork(), depot first, arenas last), and so is the lock of the parked
+ * threads (threads.c), taken after the arenas' around fork().
  * Messages are pushed and taken without the mailbox lock (mbox.c: a stack
  * swapped by compare-and-swap); a push takes it only to wake a parked
  * consumer or arm the fd, holding no other lock then.
@@ -346,10 +347,11 @@ void isle_close(isle *i, int cancel);
 /* Request the stop as isle_close does, without waiting. */
 void isle_stop(isle *i, int cancel);
 /* Wait at most `timeout` seconds (< 0: for ever) for the isle's thread to
- * end. 1 if it has ended (it is joined then), 0 if it still runs. */
+ * be done with it (its state closed; the thread then parks for the next
+ * isle or exits: threads.c). 1 if it is, 0 if it still runs. */
 int isle_join(isle *i, double timeout);
-/* For a collected owner: request the stop, never block; the thread frees
- * itself when done. */
+/* For a collected owner: request the stop, never block; the isle is freed
+ * when its thread is done with it. */
 void isle_abandon(isle *i);
 void isle_stats_get(isle *i, isle_stats *out);
 int isle_is_closed(const isle *i);

@@ -10,8 +10,28 @@ local function status_field(name)
     return tonumber(s:match(name .. ":%s*(%d+)"))
 end
 
--- Threads of this process (entries of /proc/self/task).
-function helpers.threads() return status_field("Threads") end
+-- Threads parked for the next isle (csrc/threads.c); nil before isle loads.
+local core
+local function isle_core()
+    if not core and package.loaded["isle.cdef"] then
+        ffi.cdef("void isle_threads_trim(void); int isle_threads_parked(void);")
+        core = require("isle.cdef").C
+    end
+    return core
+end
+function helpers.parked_threads()
+    local C = isle_core()
+    return C and C.isle_threads_parked() or 0
+end
+
+-- Threads of this process (entries of /proc/self/task), once the threads
+-- parked for the next isle have exited (they are no isle's, and would go by
+-- themselves within ISLE_THREADS_LINGER).
+function helpers.threads()
+    local C = isle_core()
+    if C then C.isle_threads_trim() end
+    return status_field("Threads")
+end
 
 -- Open file descriptors of this process: the fds below FDSize (the size of
 -- its fd table) that fcntl knows. Counting makes no process and no pipe, so

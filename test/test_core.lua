@@ -567,6 +567,44 @@ function TestLifetime:test_no_leaks_over_1000_cycles()
     lu.assertTrue(helpers.rss_kb() - rss < 8 * 1024, "RSS grew by " .. (helpers.rss_kb() - rss) .. " KB")
 end
 
+-- The thread of a closed isle parks and runs the next isle (csrc/threads.c),
+-- unless the isle changed it.
+local GETTID = "local ffi = require('ffi') pcall(ffi.cdef, 'long syscall(long, ...);') "
+    .. "local SYS_gettid = jit.arch == 'arm64' and 178 or 186 "
+    .. "function tid() return tonumber(ffi.C.syscall(SYS_gettid)) end"
+
+function TestLifetime:test_the_next_isle_runs_on_the_thread_of_the_last()
+    lu.assertTrue(helpers.no_isle_live())
+    local before = helpers.threads() -- trims: no thread is parked now
+    lu.assertEquals(helpers.parked_threads(), 0)
+    local h = isle.spawn{ init = GETTID }
+    local first = h:call("tid")
+    lu.assertEquals(helpers.parked_threads(), 0) -- the detector: it runs, so it is not parked
+    h:close()
+    lu.assertTrue(helpers.eventually(function() return helpers.parked_threads() == 1 end))
+    for _ = 1, 20 do
+        h = isle.spawn{ init = GETTID }
+        lu.assertEquals(h:call("tid"), first)
+        h:close()
+    end
+    lu.assertTrue(helpers.eventually(function() return helpers.parked_threads() == 1 end))
+    lu.assertEquals(helpers.threads(), before)
+    lu.assertEquals(helpers.parked_threads(), 0)
+end
+
+function TestLifetime:test_an_isle_that_renamed_its_thread_leaves_it_to_exit()
+    lu.assertTrue(helpers.no_isle_live())
+    helpers.threads()
+    local h = isle.spawn{ init = "local ffi = require('ffi') "
+        .. "ffi.cdef('int prctl(int, ...);') ffi.C.prctl(15, 'renamed')" } -- PR_SET_NAME
+    h:close()
+    isle.sleep(0.1) -- time enough to park; a parked thread would stay a second
+    lu.assertEquals(helpers.parked_threads(), 0)
+    -- An isle that changes nothing leaves its thread parked.
+    isle.spawn{}:close()
+    lu.assertTrue(helpers.eventually(function() return helpers.parked_threads() == 1 end))
+end
+
 -- No raw C pointer is reachable from user code, and objects forged with the
 -- exported metatables never reach C (issue 8; the sandbox builds on it).
 TestNoRawPointers = {}

@@ -38,10 +38,15 @@ static inline int count_entries(const char *dir)
 static inline int count_threads(void) { return count_entries("/proc/self/task"); }
 static inline int count_fds(void) { return count_entries("/proc/self/fd"); }
 
+/* threads.c: parked isle threads exit now, and are joined. */
+void isle_threads_trim(void);
+
 /* Waits (up to 10 s) for the thread count to come down to `n`: a watchdog
- * or an isle thread may still be on its way out. */
+ * or an isle thread may still be on its way out, and a thread whose isle
+ * ended may be parked for the next one (it is made to exit first). */
 static inline int threads_settle(int n)
 {
+    isle_threads_trim();
     for (int k = 0; k < 1000 && count_threads() > n; k++) check_sleep(0.01);
     return count_threads();
 }

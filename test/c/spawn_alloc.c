@@ -159,7 +159,7 @@ static void test_spawn(void)
      * malloc); the sweep must still pass. */
     alloc_op any = {"isle_spawn and the isle's thread", NULL, spawn_run, spawn_check};
     CHECK(alloc_sweep_both(&any, c, FAILALLOC_ANY_THREAD) >= sites);
-    CHECK_EQ(count_threads(), threads);
+    CHECK_EQ(threads_settle(threads), threads);
 }
 
 /* The path of the library this binary runs isle from. */
