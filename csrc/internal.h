@@ -222,16 +222,20 @@ int isle_arena_reserve(size_t peak);
 void isle_arena_put(void *arena);
 int isle_arena_pooled(void);
 
-/* The OS threads isles run on (threads.c): isle_threads_start runs fn(arg)
- * on a parked thread, or on a new one (0, or pthread_create's error); when
- * fn returns, the thread parks for the next isle (at most
+/* The OS threads isles run on (threads.c): isle_threads_start runs
+ * job->run(arg) then job->done(arg) on a parked thread, or on a new one (0,
+ * or pthread_create's error); the thread parks for the next isle (at most
  * ISLE_THREADS_PARKED of them, each for at most ISLE_THREADS_LINGER seconds
- * without work). isle_threads_trim makes every parked thread exit and joins
- * it. */
+ * without work), listed as parked before `done` runs. isle_threads_trim
+ * makes every parked thread exit and joins it. */
 #define ISLE_THREADS_PARKED 8
 #define ISLE_THREADS_LINGER 1.0
-typedef void (*isle_thread_fn)(void *arg);
-int isle_threads_start(isle_thread_fn fn, void *arg);
+typedef struct isle_thread_job {
+    void (*run)(void *arg);
+    void (*done)(void *arg); /* the last thing done for this job */
+    void *arg;
+} isle_thread_job;
+int isle_threads_start(const isle_thread_job *job);
 int isle_threads_parked(void);
 void isle_threads_trim(void);
 

@@ -409,12 +409,19 @@ static void isle_thread(void *arg)
     pthread_mutex_lock(&reg_lock);
     reg_remove_locked(i);
     pthread_mutex_unlock(&reg_lock);
+    running_isle = NULL;
+}
+
+/* The last of the thread's work for the isle (threads.c lists the thread as
+ * parked first, so that a spawn right after the close finds it). */
+static void isle_thread_done(void *arg)
+{
+    isle *i = arg;
     atomic_fetch_sub(&live_threads, 1);
     pthread_mutex_lock(&i->join_mu);
     atomic_store_explicit(&i->ended, 1, memory_order_release);
     pthread_cond_broadcast(&i->ended_cv);
     pthread_mutex_unlock(&i->join_mu);
-    running_isle = NULL;
     /* From here on only this library's code runs on this thread (it parks
      * or exits, threads.c): libisle.so stays mapped for it however it was
      * loaded (pin_library). */
@@ -524,7 +531,8 @@ isle *isle_spawn(const isle_config *cfg, int *err)
     i->id = reg_next_id++;
     reg_insert_locked(i);
     atomic_fetch_add(&live_threads, 1);
-    int rc = isle_threads_start(isle_thread, i);
+    isle_thread_job job = {isle_thread, isle_thread_done, i};
+    int rc = isle_threads_start(&job);
     if (rc) {
         reg_remove_locked(i);
         atomic_fetch_sub(&live_threads, 1);

@@ -52,17 +52,10 @@ typedef struct parked {
     struct parked *next;
     pthread_t self;
     pthread_cond_t cv;
-    isle_thread_fn fn; /* the job handed over */
-    void *arg;
-    atomic_int handed; /* fn and arg are set: it runs them (it spins on this) */
-    int quit;          /* trim: exit now, trim joins */
+    isle_thread_job job; /* the job handed over */
+    atomic_int handed;   /* `job` is set: it runs it (it spins on this) */
+    int quit;            /* trim: exit now, trim joins */
 } parked;
-
-/* The first job of a new thread. */
-typedef struct first_job {
-    isle_thread_fn fn;
-    void *arg;
-} first_job;
 
 static pthread_mutex_t park_lock = PTHREAD_MUTEX_INITIALIZER;
 static parked *park_head; /* park_lock */
@@ -107,23 +100,27 @@ static int still_as_made(const made_as *m)
         && now.traps == m->traps && now.locale == m->locale && now.altstack == m->altstack;
 }
 
-/* Parks `me` until a job is handed over (1), trim asks it to quit (0, not
- * detached: trim joins it) or it lingered long enough (-1: it left the list
- * itself). */
-static int park(parked *me)
+/* Lists `me` as parked (1), or 0 if no more may park. */
+static int enlist(parked *me)
 {
     pthread_mutex_lock(&park_lock);
-    if (no_parking || nparked >= ISLE_THREADS_PARKED) {
-        pthread_mutex_unlock(&park_lock);
-        return -1;
+    int ok = !no_parking && nparked < ISLE_THREADS_PARKED;
+    if (ok) {
+        me->quit = 0;
+        atomic_store_explicit(&me->handed, 0, memory_order_relaxed);
+        me->next = park_head;
+        park_head = me;
+        nparked++;
     }
-    me->quit = 0;
-    atomic_store_explicit(&me->handed, 0, memory_order_relaxed);
-    me->next = park_head;
-    park_head = me;
-    nparked++;
     pthread_mutex_unlock(&park_lock);
+    return ok;
+}
 
+/* Waits, listed, until a job is handed over (1), trim asks it to quit (0,
+ * not detached: trim joins it) or it lingered long enough (-1: it unlinks
+ * itself). */
+static int wait_parked(parked *me)
+{
     /* A spawn loop hands the next isle over within the spin budget. */
     if (isle_spin_until(&me->handed, ISLE_THREADS_LINGER)) return 1;
 
@@ -131,7 +128,7 @@ static int park(parked *me)
     pthread_mutex_lock(&park_lock);
     while (!atomic_load_explicit(&me->handed, memory_order_relaxed) && !me->quit)
         if (pthread_cond_timedwait(&me->cv, &park_lock, &dl) == ETIMEDOUT) break;
-    int r = 1;
+    int r;
     if (atomic_load_explicit(&me->handed, memory_order_relaxed)) {
         r = 1;
     } else if (me->quit) {
@@ -152,49 +149,54 @@ static int park(parked *me)
 
 static void *thread_main(void *arg)
 {
-    first_job *job = arg;
     parked me;
     memset(&me, 0, sizeof me);
     me.self = pthread_self();
-    me.fn = job->fn;
-    me.arg = job->arg;
-    free(job);
+    me.job = *(isle_thread_job *)arg;
+    free(arg);
     made_as made;
     read_made_as(&made);
     int can_park = isle_cond_init(&me.cv) == 0;
-    int end;
-    do {
-        me.fn(me.arg);
-        /* 1: the next job is in me.fn and me.arg (set before `handed`). */
-        end = can_park && still_as_made(&made) ? park(&me) : -1;
-    } while (end == 1);
+    int end = -1;
+    for (;;) {
+        me.job.run(me.job.arg);
+        /* Listed before its job is declared done, so that the spawn that
+         * follows a close finds it; once listed, me.job is the spawner's to
+         * fill. */
+        isle_thread_job finished = me.job;
+        int parks = can_park && still_as_made(&made) && enlist(&me);
+        finished.done(finished.arg);
+        if (!parks) break;
+        end = wait_parked(&me);
+        if (end != 1) break;
+        /* The next job is in me.job (set before `handed`). */
+        end = -1;
+    }
     if (can_park) pthread_cond_destroy(&me.cv);
     if (end != 0) pthread_detach(me.self); /* nobody joins a thread that left on its own */
     return NULL;
 }
 
-int isle_threads_start(isle_thread_fn fn, void *arg)
+int isle_threads_start(const isle_thread_job *job)
 {
     pthread_mutex_lock(&park_lock);
     parked *p = park_head;
     if (p) {
         park_head = p->next;
         nparked--;
-        p->fn = fn;
-        p->arg = arg;
+        p->job = *job;
         atomic_store_explicit(&p->handed, 1, memory_order_release);
         pthread_cond_signal(&p->cv); /* no system call unless it sleeps */
     }
     pthread_mutex_unlock(&park_lock);
     if (p) return 0;
 
-    first_job *job = malloc(sizeof *job);
-    if (!job) return ENOMEM;
-    job->fn = fn;
-    job->arg = arg;
+    isle_thread_job *first = malloc(sizeof *first);
+    if (!first) return ENOMEM;
+    *first = *job;
     pthread_t t;
-    int rc = pthread_create(&t, NULL, thread_main, job);
-    if (rc) free(job);
+    int rc = pthread_create(&t, NULL, thread_main, first);
+    if (rc) free(first);
     return rc;
 }
 
