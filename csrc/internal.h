@@ -222,6 +222,11 @@ int isle_arena_reserve(size_t peak);
 void isle_arena_put(void *arena);
 int isle_arena_pooled(void);
 
+/* Marks a task whose end is far off (an isle's boot: hundreds of µs, far
+ * more than the spin budget): isle_task_wait parks at once instead of
+ * spinning first. Call before the task is shared (task.c). */
+void isle_task_expect_long(isle_task *t);
+
 /* The OS threads isles run on (threads.c): isle_threads_start runs
  * job->run(arg) then job->done(arg) on a parked thread, or on a new one (0,
  * or pthread_create's error); the thread parks for the next isle (at most

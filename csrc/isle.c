@@ -502,6 +502,7 @@ isle *isle_spawn(const isle_config *cfg, int *err)
     i->mbox = isle_mbox_new(cfg->capacity ? cfg->capacity : 1024, 0);
     i->sig = isle_sig_new();
     i->init = isle_task_new();
+    if (i->init) isle_task_expect_long(i->init); /* waited for across a whole boot */
     i->mem = isle_mem_new(cfg->memory_limit);
     if (!i->mem) goto fail;
     if (cfg->charge && cfg->memory_limit) {

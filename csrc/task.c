@@ -44,6 +44,9 @@ struct isle_task {
      * before the slot is shared. */
     void (*owner_free)(void *);
     void *owner;
+    /* Set once, before the slot is shared: its end is known to be far off
+     * (an isle's boot, isle_task_expect_long), so a wait skips the spin. */
+    int long_wait;
     char label[ISLE_LABEL_MAX]; /* what runs, for isle_stats (set before it is linked) */
     /* A small result without references, for a reader without a charged
      * account, is kept here (`result` points at `small`) instead of in a
@@ -350,9 +353,11 @@ int isle_task_complete(isle_task *t, int state, const char *data, size_t len)
     return isle_task_complete_refs(t, state, data, len, NULL, 0);
 }
 
+void isle_task_expect_long(isle_task *t) { t->long_wait = 1; }
+
 int isle_task_wait(isle_task *t, double timeout)
 {
-    if (isle_spin_until(&t->ended, timeout)) return 1;
+    if (t->long_wait ? atomic_load(&t->ended) : isle_spin_until(&t->ended, timeout)) return 1;
     if (timeout == 0) return 0;
     struct timespec dl = {0, 0};
     if (timeout > 0) dl = isle_deadline(timeout);

@@ -1,5 +1,6 @@
-/* test_task.c - completion slots: one completion, results, waits, cancels
- * (queued and running), subscriptions and references. */
+/* test_task.c - completion slots: one completion, results, waits (without
+ * the spin for a task expected to take long), cancels (queued and running),
+ * subscriptions and references. */
 #include "check.h"
 #include "failalloc.h"
 #include "internal.h"
@@ -134,6 +135,36 @@ static void test_wait_timeout(void)
     CHECK_EQ(isle_task_wait(t, 0), 1);
     check_join(th);
     isle_task_release(t);
+}
+
+/* CPU time the calling thread spends in isle_task_wait(t, 0.1) on a task
+ * that does not end meanwhile. */
+static double wait_cpu(isle_task *t)
+{
+    struct timespec a, b;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &a);
+    CHECK_EQ(isle_task_wait(t, 0.1), 0);
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &b);
+    return (double)(b.tv_sec - a.tv_sec) + (double)(b.tv_nsec - a.tv_nsec) * 1e-9;
+}
+
+/* A task expected to take long (an isle's init) is waited for without the
+ * spin: the wait parks at once. The detector: with a spin budget of 50 ms,
+ * an ordinary task's wait burns CPU for much of it. */
+static void test_long_wait_does_not_spin(void)
+{
+    double spin = isle_get_spin();
+    isle_set_spin(0.05);
+    isle_task *plain = isle_task_new(), *slow = isle_task_new();
+    isle_task_expect_long(slow);
+    CHECK(wait_cpu(plain) > 0.005);
+    CHECK(wait_cpu(slow) < 0.002);
+    isle_set_spin(spin);
+    isle_task_complete(slow, ISLE_TASK_DONE, "x", 1);
+    CHECK_EQ(isle_task_wait(slow, 0), 1); /* an ended one is seen at once */
+    CHECK_EQ(isle_task_wait(slow, 10), 1);
+    isle_task_release(plain);
+    isle_task_release(slow);
 }
 
 static void test_many_waiters(void)
@@ -631,6 +662,7 @@ int main(void)
     RUN(test_fresh);
     RUN(test_complete_once);
     RUN(test_wait_timeout);
+    RUN(test_long_wait_does_not_spin);
     RUN(test_many_waiters);
     RUN(test_cancel_queued);
     RUN(test_cancel_running);
