@@ -229,7 +229,8 @@ $(BUILD)/libisle-tsan.so: $(SRCS) $(HDRS) | $(BUILD)
 	gcc -O1 -g -fsanitize=thread -fno-omit-frame-pointer $(WARN) $(PIC) $(LUAJIT_INC) -shared -Wl,-z,nodelete -o $@ $(SRCS) $(LUAJIT_LIB) -lm
 stress-tsan: deps $(BUILD)/libisle-tsan.so
 	@for t in $(STRESS_TESTS); do echo "== $$t (ThreadSanitizer)"; \
-	  LD_PRELOAD=$(TSAN_RT) ISLE_LIB=$(ROOT)/$(BUILD)/libisle-tsan.so TSAN_OPTIONS="halt_on_error=1" \
+	  LD_PRELOAD=$(TSAN_RT) ISLE_LIB=$(ROOT)/$(BUILD)/libisle-tsan.so \
+	  TSAN_OPTIONS="halt_on_error=1 suppressions=$(ROOT)/test/tsan.supp" \
 	  STRESS_ROUNDS=$${STRESS_ROUNDS:-20} timeout -k 10 $(STRESS_TIMEOUT) $(LUAJIT) $$t -o text || exit 1; done
 
 # The C floors of the benchmarks: bench/c/plain_floor.c (ping, stream and a
