@@ -9,22 +9,11 @@
  * Threads are counted in /proc/self/task: the detector is proven by the
  * first check (a job's thread is counted while it runs). */
 #include "check.h"
+#include "alloc_sweep.h" /* count_threads */
 #include "internal.h"
 
-#include <dirent.h>
 #include <signal.h>
 #include <string.h>
-
-static int count_threads(void)
-{
-    DIR *d = opendir("/proc/self/task");
-    CHECK(d != NULL);
-    int n = 0;
-    for (struct dirent *e; (e = readdir(d));)
-        if (e->d_name[0] != '.') n++;
-    closedir(d);
-    return n;
-}
 
 /* Polls cond for up to 10 s. */
 #define EVENTUALLY(cond)                                                                           \
@@ -115,13 +104,19 @@ static void test_at_most_so_many_park(void)
     settle();
 }
 
-static void test_a_parked_thread_leaves_on_its_own(void)
+/* From no parked thread to one: a job run and ended. */
+static void park_one(void)
 {
     settle();
     job a = {0};
     start(&a);
     wait_done(&a);
     EVENTUALLY(isle_threads_parked() == 1);
+}
+
+static void test_a_parked_thread_leaves_on_its_own(void)
+{
+    park_one();
     double t0 = isle_now();
     /* No trim: it goes after ISLE_THREADS_LINGER seconds by itself. */
     EVENTUALLY(isle_threads_parked() == 0 && count_threads() == base);
@@ -188,11 +183,7 @@ static void test_many_starters(void)
 
 static void test_fork_child_has_no_parked_threads(void)
 {
-    settle();
-    job a = {0};
-    start(&a);
-    wait_done(&a);
-    EVENTUALLY(isle_threads_parked() == 1);
+    park_one();
     for (int round = 0; round < 5; round++) {
         pid_t pid = fork();
         CHECK(pid >= 0);
