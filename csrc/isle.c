@@ -28,7 +28,7 @@ struct isle {
     int64_t intr; /* interrupt id of the isle's state */
     int instrument;
     isle_mem *mem;           /* the state's account (mem.c) */
-    isle_mem *charge;        /* the spawner's, charged memory_limit until the thread ends */
+    isle_mem *charge;        /* the spawner's, charged memory_limit until the state closes */
     size_t charged;          /* what is charged to it now */
     isle_lua_acct acct;      /* the state under `mem` (isle_lua_new) */
     pthread_mutex_t join_mu; /* `ended`'s setting and its waiters */

@@ -6,7 +6,8 @@
  * the kernel's exit) as much again: a third of a spawn + ping + close cycle
  * (bench W6, bench/README.md "Issue 12: parked threads"). A parked thread
  * spins for the spin budget, then sleeps on its own condition variable; a
- * spawn hands it the new isle (one store, and a signal only if it sleeps).
+ * spawn hands it the new isle (one store, and a signal that makes a system
+ * call only if it sleeps).
  *
  * Bounds: at most ISLE_THREADS_PARKED threads park; one parked for
  * ISLE_THREADS_LINGER seconds without work exits. A thread parks only if it
@@ -157,21 +158,17 @@ static void *thread_main(void *arg)
     made_as made;
     read_made_as(&made);
     int can_park = isle_cond_init(&me.cv) == 0;
-    int end = -1;
-    for (;;) {
+    int end; /* wait_parked's answer, -1 if it did not park */
+    do {
         me.job.run(me.job.arg);
         /* Listed before its job is declared done, so that the spawn that
          * follows a close finds it; once listed, me.job is the spawner's to
-         * fill. */
+         * fill (the next job, set before `handed`). */
         isle_thread_job finished = me.job;
         int parks = can_park && still_as_made(&made) && enlist(&me);
         finished.done(finished.arg);
-        if (!parks) break;
-        end = wait_parked(&me);
-        if (end != 1) break;
-        /* The next job is in me.job (set before `handed`). */
-        end = -1;
-    }
+        end = parks ? wait_parked(&me) : -1;
+    } while (end == 1);
     if (can_park) pthread_cond_destroy(&me.cv);
     if (end != 0) pthread_detach(me.self); /* nobody joins a thread that left on its own */
     return NULL;
