@@ -10,18 +10,31 @@ local function status_field(name)
     return tonumber(s:match(name .. ":%s*(%d+)"))
 end
 
--- Threads parked for the next isle (csrc/threads.c); nil before isle loads.
+-- The core's functions that only tests call (csrc/internal.h), declared
+-- here once; nil while isle is not loaded.
 local core
 local function isle_core()
     if not core and package.loaded["isle.cdef"] then
-        ffi.cdef("void isle_threads_trim(void); int isle_threads_parked(void);")
+        ffi.cdef[[
+        void isle_threads_trim(void);
+        int isle_threads_parked(void);
+        int isle_arena_pooled(void);
+        ]]
         core = require("isle.cdef").C
     end
     return core
 end
+
+-- Threads parked for the next isle (csrc/threads.c); 0 while isle is not loaded.
 function helpers.parked_threads()
     local C = isle_core()
     return C and C.isle_threads_parked() or 0
+end
+
+-- LuaJIT arenas kept from closed states (csrc/arena.c).
+function helpers.arena_pooled()
+    require("isle")
+    return isle_core().isle_arena_pooled()
 end
 
 -- Threads of this process (entries of /proc/self/task), once the threads
