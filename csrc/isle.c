@@ -418,14 +418,19 @@ static void isle_thread_done(void *arg)
 {
     isle *i = arg;
     atomic_fetch_sub(&live_threads, 1);
+    /* The thread's reference goes under the lock that publishes `ended`: a
+     * joiner takes that lock after seeing `ended` (isle_join), so when it
+     * returns 1 this thread holds nothing of the isle, and the caller's last
+     * release frees it there and then, not a moment later here. */
     pthread_mutex_lock(&i->join_mu);
     atomic_store_explicit(&i->ended, 1, memory_order_release);
     pthread_cond_broadcast(&i->ended_cv);
+    int last = atomic_fetch_sub_explicit(&i->refs, 1, memory_order_acq_rel) == 1;
     pthread_mutex_unlock(&i->join_mu);
     /* From here on only this library's code runs on this thread (it parks
      * or exits, threads.c): libisle.so stays mapped for it however it was
      * loaded (pin_library). */
-    isle_release(i);
+    if (last) isle_free(i);
 }
 
 /* LuaJIT unloads a library loaded with ffi.load or package.loadlib when the

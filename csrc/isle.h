@@ -348,7 +348,9 @@ void isle_close(isle *i, int cancel);
 void isle_stop(isle *i, int cancel);
 /* Wait at most `timeout` seconds (< 0: for ever) for the isle's thread to
  * be done with it (its state closed; the thread then parks for the next
- * isle or exits: threads.c). 1 if it is, 0 if it still runs. */
+ * isle or exits: threads.c). 1 if it is, 0 if it still runs. Once it has
+ * returned 1 the thread holds no reference: the caller's last release frees
+ * the isle at once. */
 int isle_join(isle *i, double timeout);
 /* For a collected owner: request the stop, never block; the isle is freed
  * when its thread is done with it. */

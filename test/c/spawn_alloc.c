@@ -5,7 +5,8 @@
  * behind; an allocation failing in the new isle's own thread (armed for any
  * thread, after the spawner's sites) must end the init task FAILED with no
  * bytes (a "memory" error to the Lua side) and the thread must still end;
- * the next spawn must start an isle that closes cleanly.
+ * the next spawn must start an isle that closes cleanly, and a closed
+ * isle's blocks are freed by its owner's release at once.
  *
  * Not built from CORE_SRCS like the test_*.c: this links
  * build/libisle-failalloc.so (isle.c and preload.c need LuaJIT, and the
@@ -20,6 +21,8 @@
 #include "isle.h"
 
 #include <dlfcn.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <lauxlib.h>
 #include <lua.h>
 #include <lualib.h>
@@ -162,6 +165,40 @@ static void test_spawn(void)
     CHECK_EQ(threads_settle(threads), threads);
 }
 
+/* When isle_close returns, the isle's thread holds no reference to it: the
+ * owner's release frees every block there and then. (The thread used to let
+ * go of its reference just after waking the closer, so a count taken right
+ * after the release could still see the isle's blocks; the sweeps above
+ * failed on it now and then under AddressSanitizer.) */
+static atomic_int hog_stop;
+
+static void *hog(void *arg)
+{
+    (void)arg;
+    while (!atomic_load_explicit(&hog_stop, memory_order_relaxed)) {}
+    return NULL;
+}
+
+static void test_close_frees_at_once(void)
+{
+    ctx *c = &the_ctx;
+    /* Threads that keep every core busy, so that the isle's thread is now
+     * and then preempted right after waking the closer: without them the
+     * old order failed here only under a loaded machine's timing. */
+    enum { HOGS = 3 };
+    pthread_t hogs[HOGS];
+    atomic_store(&hog_stop, 0);
+    for (int k = 0; k < HOGS; k++) CHECK_EQ(pthread_create(&hogs[k], NULL, hog, NULL), 0);
+    long live0 = failalloc_live();
+    for (int k = 0; k < 200; k++) {
+        CHECK(spawn_run(c));
+        close_spawned(c);
+        CHECK_EQ(failalloc_live(), live0);
+    }
+    atomic_store(&hog_stop, 1);
+    for (int k = 0; k < HOGS; k++) pthread_join(hogs[k], NULL);
+}
+
 /* The path of the library this binary runs isle from. */
 static const char *library_path(void)
 {
@@ -189,6 +226,7 @@ int main(void)
 
     RUN(test_preload);
     RUN(test_spawn);
+    RUN(test_close_frees_at_once);
     free((char *)c->cfg.boot);
     return check_done();
 }
