@@ -46,6 +46,22 @@ function helpers.threads()
     return status_field("Threads")
 end
 
+-- helpers.threads() once the count has held still for 60 ms (at most 3 s):
+-- the baseline of a test that counts the threads it starts, taken when no
+-- earlier test's thread (an abandoned isle's, the watchdog's) is still on
+-- its way out.
+function helpers.settled_threads()
+    local isle = require("isle")
+    local n, since = helpers.threads(), isle.now()
+    local deadline = since + 3
+    while isle.now() - since < 0.06 and isle.now() < deadline do
+        isle.sleep(0.01)
+        local m = helpers.threads()
+        if m ~= n then n, since = m, isle.now() end
+    end
+    return n
+end
+
 -- Open file descriptors of this process: the fds below FDSize (the size of
 -- its fd table) that fcntl knows. Counting makes no process and no pipe, so
 -- the count cannot catch an fd of its own half-made or half-closed.
