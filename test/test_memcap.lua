@@ -394,7 +394,7 @@ function TestMemcap:test_results_a_capped_isle_holds_count_against_its_limit()
         -- first, decoding a result allocates nothing. Otherwise the first
         -- decode needs 1 MB, and it raised a memory error whenever b had
         -- stored 15 results before a got to it (seen on a loaded machine).
-        same = ("r"):rep(1024 * 1024)
+        keep = ("r"):rep(1024 * 1024)
         function hoard(id)
             local b = isle.lookup(id)
             for i = 1, 40 do tasks[i] = b:spawn_call("big") end
