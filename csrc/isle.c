@@ -93,10 +93,15 @@ static void isle_free(isle *i)
 
 void isle_retain(isle *i) { atomic_fetch_add_explicit(&i->refs, 1, memory_order_relaxed); }
 
+/* Drops one reference: 1 if it was the last (the caller frees the isle). */
+static int drop_ref(isle *i)
+{
+    return atomic_fetch_sub_explicit(&i->refs, 1, memory_order_acq_rel) == 1;
+}
+
 void isle_release(isle *i)
 {
-    if (!i) return;
-    if (atomic_fetch_sub_explicit(&i->refs, 1, memory_order_acq_rel) == 1) isle_free(i);
+    if (i && drop_ref(i)) isle_free(i);
 }
 
 int64_t isle_id(const isle *i) { return i->id; }
@@ -425,7 +430,7 @@ static void isle_thread_done(void *arg)
     pthread_mutex_lock(&i->join_mu);
     atomic_store_explicit(&i->ended, 1, memory_order_release);
     pthread_cond_broadcast(&i->ended_cv);
-    int last = atomic_fetch_sub_explicit(&i->refs, 1, memory_order_acq_rel) == 1;
+    int last = drop_ref(i);
     pthread_mutex_unlock(&i->join_mu);
     /* From here on only this library's code runs on this thread (it parks
      * or exits, threads.c): libisle.so stays mapped for it however it was

@@ -44,8 +44,7 @@ function TestSpawn:test_init_error_raises_with_traceback_and_leaves_no_thread()
     lu.assertStrContains(e.message, "init:2: init broke")
     lu.assertStrContains(e.traceback, "stack traceback")
     lu.assertStrContains(e.traceback, "init:2")
-    -- A joined thread can be counted for a moment after the join, and an
-    -- earlier test's isle may still be closing in the background.
+    -- A joined thread can be counted for a moment after the join.
     lu.assertTrue(helpers.eventually(function() return helpers.threads() == before end),
         ("%d threads, %d before"):format(helpers.threads(), before))
     local e2 = err_of(isle.spawn, { init = "this is not lua" })
