@@ -239,7 +239,7 @@ stress-tsan: deps $(BUILD)/libisle-tsan.so
 .PHONY: bench-floor
 bench-floor: $(BUILD)/bench_plain_floor $(BUILD)/bench_pingpong $(BUILD)/bench_state_floor $(BUILD)/bench_alloc
 $(BUILD)/bench_plain_floor: bench/c/plain_floor.c | $(BUILD)
-	$(CC) $(CFLAGS) $(WARN) -pthread $(LUAJIT_INC) -o $@ $< $(LUAJIT_LIB) -lm
+	$(CC) $(CFLAGS) $(WARN) -pthread -rdynamic $(LUAJIT_INC) -o $@ $< $(LUAJIT_LIB) -lm
 $(BUILD)/bench_pingpong: bench/c/pingpong.c $(CORE_SRCS) $(HDRS) | $(BUILD)
 	$(CC) $(CFLAGS) $(WARN) -pthread -Icsrc -o $@ bench/c/pingpong.c $(CORE_SRCS) -lm
 $(BUILD)/bench_state_floor: bench/c/state_floor.c | $(BUILD)

@@ -19,8 +19,16 @@
  *                          `string.buffer` loaded (what every isle state
  *                          has), having run one chunk, then parked on a
  *                          condvar: the growth of VmRSS per thread (KiB)
+ *   plain_floor worker N   the same N threads, each running the smallest
+ *                          worker that can be written in Lua through the
+ *                          FFI (isle's design): two C functions declared,
+ *                          a loop that waits in C, decodes a call with
+ *                          string.buffer, runs it, encodes the result and
+ *                          hands it back; each serves one call, then waits
+ *                          idle in C: the growth of VmRSS per thread (KiB).
+ *                          No isle code; the floor of any such worker.
  *
- * Prints one line "<value> <unit>" (us/rt, msg/s or ms/thread) and exits 0;
+ * Prints one line "<value> <unit>" (us/rt, msg/s, ms/thread or KiB/thread) and exits 0;
  * a wrong answer prints to stderr and exits 1. Built by `make bench-floor`
  * into build/bench_plain_floor (linked with Debian's libluajit).
  */
@@ -231,6 +239,143 @@ static void *idle_thread(void *arg)
     return NULL;
 }
 
+/* worker ---------------------------------------------------------------------
+ * One slot per thread: the main thread puts one encoded call in, the
+ * worker's Lua takes it through fw_wait (blocking in C, as an idle isle
+ * does in its mailbox), answers through fw_reply, and waits again until the
+ * slot closes. Exported (-rdynamic) so that the worker's ffi.C finds them. */
+typedef struct fw_slot {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    const char *call; /* the call waiting, or NULL */
+    size_t call_len;
+    char reply[64];
+    size_t reply_len; /* 0 until the worker answered */
+    int closed;
+    long index;
+} fw_slot;
+
+int fw_wait(fw_slot *s, const char **data, size_t *len);
+void fw_reply(fw_slot *s, const char *data, size_t len);
+
+int fw_wait(fw_slot *s, const char **data, size_t *len)
+{
+    pthread_mutex_lock(&s->mu);
+    while (!s->call && !s->closed) pthread_cond_wait(&s->cv, &s->mu);
+    int got = s->call != NULL;
+    if (got) {
+        *data = s->call;
+        *len = s->call_len;
+        s->call = NULL;
+    }
+    pthread_mutex_unlock(&s->mu);
+    return got;
+}
+
+void fw_reply(fw_slot *s, const char *data, size_t len)
+{
+    pthread_mutex_lock(&s->mu);
+    if (len > sizeof s->reply) len = sizeof s->reply;
+    memcpy(s->reply, data, len);
+    s->reply_len = len;
+    pthread_cond_broadcast(&s->cv);
+    pthread_mutex_unlock(&s->mu);
+}
+
+/* The worker: what any isle must hold at the least, besides the state. */
+static const char worker_chunk[] =
+    "local ffi = require('ffi')\n"
+    "local buffer = require('string.buffer')\n"
+    "ffi.cdef[[\n"
+    "typedef struct fw_slot fw_slot;\n"
+    "int fw_wait(fw_slot *s, const char **data, size_t *len);\n"
+    "void fw_reply(fw_slot *s, const char *data, size_t len);\n"
+    "]]\n"
+    "local C, G, pcall, unpack = ffi.C, _G, pcall, unpack\n"
+    "local encode, decode = buffer.encode, buffer.decode\n"
+    "local slot = ffi.cast('fw_slot *', ...)\n"
+    "function inc(i) return i + 1 end -- the user's init\n"
+    "local data, len = ffi.new('const char *[1]'), ffi.new('size_t[1]')\n"
+    "while C.fw_wait(slot, data, len) ~= 0 do\n"
+    "  local call = decode(ffi.string(data[0], len[0])) -- { name, args... }\n"
+    "  local reply = encode({ pcall(G[call[1]], unpack(call, 2)) })\n"
+    "  C.fw_reply(slot, reply, #reply)\n"
+    "end\n";
+
+static void *worker_thread(void *arg)
+{
+    fw_slot *s = arg;
+    lua_State *L = luaL_newstate();
+    if (!L) die("luaL_newstate failed");
+    luaL_openlibs(L);
+    if (luaL_loadstring(L, worker_chunk) != 0) die(lua_tostring(L, -1));
+    lua_pushlightuserdata(L, s);
+    if (lua_pcall(L, 1, 0, 0) != 0) die(lua_tostring(L, -1));
+    lua_close(L);
+    return NULL;
+}
+
+/* The call every worker serves, and the check of its reply, encoded and
+ * decoded by string.buffer in a state of the main thread's. */
+static lua_State *codec_state(void)
+{
+    lua_State *L = luaL_newstate();
+    if (!L) die("luaL_newstate failed");
+    luaL_openlibs(L);
+    if (luaL_dostring(L, "local b = require('string.buffer') "
+                         "return b.encode({ 'inc', 41 }), function(s) local r = b.decode(s) "
+                         "return r[1] == true and r[2] == 42 end") != 0)
+        die("the codec state failed");
+    return L;
+}
+
+static long rss_kib(void);
+
+static double run_worker(long n)
+{
+    lua_State *codec = codec_state();
+    size_t call_len;
+    const char *call = lua_tolstring(codec, 1, &call_len);
+    fw_slot *slots = calloc((size_t)n, sizeof *slots);
+    pthread_t *th = calloc((size_t)n, sizeof *th);
+    if (!slots || !th) die("out of memory");
+    long before = rss_kib();
+    for (long i = 0; i < n; i++) {
+        fw_slot *s = &slots[i];
+        pthread_mutex_init(&s->mu, NULL);
+        pthread_cond_init(&s->cv, NULL);
+        s->call = call;
+        s->call_len = call_len;
+        if (pthread_create(&th[i], NULL, worker_thread, s)) die("pthread_create failed");
+    }
+    for (long i = 0; i < n; i++) {
+        fw_slot *s = &slots[i];
+        pthread_mutex_lock(&s->mu);
+        while (!s->reply_len) pthread_cond_wait(&s->cv, &s->mu);
+        pthread_mutex_unlock(&s->mu);
+        lua_pushvalue(codec, 2);
+        lua_pushlstring(codec, s->reply, s->reply_len);
+        lua_call(codec, 1, 1);
+        if (!lua_toboolean(codec, -1)) die("a worker's reply was wrong");
+        lua_pop(codec, 1);
+    }
+    struct timespec pause = {0, 200 * 1000 * 1000}; /* every worker back in fw_wait */
+    nanosleep(&pause, NULL);
+    long after = rss_kib();
+    for (long i = 0; i < n; i++) {
+        fw_slot *s = &slots[i];
+        pthread_mutex_lock(&s->mu);
+        s->closed = 1;
+        pthread_cond_broadcast(&s->cv);
+        pthread_mutex_unlock(&s->mu);
+    }
+    for (long i = 0; i < n; i++) pthread_join(th[i], NULL);
+    free(th);
+    free(slots);
+    lua_close(codec);
+    return (double)(after - before) / (double)n;
+}
+
 static long rss_kib(void)
 {
     FILE *f = fopen("/proc/self/status", "r");
@@ -268,7 +413,7 @@ static double run_idle(long n)
 int main(int argc, char **argv)
 {
     if (argc < 3) {
-        fprintf(stderr, "usage: plain_floor ping|stream|spawn|idle N\n");
+        fprintf(stderr, "usage: plain_floor ping|stream|spawn|idle|worker N\n");
         return 2;
     }
     long n = strtol(argv[2], NULL, 10);
@@ -277,6 +422,7 @@ int main(int argc, char **argv)
     else if (!strcmp(argv[1], "stream")) printf("%.1f msg/s\n", run_stream(n));
     else if (!strcmp(argv[1], "spawn")) printf("%.5f ms/thread\n", run_spawn(n));
     else if (!strcmp(argv[1], "idle")) printf("%.3f KiB/thread\n", run_idle(n));
+    else if (!strcmp(argv[1], "worker")) printf("%.3f KiB/thread\n", run_worker(n));
     else die("unknown mode");
     return 0;
 }
