@@ -22,11 +22,17 @@ static inline void isle_cpu_relax(void)
 /* The bounded spin every wait starts with (isle_spin_until, the mailbox's
  * wait): probes ready(arg) until it is non-zero or the spin budget, capped
  * by `timeout` when >= 0, runs out, and returns its last value. Inline so
- * that the probe is inlined too. The clock is read only every 64 probes (it
- * costs more than a probe); between rounds the CPU is given up, because when
- * the cores are oversubscribed the thread waited for may be queued behind
- * this one on its very core (on an idle machine sched_yield returns at once
- * and the spin goes on). */
+ * that the probe is inlined too. The clock is read only every
+ * ISLE_SPIN_ROUND probes (it costs more than a probe). Every
+ * ISLE_SPIN_YIELD rounds the CPU is given up, because when the cores are
+ * oversubscribed the thread waited for may be queued behind this one on its
+ * very core (on an idle machine sched_yield returns at once and the spin
+ * goes on). Not every round: a round is ~1.2 µs of probes here and a
+ * sched_yield ~1.25 µs (a system call exits to the hypervisor in this VM),
+ * so a wait just over one round, W1's, took twice as long to see its answer
+ * (bench/README.md, Issue 12, ninth round). */
+#define ISLE_SPIN_ROUND 64
+#define ISLE_SPIN_YIELD 8
 static inline int isle_spin_for(int (*ready)(const void *), const void *arg, double timeout)
 {
     int v = ready(arg);
@@ -35,14 +41,14 @@ static inline int isle_spin_for(int (*ready)(const void *), const void *arg, dou
     if (timeout >= 0 && timeout < budget) budget = timeout;
     if (budget <= 0) return 0;
     double end = isle_now() + budget;
-    for (;;) {
-        for (int i = 0; i < 64; i++) {
+    for (unsigned round = 1;; round++) {
+        for (int i = 0; i < ISLE_SPIN_ROUND; i++) {
             isle_cpu_relax();
             v = ready(arg);
             if (v) return v;
         }
         if (isle_now() >= end) return v;
-        sched_yield();
+        if (round % ISLE_SPIN_YIELD == 0) sched_yield();
     }
 }
 

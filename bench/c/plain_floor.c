@@ -48,8 +48,9 @@
 #include <unistd.h>
 
 /* Spin budget before sleeping: the core's default (csrc/clock.c), spent the
- * same way (a pause per probe, the clock and a sched_yield every 64 probes,
- * so a peer queued behind the spinner on a busy core still gets to run). */
+ * same way (csrc/internal.h, isle_spin_for: a pause per probe, the clock
+ * every 64 probes and a sched_yield every 8 rounds of 64, so a peer queued
+ * behind the spinner on a busy core still gets to run). */
 #define SPIN_S 50e-6
 
 static double now(void)
@@ -87,7 +88,7 @@ static uint32_t slot_take(slot *s)
 {
     uint32_t v;
     double end = now() + SPIN_S;
-    for (;;) {
+    for (unsigned round = 1;; round++) {
         for (int i = 0; i < 64; i++) {
             if (atomic_load_explicit(&s->v, memory_order_relaxed)
                 && (v = atomic_exchange_explicit(&s->v, 0, memory_order_acquire)))
@@ -95,7 +96,7 @@ static uint32_t slot_take(slot *s)
             __builtin_ia32_pause();
         }
         if (now() >= end) break;
-        sched_yield();
+        if (round % 8 == 0) sched_yield();
     }
     atomic_store(&s->sleeping, 1);
     while (!(v = atomic_exchange(&s->v, 0)))
