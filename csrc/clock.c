@@ -24,6 +24,17 @@ void isle_set_spin(double seconds)
 
 double isle_get_spin(void) { return atomic_load(&spin_budget); }
 
+_Thread_local unsigned isle_spin_gap = 1;
+
+/* A yield that took long let another thread run on this core: yield after
+ * every round while that goes on; one that came straight back was a system
+ * call for nothing, so the next comes twice as many rounds later. */
+void isle_spin_yielded(double took)
+{
+    if (took > ISLE_SPIN_YIELD_BUSY) isle_spin_gap = 1;
+    else if (isle_spin_gap < ISLE_SPIN_YIELD_MAX) isle_spin_gap *= 2;
+}
+
 double isle_now(void)
 {
     struct timespec ts;

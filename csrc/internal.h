@@ -23,16 +23,24 @@ static inline void isle_cpu_relax(void)
  * wait): probes ready(arg) until it is non-zero or the spin budget, capped
  * by `timeout` when >= 0, runs out, and returns its last value. Inline so
  * that the probe is inlined too. The clock is read only every
- * ISLE_SPIN_ROUND probes (it costs more than a probe). Every
- * ISLE_SPIN_YIELD rounds the CPU is given up, because when the cores are
- * oversubscribed the thread waited for may be queued behind this one on its
- * very core (on an idle machine sched_yield returns at once and the spin
- * goes on). Not every round: a round is ~1.2 µs of probes here and a
- * sched_yield ~1.25 µs (a system call exits to the hypervisor in this VM),
- * so a wait just over one round, W1's, took twice as long to see its answer
+ * ISLE_SPIN_ROUND probes (it costs more than a probe).
+ *
+ * Between rounds the CPU is given up now and then, because when the cores
+ * are oversubscribed the thread waited for may be queued behind this one on
+ * its very core. How often is the thread's own measure (isle_spin_yielded,
+ * clock.c): after every round while a yield lets another thread run (it
+ * takes longer than ISLE_SPIN_YIELD_BUSY), backing off to every
+ * ISLE_SPIN_YIELD_MAX rounds while yields come straight back. A round is
+ * ~1.2 µs of probes here and an idle sched_yield ~1.25 µs (a system call
+ * exits to the hypervisor in this VM): yielding after every round on an
+ * idle machine made a wait just over a round, W1's, take twice as long to
+ * see its answer, while 4 isles fed on 2 cores (W7) need the yields
  * (bench/README.md, Issue 12, ninth round). */
 #define ISLE_SPIN_ROUND 64
-#define ISLE_SPIN_YIELD 8
+#define ISLE_SPIN_YIELD_MAX 8
+#define ISLE_SPIN_YIELD_BUSY 2.5e-6
+extern _Thread_local unsigned isle_spin_gap; /* rounds between yields, 1..ISLE_SPIN_YIELD_MAX */
+void isle_spin_yielded(double took);
 static inline int isle_spin_for(int (*ready)(const void *), const void *arg, double timeout)
 {
     int v = ready(arg);
@@ -47,8 +55,12 @@ static inline int isle_spin_for(int (*ready)(const void *), const void *arg, dou
             v = ready(arg);
             if (v) return v;
         }
-        if (isle_now() >= end) return v;
-        if (round % ISLE_SPIN_YIELD == 0) sched_yield();
+        double now = isle_now();
+        if (now >= end) return v;
+        if (round % isle_spin_gap == 0) {
+            sched_yield();
+            isle_spin_yielded(isle_now() - now);
+        }
     }
 }
 

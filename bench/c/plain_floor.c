@@ -49,9 +49,11 @@
 
 /* Spin budget before sleeping: the core's default (csrc/clock.c), spent the
  * same way (csrc/internal.h, isle_spin_for: a pause per probe, the clock
- * every 64 probes and a sched_yield every 8 rounds of 64, so a peer queued
- * behind the spinner on a busy core still gets to run). */
+ * every 64 probes, a sched_yield after every round of 64 while yields let
+ * another thread run, every 8 rounds while they come straight back, so a
+ * peer queued behind the spinner on a busy core still gets to run). */
 #define SPIN_S 50e-6
+static _Thread_local unsigned spin_gap = 1;
 
 static double now(void)
 {
@@ -95,8 +97,13 @@ static uint32_t slot_take(slot *s)
                 return v;
             __builtin_ia32_pause();
         }
-        if (now() >= end) break;
-        if (round % 8 == 0) sched_yield();
+        double t = now();
+        if (t >= end) break;
+        if (round % spin_gap == 0) {
+            sched_yield();
+            if (now() - t > 2.5e-6) spin_gap = 1; /* another thread ran */
+            else if (spin_gap < 8) spin_gap *= 2;
+        }
     }
     atomic_store(&s->sleeping, 1);
     while (!(v = atomic_exchange(&s->v, 0)))

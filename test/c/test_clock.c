@@ -112,6 +112,56 @@ static void test_spin_until(void)
     isle_set_spin(def);
 }
 
+/* How often the spin gives the CPU up: after every round while a yield
+ * lets another thread run, backing off to every ISLE_SPIN_YIELD_MAX rounds
+ * while yields come straight back. */
+static atomic_int hog_stop;
+static void *hog(void *arg)
+{
+    (void)arg;
+    while (!atomic_load_explicit(&hog_stop, memory_order_relaxed)) isle_cpu_relax();
+    return NULL;
+}
+
+static void test_spin_yield_gap(void)
+{
+    /* The measure: a yield that came straight back doubles the gap, up to
+     * the bound; one that let another thread run sets it to 1. */
+    isle_spin_gap = 1;
+    isle_spin_yielded(0);
+    CHECK_EQ(isle_spin_gap, 2);
+    isle_spin_yielded(1e-7);
+    isle_spin_yielded(1e-7);
+    CHECK_EQ(isle_spin_gap, ISLE_SPIN_YIELD_MAX);
+    isle_spin_yielded(0);
+    CHECK_EQ(isle_spin_gap, ISLE_SPIN_YIELD_MAX);
+    isle_spin_yielded(1e-3);
+    CHECK_EQ(isle_spin_gap, 1);
+
+    /* In a spin: a thread busy on this very CPU runs when the spinner
+     * yields, so the spinner goes back to yielding after every round. */
+    cpu_set_t was, one;
+    CHECK(pthread_getaffinity_np(pthread_self(), sizeof was, &was) == 0);
+    int cpu = sched_getcpu();
+    CHECK(cpu >= 0);
+    CPU_ZERO(&one);
+    CPU_SET(cpu, &one);
+    CHECK(pthread_setaffinity_np(pthread_self(), sizeof one, &one) == 0);
+    atomic_store(&hog_stop, 0);
+    pthread_t th = check_spawn(hog, NULL);
+    CHECK(pthread_setaffinity_np(th, sizeof one, &one) == 0);
+    double def = isle_get_spin();
+    isle_set_spin(0.01);
+    atomic_store(&word, 0);
+    isle_spin_gap = ISLE_SPIN_YIELD_MAX;
+    CHECK_EQ(isle_spin_until(&word, -1), 0);
+    CHECK_EQ(isle_spin_gap, 1);
+    isle_set_spin(def);
+    atomic_store(&hog_stop, 1);
+    check_join(th);
+    CHECK(pthread_setaffinity_np(pthread_self(), sizeof was, &was) == 0);
+}
+
 int main(void)
 {
     RUN(test_now_monotonic);
@@ -119,5 +169,6 @@ int main(void)
     RUN(test_deadline);
     RUN(test_cond_monotonic);
     RUN(test_spin_until);
+    RUN(test_spin_yield_gap);
     return check_done();
 }
