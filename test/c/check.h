@@ -135,4 +135,28 @@ static inline void check_join(pthread_t th)
     CHECK(pthread_join(th, NULL) == 0);
 }
 
+/* CPU hogs: threads that keep a CPU busy until check_hogs_stop, for tests
+ * of what happens when a thread is preempted or shares its CPU. */
+static atomic_int check_hogs_quit_;
+
+static inline void *check_hog_(void *arg)
+{
+    (void)arg;
+    while (!atomic_load_explicit(&check_hogs_quit_, memory_order_relaxed)) {}
+    return NULL;
+}
+
+/* Starts n hogs into th[0..n-1]. */
+static inline void check_hogs_start(pthread_t *th, int n)
+{
+    atomic_store(&check_hogs_quit_, 0);
+    for (int k = 0; k < n; k++) th[k] = check_spawn(check_hog_, NULL);
+}
+
+static inline void check_hogs_stop(pthread_t *th, int n)
+{
+    atomic_store(&check_hogs_quit_, 1);
+    for (int k = 0; k < n; k++) check_join(th[k]);
+}
+
 #endif

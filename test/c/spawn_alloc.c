@@ -170,15 +170,6 @@ static void test_spawn(void)
  * go of its reference just after waking the closer, so a count taken right
  * after the release could still see the isle's blocks; the sweeps above
  * failed on it now and then under AddressSanitizer.) */
-static atomic_int hog_stop;
-
-static void *hog(void *arg)
-{
-    (void)arg;
-    while (!atomic_load_explicit(&hog_stop, memory_order_relaxed)) {}
-    return NULL;
-}
-
 static void test_close_frees_at_once(void)
 {
     ctx *c = &the_ctx;
@@ -187,16 +178,14 @@ static void test_close_frees_at_once(void)
      * old order failed here only under a loaded machine's timing. */
     enum { HOGS = 3 };
     pthread_t hogs[HOGS];
-    atomic_store(&hog_stop, 0);
-    for (int k = 0; k < HOGS; k++) CHECK_EQ(pthread_create(&hogs[k], NULL, hog, NULL), 0);
+    check_hogs_start(hogs, HOGS);
     long live0 = failalloc_live();
     for (int k = 0; k < 200; k++) {
         CHECK(spawn_run(c));
         close_spawned(c);
         CHECK_EQ(failalloc_live(), live0);
     }
-    atomic_store(&hog_stop, 1);
-    for (int k = 0; k < HOGS; k++) pthread_join(hogs[k], NULL);
+    check_hogs_stop(hogs, HOGS);
 }
 
 /* The path of the library this binary runs isle from. */

@@ -115,14 +115,6 @@ static void test_spin_until(void)
 /* How often the spin gives the CPU up: after every round while a yield
  * lets another thread run, backing off to every ISLE_SPIN_YIELD_MAX rounds
  * while yields come straight back. */
-static atomic_int hog_stop;
-static void *hog(void *arg)
-{
-    (void)arg;
-    while (!atomic_load_explicit(&hog_stop, memory_order_relaxed)) isle_cpu_relax();
-    return NULL;
-}
-
 static void test_spin_yield_gap(void)
 {
     /* The measure: a yield that came straight back doubles the gap, up to
@@ -147,8 +139,8 @@ static void test_spin_yield_gap(void)
     CPU_ZERO(&one);
     CPU_SET(cpu, &one);
     CHECK(pthread_setaffinity_np(pthread_self(), sizeof one, &one) == 0);
-    atomic_store(&hog_stop, 0);
-    pthread_t th = check_spawn(hog, NULL);
+    pthread_t th;
+    check_hogs_start(&th, 1);
     CHECK(pthread_setaffinity_np(th, sizeof one, &one) == 0);
     double def = isle_get_spin();
     isle_set_spin(0.01);
@@ -157,8 +149,7 @@ static void test_spin_yield_gap(void)
     CHECK_EQ(isle_spin_until(&word, -1), 0);
     CHECK_EQ(isle_spin_gap, 1);
     isle_set_spin(def);
-    atomic_store(&hog_stop, 1);
-    check_join(th);
+    check_hogs_stop(&th, 1);
     CHECK(pthread_setaffinity_np(pthread_self(), sizeof was, &was) == 0);
 }
 
