@@ -247,6 +247,19 @@ static void *idle_thread(void *arg)
     return NULL;
 }
 
+static long rss_kib(void)
+{
+    FILE *f = fopen("/proc/self/status", "r");
+    if (!f) die("cannot read /proc/self/status");
+    char line[256];
+    long kib = -1;
+    while (fgets(line, sizeof line, f))
+        if (sscanf(line, "VmRSS: %ld", &kib) == 1) break;
+    fclose(f);
+    if (kib < 0) die("no VmRSS");
+    return kib;
+}
+
 /* worker ---------------------------------------------------------------------
  * One slot per thread: the main thread puts one encoded call in, the
  * worker's Lua takes it through fw_wait (blocking in C, as an idle isle
@@ -260,7 +273,6 @@ typedef struct fw_slot {
     char reply[64];
     size_t reply_len; /* 0 until the worker answered */
     int closed;
-    long index;
 } fw_slot;
 
 int fw_wait(fw_slot *s, const char **data, size_t *len);
@@ -337,8 +349,6 @@ static lua_State *codec_state(void)
     return L;
 }
 
-static long rss_kib(void);
-
 static double run_worker(long n)
 {
     lua_State *codec = codec_state();
@@ -382,19 +392,6 @@ static double run_worker(long n)
     free(slots);
     lua_close(codec);
     return (double)(after - before) / (double)n;
-}
-
-static long rss_kib(void)
-{
-    FILE *f = fopen("/proc/self/status", "r");
-    if (!f) die("cannot read /proc/self/status");
-    char line[256];
-    long kib = -1;
-    while (fgets(line, sizeof line, f))
-        if (sscanf(line, "VmRSS: %ld", &kib) == 1) break;
-    fclose(f);
-    if (kib < 0) die("no VmRSS");
-    return kib;
 }
 
 static double run_idle(long n)
